@@ -1,0 +1,21 @@
+"""modelport: one tool for LLM model files.
+
+The Python API mirrors the CLI:
+
+    import modelport
+    src = modelport.open("model.bin")          # any format, by content; lazy tensors
+    modelport.convert("model.bin", "model.safetensors", verify=True)
+    modelport.diff("a.safetensors", "b.pt")
+"""
+
+from .core.dtypes import DTYPES, DType
+from .core.errors import CheckFailed, FormatError, ModelportError, UnsafeFileError, UnsupportedError
+from .core.source import ModelSource, open
+from .core.tensor import TensorRef
+from .conversion import convert
+from .comparison import diff
+from .inspection import inspect
+
+__all__ = ["open", "convert", "diff", "inspect", "ModelSource", "TensorRef", "DType", "DTYPES",
+           "ModelportError", "FormatError", "UnsafeFileError", "UnsupportedError", "CheckFailed"]
+__version__ = "0.1.0"

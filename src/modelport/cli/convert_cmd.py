@@ -1,0 +1,43 @@
+"""`modelport convert SRC DST`: between formats, streaming, atomic, optionally verified."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..conversion import convert
+from ..core.source import open as open_model
+from .output import byte_progress, console, err_console, human_bytes, print_json
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("convert")
+    def convert_cmd(
+        src: Path = typer.Argument(..., help="Model file, shard index or Hugging Face folder."),
+        dst: Path = typer.Argument(..., help="Output file (format from its extension) or folder."),
+        to: str = typer.Option(None, "--to", help="Output format: safetensors, pytorch, numpy, hf, ... (default: from DST)."),
+        dtype: str = typer.Option(None, "--dtype", help="Cast floating tensors: f32, f16 or bf16."),
+        shard_size: str = typer.Option(None, "--shard-size", help="Split the output into shards of at most this size (e.g. 2GB)."),
+        dequantize: bool = typer.Option(False, "--dequantize", help="Write block-quantized tensors as float32."),
+        verify: bool = typer.Option(False, "--verify", help="Re-open the output and compare every tensor."),
+        force: bool = typer.Option(False, "--force", "-f", help="Replace an existing output."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ) -> None:
+        """Convert a model between formats (safetensors, PyTorch, NumPy, ... and HF folders)."""
+        with open_model(src) as source:
+            total = sum(r.nbytes for r in source)
+        with byte_progress(total, f"converting {src.name}", enabled=not quiet and not as_json) as advance:
+            result = convert(src, dst, to=to, dtype=dtype, shard_size=shard_size, force=force, verify=verify,
+                             dequantize=dequantize, progress=lambda ref: advance(ref.nbytes))
+        if as_json:
+            print_json(result.__dict__)
+            return
+        console.print(f"[green]wrote[/green] {result.output} ({result.format}, {result.tensors} tensors, "
+                      f"{human_bytes(result.bytes_written)} of tensor data"
+                      + (f", {len(result.files)} files" if len(result.files) > 1 else "") + ")")
+        if result.aliases:
+            err_console.print(f"tied tensors stored once: {', '.join(f'{a} → {b}' for a, b in result.aliases.items())}")
+        if result.verified:
+            console.print("[green]verified[/green]: every tensor matches the source")

@@ -1,0 +1,74 @@
+"""`modelport` entry point: the app, global flags, and the one place errors become exit codes.
+
+Each command lives in its own module under `modelport.cli` and exposes `register(app)`.
+Errors: a `ModelportError` prints one line and exits with its code (2 bad input, 1 a finding or a
+failed check); anything else is a bug and says so in one line unless `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from ..core.errors import ModelportError
+
+# Command modules, in the order `--help` lists them.
+COMMANDS = ("inspect", "convert", "diff")
+
+app = typer.Typer(
+    name="modelport",
+    help="One tool for LLM model files: inspect, scan, convert, quantize, run, train.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+def _register_commands() -> None:
+    for name in COMMANDS:
+        importlib.import_module(f"modelport.cli.{name}_cmd").register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register_commands()
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        app(args=argv, prog_name="modelport", standalone_mode=False)
+    except ModelportError as exc:
+        if debug:
+            raise
+        print(f"modelport: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("modelport: aborted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("modelport: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        print(f"modelport: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        sys.exit(3)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

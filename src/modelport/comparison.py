@@ -1,0 +1,103 @@
+"""`diff`: two models, any formats, tensor by tensor.
+
+Values are compared in float64 in chunks, so memory stays about one tensor whatever the model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .core.source import open as open_model
+
+CHUNK = 1 << 22   # elements compared at a time
+
+
+@dataclass
+class TensorDiff:
+    name: str
+    status: str   # equal (bit-identical), close (within tolerance), different, shape, dtype (differs without tolerance)
+    shape_a: list[int] | None = None
+    shape_b: list[int] | None = None
+    dtype_a: str | None = None
+    dtype_b: str | None = None
+    max_abs: float | None = None
+    max_rel: float | None = None
+    mismatched: int = 0
+
+
+@dataclass
+class DiffReport:
+    a: str
+    b: str
+    only_in_a: list[str] = field(default_factory=list)
+    only_in_b: list[str] = field(default_factory=list)
+    tensors: list[TensorDiff] = field(default_factory=list)
+
+    @property
+    def equal(self) -> bool:
+        return not self.only_in_a and not self.only_in_b and all(t.status in ("equal", "close") for t in self.tensors)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "equal": self.equal}
+
+
+def _values(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr).reshape(-1)
+    if np.iscomplexobj(arr):
+        return arr.astype(np.complex128)
+    return arr.astype(np.float64)
+
+
+def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tuple[bool, float, float, int]:
+    """(bit-identical, max |a-b|, max |a-b|/|b|, elements outside atol + rtol*|b|)."""
+    flat_a, flat_b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
+    identical = flat_a.dtype == flat_b.dtype
+    max_abs = max_rel = 0.0
+    bad = 0
+    for start in range(0, flat_a.size, CHUNK):
+        ca, cb = flat_a[start:start + CHUNK], flat_b[start:start + CHUNK]
+        if identical:
+            identical = np.array_equal(np.ascontiguousarray(ca).view(np.uint8), np.ascontiguousarray(cb).view(np.uint8))
+        va, vb = _values(ca), _values(cb)
+        both_nan = np.isnan(va) & np.isnan(vb)
+        delta = np.where(both_nan, 0.0, np.abs(va - vb))
+        delta = np.where(np.isnan(delta), np.inf, delta)
+        scale = np.abs(vb)
+        if delta.size:
+            max_abs = max(max_abs, float(delta.max()))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = np.where(delta == 0, 0.0, delta / scale)
+            max_rel = max(max_rel, float(np.nan_to_num(rel, nan=np.inf).max()))
+            bad += int(np.count_nonzero(delta > atol + rtol * scale))
+    return identical, max_abs, max_rel, bad
+
+
+def diff(a: str | os.PathLike, b: str | os.PathLike, *, atol: float = 0.0, rtol: float = 0.0) -> DiffReport:
+    """Compare every tensor of `a` with the same-named tensor of `b` (exact unless atol/rtol given)."""
+    with open_model(a) as sa, open_model(b) as sb:
+        report = DiffReport(str(a), str(b))
+        names_a = list(sa.keys()) + [n for n in sa.aliases if n not in sa.tensors]
+        names_b = set(sb.keys()) | set(sb.aliases)
+        report.only_in_a = [n for n in names_a if n not in names_b]
+        report.only_in_b = sorted(n for n in names_b if n not in set(names_a))
+        for name in names_a:
+            if name not in names_b:
+                continue
+            ra = sa.tensors[sa.aliases.get(name, name)] if name not in sa.tensors else sa.tensors[name]
+            rb = sb.tensors[name] if name in sb.tensors else sb.tensors[sb.aliases[name]]
+            row = TensorDiff(name, "equal", list(ra.shape), list(rb.shape), ra.dtype.name, rb.dtype.name)
+            if ra.shape != rb.shape:
+                row.status = "shape"
+            else:
+                identical, row.max_abs, row.max_rel, row.mismatched = compare_arrays(ra.read(), rb.read(), atol, rtol)
+                if not identical:
+                    tolerant = bool(atol or rtol)
+                    if ra.dtype != rb.dtype and not tolerant:
+                        row.status = "dtype"
+                    else:
+                        row.status = "close" if row.mismatched == 0 else "different"
+            report.tensors.append(row)
+        return report

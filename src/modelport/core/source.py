@@ -1,0 +1,114 @@
+"""`ModelSource` and `open()`: any model file, sharded set or folder as one stream of named tensors.
+
+Formats register themselves in `modelport.formats` with a detector that looks at the file's bytes.
+`open()` picks the reader by content, never by extension; a Hugging Face folder is opened through
+its weight files (an index if there is one), and its config, tokenizer and other side files are kept
+alongside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import FormatError, ModelportError
+from .tensor import TensorRef
+
+CONFIG_CAP = 16 * 1024 * 1024   # config.json larger than this is not a config
+
+
+@dataclass
+class ModelSource:
+    """What `open()` returns: tensors in file order plus everything that describes them."""
+
+    path: Path
+    format: str                                   # "safetensors", "pytorch", "numpy", "gguf", ...
+    tensors: dict[str, TensorRef]
+    files: list[Path] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] | None = None          # config.json (or its equivalent inside the file)
+    side_files: dict[str, Path] = field(default_factory=dict)  # tokenizer.json, generation_config.json, ...
+    aliases: dict[str, str] = field(default_factory=dict)      # tied names dropped from the file -> kept name
+    details: dict[str, Any] = field(default_factory=dict)      # format-specific facts for `inspect`
+    _closers: list = field(default_factory=list, repr=False)
+
+    def __iter__(self) -> Iterator[TensorRef]:
+        return iter(self.tensors.values())
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __getitem__(self, name: str) -> TensorRef:
+        return self.tensors[name]
+
+    def keys(self):
+        return self.tensors.keys()
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(t.numel for t in self.tensors.values())
+
+    @property
+    def file_size(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+    def close(self) -> None:
+        for closer in self._closers:
+            closer()
+        self._closers.clear()
+
+    def __enter__(self) -> "ModelSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_json(path: Path, cap: int = CONFIG_CAP) -> Any:
+    """A JSON side file, size-capped, parsed as data only; duplicate keys rejected."""
+    size = path.stat().st_size
+    if size > cap:
+        raise FormatError(f"{size} bytes is too large for a JSON file here (cap {cap})", path)
+
+    def no_duplicates(pairs):
+        obj = {}
+        for key, value in pairs:
+            if key in obj:
+                raise FormatError(f"duplicate key {key!r}", path)
+            obj[key] = value
+        return obj
+
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"not valid JSON ({exc})", path) from None
+
+
+def safe_member(folder: Path, name: str, what: str) -> Path:
+    """Resolve a file name taken from inside a model (shard index, external data) within `folder`.
+
+    No absolute paths, no drive letters, no `..`, no symlinks: a model may only point at its own files.
+    """
+    pure = name.replace("\\", "/")
+    parts = pure.split("/")
+    if pure.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in parts or "" in parts:
+        raise FormatError(f"{what} {name!r} points outside the model folder", folder)
+    path = folder.joinpath(*parts)
+    if path.is_symlink():
+        raise FormatError(f"{what} {name!r} is a symbolic link; refused", folder)
+    return path
+
+
+def open(path: str | os.PathLike, *, format: str | None = None) -> ModelSource:  # noqa: A001 - mirrors builtins on purpose
+    """Open a model file, a shard index or a Hugging Face folder by content."""
+    from ..formats import registry
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelportError("no such file or directory", path)
+    if path.is_dir():
+        return registry.open_folder(path)
+    return registry.open_file(path, format=format)

@@ -1,0 +1,545 @@
+"""HDF5 and Keras weights (`.h5`, `.hdf5`, Keras 3 `.keras`): h5py for parsing, our policy on top.
+
+h5py does the HDF5 parsing (FORMATS.md §3); what it does not do is decide what is safe. This module
+refuses external storage, external links and virtual datasets (they read other files), caps declared
+sizes against stored sizes (shape bombs), disables filter-plugin loading, and memory-maps contiguous
+unfiltered datasets straight from the file (also inside a stored `.keras` zip member). Keras configs
+are summarised as JSON data and never given to Keras.
+
+Names: Keras 2 weights come from the `layer_names`/`weight_names` attributes (split `name0`, `name1`…
+attributes joined), `:0` dropped and `/` turned into `.`; everything else is the dataset's group path
+with `/` turned into `.`. The writer puts one dataset per tensor at the root (creation order tracked),
+keeps the exact name in a `modelport_name` attribute, and stores dtypes HDF5 lacks (bf16, fp8, int4…)
+as raw unsigned integers with a `modelport_dtype` attribute that the reader honours.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import shutil
+import struct
+import tempfile
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ..core import dtypes
+from ..core.errors import FormatError, UnsafeFileError, UnsupportedError, require
+from ..core.source import ModelSource
+from ..core.tensor import TensorRef
+from .registry import FormatSpec
+
+MAGIC = b"\x89HDF\r\n\x1a\n"
+MAX_DEPTH = 64
+MAX_OBJECTS = 1_000_000
+CONFIG_CAP = 16 * 1024 * 1024
+BOMB_RATIO = 1000          # declared bytes may exceed stored bytes this much (compression, fill values)
+BOMB_FLOOR = 64 * 1024 * 1024
+_NATIVE = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "F32", "F64", "C64", "C128"}
+_KNOWN_FILTERS = {1, 2, 3, 4, 5, 6, 32000}     # gzip, shuffle, fletcher32, szip, nbit, scaleoffset, lzf
+_KERAS_MODULES = re.compile(r"^(keras|tf_keras|tensorflow\.keras|keras_hub|keras_nlp|keras_cv|builtins)(\.|$)")
+
+
+def _h5py():
+    import h5py
+
+    try:  # a file must not make HDF5 load shared libraries from HDF5_PLUGIN_PATH
+        h5py.h5pl.set_loading_state(0)
+    except Exception:  # pragma: no cover - very old HDF5
+        pass
+    return h5py
+
+
+# --- detection ----------------------------------------------------------------------------
+
+def _zip_names(path: Path) -> list[str] | None:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+
+
+def detect(path: Path, head: bytes) -> bool:
+    if any(head[o:o + 8] == MAGIC for o in (0, 512, 1024, 2048)):
+        return True
+    if head[:4] == b"PK\x03\x04":
+        names = _zip_names(path) or []
+        return "config.json" in names and "model.weights.h5" in names
+    return False
+
+
+# --- zip member access (Keras 3) ----------------------------------------------------------
+
+class _RangeFile(io.RawIOBase):
+    """A read-only, seekable window [start, start+size) of a file, for h5py's file-object driver."""
+
+    def __init__(self, path: Path, start: int, size: int):
+        self._f = open(path, "rb")
+        self._start, self._size, self._pos = start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, buf) -> int:
+        n = max(0, min(len(buf), self._size - self._pos))
+        if n == 0:
+            return 0
+        self._f.seek(self._start + self._pos)
+        got = self._f.readinto(memoryview(buf)[:n])
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def _member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
+    """Where a zip member's bytes start: local header + name + local extra (FORMATS.md §0.4)."""
+    with path.open("rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+    require(len(local) == 30 and local[:4] == b"PK\x03\x04", f"zip member {info.filename!r}: bad local header", path)
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    require(start + info.compress_size <= path.stat().st_size, f"zip member {info.filename!r} runs past the end of the file", path)
+    return start
+
+
+def _read_member_json(z: zipfile.ZipFile, name: str, path: Path):
+    info = z.getinfo(name)
+    require(info.file_size <= CONFIG_CAP, f"{name} is {info.file_size} bytes; too large for a config", path)
+    try:
+        return json.loads(z.read(name).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, zipfile.BadZipFile, OSError) as exc:
+        raise FormatError(f"{name} is not valid JSON ({exc})", path) from None
+
+
+# --- Keras config as data -----------------------------------------------------------------
+
+def keras_summary(config) -> dict:
+    """Layer count, layer classes and risky entries (Lambda bytecode, foreign modules) of a model config."""
+    classes: Counter = Counter()
+    flagged: list[str] = []
+    layers = 0
+
+    def walk(node, depth=0):
+        nonlocal layers
+        if depth > 200:
+            return
+        if isinstance(node, dict):
+            cls = node.get("class_name")
+            if isinstance(cls, str) and isinstance(node.get("config"), dict) and "name" in node["config"]:
+                classes[cls] += 1
+                layers += 1
+            if cls in ("Lambda", "__lambda__") or "function_type" in node:
+                flagged.append(f"Lambda layer {node.get('config', {}).get('name', '?') if isinstance(node.get('config'), dict) else '?'} (Python bytecode)")
+            module = node.get("module")
+            if isinstance(module, str) and not _KERAS_MODULES.match(module):
+                flagged.append(f"{module}.{cls or node.get('registered_name', '?')} (code outside Keras)")
+            for value in node.values():
+                walk(value, depth + 1)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, depth + 1)
+
+    walk(config)
+    top = config.get("class_name") if isinstance(config, dict) else None
+    return {"model_class": top, "layers": max(0, layers - (1 if top else 0)),
+            "layer_classes": dict(classes.most_common()), "flagged": list(dict.fromkeys(flagged))}
+
+
+def _parse_config_text(text, path: Path):
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not isinstance(text, str) or len(text) > CONFIG_CAP:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+# --- walking the file ---------------------------------------------------------------------
+
+def _attr_names(obj, key: str) -> list[str] | None:
+    """A name-list attribute, joining Keras' split chunks `key0`, `key1`, … when the plain one is absent."""
+    attrs = obj.attrs
+    if key in attrs:
+        values = [attrs[key]]
+    elif f"{key}0" in attrs:
+        values, i = [], 0
+        while f"{key}{i}" in attrs and i < 100_000:
+            values.append(attrs[f"{key}{i}"])
+            i += 1
+    else:
+        return None
+    out: list[str] = []
+    for value in values:
+        arr = np.atleast_1d(np.asarray(value))
+        if arr.dtype.kind in "fiu" and arr.size == 0:
+            continue  # layers without weights store an empty float64 array
+        for item in arr.reshape(-1):
+            out.append(item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item))
+    return out
+
+
+def _natural(keys: list[str]) -> list[str]:
+    if keys and all(k.isdigit() for k in keys):
+        return sorted(keys, key=int)
+    return keys
+
+
+class _Walker:
+    def __init__(self, h5py, path: Path):
+        self.h5py, self.path = h5py, path
+        self.seen: dict = {}              # object id -> first path
+        self.datasets: list[tuple[str, object]] = []
+        self.hard_aliases: dict[str, str] = {}
+        self.soft: dict[str, str] = {}
+        self.count = 0
+
+    def link_kind(self, group, name: str, where: str) -> str:
+        link = group.get(name, getlink=True)
+        if isinstance(link, self.h5py.ExternalLink):
+            raise UnsafeFileError(f"{where!r} is an external link to {link.filename!r}:{link.path!r}; refused", self.path)
+        if isinstance(link, self.h5py.SoftLink):
+            self.soft[where] = link.path
+            return "soft"
+        return "hard"
+
+    def walk(self, group, prefix: str = "", depth: int = 0) -> None:
+        require(depth <= MAX_DEPTH, f"groups nested deeper than {MAX_DEPTH}", self.path)
+        for name in _natural(list(group.keys())):
+            self.count += 1
+            require(self.count <= MAX_OBJECTS, f"more than {MAX_OBJECTS} objects", self.path)
+            where = f"{prefix}/{name}" if prefix else name
+            if self.link_kind(group, name, where) == "soft":
+                continue
+            obj = group[name]
+            if obj.id in self.seen:
+                if isinstance(obj, self.h5py.Dataset):
+                    self.hard_aliases[where] = self.seen[obj.id]
+                continue
+            self.seen[obj.id] = where
+            if isinstance(obj, self.h5py.Group):
+                self.walk(obj, where, depth + 1)
+            elif isinstance(obj, self.h5py.Dataset):
+                self.datasets.append((where, obj))
+
+
+def _dataset_dtype(dset) -> tuple[dtypes.DType | None, np.dtype]:
+    """(canonical dtype, stored numpy dtype); canonical None for datasets that hold no tensor."""
+    stored = dset.dtype
+    for key in ("modelport_dtype", "dtype"):
+        if key in dset.attrs:
+            tag = dset.attrs[key]
+            tag = tag.decode() if isinstance(tag, bytes) else str(tag)
+            want = dtypes.DTYPES.get(tag) if key == "modelport_dtype" else _from_numpy_name(tag)
+            if want is not None and want.numpy is not None and stored.itemsize == want.numpy.itemsize \
+                    and stored.kind in "uiV" and not stored.names:
+                return want, stored
+    if stored.names or stored.kind in "OSUV" or stored.subdtype is not None:
+        return None, stored
+    return dtypes.from_numpy(stored), stored
+
+
+def _from_numpy_name(name: str) -> dtypes.DType | None:
+    import ml_dtypes
+
+    try:
+        dt = np.dtype(getattr(ml_dtypes, name)) if hasattr(ml_dtypes, name) else np.dtype(name)
+    except TypeError:
+        return None
+    return dtypes.from_numpy(dt)
+
+
+def _check_dataset(dset, name: str, nbytes: int, path: Path) -> int | None:
+    """Policy checks; returns the data offset inside the HDF5 file when it can be memory-mapped."""
+    h5py = _h5py()
+    if dset.is_virtual:
+        raise UnsafeFileError(f"dataset {name!r} is a virtual dataset (reads other files); refused", path)
+    if dset.external:
+        raise UnsafeFileError(f"dataset {name!r} keeps its data in external file(s) {[e[0] for e in dset.external]}; refused", path)
+    plist = dset.id.get_create_plist()
+    layout = plist.get_layout()
+    filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+    unknown = [f for f in filters if f not in _KNOWN_FILTERS]
+    if unknown:
+        raise UnsupportedError(f"dataset {name!r} uses HDF5 filter(s) {unknown}, which need plugins; refused", path)
+    stored = dset.id.get_storage_size()
+    if nbytes > BOMB_FLOOR and nbytes > BOMB_RATIO * max(stored, 1):
+        raise FormatError(f"dataset {name!r} declares {nbytes} bytes but stores {stored}; refused (shape bomb)", path)
+    if layout == h5py.h5d.CONTIGUOUS and not filters:
+        offset = dset.id.get_offset()
+        if offset is not None:
+            return offset
+    return None
+
+
+def _loader(state: dict, name: str, h5name: str, dtype: dtypes.DType, stored: np.dtype, shape, mmap_at):
+    path = state["path"]
+
+    def load() -> np.ndarray:
+        if mmap_at is not None:
+            if "map" not in state:
+                state["map"] = np.memmap(path, dtype=np.uint8, mode="r")
+            raw = state["map"][mmap_at:mmap_at + math.prod(shape) * stored.itemsize]
+            arr = raw.view(stored).reshape(shape)
+        else:
+            try:
+                arr = np.asarray(state["file"]()[h5name][()])
+            except (OSError, ValueError, KeyError) as exc:
+                raise FormatError(f"dataset {name!r}: HDF5 read failed ({exc})", path) from None
+            arr = arr.reshape(shape)
+        if stored.byteorder == ">":
+            arr = arr.astype(stored.newbyteorder("="))
+        if arr.dtype != dtype.numpy:
+            arr = arr.view(dtype.numpy) if arr.dtype.itemsize == dtype.numpy.itemsize and arr.dtype.kind in "uiV" else arr.astype(dtype.numpy)
+        return arr
+    return load
+
+
+def _collect(h5file, path: Path, map_base: int | None, state: dict) -> tuple[dict, dict, dict]:
+    """(tensors, aliases, details) of an open HDF5 file."""
+    h5py = _h5py()
+    details: dict = {}
+    walker = _Walker(h5py, path)
+    entries: list[tuple[str, str, object]] = []      # (tensor name, hdf5 path, dataset)
+    root_w = None
+    if isinstance(h5file.get("model_weights", getlink=True), h5py.HardLink) and "layer_names" in h5file["model_weights"].attrs:
+        root_w = h5file["model_weights"]
+        details["layout"] = "keras2 model"
+    elif _attr_names(h5file, "layer_names") is not None:
+        root_w = h5file
+        details["layout"] = "keras2 weights"
+    if root_w is not None:
+        layers = _attr_names(root_w, "layer_names") or []
+        details["keras_layers"] = len(layers)
+        for layer in layers:
+            require(walker.link_kind(root_w, layer, layer) == "hard" if layer in root_w else False,
+                    f"layer {layer!r} listed in layer_names is missing", path)
+            group = root_w[layer]
+            for wname in _attr_names(group, "weight_names") or []:
+                where = f"{layer}/{wname}"
+                require(wname in group, f"weight {wname!r} of layer {layer!r} is missing", path)
+                parts = wname.split("/")
+                node = group
+                for part in parts:  # every link on the way must be a plain hard link
+                    walker.link_kind(node, part, where)
+                    node = node[part]
+                require(isinstance(node, h5py.Dataset), f"weight {where!r} is not a dataset", path)
+                entries.append((re.sub(r":\d+$", "", wname).replace("/", "."), node.name, node))
+        names = [e[0] for e in entries]
+        if len(set(names)) != len(names):  # weight names only unique per layer: use the full path
+            base = root_w.name.rstrip("/") + "/"
+            entries = [(re.sub(r":\d+$", "", h5[len(base):] if h5.startswith(base) else h5.lstrip("/")).replace("/", "."), h5, d)
+                       for _, h5, d in entries]
+        if "optimizer_weights" in h5file:
+            details["optimizer_weights"] = "present (not listed)"
+    else:
+        walker.walk(h5file)
+        for where, dset in walker.datasets:
+            tag = dset.attrs.get("modelport_name")
+            name = tag.decode() if isinstance(tag, bytes) else (str(tag) if tag is not None else where.replace("/", "."))
+            entries.append((name, "/" + where, dset))
+        details["layout"] = "keras3 weights" if any("/vars/" in "/" + w for w, _ in walker.datasets) else "datasets"
+        if walker.soft:
+            details["soft_links"] = len(walker.soft)
+
+    tensors: dict[str, TensorRef] = {}
+    skipped = []
+    by_h5: dict[str, str] = {}
+    for name, h5name, dset in entries:
+        dtype, stored = _dataset_dtype(dset)
+        if dtype is None or dtype.numpy is None:
+            skipped.append(name)
+            continue
+        require(name not in tensors, f"two datasets map to the tensor name {name!r}", path)
+        shape = tuple(dset.shape) if dset.shape is not None else ()
+        nbytes = math.prod(shape) * stored.itemsize
+        offset = _check_dataset(dset, name, nbytes, path)
+        mmap_at = None
+        if offset is not None:
+            mmap_at = offset + (map_base or 0)
+            require(mmap_at + nbytes <= state["size"],
+                    f"dataset {name!r}: data at {mmap_at}+{nbytes} runs past the end of the file ({state['size']} bytes)", path)
+        tensors[name] = TensorRef(name, dtype, shape, _loader(state, name, h5name, dtype, stored, shape, mmap_at),
+                                  nbytes=nbytes, file=str(state["path"]), offset=mmap_at,
+                                  extra={"hdf5_path": h5name})
+        by_h5[h5name] = name
+    aliases = {}
+    for where, target in walker.hard_aliases.items():
+        if "/" + target in by_h5:
+            aliases[where.replace("/", ".")] = by_h5["/" + target]
+    for where, target in walker.soft.items():
+        if target in by_h5:
+            aliases[where.replace("/", ".")] = by_h5[target]
+    if skipped:
+        details["skipped_non_numeric"] = skipped[:20]
+    return tensors, aliases, details
+
+
+def _root_info(h5file) -> tuple[dict, dict | None]:
+    meta = {}
+    for key in ("keras_version", "backend"):
+        if key in h5file.attrs:
+            v = h5file.attrs[key]
+            meta[key] = v.decode() if isinstance(v, bytes) else str(v)
+    if "modelport_metadata" in h5file.attrs:
+        parsed = _parse_config_text(h5file.attrs["modelport_metadata"], Path("."))
+        if isinstance(parsed, dict):
+            meta.update({str(k): str(v) for k, v in parsed.items()})
+    config = _parse_config_text(h5file.attrs["model_config"], Path(".")) if "model_config" in h5file.attrs else None
+    return meta, config
+
+
+def open_hdf5(path: Path) -> ModelSource:
+    h5py = _h5py()
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(4)
+    keras_zip = head == b"PK\x03\x04"
+    state: dict = {"path": path, "size": size}
+    details: dict = {}
+    keras_config = None
+    metadata: dict = {}
+    closers = []
+    try:
+        if keras_zip:
+            try:
+                z = zipfile.ZipFile(path)
+            except zipfile.BadZipFile as exc:
+                raise FormatError(f"not a valid .keras zip ({exc})", path) from None
+            with z:
+                names = z.namelist()
+                require(len(names) == len(set(names)), "the .keras zip has duplicate member names", path)
+                require("model.weights.h5" in names, "the .keras zip has no model.weights.h5", path)
+                keras_config = _read_member_json(z, "config.json", path)
+                if "metadata.json" in names:
+                    meta_json = _read_member_json(z, "metadata.json", path)
+                    if isinstance(meta_json, dict):
+                        metadata.update({k: str(v) for k, v in meta_json.items() if isinstance(v, (str, int, float))})
+                info = z.getinfo("model.weights.h5")
+                require(info.file_size < 1 << 48, "model.weights.h5 declares an absurd size", path)
+                if info.compress_type == zipfile.ZIP_STORED:
+                    start = _member_data_offset(path, info)
+                    require(info.file_size == info.compress_size, "stored member sizes disagree", path)
+                    fileobj = _RangeFile(path, start, info.file_size)
+                    map_base = start
+                else:  # deflated: HDF5 needs random access, so stream it out to a private temp file
+                    require(info.file_size <= 1000 * max(info.compress_size, 1) + (1 << 20),
+                            "model.weights.h5 expands suspiciously (zip bomb?)", path)
+                    tmp = tempfile.NamedTemporaryFile(prefix="modelport-", suffix=".h5", delete=False)
+                    with tmp, z.open(info) as src:
+                        shutil.copyfileobj(src, tmp, 1 << 20)
+                    tmp_path = Path(tmp.name)
+                    closers.append(lambda: tmp_path.unlink(missing_ok=True))
+                    fileobj, map_base = None, 0
+                    state.update(path=tmp_path, size=tmp_path.stat().st_size)
+                    details["weights_member"] = "deflated (extracted to a temporary file)"
+            try:
+                h5file = h5py.File(fileobj, "r") if fileobj is not None else h5py.File(state["path"], "r")
+            except OSError as exc:
+                raise FormatError(f"model.weights.h5 is not a readable HDF5 file ({exc})", path) from None
+            if fileobj is not None:
+                closers.append(fileobj.close)
+        else:
+            try:
+                h5file = h5py.File(path, "r")
+            except OSError as exc:
+                raise FormatError(f"not a readable HDF5 file ({exc})", path) from None
+            map_base = 0
+        closers.insert(0, h5file.close)
+        state["file"] = lambda: h5file
+        meta, config = _root_info(h5file)
+        metadata.update(meta)
+        keras_config = keras_config if keras_config is not None else config
+        try:
+            tensors, aliases, more = _collect(h5file, path, map_base, state)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FormatError(f"unreadable HDF5 structure ({exc})", path) from None
+        details.update(more)
+    except BaseException:
+        for closer in reversed(closers):
+            closer()
+        raise
+    if keras_zip:
+        details["container"] = "keras3 zip"
+    if isinstance(keras_config, dict):
+        details["keras_model"] = keras_summary(keras_config)
+    source = ModelSource(path=path, format="hdf5", tensors=tensors, files=[path], metadata=metadata,
+                         aliases=aliases, details=details)
+    source._closers = [*closers, lambda: state.pop("map", None)]
+    return source
+
+
+# --- writer -------------------------------------------------------------------------------
+
+def _h5_name(name: str) -> str:
+    safe = name.replace("/", "\u2215")   # division slash: a flat name, never a group path
+    return "_" if safe in (".", "") else safe
+
+
+def write_hdf5(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = None,
+               aliases: dict | None = None, progress=None) -> None:
+    h5py = _h5py()
+    refs = list(tensors)
+    for ref in refs:
+        if ref.dtype.is_quantized:
+            raise UnsupportedError(f"tensor {ref.name!r}: HDF5 has no {ref.dtype.name}; use --dequantize", dst)
+    used: set[str] = set()
+    with h5py.File(dst, "w", track_order=True) as f:
+        if metadata:
+            f.attrs["modelport_metadata"] = json.dumps({str(k): str(v) for k, v in metadata.items()})
+        for ref in refs:
+            h5 = _h5_name(ref.name)
+            require(h5 not in used, f"two tensors map to the HDF5 name {h5!r}", dst, UnsupportedError)
+            used.add(h5)
+            arr = np.asarray(ref.read())
+            if tuple(arr.shape) != ref.shape:
+                raise FormatError(f"tensor {ref.name!r}: reader gave shape {arr.shape}, expected {ref.shape}", dst)
+            arr = np.ascontiguousarray(arr, dtype=ref.dtype.numpy)
+            if ref.dtype.name not in _NATIVE:
+                arr = arr.view(np.dtype(f"u{arr.dtype.itemsize}"))
+            dset = f.create_dataset(h5, data=arr)
+            if ref.dtype.name not in _NATIVE:
+                dset.attrs["modelport_dtype"] = ref.dtype.name
+            if h5 != ref.name:
+                dset.attrs["modelport_name"] = ref.name
+            del arr
+            if progress:
+                progress(ref)
+        for alias, target in (aliases or {}).items():
+            h5 = _h5_name(alias)
+            if _h5_name(target) in f and h5 not in f:
+                f[h5] = f[_h5_name(target)]  # a hard link: same data, read back as an alias
+
+
+FORMAT = FormatSpec(
+    name="hdf5",
+    extensions=(".h5", ".hdf5"),
+    detect=detect,
+    open=open_hdf5,
+    write=write_hdf5,
+    description="HDF5 / Keras (.h5, .keras)",
+    options={"aliases": ("h5", "keras")},
+)
