@@ -15,7 +15,8 @@ from .core.tensor import TensorRef
 from .conversion import convert
 from .comparison import diff
 from .inspection import inspect
+from .security import scan
 
-__all__ = ["open", "convert", "diff", "inspect", "ModelSource", "TensorRef", "DType", "DTYPES",
+__all__ = ["open", "convert", "diff", "inspect", "scan", "ModelSource", "TensorRef", "DType", "DTYPES",
            "ModelportError", "FormatError", "UnsafeFileError", "UnsupportedError", "CheckFailed"]
 __version__ = "0.1.0"

@@ -15,7 +15,7 @@ import typer
 from ..core.errors import ModelportError
 
 # Command modules, in the order `--help` lists them.
-COMMANDS = ("inspect", "convert", "diff")
+COMMANDS = ("inspect", "scan", "convert", "diff")
 
 app = typer.Typer(
     name="modelport",
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     _register_commands()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        app(args=argv, prog_name="modelport", standalone_mode=False)
+        code = app(args=argv, prog_name="modelport", standalone_mode=False)
     except ModelportError as exc:
         if debug:
             raise
@@ -57,17 +57,15 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("modelport: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors (typer vendors click)
             exc.show()
             sys.exit(exc.exit_code)
         if debug:
             raise
         print(f"modelport: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         sys.exit(3)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

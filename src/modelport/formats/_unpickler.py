@@ -255,41 +255,41 @@ def prescan(stream, cap: int, base: int = 0) -> Scan:
     protocol = 0
     scan = Scan(start, start, 0)
     memo: dict[int, object] = {}
-    recent: list = []           # last values pushed, as far as they are strings (for STACK_GLOBAL)
+    prev = last = None          # the last two values pushed, where they are strings (for STACK_GLOBAL)
     memo_count = 0
+    limit = start + cap
     try:
         for op, arg, pos in pickletools.genops(stream):
-            if pos - start > cap:
-                raise FormatError(f"pickle longer than the {cap}-byte limit")
             name = op.name
-            if name in _REFUSED_OPS:
-                raise FormatError(f"pickle opcode {name} at byte {base + pos - start} is not used by torch checkpoints; refused")
-            if name == "PROTO":
-                protocol = arg
-            elif name == "GLOBAL":
-                module, _, gname = arg.partition(" ")
-                scan.globals.append((base + pos - start, module, gname))
-            elif name == "STACK_GLOBAL":
-                if len(recent) >= 2 and isinstance(recent[-2], str) and isinstance(recent[-1], str):
-                    scan.globals.append((base + pos - start, recent[-2], recent[-1]))
-                else:
-                    scan.globals.append((base + pos - start, None, None))
-            if name in _PUT_OPS or name == "MEMOIZE":
+            if name in _STRING_OPS:
+                prev, last = last, arg if isinstance(arg, str) else None
+            elif name in _GET_OPS:
+                if not isinstance(arg, int) or arg >= MAX_MEMO:
+                    raise FormatError(f"pickle memo index {arg!r} at byte {base + pos - start} is out of range")
+                prev, last = last, memo.get(arg)
+            elif name in _PUT_OPS or name == "MEMOIZE":
                 index = memo_count if name == "MEMOIZE" else arg
                 if not isinstance(index, int) or index < 0 or index >= MAX_MEMO:
                     raise FormatError(f"pickle memo index {index!r} at byte {base + pos - start} is out of range")
-                memo[index] = recent[-1] if recent else None
+                if isinstance(last, str):
+                    memo[index] = last
                 memo_count += 1
-                continue
-            if name in _GET_OPS:
-                if not isinstance(arg, int) or arg >= MAX_MEMO:
-                    raise FormatError(f"pickle memo index {arg!r} at byte {base + pos - start} is out of range")
-                recent.append(memo.get(arg))
-            elif name in _STRING_OPS:
-                recent.append(arg if isinstance(arg, str) else None)
+            elif name == "GLOBAL":
+                module, _, gname = arg.partition(" ")
+                scan.globals.append((base + pos - start, module, gname))
+                prev = last = None
+            elif name == "STACK_GLOBAL":
+                scan.globals.append((base + pos - start, prev, last) if isinstance(prev, str) and isinstance(last, str)
+                                    else (base + pos - start, None, None))
+                prev = last = None
+            elif name in _REFUSED_OPS:
+                raise FormatError(f"pickle opcode {name} at byte {base + pos - start} is not used by torch checkpoints; refused")
+            elif name == "PROTO":
+                protocol = arg
             elif name != "FRAME":
-                recent.append(None)
-            del recent[:-2]
+                prev = last = None
+            if pos > limit:
+                raise FormatError(f"pickle longer than the {cap}-byte limit")
         end = stream.tell()
     except FormatError:
         raise
@@ -329,13 +329,14 @@ def check_globals(scan: Scan) -> None:
             refused.append((pos, module, name))
     if not refused:
         return
-    cls = _looks_like_module_pickle(refused)
+    code = [g for g in refused if g[1].split(".")[0] in _CODE_MODULES]
+    cls = None if code else _looks_like_module_pickle(refused)
     if cls is not None:
         pos = next(p for p, m, n in refused if f"{m}.{n}" == cls)
         raise UnsafeFileError(
             f"this is a whole pickled model (class '{cls}' at byte {pos}), not a state_dict; loading it would run "
             f"its code. Save the weights instead: torch.save(model.state_dict(), path)")
-    pos, module, name = refused[0]
+    pos, module, name = (code or refused)[0]
     raise UnsafeFileError(f"refused global '{module}.{name}' at byte {pos} — the file would run code on load; "
                           f"see 'modelport scan'")
 
@@ -349,10 +350,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.storages: dict[str, Storage] = {}
 
     def find_class(self, module, name):
-        try:
-            found = allowed(module, name)
-        except UnsupportedError:
-            raise
+        found = allowed(module, name)
         if found is None:
             pos = next((p for p, m, n in self.scan.globals if (m, n) == (module, name)), None)
             where = f" at byte {pos}" if pos is not None else ""
@@ -383,13 +381,25 @@ class RestrictedUnpickler(pickle.Unpickler):
         return Storage(view_key, stype, size, location, root=storage, elem_offset=offset)
 
     def _root(self, key, stype, numel, location) -> Storage:
-        known = self.storages.get(key)
-        if known is None:
-            known = self.storages[key] = Storage(key, stype, numel, location)
-        elif known.stype.name != stype.name or known.numel != numel:
-            raise FormatError(f"storage {key!r} is described twice differently "
+        """One Storage per reference; references to one key must agree on its byte size (an fp8 tensor
+        and its uint8 view share a record as `UntypedStorage` and `ByteStorage`)."""
+        storage = Storage(key, stype, numel, location)
+        known = self.storages.setdefault(key, storage)
+        if known is not storage and storage_bytes(known) != storage_bytes(storage):
+            raise FormatError(f"storage {key!r} is described twice with different sizes "
                               f"({known.stype.name}[{known.numel}] and {stype.name}[{numel}])")
-        return known
+        return storage
+
+
+def storage_itemsize(stype: StorageType) -> int:
+    if stype.dtype is None:
+        return 1
+    dtype = dtypes.by_code("torch", stype.dtype)
+    return dtype.numpy.itemsize
+
+
+def storage_bytes(storage: Storage) -> int:
+    return storage.numel * storage_itemsize(storage.stype)
 
 
 def unpickle(data: bytes, scan: Scan) -> tuple[object, dict[str, Storage]]:

@@ -141,29 +141,30 @@ def keras_summary(config) -> dict:
     flagged: list[str] = []
     layers = 0
 
-    def walk(node, depth=0):
+    def walk(node, depth=0, in_layers=False):
         nonlocal layers
         if depth > 200:
             return
         if isinstance(node, dict):
             cls = node.get("class_name")
-            if isinstance(cls, str) and isinstance(node.get("config"), dict) and "name" in node["config"]:
+            if in_layers and isinstance(cls, str):
                 classes[cls] += 1
                 layers += 1
             if cls in ("Lambda", "__lambda__") or "function_type" in node:
-                flagged.append(f"Lambda layer {node.get('config', {}).get('name', '?') if isinstance(node.get('config'), dict) else '?'} (Python bytecode)")
+                cfg = node.get("config") if isinstance(node.get("config"), dict) else {}
+                flagged.append(f"Lambda layer {cfg.get('name', '?')} (Python bytecode)")
             module = node.get("module")
             if isinstance(module, str) and not _KERAS_MODULES.match(module):
                 flagged.append(f"{module}.{cls or node.get('registered_name', '?')} (code outside Keras)")
-            for value in node.values():
-                walk(value, depth + 1)
+            for key, value in node.items():
+                walk(value, depth + 1, key == "layers" and isinstance(value, list))
         elif isinstance(node, list):
             for value in node:
-                walk(value, depth + 1)
+                walk(value, depth + 1, in_layers)
 
     walk(config)
     top = config.get("class_name") if isinstance(config, dict) else None
-    return {"model_class": top, "layers": max(0, layers - (1 if top else 0)),
+    return {"model_class": top, "layers": layers,
             "layer_classes": dict(classes.most_common()), "flagged": list(dict.fromkeys(flagged))}
 
 
@@ -180,15 +181,30 @@ def _parse_config_text(text, path: Path):
 
 # --- walking the file ---------------------------------------------------------------------
 
+def _small_attr(obj, key: str, cap: int | None = None):
+    """An attribute's value, refusing (FormatError) one whose stored size is over `cap` before reading it."""
+    import h5py
+
+    cap = CONFIG_CAP if cap is None else cap
+    aid = h5py.h5a.open(obj.id, key.encode())
+    try:
+        size = aid.get_storage_size()
+    except RuntimeError:  # variable-length strings report 0; count their elements instead
+        size = math.prod(aid.shape or ()) * aid.dtype.itemsize
+    if size > cap:
+        raise FormatError(f"attribute {key!r} of {obj.name!r} holds {size} bytes (cap {cap})", obj.file.filename)
+    return obj.attrs[key]
+
+
 def _attr_names(obj, key: str) -> list[str] | None:
     """A name-list attribute, joining Keras' split chunks `key0`, `key1`, … when the plain one is absent."""
     attrs = obj.attrs
     if key in attrs:
-        values = [attrs[key]]
+        values = [_small_attr(obj, key)]
     elif f"{key}0" in attrs:
         values, i = [], 0
         while f"{key}{i}" in attrs and i < 100_000:
-            values.append(attrs[f"{key}{i}"])
+            values.append(_small_attr(obj, f"{key}{i}"))
             i += 1
     else:
         return None
@@ -202,57 +218,79 @@ def _attr_names(obj, key: str) -> list[str] | None:
     return out
 
 
-def _natural(keys: list[str]) -> list[str]:
-    if keys and all(k.isdigit() for k in keys):
-        return sorted(keys, key=int)
-    return keys
+def _natural_key(path: str):
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.split("/"))
 
 
-class _Walker:
-    def __init__(self, h5py, path: Path):
-        self.h5py, self.path = h5py, path
-        self.seen: dict = {}              # object id -> first path
-        self.datasets: list[tuple[str, object]] = []
-        self.hard_aliases: dict[str, str] = {}
-        self.soft: dict[str, str] = {}
-        self.count = 0
-
-    def link_kind(self, group, name: str, where: str) -> str:
-        link = group.get(name, getlink=True)
-        if isinstance(link, self.h5py.ExternalLink):
-            raise UnsafeFileError(f"{where!r} is an external link to {link.filename!r}:{link.path!r}; refused", self.path)
-        if isinstance(link, self.h5py.SoftLink):
-            self.soft[where] = link.path
-            return "soft"
-        return "hard"
-
-    def walk(self, group, prefix: str = "", depth: int = 0) -> None:
-        require(depth <= MAX_DEPTH, f"groups nested deeper than {MAX_DEPTH}", self.path)
-        for name in _natural(list(group.keys())):
-            self.count += 1
-            require(self.count <= MAX_OBJECTS, f"more than {MAX_OBJECTS} objects", self.path)
-            where = f"{prefix}/{name}" if prefix else name
-            if self.link_kind(group, name, where) == "soft":
-                continue
-            obj = group[name]
-            if obj.id in self.seen:
-                if isinstance(obj, self.h5py.Dataset):
-                    self.hard_aliases[where] = self.seen[obj.id]
-                continue
-            self.seen[obj.id] = where
-            if isinstance(obj, self.h5py.Group):
-                self.walk(obj, where, depth + 1)
-            elif isinstance(obj, self.h5py.Dataset):
-                self.datasets.append((where, obj))
+def _require_hard(h5py, group, name: str, where: str, path: Path) -> None:
+    link = group.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise UnsafeFileError(f"{where!r} is an external link to {link.filename!r}:{link.path!r}; refused", path)
+    require(isinstance(link, h5py.HardLink), f"{where!r} is a soft link; refused on a weight path", path)
 
 
-def _dataset_dtype(dset) -> tuple[dtypes.DType | None, np.dtype]:
+def _scan(h5py, h5file, path: Path) -> tuple[list, dict, dict]:
+    """One C-level pass over links and objects: ([(path, DatasetID)], hard aliases, soft links).
+
+    The high-level API costs ~1 ms per object; this keeps `open` fast on files with thousands of
+    datasets. External (and user-defined) links are refused; soft links become aliases."""
+    fid = h5file.id
+    tracked = bool(h5py.h5o.open(fid, b"/").get_create_plist().get_link_creation_order())
+    index = h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME
+    links: list = []
+    try:
+        fid.links.visit(lambda name, info: links.append((name, info.type)) if len(links) <= MAX_OBJECTS else True,
+                        idx_type=index, info=True)
+    except (KeyError, ValueError):  # a subgroup without creation-order tracking
+        links.clear()
+        tracked = False
+        fid.links.visit(lambda name, info: links.append((name, info.type)) if len(links) <= MAX_OBJECTS else True, info=True)
+    require(len(links) <= MAX_OBJECTS, f"more than {MAX_OBJECTS} links", path)
+    objects: dict = {}
+    h5py.h5o.visit(fid, lambda name, info: objects.__setitem__(name, (info.type, info.addr)), info=True)
+    seen: dict = {}
+    datasets, hard_aliases, soft = [], {}, {}
+    for raw, kind in links:
+        where = raw.decode("utf-8", "replace")
+        require(where.count("/") <= MAX_DEPTH, f"groups nested deeper than {MAX_DEPTH}", path)
+        if kind == h5py.h5l.TYPE_EXTERNAL:
+            target = fid.links.get_val(raw)
+            raise UnsafeFileError(f"{where!r} is an external link to {target[0].decode(errors='replace')!r}; refused", path)
+        if kind == h5py.h5l.TYPE_SOFT:
+            soft[where] = fid.links.get_val(raw).decode("utf-8", "replace")
+            continue
+        if kind != h5py.h5l.TYPE_HARD:
+            raise UnsafeFileError(f"{where!r} is a user-defined link (type {kind}); refused", path)
+        if raw in objects:
+            otype, addr = objects[raw]
+        else:
+            info = h5py.h5o.get_info(fid, raw)
+            otype, addr = info.type, info.addr
+        if addr in seen:
+            if otype == h5py.h5o.TYPE_DATASET:
+                hard_aliases[where] = seen[addr]
+            continue
+        seen[addr] = where
+        if otype == h5py.h5o.TYPE_DATASET:
+            datasets.append((where, h5py.h5d.open(fid, raw)))
+    if not tracked:
+        datasets.sort(key=lambda d: _natural_key(d[0]))
+    return datasets, hard_aliases, soft
+
+
+def _attr(h5py, dsid, key: str):
+    if not h5py.h5a.get_num_attrs(dsid) or not h5py.h5a.exists(dsid, key.encode()):
+        return None
+    value = _small_attr(h5py.Dataset(dsid), key, 1 << 16)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _dataset_dtype(h5py, dsid) -> tuple[dtypes.DType | None, np.dtype]:
     """(canonical dtype, stored numpy dtype); canonical None for datasets that hold no tensor."""
-    stored = dset.dtype
+    stored = dsid.dtype
     for key in ("modelport_dtype", "dtype"):
-        if key in dset.attrs:
-            tag = dset.attrs[key]
-            tag = tag.decode() if isinstance(tag, bytes) else str(tag)
+        tag = _attr(h5py, dsid, key)
+        if tag is not None:
             want = dtypes.DTYPES.get(tag) if key == "modelport_dtype" else _from_numpy_name(tag)
             if want is not None and want.numpy is not None and stored.itemsize == want.numpy.itemsize \
                     and stored.kind in "uiV" and not stored.names:
@@ -272,26 +310,24 @@ def _from_numpy_name(name: str) -> dtypes.DType | None:
     return dtypes.from_numpy(dt)
 
 
-def _check_dataset(dset, name: str, nbytes: int, path: Path) -> int | None:
+def _check_dataset(h5py, dsid, name: str, nbytes: int, path: Path) -> int | None:
     """Policy checks; returns the data offset inside the HDF5 file when it can be memory-mapped."""
-    h5py = _h5py()
-    if dset.is_virtual:
-        raise UnsafeFileError(f"dataset {name!r} is a virtual dataset (reads other files); refused", path)
-    if dset.external:
-        raise UnsafeFileError(f"dataset {name!r} keeps its data in external file(s) {[e[0] for e in dset.external]}; refused", path)
-    plist = dset.id.get_create_plist()
+    plist = dsid.get_create_plist()
     layout = plist.get_layout()
+    if layout == h5py.h5d.VIRTUAL:
+        raise UnsafeFileError(f"dataset {name!r} is a virtual dataset (reads other files); refused", path)
+    if plist.get_external_count():
+        files = [plist.get_external(i)[0].decode(errors="replace") for i in range(min(plist.get_external_count(), 3))]
+        raise UnsafeFileError(f"dataset {name!r} keeps its data in external file(s) {files}; refused", path)
     filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
     unknown = [f for f in filters if f not in _KNOWN_FILTERS]
     if unknown:
         raise UnsupportedError(f"dataset {name!r} uses HDF5 filter(s) {unknown}, which need plugins; refused", path)
-    stored = dset.id.get_storage_size()
-    if nbytes > BOMB_FLOOR and nbytes > BOMB_RATIO * max(stored, 1):
+    stored = dsid.get_storage_size() if nbytes > BOMB_FLOOR else nbytes
+    if nbytes > BOMB_RATIO * max(stored, 1):
         raise FormatError(f"dataset {name!r} declares {nbytes} bytes but stores {stored}; refused (shape bomb)", path)
     if layout == h5py.h5d.CONTIGUOUS and not filters:
-        offset = dset.id.get_offset()
-        if offset is not None:
-            return offset
+        return dsid.get_offset()
     return None
 
 
@@ -322,8 +358,9 @@ def _collect(h5file, path: Path, map_base: int | None, state: dict) -> tuple[dic
     """(tensors, aliases, details) of an open HDF5 file."""
     h5py = _h5py()
     details: dict = {}
-    walker = _Walker(h5py, path)
-    entries: list[tuple[str, str, object]] = []      # (tensor name, hdf5 path, dataset)
+    entries: list[tuple[str, str, object]] = []      # (tensor name, hdf5 path, DatasetID)
+    hard_aliases: dict = {}
+    soft: dict = {}
     root_w = None
     if isinstance(h5file.get("model_weights", getlink=True), h5py.HardLink) and "layer_names" in h5file["model_weights"].attrs:
         root_w = h5file["model_weights"]
@@ -335,8 +372,8 @@ def _collect(h5file, path: Path, map_base: int | None, state: dict) -> tuple[dic
         layers = _attr_names(root_w, "layer_names") or []
         details["keras_layers"] = len(layers)
         for layer in layers:
-            require(walker.link_kind(root_w, layer, layer) == "hard" if layer in root_w else False,
-                    f"layer {layer!r} listed in layer_names is missing", path)
+            require(layer in root_w, f"layer {layer!r} listed in layer_names is missing", path)
+            _require_hard(h5py, root_w, layer, layer, path)
             group = root_w[layer]
             for wname in _attr_names(group, "weight_names") or []:
                 where = f"{layer}/{wname}"
@@ -344,10 +381,10 @@ def _collect(h5file, path: Path, map_base: int | None, state: dict) -> tuple[dic
                 parts = wname.split("/")
                 node = group
                 for part in parts:  # every link on the way must be a plain hard link
-                    walker.link_kind(node, part, where)
+                    _require_hard(h5py, node, part, where, path)
                     node = node[part]
                 require(isinstance(node, h5py.Dataset), f"weight {where!r} is not a dataset", path)
-                entries.append((re.sub(r":\d+$", "", wname).replace("/", "."), node.name, node))
+                entries.append((re.sub(r":\d+$", "", wname).replace("/", "."), node.name, node.id))
         names = [e[0] for e in entries]
         if len(set(names)) != len(names):  # weight names only unique per layer: use the full path
             base = root_w.name.rstrip("/") + "/"
@@ -356,27 +393,26 @@ def _collect(h5file, path: Path, map_base: int | None, state: dict) -> tuple[dic
         if "optimizer_weights" in h5file:
             details["optimizer_weights"] = "present (not listed)"
     else:
-        walker.walk(h5file)
-        for where, dset in walker.datasets:
-            tag = dset.attrs.get("modelport_name")
-            name = tag.decode() if isinstance(tag, bytes) else (str(tag) if tag is not None else where.replace("/", "."))
-            entries.append((name, "/" + where, dset))
-        details["layout"] = "keras3 weights" if any("/vars/" in "/" + w for w, _ in walker.datasets) else "datasets"
-        if walker.soft:
-            details["soft_links"] = len(walker.soft)
+        datasets, hard_aliases, soft = _scan(h5py, h5file, path)
+        for where, dsid in datasets:
+            name = _attr(h5py, dsid, "modelport_name") or where.replace("/", ".")
+            entries.append((name, "/" + where, dsid))
+        details["layout"] = "keras3 weights" if any("/vars/" in "/" + w for w, _ in datasets) else "datasets"
+        if soft:
+            details["soft_links"] = len(soft)
 
     tensors: dict[str, TensorRef] = {}
     skipped = []
     by_h5: dict[str, str] = {}
-    for name, h5name, dset in entries:
-        dtype, stored = _dataset_dtype(dset)
+    for name, h5name, dsid in entries:
+        dtype, stored = _dataset_dtype(h5py, dsid)
         if dtype is None or dtype.numpy is None:
             skipped.append(name)
             continue
         require(name not in tensors, f"two datasets map to the tensor name {name!r}", path)
-        shape = tuple(dset.shape) if dset.shape is not None else ()
+        shape = tuple(dsid.shape) if dsid.shape is not None else ()
         nbytes = math.prod(shape) * stored.itemsize
-        offset = _check_dataset(dset, name, nbytes, path)
+        offset = _check_dataset(h5py, dsid, name, nbytes, path)
         mmap_at = None
         if offset is not None:
             mmap_at = offset + (map_base or 0)
@@ -387,10 +423,10 @@ def _collect(h5file, path: Path, map_base: int | None, state: dict) -> tuple[dic
                                   extra={"hdf5_path": h5name})
         by_h5[h5name] = name
     aliases = {}
-    for where, target in walker.hard_aliases.items():
+    for where, target in hard_aliases.items():
         if "/" + target in by_h5:
             aliases[where.replace("/", ".")] = by_h5["/" + target]
-    for where, target in walker.soft.items():
+    for where, target in soft.items():
         if target in by_h5:
             aliases[where.replace("/", ".")] = by_h5[target]
     if skipped:
@@ -402,13 +438,13 @@ def _root_info(h5file) -> tuple[dict, dict | None]:
     meta = {}
     for key in ("keras_version", "backend"):
         if key in h5file.attrs:
-            v = h5file.attrs[key]
+            v = _small_attr(h5file, key, 1 << 16)
             meta[key] = v.decode() if isinstance(v, bytes) else str(v)
     if "modelport_metadata" in h5file.attrs:
-        parsed = _parse_config_text(h5file.attrs["modelport_metadata"], Path("."))
+        parsed = _parse_config_text(_small_attr(h5file, "modelport_metadata"), Path("."))
         if isinstance(parsed, dict):
             meta.update({str(k): str(v) for k, v in parsed.items()})
-    config = _parse_config_text(h5file.attrs["model_config"], Path(".")) if "model_config" in h5file.attrs else None
+    config = _parse_config_text(_small_attr(h5file, "model_config"), Path(".")) if "model_config" in h5file.attrs else None
     return meta, config
 
 
@@ -517,7 +553,7 @@ def write_hdf5(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = 
             arr = np.asarray(ref.read())
             if tuple(arr.shape) != ref.shape:
                 raise FormatError(f"tensor {ref.name!r}: reader gave shape {arr.shape}, expected {ref.shape}", dst)
-            arr = np.ascontiguousarray(arr, dtype=ref.dtype.numpy)
+            arr = arr.astype(ref.dtype.numpy, order="C", copy=False)
             if ref.dtype.name not in _NATIVE:
                 arr = arr.view(np.dtype(f"u{arr.dtype.itemsize}"))
             dset = f.create_dataset(h5, data=arr)

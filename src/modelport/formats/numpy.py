@@ -14,6 +14,7 @@ import ast
 import json
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterable
 
@@ -186,9 +187,12 @@ def open_npz(path: Path) -> ModelSource:
 
 def _compressed_reader(path: Path, member: str, hlen: int):
     def read() -> bytes:
-        with zipfile.ZipFile(path) as zf, zf.open(member) as m:
-            m.read(hlen)
-            return m.read()
+        try:
+            with zipfile.ZipFile(path) as zf, zf.open(member) as m:
+                m.read(hlen)
+                return m.read()
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise FormatError(f"member {member!r} is corrupt ({exc})", path) from None
     return read
 
 

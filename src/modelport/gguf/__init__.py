@@ -1,0 +1,1 @@
+"""GGUF writing support: ggml block quantizers (`quants`) and llama.cpp's per-tensor type mixes (`mixes`)."""

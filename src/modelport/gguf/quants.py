@@ -1,0 +1,504 @@
+"""GGML block quantizers in NumPy, byte-identical to ggml's reference quantizers.
+
+Why our own: gguf-py (0.19) cannot quantize the K-quants at all (its Q2_K..Q6_K classes only dequantize), and
+its legacy quantizers differ from ggml in the sign of zero-valued fp16 scales. llama-quantize without an
+importance matrix calls ggml's `quantize_row_*_ref` functions for every type we support, so these are
+ports of those algorithms (GGUF.md §6), vectorised over all blocks of a chunk at once.
+
+Byte identity depends on doing exactly what the C code does in float32:
+- the same expression order (`w*x*l` is `(w*x)*l`), no fused multiply-adds;
+- sums accumulated sequentially: we keep sub-blocks as columns of an (n, S) array, so `np.add.reduce(axis=0)`
+  adds row after row in element order (NumPy only uses pairwise summation along the contiguous axis);
+- ggml's `nearest_int` (the 1.5*2^23 trick, round-half-even, with its wrap-around outside +-2^22), emulated exactly
+  wherever the argument is not bounded; `np.rint` is identical where it is;
+- fp16 conversion with round-to-nearest-even (`astype(np.float16)`, the same as GGML_FP32_TO_FP16).
+
+Decoding is gguf-py's job (`dequantize`), which is also what the tests check our round trip against.
+Large tensors are cut into chunks of blocks that are quantized on a thread pool: NumPy releases the GIL in its
+loops, and blocks are independent, so the chunking never changes the bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..core.dtypes import DTYPES
+
+QK_K = 256
+_F = np.float32
+
+#: Types `quantize` can produce.
+SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def _nearest_int(v: np.ndarray) -> np.ndarray:
+    """ggml's nearest_int, bit for bit (also for |v| > 2^22, where it wraps)."""
+    i = (v.astype(_F, copy=False) + _F(12582912.0)).view(np.int32)
+    return (i & 0x007FFFFF) - 0x00400000
+
+
+def _sum(a: np.ndarray) -> np.ndarray:
+    """Sequential float32 sum over axis 0 (a C loop `s = 0; s += a[i]`): row after row, then +0 for -0 sums."""
+    return np.add.reduce(a, axis=0) + _F(0.0)
+
+
+def _fp16(v: np.ndarray) -> np.ndarray:
+    return np.asarray(v, dtype=_F).astype(np.float16)
+
+
+def _first_absmax(x: np.ndarray, axis: int) -> np.ndarray:
+    """The signed element with the largest |x| (the first one on ties), as ggml's `if (ax > amax)` loops pick it."""
+    idx = np.argmax(np.abs(x), axis=axis)
+    return np.take_along_axis(x, np.expand_dims(idx, axis), axis=axis).squeeze(axis)
+
+
+def _cols(x: np.ndarray, n: int) -> np.ndarray:
+    """(nb, 256) blocks -> (n, nb*256/n): one sub-block of n elements per column, contiguous rows."""
+    return np.ascontiguousarray(x.reshape(-1, n).T)
+
+
+def _rows(c: np.ndarray, nb: int) -> np.ndarray:
+    """Inverse of _cols."""
+    return c.T.reshape(nb, QK_K)
+
+
+def _pack2(L: np.ndarray) -> np.ndarray:
+    """2-bit fields of 256 elements (nb, 256) -> (nb, 64): byte 32h+l holds 128h+l, +32, +64, +96."""
+    q = L.reshape(-1, 2, 4, 32).astype(np.uint8)
+    return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(-1, 64)
+
+
+# ----------------------------------------------------------------------------------- K-quant searches
+
+def _make_qkx2(X, W, nmax, rmin, rdelta, nstep, use_mad):
+    """make_qkx2_quants over columns: returns (L, scale, the_min) with L float (n, S).
+
+    The hot loop works in preallocated buffers (out=), which is most of the speed of this port."""
+    nmax_f = _F(nmax)
+    mn = X.min(axis=0)
+    mx = X.max(axis=0)
+    sum_w = np.add.reduce(W, axis=0)           # C starts these sums from element 0, not from 0.0
+    sum_x = np.add.reduce(W * X, axis=0)
+    mn = np.where(mn > 0, _F(0), mn)
+    const = mx == mn
+    La = np.empty_like(X)
+    WL = np.empty_like(X)
+    t = np.empty_like(X)
+
+    def candidate(iscale):
+        np.subtract(X, mn, out=La)
+        np.multiply(La, iscale, out=La)
+        np.rint(La, out=La)
+        np.clip(La, _F(0), nmax_f, out=La)          # (np.maximum/np.minimum with a scalar and out= is 10x slower)
+
+    def error(scale, mn_):
+        np.multiply(La, scale, out=t)
+        np.add(t, mn_, out=t)
+        np.subtract(t, X, out=t)
+        if use_mad:
+            np.abs(t, out=t)
+        else:
+            np.multiply(t, t, out=t)
+        np.multiply(t, W, out=t)
+        return _sum(t)
+
+    iscale = nmax_f / (mx - mn)
+    scale = _F(1) / iscale
+    candidate(iscale)
+    L = La.copy()
+    best = error(scale, mn)
+    for step in range(nstep + 1):
+        iscale = (_F(rmin) + _F(rdelta) * _F(step) + nmax_f) / (mx - mn)
+        candidate(iscale)
+        np.multiply(W, La, out=WL)
+        sum_l = _sum(WL)
+        np.multiply(WL, La, out=t)
+        sum_l2 = _sum(t)
+        np.multiply(WL, X, out=t)
+        sum_xl = _sum(t)
+        D = sum_w * sum_l2 - sum_l * sum_l
+        this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+        this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+        pos = this_min > 0
+        if pos.any():
+            this_min = np.where(pos, _F(0), this_min)
+            this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+        cur = error(this_scale, this_min)
+        win = (D > 0) & (cur < best)
+        if win.any():
+            np.copyto(L, La, where=win)
+            best = np.where(win, cur, best)
+            scale = np.where(win, this_scale, scale)
+            mn = np.where(win, this_min, mn)
+    if const.any():
+        L[:, const] = 0
+        scale = np.where(const, _F(0), scale)
+    return L, scale, -mn
+
+
+def _make_qx(X, nmax):
+    """make_qx_quants(rmse_type=1) over columns: returns (L offset by +nmax, scale)."""
+    amax_signed = _first_absmax(X, 0)
+    zero = np.abs(amax_signed) < _F(1e-15)
+    nmax_f = _F(nmax)
+    lo, hi = -nmax_f, nmax_f - 1
+    W = X * X
+    WX = W * X
+    l = np.empty_like(X)
+    t = np.empty_like(X)
+
+    def trial(iscale):
+        np.multiply(X, iscale, out=l)
+        np.rint(l, out=l)
+        np.clip(l, lo, hi, out=l)
+        np.multiply(WX, l, out=t)
+        slx = _sum(t)
+        np.multiply(W, l, out=t)
+        np.multiply(t, l, out=t)
+        return slx, _sum(t)
+
+    sumlx, suml2 = trial(-nmax_f / amax_signed)
+    L = l.copy()
+    scale = np.where(suml2 != 0, sumlx / suml2, _F(0))
+    best = scale * sumlx
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        slx, sl2 = trial(-(nmax_f + _F(0.1) * _F(step)) / amax_signed)
+        win = (sl2 > 0) & (slx * slx > best * sl2)
+        if win.any():
+            np.copyto(L, l, where=win)
+            scale = np.where(win, slx / sl2, scale)
+            best = np.where(win, scale * slx, best)
+    L += nmax_f
+    L[:, zero] = 0
+    scale = np.where(zero, _F(0), scale)
+    return L, scale
+
+
+def _make_q3(X, nmax):
+    """make_q3_quants(do_rmse=true) over columns: returns (L offset by +nmax, or 0 for all-zero; scale)."""
+    amax_signed = _first_absmax(X, 0)
+    zero = np.abs(amax_signed) < _F(1e-15)
+    nmax_f = _F(nmax)
+    lo, hi = -nmax_f, nmax_f - 1
+    iscale = -nmax_f / amax_signed
+    L = np.clip(np.rint(iscale * X), lo, hi)
+    W = X * X
+    WX = W * X
+    sumlx = _sum(WX * L)
+    suml2 = _sum((W * L) * L)
+    n = X.shape[0]
+    # A pass that accepts nothing leaves the state unchanged, so running further passes on blocks that ggml
+    # has already stopped gives the same result; we only stop early when no block changed.
+    for _ in range(5):
+        changed = False
+        for i in range(n):
+            wi, wxi, Li = W[i], WX[i], L[i]
+            slx = sumlx - wxi * Li
+            sl2 = suml2 - (wi * Li) * Li
+            with np.errstate(all="ignore"):
+                new = np.clip(_nearest_int((X[i] * sl2) / slx), -nmax, nmax - 1).astype(_F)
+            nslx = slx + wxi * new
+            nsl2 = sl2 + (wi * new) * new
+            acc = (slx > 0) & (new != Li) & (nsl2 > 0) & ((nslx * nslx) * suml2 > (sumlx * sumlx) * nsl2)
+            if acc.any():
+                changed = True
+                L[i] = np.where(acc, new, Li)
+                sumlx = np.where(acc, nslx, sumlx)
+                suml2 = np.where(acc, nsl2, suml2)
+        if not changed:
+            break
+    scale = np.where(suml2 > 0, sumlx / suml2, _F(0))
+    L = np.where(zero, _F(0), L + nmax_f)
+    scale = np.where(zero, _F(0), scale)
+    return L, scale
+
+
+def _requant(X, d, L, lo, hi, offset=0, dm=None):
+    """Re-quantize columns with the stored (fp16-rounded) scale d (and min dm); columns with d == 0 keep L."""
+    with np.errstate(all="ignore"):
+        v = (X + dm) / d if dm is not None else X / d
+        q = np.clip(_nearest_int(v), lo, hi) + offset
+    return np.where(d != 0, q.astype(_F), L)
+
+
+# ----------------------------------------------------------------------------------------- K-quants
+
+def _q2_k(x: np.ndarray) -> np.ndarray:
+    nb = x.shape[0]
+    X = _cols(x, 16)
+    L, scales, mins = _make_qkx2(X, np.abs(X), 3, -0.5, 0.1, 15, True)
+    scales = scales.reshape(nb, 16)
+    mins = mins.reshape(nb, 16)
+    max_scale = np.maximum(scales.max(axis=1), _F(0))
+    max_min = np.maximum(mins.max(axis=1), _F(0))
+    q4 = _F(15)
+    has_s = max_scale > 0
+    has_m = max_min > 0
+    sc = np.where(has_s[:, None], _nearest_int((q4 / np.where(has_s, max_scale, 1))[:, None] * scales), 0) & 0xFF
+    m = np.where(has_m[:, None], _nearest_int((q4 / np.where(has_m, max_min, 1))[:, None] * mins), 0)
+    sbytes = (sc | ((m << 4) & 0xFF)).astype(np.uint8)
+    d16 = np.where(has_s, _fp16(max_scale / q4), np.float16(0))
+    dmin16 = np.where(has_m, _fp16(max_min / q4), np.float16(0))
+    d = (d16.astype(_F)[:, None] * (sbytes & 0xF).astype(_F)).reshape(1, -1)
+    dm = (dmin16.astype(_F)[:, None] * (sbytes >> 4).astype(_F)).reshape(1, -1)
+    L = _requant(X, d, L, 0, 3, dm=dm)
+    out = np.empty((nb, 84), np.uint8)
+    out[:, 0:16] = sbytes
+    out[:, 16:80] = _pack2(_rows(L, nb))
+    out[:, 80:82] = d16.view(np.uint8).reshape(nb, 2)
+    out[:, 82:84] = dmin16.view(np.uint8).reshape(nb, 2)
+    return out
+
+
+def _q3_k(x: np.ndarray) -> np.ndarray:
+    nb = x.shape[0]
+    X = _cols(x, 16)
+    L, scales = _make_q3(X, 4)
+    scales = scales.reshape(nb, 16)
+    max_scale = _first_absmax(scales, 1)
+    nz = max_scale != 0
+    iscale = _F(-32) / np.where(nz, max_scale, _F(1))
+    l = _nearest_int(iscale[:, None] * scales)
+    l = ((l + 128) & 0xFF) - 128                                   # int8_t truncation
+    code = np.where(nz[:, None], np.clip(l, -32, 31) + 32, 0).astype(np.uint8)
+    sb = np.zeros((nb, 12), np.uint8)
+    sb[:, 0:8] = (code[:, 0:8] & 0xF) | ((code[:, 8:16] & 0xF) << 4)
+    hi2 = (code >> 4).reshape(nb, 4, 4)                            # [j//4, j%4]
+    sb[:, 8:12] = hi2[:, 0] | (hi2[:, 1] << 2) | (hi2[:, 2] << 4) | (hi2[:, 3] << 6)
+    d16 = np.where(nz, _fp16(_F(1) / iscale), np.float16(0))
+    d = (d16.astype(_F)[:, None] * (code.astype(_F) - _F(32))).reshape(1, -1)
+    L = _rows(_requant(X, d, L, -4, 3, offset=4), nb).astype(np.uint8)
+    high = L > 3
+    hmask = np.zeros((nb, 32), np.uint8)
+    hb = high.reshape(nb, 8, 32).astype(np.uint8)
+    for k in range(8):
+        hmask |= hb[:, k] << k
+    L = L - np.where(high, 4, 0).astype(np.uint8)
+    out = np.empty((nb, 110), np.uint8)
+    out[:, 0:32] = hmask
+    out[:, 32:96] = _pack2(L)
+    out[:, 96:108] = sb
+    out[:, 108:110] = d16.view(np.uint8).reshape(nb, 2)
+    return out
+
+
+def _k4_scales(scales, mins):
+    """Q4_K/Q5_K: 6-bit scale and min codes, the 12 packed bytes, and fp16 d, dmin."""
+    nb = scales.shape[0]
+    max_scale = np.maximum(scales.max(axis=1), _F(0))
+    max_min = np.maximum(mins.max(axis=1), _F(0))
+    inv_s = np.where(max_scale > 0, _F(63) / np.where(max_scale > 0, max_scale, 1), _F(0))
+    inv_m = np.where(max_min > 0, _F(63) / np.where(max_min > 0, max_min, 1), _F(0))
+    ls = np.minimum(_nearest_int(inv_s[:, None] * scales) & 0xFF, 63).astype(np.uint8)
+    lm = np.minimum(_nearest_int(inv_m[:, None] * mins) & 0xFF, 63).astype(np.uint8)
+    sb = np.empty((nb, 12), np.uint8)
+    sb[:, 0:4] = ls[:, 0:4] | ((ls[:, 4:8] >> 4) << 6)
+    sb[:, 4:8] = lm[:, 0:4] | ((lm[:, 4:8] >> 4) << 6)
+    sb[:, 8:12] = (ls[:, 4:8] & 0xF) | ((lm[:, 4:8] & 0xF) << 4)
+    d16 = _fp16(max_scale / _F(63))
+    dmin16 = _fp16(max_min / _F(63))
+    return ls, lm, sb, d16, dmin16
+
+
+def _qk_45(x: np.ndarray, nmax: int, rmin: float, nstep: int):
+    nb = x.shape[0]
+    X = _cols(x, 32)
+    av_x = np.sqrt(_sum(X * X) / _F(32))
+    W = av_x + np.abs(X)
+    L, scales, mins = _make_qkx2(X, W, nmax, rmin, 0.1, nstep, False)
+    ls, lm, sb, d16, dmin16 = _k4_scales(scales.reshape(nb, 8), mins.reshape(nb, 8))
+    d = (d16.astype(_F)[:, None] * ls.astype(_F)).reshape(1, -1)
+    dm = (dmin16.astype(_F)[:, None] * lm.astype(_F)).reshape(1, -1)
+    L = _rows(_requant(X, d, L, 0, nmax, dm=dm), nb).astype(np.uint8)
+    head = np.empty((nb, 16), np.uint8)
+    head[:, 0:2] = d16.view(np.uint8).reshape(nb, 2)
+    head[:, 2:4] = dmin16.view(np.uint8).reshape(nb, 2)
+    head[:, 4:16] = sb
+    return head, L.reshape(nb, 4, 2, 32)                           # [chunk c, low/high half, l]
+
+
+def _q4_k(x: np.ndarray) -> np.ndarray:
+    head, L = _qk_45(x, 15, -1.0, 20)
+    qs = (L[:, :, 0] | (L[:, :, 1] << 4)).reshape(-1, 128)
+    return np.concatenate([head, qs], axis=1)
+
+
+def _q5_k(x: np.ndarray) -> np.ndarray:
+    head, L = _qk_45(x, 31, -0.5, 15)
+    nb = L.shape[0]
+    hi = (L >> 4).astype(np.uint8)                                  # (nb, 4, 2, 32)
+    qh = np.zeros((nb, 32), np.uint8)
+    for c in range(4):
+        qh |= (hi[:, c, 0] << (2 * c)) | (hi[:, c, 1] << (2 * c + 1))
+    low = L & 0xF
+    qs = (low[:, :, 0] | (low[:, :, 1] << 4)).reshape(nb, 128)
+    return np.concatenate([head, qh, qs], axis=1)
+
+
+def _q6_k(x: np.ndarray) -> np.ndarray:
+    nb = x.shape[0]
+    X = _cols(x, 16)
+    L, scales = _make_qx(X, 32)
+    scales = scales.reshape(nb, 16)
+    max_scale = _first_absmax(scales, 1)
+    ok = np.abs(max_scale) >= _F(1e-15)
+    iscale = _F(-128) / np.where(ok, max_scale, _F(1))
+    d16 = np.where(ok, _fp16(_F(1) / iscale), np.float16(0))
+    sc = np.minimum(127, _nearest_int(iscale[:, None] * scales))
+    sc = np.where(ok[:, None], ((sc + 128) & 0xFF) - 128, 0)       # stored as int8
+    d = (d16.astype(_F)[:, None] * sc.astype(_F)).reshape(1, -1)
+    L = _rows(_requant(X, d, L, -32, 31, offset=32), nb).astype(np.uint8)
+    L = np.where(ok[:, None], L, 0).astype(np.uint8).reshape(nb, 2, 4, 32)   # [half, quarter, l]
+    ql = np.empty((nb, 2, 64), np.uint8)
+    ql[:, :, 0:32] = (L[:, :, 0] & 0xF) | ((L[:, :, 2] & 0xF) << 4)
+    ql[:, :, 32:64] = (L[:, :, 1] & 0xF) | ((L[:, :, 3] & 0xF) << 4)
+    h = L >> 4
+    qh = h[:, :, 0] | (h[:, :, 1] << 2) | (h[:, :, 2] << 4) | (h[:, :, 3] << 6)
+    out = np.empty((nb, 210), np.uint8)
+    out[:, 0:128] = ql.reshape(nb, 128)
+    out[:, 128:192] = qh.reshape(nb, 64)
+    out[:, 192:208] = sc.astype(np.int8).view(np.uint8)
+    out[:, 208:210] = d16.view(np.uint8).reshape(nb, 2)
+    return out
+
+
+# ------------------------------------------------------------------------------------- legacy types
+
+def _inv(d):
+    with np.errstate(divide="ignore"):
+        return np.where(d != 0, _F(1) / d, _F(0))
+
+
+def _q8_0(x: np.ndarray) -> np.ndarray:
+    nb = x.shape[0]
+    d = np.abs(x).max(axis=1) / _F(127)
+    v = (x * _inv(d)[:, None]).astype(np.float64)                  # roundf: half away from zero, exact in f64
+    q = np.trunc(v + np.copysign(0.5, v)).astype(np.int8)
+    out = np.empty((nb, 34), np.uint8)
+    out[:, 0:2] = _fp16(d).view(np.uint8).reshape(nb, 2)
+    out[:, 2:] = q.view(np.uint8)
+    return out
+
+
+def _sym(x, div, bias, top):
+    """Q4_0/Q5_0: d = max/-div, q = min(top, (int8)(x*id + bias))."""
+    mx = _first_absmax(x, 1)
+    mx = np.where(mx == 0, _F(0), mx)                               # ggml's max starts at +0.0
+    d = mx / _F(-div)
+    q = np.minimum(np.trunc(x * _inv(d)[:, None] + _F(bias)), top).astype(np.uint8)
+    return _fp16(d), q
+
+
+def _asym(x, div):
+    """Q4_1/Q5_1: d = (max-min)/div, m = min, q = (int)((x-min)*id + 0.5)."""
+    mn = np.take_along_axis(x, np.argmin(x, axis=1)[:, None], axis=1)[:, 0]
+    mx = np.take_along_axis(x, np.argmax(x, axis=1)[:, None], axis=1)[:, 0]
+    d = (mx - mn) / _F(div)
+    q = np.trunc((x - mn[:, None]) * _inv(d)[:, None] + _F(0.5))
+    return _fp16(d), _fp16(mn), q
+
+
+def _nib(q):
+    q = q.astype(np.uint8)
+    return (q[:, :16] & 0xF) | ((q[:, 16:] & 0xF) << 4)
+
+
+def _qh(q):
+    bits = (q.astype(np.uint32) >> 4) & 1
+    return (bits << np.arange(32, dtype=np.uint32)).sum(axis=1, dtype=np.uint32).astype("<u4").view(np.uint8).reshape(-1, 4)
+
+
+def _q4_0(x):
+    d, q = _sym(x, 8, 8.5, 15)
+    return np.concatenate([d.view(np.uint8).reshape(-1, 2), _nib(q)], axis=1)
+
+
+def _q5_0(x):
+    d, q = _sym(x, 16, 16.5, 31)
+    return np.concatenate([d.view(np.uint8).reshape(-1, 2), _qh(q), _nib(q)], axis=1)
+
+
+def _q4_1(x):
+    d, m, q = _asym(x, 15)
+    q = np.minimum(q, 15)
+    return np.concatenate([d.view(np.uint8).reshape(-1, 2), m.view(np.uint8).reshape(-1, 2), _nib(q)], axis=1)
+
+
+def _q5_1(x):
+    d, m, q = _asym(x, 31)
+    q = q.astype(np.int64) & 0xFF                                  # (uint8_t) cast, no clamp in ggml
+    return np.concatenate([d.view(np.uint8).reshape(-1, 2), m.view(np.uint8).reshape(-1, 2), _qh(q), _nib(q)], axis=1)
+
+
+_KERNELS = {
+    "Q8_0": (_q8_0, 1 << 15), "Q4_0": (_q4_0, 1 << 15), "Q4_1": (_q4_1, 1 << 15),
+    "Q5_0": (_q5_0, 1 << 15), "Q5_1": (_q5_1, 1 << 15),
+    "Q2_K": (_q2_k, 1024), "Q3_K": (_q3_k, 1024), "Q4_K": (_q4_k, 1024), "Q5_K": (_q5_k, 1024), "Q6_K": (_q6_k, 1024),
+}
+
+
+# ------------------------------------------------------------------------------------------ public API
+
+def _type_name(qtype) -> str:
+    name = getattr(qtype, "name", qtype)
+    name = str(name).upper()
+    if name not in SUPPORTED:
+        raise ValueError(f"cannot quantize to {name}; supported: {', '.join(SUPPORTED)}")
+    return name
+
+
+def quantize(data: np.ndarray, qtype, threads: int | None = None) -> np.ndarray:
+    """Quantize `data` (rows along the last axis) to `qtype`; returns uint8 of shape (*rows, row_bytes).
+
+    The bytes are ggml's: what `ggml_quantize_chunk` (and so llama-quantize without an imatrix) writes.
+    """
+    name = _type_name(qtype)
+    data = np.asarray(data)
+    if data.ndim == 0:
+        raise ValueError("cannot quantize a scalar")
+    n = data.shape[-1]
+    lead = data.shape[:-1]
+    if name in ("F32", "F16", "BF16"):
+        from gguf.quants import quantize as gq
+        from gguf.constants import GGMLQuantizationType
+        res = gq(np.ascontiguousarray(data, dtype=_F), GGMLQuantizationType[name])
+        return np.ascontiguousarray(res).view(np.uint8).reshape(*lead, -1)
+    dt = DTYPES[name]
+    if n % dt.block_size:
+        raise ValueError(f"row length {n} is not a multiple of the {name} block size {dt.block_size}")
+    kernel, chunk = _KERNELS[name]
+    blocks = np.ascontiguousarray(data, dtype=_F).reshape(-1, dt.block_size)
+    nblocks = blocks.shape[0]
+    out = np.empty((nblocks, dt.type_size), np.uint8)
+
+    def run(start: int) -> None:
+        stop = min(start + chunk, nblocks)
+        with np.errstate(all="ignore"):
+            out[start:stop] = kernel(blocks[start:stop])
+
+    starts = range(0, nblocks, chunk)
+    if threads is None:
+        threads = os.cpu_count() or 1
+    if threads <= 1 or len(starts) <= 1:
+        for s in starts:
+            run(s)
+    else:
+        with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
+            list(pool.map(run, starts))
+    return out.reshape(*lead, n // dt.block_size * dt.type_size)
+
+
+def dequantize(data: np.ndarray, qtype) -> np.ndarray:
+    """Decode GGML block bytes (rows along the last axis) to float32, via gguf-py."""
+    from gguf.constants import GGMLQuantizationType
+    from gguf.quants import dequantize as gdq
+
+    name = str(getattr(qtype, "name", qtype)).upper()
+    return np.asarray(gdq(np.asarray(data), GGMLQuantizationType[name]), dtype=_F)

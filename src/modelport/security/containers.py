@@ -1,0 +1,481 @@
+"""Containers, opened by content: zip (torch, npz, .keras), the legacy torch stream, tar, compressed
+streams, .npy, raw pickles under any name, and the header formats.
+
+Members are read straight from the bytes (local headers parsed here, the central directory from
+`zipfile`), so the tricks that make Python's zipfile refuse a file that torch still loads (bad CRCs,
+the encrypted flag, local names that differ from central ones, members hidden between entries)
+become findings while the member is still analysed. Only pickles and headers are read, never
+tensor data: a torch zip is its central directory plus data.pkl.
+"""
+
+from __future__ import annotations
+
+import ast
+import bz2
+import gzip
+import io
+import lzma
+import mmap
+import os
+import re
+import struct
+import tarfile
+import zipfile
+import zlib
+from pathlib import Path
+
+from . import formats, pickle_vm
+from .findings import DANGEROUS, SUSPICIOUS, FileReport, Finding
+
+MAX_DEPTH = 4                 # archives inside archives
+MAX_INFLATE = 256 << 20       # decompressed bytes analysed per member / stream (pickles are far smaller)
+_TORCH_DATA = re.compile(r"(^|/)data/\d+$|(^|/)(byteorder|version|\.format_version|\.storage_alignment|"
+                         r"\.data/serialization_id|\.data/version)$")
+_UNOPENABLE = {b"7z\xbc\xaf\x27\x1c": "7z", b"Rar!\x1a\x07": "RAR", b"MSCF": "CAB", b"\x60\xea": "ARJ",
+               b"\x1f\x9d": "compress (.Z)", b"\x1f\xa0": "LZH", b"xar!": "XAR", b"!<arch>": "ar",
+               b"\xed\xab\xee\xdb": "RPM", b"070707": "cpio", b"070701": "cpio", b"\x04\x22\x4d\x18": "LZ4",
+               b"LZIP": "lzip", b"\x89LZO": "LZO", b"\x28\xb5\x2f\xfd": "zstd"}
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
+
+
+def _onnx(path: Path, head: bytes) -> bool:
+    from ..formats import onnx as onnx_format
+    return onnx_format.detect(path, head)
+
+
+def _tf_graph(head: bytes) -> bool:
+    from ..formats import tf
+    return tf._looks_like_graphdef(head)
+
+
+class _SliceIO(io.RawIOBase):
+    """buf[start:end] as a seekable file for zipfile/tarfile, copying only what they read."""
+
+    def __init__(self, buf, start: int, end: int):
+        self.buf, self.start, self.end, self.pos = buf, start, end, 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self.pos
+
+    def seek(self, offset, whence=0):
+        base = {0: 0, 1: self.pos, 2: self.end - self.start}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, b):
+        a = self.start + self.pos
+        n = max(0, min(len(b), self.end - a))
+        b[:n] = self.buf[a:a + n]
+        self.pos += n
+        return n
+
+
+class Scanner:
+    """Scans one file (and everything inside it) into a FileReport."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.report = FileReport(str(path), "unknown")
+        self._seen: dict[tuple, int] = {}
+
+    def emit(self, severity: str, what: str, why: str, offset, member) -> None:
+        key = (severity, what, member)
+        if key in self._seen:
+            i = self._seen[key]
+            f = self.report.findings[i]
+            self.report.findings[i] = Finding(f.severity, f.what, f.why, f.file, f.member, f.offset, f.count + 1)
+            return
+        self._seen[key] = len(self.report.findings)
+        self.report.findings.append(Finding(severity, what, why, str(self.path), member or None, offset))
+
+    def _emitter(self, member: str | None):
+        def emit(severity, what, why, offset, where):
+            parts = [p for p in (member, where) if p]
+            self.emit(severity, what, why, offset, ">".join(parts) or None)
+        return emit
+
+    # ---- entry point ---------------------------------------------------------------------------
+
+    def scan(self) -> FileReport:
+        path = self.path
+        size = path.stat().st_size
+        if size == 0:
+            self.report.kind = "empty"
+            return self.report
+        name = path.name.lower()
+        with path.open("rb") as f:
+            head = f.read(64)
+            if name == "saved_model.pb":
+                self.report.kind = "tf-savedmodel"
+                formats.check_tf_graph(path, self._emitter(None), saved_model=True)
+                return self.report
+            if name.endswith(".pb") and _tf_graph(head):
+                self.report.kind = "tf-graphdef"
+                formats.check_tf_graph(path, self._emitter(None), saved_model=False)
+                return self.report
+            if name.endswith(".onnx") or _onnx(path, head):
+                self.report.kind = "onnx"
+                formats.check_onnx(path, self._emitter(None))
+                return self.report
+            if head.startswith(b"GGUF"):
+                self.report.kind = "gguf"
+                formats.check_gguf(path, self._emitter(None))
+                return self.report
+            if head.startswith(b"\x89HDF\r\n\x1a\n"):
+                self.report.kind = "hdf5"
+                formats.check_hdf5(path, self._emitter(None))
+                return self.report
+            if name.endswith(".json"):
+                self.report.kind = "json"
+                self._json(path, head, size)
+                return self.report
+            if name.endswith(".safetensors") or (len(head) > 9 and head[8:9] == b"{"):
+                self.report.kind = "safetensors"
+                formats.check_safetensors(path, self._emitter(None))
+                return self.report
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                self.report.kind = self.blob(mm, 0, size, None, 0, name)
+        return self.report
+
+    def _json(self, path: Path, head: bytes, size: int) -> None:
+        import json
+        if size > 64 << 20:
+            return
+        try:
+            data = json.loads(path.read_text("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return
+        if isinstance(data, dict) and ("class_name" in data and "config" in data):
+            self.report.kind = "keras-config"
+            formats.check_keras_config(data, self._emitter(None), None)
+
+    # ---- any bytes -----------------------------------------------------------------------------
+
+    def blob(self, buf, start: int, end: int, member: str | None, depth: int, name: str = "") -> str:
+        """Analyse buf[start:end] by content; returns what it was taken for."""
+        if end <= start:
+            return "empty"
+        head = bytes(buf[start:min(end, start + 300)])
+        emit = self._emitter(member)
+        if depth > MAX_DEPTH:
+            emit(SUSPICIOUS, "deeply nested archive", "archives nested this deep are not opened.", start, None)
+            return "nested"
+        if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+            return self.zip(buf, start, end, member, depth)
+        if head.startswith(b"\x93NUMPY"):
+            self.npy(buf, start, end, member)
+            return "npy"
+        if len(head) >= 262 and head[257:262] == b"ustar":
+            self.tar(buf, start, end, member, depth)
+            return "tar"
+        for magic, kind in _COMPRESSED.items():
+            if head.startswith(magic):
+                self.compressed(buf, start, end, member, depth, kind)
+                return kind
+        for magic, kind in _UNOPENABLE.items():
+            if head.startswith(magic):
+                emit(SUSPICIOUS, f"{kind} archive", f"modelport cannot open {kind} archives, so what is inside "
+                     "was not checked; unpack it and scan the contents.", start, None)
+                return kind
+        if depth and (head.startswith(b"GGUF") or head.startswith(b"\x89HDF")):
+            return "data"
+        if pickle_vm.looks_like_pickle(head) or name.endswith((".pkl", ".pickle")):
+            return self.pickle(buf, start, end, member, name)
+        return "data"
+
+    def pickle(self, buf, start: int, end: int, member: str | None, name: str = "") -> str:
+        emit = self._emitter(member)
+        is_data = bool(member and _TORCH_DATA.search(member))
+        if is_data and not (buf[start] == 0x80 and end - start > 1 and buf[start + 1] <= 5):
+            return "data"   # torch never unpickles its storage members; only a real protocol-2+ pickle there is news
+        if is_data or not (buf[start] == 0x80 or name.endswith((".pkl", ".pickle"))):
+            # weak evidence (a protocol 0/1 lookalike, a torch data member): only a stream that decodes to STOP is a pickle
+            if not pickle_vm._walks_to_stop(buf, start, end):
+                return "data"
+        first = pickle_vm.scan_stream(buf, start, end, emit, max_pickles=1)
+        r = first[0] if first else None
+        if r and r.complete and isinstance(r.value, pickle_vm.Const) and r.value.value == pickle_vm.LEGACY_TORCH_MAGIC:
+            # legacy torch: magic, protocol, sys info, the object, storage keys; then raw storage bytes
+            pickle_vm.scan_stream(buf, r.end, end, emit, max_pickles=4, trailing_ok=True)
+            return "pytorch-legacy"
+        if r and r.complete and r.end < end:
+            pickle_vm.scan_stream(buf, r.end, end, emit, trailing_ok=is_data)
+        return "pickle"
+
+    # ---- numpy -----------------------------------------------------------------------------------
+
+    def npy(self, buf, start: int, end: int, member: str | None, total: int | None = None) -> None:
+        """A .npy header; object arrays are pickles and get analysed as such. `total`: the member's real size
+        when only its start is in `buf`."""
+        emit = self._emitter(member)
+        try:
+            dtype, shape, data = _npy_header(buf, start, end)
+        except Exception as exc:
+            emit(SUSPICIOUS, "npy header", f"the .npy header does not parse ({exc}); a reader may misbehave.", start, None)
+            return
+        if dtype.hasobject:
+            emit(SUSPICIOUS, "numpy object array", "object arrays are stored as a pickle that np.load(allow_pickle=True) "
+                 "runs; real weights never need one.", data, None)
+            pickle_vm.scan_stream(buf, data, end, emit)
+            return
+        import math
+        need = math.prod(shape) * dtype.itemsize
+        have = (start + total if total is not None else end) - data
+        if need > have:
+            emit(SUSPICIOUS, "npy size", f"the header describes {need} bytes of data but only {have} follow.", data, None)
+
+    # ---- zip -----------------------------------------------------------------------------------
+
+    def zip(self, buf, start: int, end: int, member: str | None, depth: int) -> str:
+        emit = self._emitter(member)
+        prefix = f"{member}>" if member else ""
+        try:
+            zf = zipfile.ZipFile(io.BufferedReader(_SliceIO(buf, start, end)))
+            infos = zf.infolist()
+            cd_start = getattr(zf, "start_dir", end - start)
+        except Exception as exc:
+            emit(SUSPICIOUS, "zip central directory", f"Python's zipfile cannot read it ({exc}); other readers "
+                 "may still load it, so the local headers were scanned instead.", start, None)
+            self._zip_local_walk(buf, start, end, member, depth)
+            return "zip"
+        names: dict[str, int] = {}
+        spans = []
+        for info in infos:
+            names[info.filename] = names.get(info.filename, 0) + 1
+            if names[info.filename] == 2:
+                emit(SUSPICIOUS, f"duplicate zip member {info.filename!r}", "two members share a name; loaders "
+                     "disagree on which one they read.", start + info.header_offset, None)
+            span = self._zip_member(buf, start, end, info, member, prefix, depth)
+            if span:
+                spans.append(span)
+        # bytes between members that hold another local header: a member the central directory hides
+        spans.sort()
+        cursor = start
+        for a, b in spans + [(start + cd_start, start + cd_start)]:
+            if a > cursor:
+                gap = bytes(buf[cursor:min(a, cursor + (64 << 20))])
+                i = gap.find(b"PK\x03\x04")
+                if i >= 0:
+                    emit(SUSPICIOUS, "hidden zip member", "a local file header that the central directory does "
+                         "not list; some readers walk local headers and would load it.", cursor + i, None)
+                    self._zip_local_walk(buf, cursor + i, a, member, depth)
+            cursor = max(cursor, b)
+        listed = [i.filename for i in infos]
+        if any(n.endswith("data.pkl") for n in listed):
+            return "pytorch-zip"
+        if listed and all(n.endswith(".npy") for n in listed):
+            return "npz"
+        if "config.json" in listed and ("metadata.json" in listed or "model.weights.h5" in listed):
+            return "keras"
+        return "zip"
+
+    def _zip_member(self, buf, start, end, info: zipfile.ZipInfo, member, prefix, depth):
+        emit = self._emitter(member)
+        name = info.filename
+        where = f"{prefix}{name}"
+        lh = start + info.header_offset
+        if lh + 30 > end or bytes(buf[lh:lh + 4]) != b"PK\x03\x04":
+            emit(SUSPICIOUS, f"zip member {name!r}", "the central directory points at no local header.", lh, None)
+            return None
+        (_, _, flags, method, _, _, crc, csize, usize, nlen, elen) = struct.unpack("<4sHHHHHIIIHH", buf[lh:lh + 30])
+        local_name = bytes(buf[lh + 30:lh + 30 + nlen]).decode("utf-8", "replace")
+        if local_name != info.orig_filename and local_name != name:
+            emit(SUSPICIOUS, f"zip name mismatch {name!r} / {local_name!r}", "the local header names the member "
+                 "differently from the central directory; scanners and loaders then see different files.", lh, None)
+        if method != info.compress_type:
+            emit(SUSPICIOUS, f"zip method mismatch in {name!r}", "local and central headers disagree on compression.",
+                 lh, None)
+        if (flags | info.flag_bits) & 0x1:
+            emit(SUSPICIOUS, f"zip member {name!r} flagged encrypted", "the encryption flag makes Python's zipfile "
+                 "refuse the member while torch reads it anyway; a known way to hide a pickle from scanners.", lh, None)
+        if not flags & 0x8 and csize != 0xFFFFFFFF and (crc, csize) != (info.CRC, info.compress_size & 0xFFFFFFFF):
+            emit(SUSPICIOUS, f"zip header mismatch in {name!r}", "local and central headers disagree on size or CRC.",
+                 lh, None)
+        data = lh + 30 + nlen + elen
+        stop = data + info.compress_size
+        if stop > end:
+            emit(SUSPICIOUS, f"zip member {name!r} truncated", "the member's data runs past the end of the archive.",
+                 data, None)
+            stop = end
+        method = info.compress_type
+        if method == 0:
+            self._member_content(buf, data, stop, where, depth, info)
+        elif method in (8, 12, 14):
+            self._compressed_member(buf, data, stop, method, where, depth, info)
+        else:
+            emit(SUSPICIOUS, f"zip member {name!r} method {method}", "compressed with a method modelport cannot "
+                 "read, so it was not checked.", data, None)
+        return (lh, stop)
+
+    def _inflate(self, buf, a, b, method, where, limit=MAX_INFLATE):
+        """Decompress a member, fed in chunks and stopped after `limit` bytes of output (bomb-proof)."""
+        out = bytearray()
+        try:
+            if method == 14:  # zip lzma: 4-byte header, then the properties
+                plen = struct.unpack("<H", bytes(buf[a + 2:a + 4]))[0]
+                filt = lzma._decode_filter_properties(lzma.FILTER_LZMA1, bytes(buf[a + 4:a + 4 + plen]))
+                d, a = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[filt]), a + 4 + plen
+            else:
+                d = zlib.decompressobj(-15) if method == 8 else bz2.BZ2Decompressor()
+            pos = a
+            while pos < b and len(out) <= limit:
+                chunk = bytes(buf[pos:min(b, pos + (1 << 20))])
+                pos += len(chunk)
+                out += d.decompress(chunk, limit + 1 - len(out))
+                if getattr(d, "eof", False):
+                    break
+        except Exception as exc:
+            self.emit(SUSPICIOUS, "corrupt compressed member", f"it does not decompress ({exc}).", a, where)
+            return None
+        if len(out) > limit:
+            if limit < MAX_INFLATE:
+                return bytes(out[:limit])
+            self.emit(SUSPICIOUS, "oversized compressed member", f"it inflates past {MAX_INFLATE >> 20} MB; only "
+                      "the start was checked (a decompression bomb, or a huge pickle).", a, where)
+            out = out[:MAX_INFLATE]
+        return bytes(out)
+
+    def _compressed_member(self, buf, a, b, method, where, depth, info) -> None:
+        """Inflate the start; inflate everything only for what is analysed whole (pickles, archives, object arrays)."""
+        head = self._inflate(buf, a, b, method, where, limit=1 << 16)
+        if head is None:
+            return
+        name = info.filename.lower() if info else ""
+        if head.startswith(b"\x93NUMPY"):
+            try:
+                dtype, _shape, _start = _npy_header(head, 0, len(head))
+                full = dtype.hasobject
+            except Exception:
+                full = True
+            if not full:
+                self.npy(head, 0, len(head), where, total=info.file_size if info else None)
+                return
+        elif not (pickle_vm.looks_like_pickle(head) or head[:4] in (b"PK\x03\x04", b"PK\x05\x06")
+                  or head[257:262] == b"ustar" or any(head.startswith(m) for m in (*_COMPRESSED, *_UNOPENABLE))
+                  or name.endswith((".pkl", ".pickle", ".json"))):
+            return
+        raw = self._inflate(buf, a, b, method, where)
+        if raw is not None:
+            self._member_content(raw, 0, len(raw), where, depth, info)
+
+    def _member_content(self, buf, a, b, where, depth, info) -> None:
+        kind = self.blob(buf, a, b, where, depth + 1, info.filename.lower() if info else "")
+        if kind not in ("data", "empty") and info is not None and b - a <= MAX_INFLATE:
+            if zlib.crc32(buf[a:b]) != info.CRC:
+                self.emit(SUSPICIOUS, "bad CRC", "the member's CRC does not match its bytes; Python's zipfile refuses "
+                          "it (scanners crash) while torch loads it.", a, where)
+        if kind == "data" and info is not None and info.filename.endswith("config.json") and b - a < (16 << 20):
+            import json
+            try:
+                config = json.loads(bytes(buf[a:b]))
+            except ValueError:
+                return
+            formats.check_keras_config(config, self._emitter(where), None)
+
+    def _zip_local_walk(self, buf, start, end, member, depth) -> None:
+        """Walk local headers one after another (when the central directory cannot be trusted)."""
+        prefix = f"{member}>" if member else ""
+        pos, n = start, 0
+        while pos + 30 <= end and bytes(buf[pos:pos + 4]) == b"PK\x03\x04":
+            (_, _, flags, method, _, _, crc, csize, usize, nlen, elen) = struct.unpack("<4sHHHHHIIIHH", buf[pos:pos + 30])
+            name = bytes(buf[pos + 30:pos + 30 + nlen]).decode("utf-8", "replace")
+            data = pos + 30 + nlen + elen
+            if flags & 0x8 or csize == 0xFFFFFFFF:
+                nxt = buf.find(b"PK\x03\x04", data, end)
+                stop = nxt if nxt >= 0 else end
+            else:
+                stop = min(end, data + csize)
+            where = f"{prefix}{name}"
+            if method == 0:
+                self._member_content(buf, data, stop, where, depth, None)
+            elif method in (8, 12, 14):
+                self._compressed_member(buf, data, stop, method, where, depth, None)
+            pos = stop + (16 if flags & 0x8 else 0)
+            if pos < end and bytes(buf[pos:pos + 4]) != b"PK\x03\x04":
+                nxt = buf.find(b"PK\x03\x04", pos, end)
+                pos = nxt if nxt >= 0 else end
+            n += 1
+
+    # ---- tar and compressed streams --------------------------------------------------------------
+
+    def tar(self, buf, start, end, member, depth) -> None:
+        emit = self._emitter(member)
+        prefix = f"{member}>" if member else ""
+        try:
+            with tarfile.open(fileobj=io.BufferedReader(_SliceIO(buf, start, end)), mode="r:") as tf:
+                for ti in tf:
+                    if ti.issym() or ti.islnk():
+                        emit(SUSPICIOUS, f"tar link {ti.name!r} -> {ti.linkname!r}", "links in an archive can point "
+                             "outside the extraction folder.", start + ti.offset, None)
+                    elif ti.name.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", ti.name):
+                        emit(DANGEROUS, f"tar path {ti.name!r}", "the member would be written outside the "
+                             "extraction folder.", start + ti.offset, None)
+                    if ti.isfile():
+                        a = start + ti.offset_data
+                        self.blob(buf, a, min(end, a + ti.size), f"{prefix}{ti.name}", depth + 1, ti.name.lower())
+        except tarfile.TarError as exc:
+            emit(SUSPICIOUS, "tar archive", f"it does not read as tar ({exc}).", start, None)
+
+    def compressed(self, buf, start, end, member, depth, kind) -> None:
+        raw = None
+        try:
+            src = io.BufferedReader(_SliceIO(buf, start, end))
+            opener = {"gzip": gzip.GzipFile, "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}[kind]
+            with opener(fileobj=src) as f:
+                raw = f.read(MAX_INFLATE + 1)
+        except Exception as exc:
+            self._emitter(member)(SUSPICIOUS, f"corrupt {kind} stream", f"it does not decompress ({exc}).", start, None)
+            if not raw:
+                return
+        if len(raw) > MAX_INFLATE:
+            self._emitter(member)(SUSPICIOUS, f"oversized {kind} stream", "only the start was checked.", start, None)
+            raw = raw[:MAX_INFLATE]
+        self.blob(raw, 0, len(raw), f"{member + '>' if member else ''}<{kind}>", depth + 1)
+
+
+def _npy_header(buf, start: int, end: int):
+    """(dtype, shape, data offset) of a .npy header, parsed as a literal (numpy's own rules), never evaluated."""
+    import numpy as np
+    major = buf[start + 6]
+    if major == 1:
+        (hlen,) = struct.unpack("<H", buf[start + 8:start + 10])
+        hstart = start + 10
+    else:
+        (hlen,) = struct.unpack("<I", buf[start + 8:start + 12])
+        hstart = start + 12
+    if hlen > 1 << 20 or hstart + hlen > end:
+        raise ValueError(f"header length {hlen} runs past the data")
+    header = ast.literal_eval(bytes(buf[hstart:hstart + hlen]).decode("latin-1"))
+    dtype = np.lib.format.descr_to_dtype(header["descr"])
+    shape = header["shape"]
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"bad shape {shape!r}")
+    return dtype, shape, hstart + hlen
+
+
+def scan_file(path: Path) -> FileReport:
+    try:
+        return Scanner(path).scan()
+    except OSError as exc:
+        report = FileReport(str(path), "unreadable")
+        report.findings.append(Finding(SUSPICIOUS, "unreadable", f"cannot read: {exc.strerror or exc}", str(path)))
+        return report
+
+
+def iter_files(path: Path):
+    """Every file under a folder (symlinks followed, as the Hugging Face cache needs), or the file itself."""
+    if path.is_dir():
+        for root, dirs, files in os.walk(path, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if d != ".git")
+            for name in sorted(files):
+                p = Path(root) / name
+                if p.is_file():
+                    yield p
+    else:
+        yield path

@@ -1,0 +1,214 @@
+"""Header checks for the non-pickle formats: what would harm a reader, found with the core's readers.
+
+Each check returns nothing and reports through `emit(severity, what, why, offset, member)`. The
+strict readers in `modelport.formats` already reject lying lengths, out-of-range or overlapping
+offsets, overflows and trailing bytes; here their `FormatError` becomes a finding. What the readers
+do not judge (Keras configs naming code, TF graph ops, ONNX external paths) is checked here, always
+as data: configs are JSON, graphs are protobuf fields, nothing goes through Keras or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from ..core.errors import ModelportError
+from .findings import DANGEROUS, SUSPICIOUS
+
+_HARM = "a reader that trusts this header would read or allocate out of bounds"
+
+
+def check_safetensors(path: Path, emit) -> None:
+    from ..formats import safetensors as st
+    try:
+        start, header = st.read_header(path)
+        st.parse_entries(path, start, header)
+    except ModelportError as exc:
+        emit(SUSPICIOUS, "safetensors header", f"{exc.message}; {_HARM}.", None, None)
+
+
+def check_gguf(path: Path, emit) -> None:
+    from ..formats import gguf
+    try:
+        header = gguf.read_header(path)
+    except ModelportError as exc:
+        emit(SUSPICIOUS, "GGUF header", f"{exc.message}; {_HARM}.", None, None)
+        return
+    if header.tensors:
+        last = header.tensors[-1]
+        end = last.offset + last.nbytes
+        padded = -(-end // header.alignment) * header.alignment
+        if header.size > padded:
+            emit(SUSPICIOUS, "GGUF trailing bytes", f"{header.size - padded} bytes after the last tensor are "
+                 "not described by the header (hidden data).", padded, None)
+
+
+_BAD_TF_OPS = {
+    "ReadFile": "reads a file", "WriteFile": "writes a file", "MatchingFiles": "lists files",
+    "PyFunc": "calls Python", "EagerPyFunc": "calls Python", "PyFuncStateless": "calls Python",
+    "ImmutableConst": "memory-maps a file", "ShardedFilename": "builds file names",
+    "Save": "writes a file", "SaveV2": "writes a file", "SaveSlices": "writes a file",
+    "RestoreV2": "reads files", "Restore": "reads files", "RestoreSlice": "reads files",
+    "MergeV2Checkpoints": "writes files", "DeleteSessionTensor": "", "LoadAndRemapMatrix": "reads files",
+    "DebugIdentityV2": "writes debug files", "DebugIdentity": "writes debug files",
+    "PrintV2": "writes to files or streams", "Print": "writes to streams", "WriteScalarSummary": "writes files",
+    "CreateSummaryFileWriter": "writes files", "CreateSummaryDbWriter": "writes files",
+    "ExperimentalSnapshotDataset": "writes files", "SnapshotDataset": "writes files",
+    "TFRecordDataset": "reads files", "FixedLengthRecordDataset": "reads files", "TextLineDataset": "reads files",
+    "LMDBDataset": "reads files", "DatasetToTFRecord": "writes files", "SaveDataset": "writes files",
+    "LoadDataset": "reads files", "DecodeProtoV2": "", "Fingerprint": "",
+}
+# Restoring variables is what every SavedModel does; these ops are normal there and not reported.
+_SAVEDMODEL_NORMAL = {"SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilename", "StringJoin"}
+_DANGER_TF = {"PyFunc", "EagerPyFunc", "PyFuncStateless", "WriteFile", "ReadFile", "ImmutableConst"}
+
+
+def check_tf_graph(path: Path, emit, saved_model: bool) -> None:
+    """Every op of every graph and function in a SavedModel `saved_model.pb` (SavedModel > MetaGraphDef >
+    GraphDef) or a frozen GraphDef `.pb`: GraphDef > NodeDef.op and FunctionDefLibrary > FunctionDef >
+    NodeDef.op, read with the core's bounds-checked protobuf walker."""
+    from ..formats import _protobuf as pb
+    buf = path.read_bytes()
+    seen: dict[str, int] = {}
+
+    def sub(a, b, number):
+        return [(x, y) for f, w, x, y in pb.fields(buf, a, b, path) if f == number and w == 2]
+
+    def node_def(a, b):
+        for x, y in sub(a, b, 2):   # NodeDef.op
+            seen.setdefault(bytes(buf[x:y]).decode("utf-8", "replace"), x)
+
+    def graph_def(a, b):
+        for x, y in sub(a, b, 1):           # GraphDef.node
+            node_def(x, y)
+        for x, y in sub(a, b, 2):           # GraphDef.library
+            for fx, fy in sub(x, y, 1):     # FunctionDefLibrary.function
+                for nx, ny in sub(fx, fy, 3):   # FunctionDef.node_def
+                    node_def(nx, ny)
+
+    try:
+        if saved_model:
+            for a, b in sub(0, len(buf), 2):        # SavedModel.meta_graphs
+                for x, y in sub(a, b, 2):           # MetaGraphDef.graph_def
+                    graph_def(x, y)
+        else:
+            graph_def(0, len(buf))
+    except ModelportError as exc:
+        emit(SUSPICIOUS, "TF graph protobuf", f"the graph does not parse ({exc.message}); a loader may read it "
+             "differently.", None, None)
+    for op, at in seen.items():
+        if op in _BAD_TF_OPS and op not in _SAVEDMODEL_NORMAL:
+            sev = DANGEROUS if op in _DANGER_TF else SUSPICIOUS
+            emit(sev, f"TF op {op}", f"the graph contains {op}, which {_BAD_TF_OPS[op] or 'reaches outside the model'} "
+                 "when the model runs.", at, None)
+
+
+def check_keras_config(config, emit, member: str | None) -> None:
+    """Lambda layers (marshalled bytecode) and entries naming code outside Keras, in a model config."""
+    from ..formats.hdf5 import keras_summary
+    if not isinstance(config, dict):
+        return
+    for entry in keras_summary(config)["flagged"]:
+        if entry.startswith("Lambda"):
+            emit(DANGEROUS, entry, "a Lambda layer stores Python bytecode that Keras runs when the model is "
+                 "loaded or called.", None, member)
+        else:
+            emit(SUSPICIOUS, entry, "the config names a function or class outside Keras; Keras imports and "
+                 "calls it when the model is loaded.", None, member)
+
+
+def check_hdf5(path: Path, emit) -> None:
+    from ..formats import hdf5
+    try:
+        h5py = hdf5._h5py()
+        with h5py.File(path, "r") as f:
+            for key in ("model_config", "training_config"):
+                raw = f.attrs.get(key)
+                if raw is None:
+                    continue
+                text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+                try:
+                    config = json.loads(text)
+                except ValueError:
+                    emit(SUSPICIOUS, f"{key} attribute", "the Keras config is not valid JSON.", None, None)
+                    continue
+                check_keras_config(config, emit, key)
+    except ModelportError as exc:
+        emit(SUSPICIOUS, "HDF5", exc.message, None, None)
+        return
+    except Exception as exc:  # h5py raises OSError/ValueError/KeyError on corrupt files
+        emit(SUSPICIOUS, "HDF5", f"h5py cannot read it ({type(exc).__name__}); a loader may read it differently.",
+             None, None)
+        return
+    try:
+        hdf5.open_hdf5(path).close()
+    except ModelportError as exc:
+        emit(SUSPICIOUS, "HDF5 layout", f"{exc.message}; such layouts read other files or lie about sizes.", None, None)
+    except Exception:
+        pass
+
+
+def check_onnx(path: Path, emit) -> None:
+    """External-data entries of an ONNX model: paths that leave the folder, symlinks, ranges past the file
+    (graded here, from the onnx package's protobuf classes used as data), then the core reader's checks."""
+    try:
+        import onnx
+    except ImportError:
+        emit(SUSPICIOUS, "ONNX", "the onnx package is not installed, so external data was not checked.", None, None)
+        return
+    found: list = []
+
+    def report(*args):
+        found.append(args)
+        emit(*args)
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        report(SUSPICIOUS, "ONNX protobuf", f"does not parse ({type(exc).__name__}).", None, None)
+        return
+    folder = path.parent.resolve()
+    tensors = list(model.graph.initializer)
+    for fn in model.functions:
+        for node in fn.node:
+            tensors += [a.t for a in node.attribute if a.HasField("t")]
+    for node in model.graph.node:
+        tensors += [a.t for a in node.attribute if a.HasField("t")]
+    for t in tensors:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        what = f"external data of {t.name!r}: {loc!r}"
+        if not loc or os.path.isabs(loc) or re.match(r"^[A-Za-z]:", loc) or loc.startswith(("\\", "/")):
+            report(DANGEROUS, what, "an absolute location makes the loader read any file on the machine.", None, None)
+            continue
+        parts = re.split(r"[\\/]", loc)
+        if ".." in parts:
+            report(DANGEROUS, what, "'..' in the location reads a file outside the model folder.", None, None)
+            continue
+        target = folder / loc
+        if target.is_symlink() or any(p.is_symlink() for p in target.parents if folder in p.parents):
+            report(DANGEROUS, what, "the location is a symlink, so the loader reads whatever it points to.", None, None)
+            continue
+        if not target.is_file():
+            report(SUSPICIOUS, what, "the external data file is missing.", None, None)
+            continue
+        try:
+            offset = int(info.get("offset", 0) or 0)
+            length = int(info["length"]) if "length" in info else None
+        except ValueError:
+            report(SUSPICIOUS, what, "offset or length is not a number.", None, None)
+            continue
+        size = target.stat().st_size
+        if offset < 0 or (length is not None and length < 0) or offset + (length or 0) > size:
+            report(SUSPICIOUS, what, f"the range [{offset}, {offset + (length or 0)}) runs past the end of the "
+                 f"{size}-byte file.", None, None)
+    if not found:
+        from ..formats import onnx as onnx_format
+        try:
+            onnx_format.open_onnx(path).close()
+        except ModelportError as exc:
+            report(SUSPICIOUS, "ONNX structure", f"{exc.message}; {_HARM}.", None, None)
