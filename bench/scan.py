@@ -51,6 +51,10 @@ def _fickling(path: Path):
     return not r.is_safe, bool(r.errors)
 
 
+def _pickle_family(sample) -> bool:
+    return not sample.name.endswith((".safetensors", ".gguf", ".onnx", ".h5", ".keras", ".pb"))
+
+
 TOOLS = {"modelport": (_modelport, "modelport"), "picklescan": (_picklescan, "picklescan"),
          "modelscan": (_modelscan, "modelscan"), "fickling": (_fickling, "fickling")}
 
@@ -76,7 +80,7 @@ def main() -> None:
         root = args.keep or Path(tmp)
         mal, ben = corpus.malicious(root / "malicious"), corpus.benign(root / "benign")
         print(f"corpus: {len(mal)} malicious samples, {len(ben)} benign files")
-        rows = []
+        rows, pickle_rows = [], []
         for name, (fn, dist) in TOOLS.items():
             try:
                 version = metadata.version(dist) if name != "modelport" else metadata.version("modelport")
@@ -92,6 +96,8 @@ def main() -> None:
             err = sum(r[1] for r in res.values())
             elapsed = sum(r[2] for r in res.values())
             rows.append((f"{name} {version}", hit, fp, hit_f, fp_f, err, elapsed))
+            pk = [s for s in mal if _pickle_family(s)]
+            pickle_rows.append((f"{name} {version}", sum(flag[s.name] for s in pk), len(pk)))
             if args.details:
                 missed = [s.name for s in mal if not flag[s.name]]
                 wrong = [s.name for s in ben if flag[s.name]]
@@ -105,6 +111,9 @@ def main() -> None:
             print(f"{label:<20}{f'{hit}/{len(mal)} {hit / len(mal):.0%}':>20}{f'{fp}/{len(ben)} {fp / len(ben):.0%}':>14}"
                   f"{f'{hit_f}/{len(mal)} {hit_f / len(mal):.0%}':>21}{f'{fp_f}/{len(ben)} {fp_f / len(ben):.0%}':>15}"
                   f"{err:>8}{elapsed:>8.2f}s")
+        print("\npickle-family samples only (pickles, torch zip/legacy, numpy, archives; what every tool claims to cover):")
+        for label, hit, total in pickle_rows:
+            print(f"  {label:<20}{hit}/{total} {hit / total:.0%}")
         assert not list(root.rglob("PWNED*")), "a payload ran"
         if args.big_gb:
             import torch

@@ -16,7 +16,9 @@ from .conversion import convert
 from .comparison import diff
 from .inspection import inspect
 from .security import scan
+from .estimate import estimate
+from .recommend import recommend
 
-__all__ = ["open", "convert", "diff", "inspect", "scan", "ModelSource", "TensorRef", "DType", "DTYPES",
-           "ModelportError", "FormatError", "UnsafeFileError", "UnsupportedError", "CheckFailed"]
+__all__ = ["open", "convert", "diff", "inspect", "scan", "estimate", "recommend", "ModelSource", "TensorRef", "DType",
+           "DTYPES", "ModelportError", "FormatError", "UnsafeFileError", "UnsupportedError", "CheckFailed"]
 __version__ = "0.1.0"

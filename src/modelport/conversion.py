@@ -137,9 +137,20 @@ def _is_folder_target(dst: Path, source: ModelSource, to: str | None, shard_size
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = None, dtype: str | None = None,
             shard_size: str | int | None = None, force: bool = False, verify: bool = False,
-            dequantize: bool = False, progress: Callable[[TensorRef], None] | None = None) -> ConvertResult:
-    """Convert a model file or folder; the output format comes from `to` or the extension of `dst`."""
+            dequantize: bool = False, progress: Callable[[TensorRef], None] | None = None,
+            quant: str | None = None, config: str | os.PathLike | None = None) -> ConvertResult:
+    """Convert a model file or folder; the output format comes from `to` or the extension of `dst`.
+
+    `quant` (a llama.cpp file type such as Q4_K_M) and `config` (an HF config.json for a bare weights file)
+    apply to GGUF output, which `modelport.gguf.convert` handles for Hugging Face sources."""
     src, dst = Path(src), Path(dst)
+    # --- GGUF output from a Hugging Face model, or GGUF re-quantization (modelport.gguf.convert) ---
+    from .gguf.convert import dispatch as _gguf_dispatch
+    gguf_result = _gguf_dispatch(src, dst, to=to, quant=quant, config=config, dtype=dtype, force=force, progress=progress,
+                                 verify=verify)
+    if gguf_result is not None:
+        return gguf_result
+    # --- end of the GGUF hook ---
     target_dtype = dtypes.parse(dtype) if dtype else None
     if target_dtype is not None and not target_dtype.is_float:
         raise UnsupportedError(f"--dtype must be a float type (f32, f16, bf16), not {dtype}")

@@ -38,6 +38,13 @@ def test_checkpoint_equals_tf_reader(entry):
     assert isinstance(src["w"].read(), np.memmap)
 
 
+def test_sharded_checkpoint_with_partitioned_variables():
+    src = modelport.open(fixture("tf_sharded"))  # TF's MaxShardSizePolicy: 3 shards, variables split in slices
+    _check(src, load_expected("tf_sharded"))
+    assert src.details["shards"] == 3 and src.details["partitioned"] == 2
+    assert src["b"].extra["slices"] == 2 and len(src.files) == 4
+
+
 def test_saved_model_folder():
     src = modelport.open(fixture("tf_saved_model"))
     _check(src, load_expected("tf_saved_model"))
@@ -195,6 +202,7 @@ def test_prefix_compressed_keys_big_endian_and_int4(tmp_path):
     ({"w": (1, [2], b"\0" * 8)}, {"header": _field(1, 10**9)}, "claims 1000000000 shards"),
     ({"w": (1, [2], b"\0" * 8)}, {"compression": 1}, "snappy"),
     ({"w": (1, [2], b"\0" * 8)}, {"compression": 7}, "compression type 7"),
+    ({"w": entry(1, [4], 0, 0) + _field(7, _field(1, _field(1, 0) + _field(2, 2)))}, {}, "1 slices declared, 0 stored"),
 ])
 def test_lying_bundles(tmp_path, tensors, kw, needle):
     path = bundle(tmp_path, tensors, **kw)

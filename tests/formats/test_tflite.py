@@ -88,8 +88,9 @@ def test_packed_int4_int2_and_data_after_the_flatbuffer(tmp_path):
     int2 = np.array([1, -2, -1, 0, 1, 1], ml_dtypes.int2)
     int2_packed = bytes([(1 | (2 << 2) | (3 << 4) | (0 << 6)), (1 | (1 << 2))])  # element 0 in the low bits
     big = np.arange(6, dtype=np.float32)
-    head = build([("w4", INT4, [5], 1), ("w2", INT2, [2, 3], 2), ("act", FLOAT32, [1, 6], 0), ("far", FLOAT32, [2, 3], 3)],
-                 [b"", bytes(pack_nibbles(int4)), int2_packed, (10_000, 24)])
+    head = build([("w4", INT4, [5], 1), ("w2", INT2, [2, 3], 2), ("act", FLOAT32, [1, 6], 0), ("far", FLOAT32, [2, 3], 3),
+                  ("text", 5, [1], 4)],
+                 [b"", bytes(pack_nibbles(int4)), int2_packed, (10_000, 24), b"\1\0\0\0\x0c\0\0\0\x0d\0\0\0a"])
     path = tmp_path / "m.tflite"
     path.write_bytes(head + b"\0" * (10_000 - len(head)) + big.tobytes())
     src = modelport.open(path)
@@ -98,6 +99,7 @@ def test_packed_int4_int2_and_data_after_the_flatbuffer(tmp_path):
     np.testing.assert_array_equal(src["w2"].read().astype(int), int2.astype(int).reshape(2, 3))
     np.testing.assert_array_equal(src["far"].read(), big.reshape(2, 3))
     assert src["far"].offset == 10_000 and src.details["activation_tensors"] == 1
+    assert src.details["constant_tensors"]["STRING (skipped)"] == 1
 
 
 @pytest.mark.parametrize("tensors, buffers, needle", [

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import modelport
+from modelport.formats.registry import open_file as read_only_reader  # the reader alone, without the scanner in front
 from modelport.core.errors import FormatError, UnsafeFileError, UnsupportedError
 from modelport.formats import torch as torchfmt
 
@@ -214,10 +215,12 @@ def _malicious(tmp_path: Path, call=os.system) -> tuple[Path, Path]:
 @pytest.mark.parametrize("call", [os.system, exec, eval], ids=["os.system", "exec", "eval"])
 def test_malicious_pickle_is_refused(tmp_path, call):
     path, marker = _malicious(tmp_path, call)
-    with pytest.raises(UnsafeFileError) as info:
-        modelport.open(path)
     # protocol 2 spells builtins the Python 2 way, and the message quotes the file
     name = {os.system: r"posix\.system", exec: r"__builtin__\.exec", eval: r"__builtin__\.eval"}[call]
+    with pytest.raises(UnsafeFileError, match=f"dangerous: .*{name.replace('__builtin__', 'builtins')} at byte"):
+        modelport.open(path)            # open() runs the scanner first
+    with pytest.raises(UnsafeFileError) as info:
+        read_only_reader(path)                 # and the reader's own allowlist refuses it too
     found = re.search(f"refused global '{name}' at byte ([0-9]+) ", str(info.value))
     assert found and "run code" in str(info.value)
     module, _, attr = name.replace("\\", "").partition(".")
@@ -241,7 +244,7 @@ def test_malicious_pickle_refused_by_cli(tmp_path):
     for args in (["inspect", str(path)], ["convert", str(path), str(tmp_path / "out.safetensors")]):
         run = subprocess.run([PYTHON, "-m", "modelport.cli.main", *args], capture_output=True, text=True, timeout=120)
         assert run.returncode == 2, run.stderr
-        assert "refused global 'posix.system'" in run.stderr
+        assert "dangerous" in run.stderr and "posix.system at byte" in run.stderr
         assert "Traceback" not in run.stderr
     assert not marker.exists()
     assert not (tmp_path / "out.safetensors").exists()
@@ -257,8 +260,8 @@ def test_code_global_named_before_user_classes(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "mixed.pt"
     torch.save({"net": TinyNet(), "x": _RunsCode(os.system, f"touch {marker}")}, path)
-    with pytest.raises(UnsafeFileError, match="refused global 'posix.system'"):
-        modelport.open(path)
+    with pytest.raises(UnsafeFileError, match="dangerous: .*posix.system"):
+        modelport.open(path, trust=True)
     assert not marker.exists()
 
 
@@ -266,8 +269,10 @@ def test_code_global_named_before_user_classes(tmp_path):
 def test_whole_module_is_refused_with_advice(tmp_path, model):
     path = tmp_path / "model.pt"
     torch.save(model(), path)
+    with pytest.raises(UnsafeFileError, match="suspicious: .*--trust"):
+        modelport.open(path)            # the scanner: classes outside the allowlist
     with pytest.raises(UnsafeFileError) as info:
-        modelport.open(path)
+        modelport.open(path, trust=True)  # trusted, the reader still refuses to build user classes
     message = str(info.value)
     assert "whole pickled model" in message and "torch.save(model.state_dict(), path)" in message
 
@@ -277,7 +282,7 @@ def test_stack_global_is_checked_at_load_time(tmp_path):
     path = tmp_path / "sg.pt"
     torch.save({"x": _RunsCode(os.system, "true")}, path, pickle_protocol=4)
     with pytest.raises(UnsafeFileError, match=r"posix\.system' at byte \d+") as info:
-        modelport.open(path)
+        read_only_reader(path)
     at = int(re.search(r"at byte (\d+)", str(info.value)).group(1))
     assert path.read_bytes()[at:at + 1] == b"\x93"      # STACK_GLOBAL
 
@@ -288,7 +293,7 @@ def test_torchscript_is_named(tmp_path):
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
     with pytest.raises(UnsupportedError, match="TorchScript"):
-        modelport.open(path)
+        read_only_reader(path)
 
 
 def test_torch_export_pt2_is_named(tmp_path):
@@ -335,7 +340,7 @@ def test_truncated_zip(tmp_path, cut):
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * cut)])
     with pytest.raises(FormatError):
-        modelport.open(path, format="pytorch")
+        read_only_reader(path, format="pytorch")
 
 
 @pytest.mark.parametrize("cut", [20, 200, -5])
@@ -393,7 +398,7 @@ def test_local_header_must_match_central_directory(tmp_path):
     data[name_at + 8] = ord("7")
     path.write_bytes(bytes(data))
     with pytest.raises(FormatError, match="local header names"):
-        modelport.open(path)
+        read_only_reader(path)
 
 
 def _pickle_zip(tmp_path: Path, pickle_bytes: bytes, records: dict[str, bytes]) -> Path:
@@ -446,13 +451,13 @@ def test_crafted_zip_opens_when_honest(tmp_path):
 ])
 def test_malformed_pickles(tmp_path, body):
     with pytest.raises(FormatError):
-        modelport.open(_pickle_zip(tmp_path, body, {}))
+        read_only_reader(_pickle_zip(tmp_path, body, {}))
 
 
 def test_unknown_torch_global_is_refused(tmp_path):
     body = b"\x80\x02ctorch\nload\n)R."
     with pytest.raises(UnsafeFileError, match="refused global 'torch.load' at byte"):
-        modelport.open(_pickle_zip(tmp_path, body, {}))
+        read_only_reader(_pickle_zip(tmp_path, body, {}))
 
 
 def test_unsupported_tensor_kind(tmp_path):

@@ -117,6 +117,7 @@ MODELS = {
     "h256_l2_gqa2": (2, 256, 4, 2, 512, 64, False, True),
     "h64_l2_tied_fallbacks": (2, 64, 4, 4, 96, 32, True, True),
     "h320_l8_gqa5": (8, 320, 5, 1, 352, 48, False, True),
+    "h256_l8_gqa4_ffn352": (8, 256, 8, 2, 352, 48, False, True),
     "h48_l2_f16_fallback": (2, 48, 4, 2, 80, 32, False, True),
     "h256_l32_gqa4": (32, 256, 8, 2, 256, 32, False, False),
 }

@@ -166,6 +166,10 @@ def test_bad_row_length_and_type():
         quants.quantize(np.zeros((2, 96), np.float32), "Q4_K")
     with pytest.raises(ValueError, match="block size 32"):
         quants.quantize(np.zeros((2, 48), np.float32), "Q8_0")
+    bad = np.ones((2, 256), np.float32)
+    bad[1, 7] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        quants.quantize(bad, "Q6_K")
     with pytest.raises(ValueError, match="cannot quantize to IQ2_XXS"):
         quants.quantize(np.zeros((2, 256), np.float32), "IQ2_XXS")
 

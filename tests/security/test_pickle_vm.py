@@ -27,7 +27,7 @@ class _Payload:
 
 def _run(data: bytes):
     found = []
-    results = pickle_vm.scan_stream(data, 0, len(data), lambda *f: found.append(f))
+    results = pickle_vm.scan_stream(data, 0, len(data), lambda *f, **kw: found.append(f))
     return found, results
 
 
@@ -140,3 +140,12 @@ def test_guard_refuses_dangerous_and_untrusted_suspicious(tmp_path):
     with pytest.raises(UnsafeFileError, match="--trust"):
         guard(tmp_path / "odd.pkl")
     assert guard(tmp_path / "odd.pkl", trust=True).verdict == SUSPICIOUS
+
+
+def test_endless_pickle_is_cut_short():
+    import time
+    data = b"\x80\x02" + b"N0" * (pickle_vm.MAX_OPS // 2 + 10) + b"N."
+    t = time.perf_counter()
+    found, results = _run(data)
+    assert [f[1] for f in found] == ["oversized pickle"] and not results[0].complete
+    assert time.perf_counter() - t < 30

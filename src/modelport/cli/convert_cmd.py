@@ -20,6 +20,8 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option(None, "--dtype", help="Cast floating tensors: f32, f16 or bf16."),
         shard_size: str = typer.Option(None, "--shard-size", help="Split the output into shards of at most this size (e.g. 2GB)."),
         dequantize: bool = typer.Option(False, "--dequantize", help="Write block-quantized tensors as float32."),
+        quant: str = typer.Option(None, "--quant", help="GGUF output: llama.cpp file type (F16, Q8_0, Q4_K_M, ...)."),
+        config: Path = typer.Option(None, "--config", help="GGUF output from a bare weights file: its HF config.json."),
         verify: bool = typer.Option(False, "--verify", help="Re-open the output and compare every tensor."),
         force: bool = typer.Option(False, "--force", "-f", help="Replace an existing output."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -30,7 +32,7 @@ def register(app: typer.Typer) -> None:
             total = sum(r.nbytes for r in source)
         with byte_progress(total, f"converting {src.name}", enabled=not quiet and not as_json) as advance:
             result = convert(src, dst, to=to, dtype=dtype, shard_size=shard_size, force=force, verify=verify,
-                             dequantize=dequantize, progress=lambda ref: advance(ref.nbytes))
+                             dequantize=dequantize, progress=lambda ref: advance(ref.nbytes), quant=quant, config=config)
         if as_json:
             print_json(result.__dict__)
             return

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Find pickled code, loader gadgets and lying headers without loading anything.
 
-        Exit 0 when nothing is flagged, 1 when anything is suspicious or dangerous, 2 on a usage error."""
+        Exit 0 when nothing is flagged, 1 when anything is (at or above --severity), 2 on a usage error."""
         if severity not in _LEVELS:
             raise ModelportError(f"--severity must be suspicious or dangerous, not {severity!r}")
         for p in paths:
@@ -50,12 +50,14 @@ def register(app: typer.Typer) -> None:
                     continue
                 n += 1
                 where = f.member or ""
-                where = f"{Path(f.file).name}{':' + where if where else ''}{f' @{f.offset}' if f.offset is not None else ''}"
+                where = f"{Path(f.file).name}{':' + where if where else ''}{f' (byte {f.offset})' if f.offset is not None else ''}"
+                if f.count > 1:
+                    where += f" ×{f.count}"
                 table.add_row(f"[{_STYLE[f.severity]}]{f.severity}[/]", escape(f.what), escape(where), escape(f.why))
             if n:
                 console.print(table)
             for r in report.files:
                 console.print(f"[{_STYLE[r.verdict]}]{r.verdict:>10}[/]  {escape(r.path)}  [dim]({r.kind})[/dim]")
             console.print(f"verdict: [{_STYLE[report.verdict]}]{report.verdict}[/] ({len(report.files)} files)")
-        if report.flagged:
+        if any(f.severity in shown for f in report.findings):
             sys.exit(1)  # not typer.Exit: with standalone_mode=False click returns its code instead of exiting

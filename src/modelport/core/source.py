@@ -102,13 +102,19 @@ def safe_member(folder: Path, name: str, what: str) -> Path:
     return path
 
 
-def open(path: str | os.PathLike, *, format: str | None = None) -> ModelSource:  # noqa: A001 - mirrors builtins on purpose
-    """Open a model file, a shard index or a Hugging Face folder by content."""
+def open(path: str | os.PathLike, *, format: str | None = None, trust: bool = False) -> ModelSource:  # noqa: A001
+    """Open a model file, a shard index or a Hugging Face folder by content.
+
+    The scanner runs first: a file that would run code or harm a reader is refused, and a merely
+    suspicious one (imports outside the allowlist, an archive we can't look inside) needs `trust`.
+    """
     from ..formats import registry
+    from ..security import guard
 
     path = Path(path)
     if not path.exists():
         raise ModelportError("no such file or directory", path)
+    guard(path, trust=trust)
     if path.is_dir():
         return registry.open_folder(path)
     return registry.open_file(path, format=format)

@@ -8,7 +8,9 @@ new ref with a new loader, so a conversion stays a lazy stream until a writer pu
 
 from __future__ import annotations
 
+import builtins
 import math
+import mmap
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Hashable
 
@@ -25,7 +27,10 @@ def map_bytes(path, start: int, nbytes: int) -> np.ndarray:
     """
     if nbytes == 0:
         return np.empty(0, np.uint8)
-    return np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(nbytes,))
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    with builtins.open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), start - base + nbytes, access=mmap.ACCESS_READ, offset=base)
+    return np.frombuffer(mapped, np.uint8, count=nbytes, offset=start - base)
 
 
 @dataclass

@@ -210,7 +210,7 @@ def write_npz(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = N
         for ref in tensors:
             if ref.dtype.numpy is None:
                 raise UnsupportedError(f"tensor {ref.name!r}: NumPy has no {ref.dtype.name}; use --dequantize", dst)
-            arr = np.ascontiguousarray(ref.read(), dtype=ref.dtype.numpy)
+            arr = np.asarray(ref.read(), dtype=ref.dtype.numpy, order="C")
             if np.lib.format.dtype_to_descr(arr.dtype).startswith(("|V", "<V")):
                 real[ref.name] = ref.dtype.name
             with zf.open(ref.name + ".npy", "w", force_zip64=True) as member:

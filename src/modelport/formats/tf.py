@@ -5,7 +5,8 @@ functions); no pure-Python reader exists (FORMATS.md §4.7). We parse:
 - the `.index` file, a LevelDB-style sorted table (footer, index block, data blocks with
   prefix-compressed keys and restart arrays; every block's masked CRC32C checked) holding a
   `BundleHeaderProto` and one `BundleEntryProto` per tensor; data is a memory-map view of the
-  `.data-0000i-of-0000n` shard, checked against the entry's CRC32C on read;
+  `.data-0000i-of-0000n` shard, checked against the entry's CRC32C on read; partitioned variables
+  (slices stored under OrderedCode keys, as TF's shard-size policy writes them) are reassembled;
 - SavedModel folders (`saved_model.pb` + `variables/variables.index`) and checkpoint folders (the
   `checkpoint` text file names the latest prefix, resolved inside the folder only);
 - frozen `GraphDef` `.pb` files: `Const` nodes (also inside library functions); `tensor_content`
@@ -172,7 +173,7 @@ def _shape(buf, a: int, b: int, path: Path, what: str) -> tuple[int, ...] | None
 
 
 def _entry(value: bytes, path: Path, what: str) -> dict:
-    e = {"dtype": 0, "shape": (), "shard": 0, "offset": 0, "size": 0, "crc": None, "slices": 0}
+    e = {"dtype": 0, "shape": (), "shard": 0, "offset": 0, "size": 0, "crc": None, "slices": []}
     for num, wire, a, b in pb.fields(value, 0, len(value), path):
         if num == 1 and wire == pb.VARINT:
             e["dtype"] = a
@@ -186,8 +187,18 @@ def _entry(value: bytes, path: Path, what: str) -> dict:
             e["size"] = pb.signed(a)
         elif num == 6 and wire == pb.I32:
             e["crc"] = struct.unpack_from("<I", value, a)[0]
-        elif num == 7:
-            e["slices"] += 1
+        elif num == 7 and wire == pb.LEN:  # TensorSliceProto: extent {start, length (absent = whole dim)}
+            extents = []
+            for n2, w2, x, y in pb.fields(value, a, b, path):
+                if n2 == 1 and w2 == pb.LEN:
+                    start, length = 0, -1
+                    for n3, w3, v, _ in pb.fields(value, x, y, path):
+                        if n3 == 1 and w3 == pb.VARINT:
+                            start = pb.signed(v)
+                        elif n3 == 2 and w3 == pb.VARINT:
+                            length = pb.signed(v)
+                    extents.append((start, length))
+            e["slices"].append(tuple(extents))
     return e
 
 
@@ -211,6 +222,41 @@ def _bundle_loader(state: dict, shard: Path, name: str, dtype: dtypes.DType, sha
         if big and dtype.numpy.itemsize > 1:
             arr = arr.astype(dtype.numpy)
         return _fix_subbyte(arr, dtype)
+    return load
+
+
+def _slice_key_name(key: bytes) -> str | None:
+    """The tensor name inside a slice key (TF OrderedCode: 0, escaped name ending 00 01, dims, extents)."""
+    if not key.startswith(b"\x00"):
+        return None
+    out, i = bytearray(), 1
+    while i + 1 < len(key):
+        b = key[i]
+        if b == 0x00:
+            if key[i + 1] == 0x01:
+                return out.decode("utf-8", "replace")
+            if key[i + 1] != 0xFF:
+                return None
+            out.append(0x00)
+            i += 2
+        elif b == 0xFF:
+            if key[i + 1] != 0x00:
+                return None
+            out.append(0xFF)
+            i += 2
+        else:
+            out.append(b)
+            i += 1
+    return None
+
+
+def _sliced_loader(parts: list, dtype: dtypes.DType, shape):
+    """A partitioned variable: each slice is read (CRC-checked) and copied into place."""
+    def load() -> np.ndarray:
+        out = np.zeros(shape, dtype.numpy)
+        for index, part in parts:
+            out[index] = part()
+        return out
     return load
 
 
@@ -240,22 +286,13 @@ def open_bundle(path: Path) -> ModelSource:
     state: dict = {}
     tensors: dict[str, TensorRef] = {}
     skipped: dict[str, list] = {}
+    slice_entries: dict[str, list] = {}
     for key, value in table[1:]:
-        try:
-            key_s = key.decode("utf-8")
-        except UnicodeDecodeError:
-            skipped.setdefault("slice_keys", []).append(key.hex()[:40])
-            continue
-        e = _entry(value, index, key_s)
-        dtype = dtypes.by_code("tf", e["dtype"])
-        if e["dtype"] in (DT_STRING, DT_RESOURCE, DT_VARIANT) or dtype is None or dtype.numpy is None:
-            skipped.setdefault("non_numeric" if e["dtype"] in (DT_STRING, DT_RESOURCE, DT_VARIANT) else "unknown_dtype", []).append(key_s)
-            continue
-        if e["slices"]:
-            skipped.setdefault("partitioned", []).append(key_s)
-            continue
-        shape = e["shape"]
-        require(shape is not None and all(d >= 0 for d in shape), f"tensor {key_s!r}: unknown shape", index)
+        base = _slice_key_name(key)
+        if base is not None:  # sorted keys: a tensor's slices come in increasing (start, length) order
+            slice_entries.setdefault(base, []).append(_entry(value, index, base))
+
+    def locate(key_s: str, e: dict, dtype: dtypes.DType, shape) -> tuple[Path, int, int]:
         sid, off, size = e["shard"], e["offset"], e["size"]
         require(0 <= sid < num_shards, f"tensor {key_s!r}: shard {sid} of {num_shards}", index)
         need = math.prod(shape) * dtype.numpy.itemsize
@@ -266,16 +303,56 @@ def open_bundle(path: Path) -> ModelSource:
             shard_sizes[sid] = shard.stat().st_size
         require(0 <= off and off + size <= shard_sizes[sid],
                 f"tensor {key_s!r}: data at [{off}, {off + size}) lies outside {shard_paths[sid].name} ({shard_sizes[sid]} bytes)", index)
+        return shard_paths[sid], off, size
+
+    for key, value in table[1:]:
+        if key.startswith(b"\x00"):
+            continue
+        try:
+            key_s = key.decode("utf-8")
+        except UnicodeDecodeError:
+            skipped.setdefault("undecodable_keys", []).append(key.hex()[:40])
+            continue
+        e = _entry(value, index, key_s)
+        dtype = dtypes.by_code("tf", e["dtype"])
+        if e["dtype"] in (DT_STRING, DT_RESOURCE, DT_VARIANT) or dtype is None or dtype.numpy is None:
+            skipped.setdefault("non_numeric" if e["dtype"] in (DT_STRING, DT_RESOURCE, DT_VARIANT) else "unknown_dtype", []).append(key_s)
+            continue
+        shape = e["shape"]
+        require(shape is not None and all(d >= 0 for d in shape), f"tensor {key_s!r}: unknown shape", index)
         name = key_s[: -len(VAR_SUFFIX)] if key_s.endswith(VAR_SUFFIX) else key_s
         require(name not in tensors, f"tensor name {name!r} repeats", index)
+        if e["slices"]:
+            stored = slice_entries.get(key_s, [])
+            require(len(stored) == len(e["slices"]),
+                    f"tensor {key_s!r}: {len(e['slices'])} slices declared, {len(stored)} stored", index)
+            parts, covered = [], 0
+            for extents, part in zip(sorted(e["slices"]), stored):
+                require(len(extents) == len(shape), f"tensor {key_s!r}: slice rank differs from the shape", index)
+                sl, sub = [], []
+                for (start, length), dim in zip(extents, shape):
+                    length = dim - start if length < 0 else length
+                    require(0 <= start and 0 <= length and start + length <= dim, f"tensor {key_s!r}: slice outside the shape", index)
+                    sl.append(slice(start, start + length))
+                    sub.append(length)
+                shard, off, size = locate(key_s, part, dtype, sub)
+                covered += math.prod(sub)
+                parts.append((tuple(sl), _bundle_loader(state, shard, name, dtype, tuple(sub), off, size, part["crc"], endian == 1)))
+            require(covered == math.prod(shape), f"tensor {key_s!r}: slices do not cover the tensor exactly", index)
+            tensors[name] = TensorRef(name, dtype, shape, _sliced_loader(parts, dtype, shape),
+                                      file=str(index), extra={"key": key_s, "slices": len(parts)})
+            continue
+        shard, off, size = locate(key_s, e, dtype, shape)
         tensors[name] = TensorRef(name, dtype, shape,
-                                  _bundle_loader(state, shard_paths[sid], name, dtype, shape, off, size, e["crc"], endian == 1),
-                                  nbytes=size, file=str(shard_paths[sid]), offset=off, extra={"key": key_s})
+                                  _bundle_loader(state, shard, name, dtype, shape, off, size, e["crc"], endian == 1),
+                                  nbytes=size, file=str(shard), offset=off, extra={"key": key_s})
     details = {"container": "tensor bundle", "shards": num_shards, "endianness": "big" if endian else "little",
                "crc32c": CRC_IMPL}
     if any(k.startswith("_CHECKPOINTABLE_OBJECT_GRAPH") for k in skipped.get("non_numeric", [])):
         details["object_graph"] = True
     details.update({k: v[:20] for k, v in skipped.items()})
+    if slice_entries:
+        details["partitioned"] = sum(1 for t in tensors.values() if "slices" in t.extra)
     source = ModelSource(path=path, format="tf", tensors=tensors,
                          files=[index, *(shard_paths[i] for i in sorted(shard_sizes))], details=details)
     source._closers = [state.clear]

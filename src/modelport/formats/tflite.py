@@ -35,6 +35,7 @@ B_DATA, B_OFFSET, B_SIZE = 0, 1, 2
 Q_SCALE, Q_ZERO_POINT, Q_DIM = 2, 3, 6
 OP_CODE_INDEX = 0
 OC_DEPRECATED_BUILTIN, OC_CUSTOM, OC_BUILTIN = 0, 1, 3
+NON_NUMERIC = {5: "STRING", 13: "RESOURCE", 14: "VARIANT"}   # constants with their own layouts: listed, not read
 
 
 def detect(path: Path, head: bytes) -> bool:
@@ -211,6 +212,9 @@ def open_tflite(path: Path) -> ModelSource:
             start, n = buffer_range(bidx) if bidx < len(buffers) else (0, 0)
             if n == 0:
                 activations += 1
+                continue
+            if code in NON_NUMERIC:
+                types[NON_NUMERIC[code] + " (skipped)"] += 1
                 continue
             dtype = dtypes.by_code("tflite", code)
             require(dtype is not None and dtype.numpy is not None, f"tensor {name!r}: TensorType {code} has no numeric dtype", path)

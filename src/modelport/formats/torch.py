@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import mmap
 import os
 import re
 import struct
@@ -34,7 +33,7 @@ import numpy as np
 from ..core import dtypes
 from ..core.errors import FormatError, ModelportError, UnsupportedError, require
 from ..core.source import ModelSource
-from ..core.tensor import TensorRef
+from ..core.tensor import TensorRef, map_bytes
 from . import _unpickler as up
 from .registry import FormatSpec
 
@@ -74,25 +73,6 @@ def detect(path: Path, head: bytes) -> bool:
 
 # --- tensors --------------------------------------------------------------------------------------
 
-class _Mapped:
-    """One lazy read-only map of the file, shared by all its tensors (a plain ndarray over `mmap`:
-    slicing it is several times cheaper than slicing an `np.memmap`)."""
-
-    def __init__(self, path: Path):
-        self.path, self.array = path, None
-
-    def __call__(self) -> np.ndarray:
-        if self.array is None:
-            with self.path.open("rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                self.array = (np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
-                              if size else np.empty(0, np.uint8))
-        return self.array
-
-    def close(self) -> None:
-        self.array = None   # the map closes when the last array viewing it is gone
-
-
 def _swap(arr: np.ndarray, dtype: dtypes.DType) -> np.ndarray:
     """Big-endian elements to native (complex numbers swap each half)."""
     unit = dtype.numpy.itemsize // (2 if dtype.kind == "complex" else 1)
@@ -123,7 +103,7 @@ def _is_contiguous(shape: tuple, stride: tuple) -> bool:
     return all(d == 1 or s == c for d, s, c in zip(shape, stride, _c_strides(shape)))
 
 
-def _make_ref(path: Path, name: str, t: up.PickledTensor, records: dict, mapped: _Mapped, big_endian: bool) -> TensorRef:
+def _make_ref(path: Path, name: str, t: up.PickledTensor, records: dict, big_endian: bool) -> TensorRef:
     """A lazy ref for one pickled tensor after checking its view against its storage record."""
     root = t.storage.root or t.storage
     record_start, _ = records[root.key]
@@ -154,14 +134,12 @@ def _make_ref(path: Path, name: str, t: up.PickledTensor, records: dict, mapped:
     def load() -> np.ndarray:
         if numel == 0:
             return np.empty(shape, dtype.numpy)
-        raw = mapped()
         if contiguous:
-            start = base + offset * item
-            arr = raw[start:start + nbytes].view(dtype.numpy).reshape(shape)
+            arr = map_bytes(path, base + offset * item, nbytes).view(dtype.numpy).reshape(shape)
             return _swap(arr, dtype).reshape(shape) if big_endian else arr
-        span = (offset + sum((d - 1) * s for d, s in zip(shape, stride)) + 1) * item
-        elems = raw[base:base + span].view(dtype.numpy)
-        view = np.lib.stride_tricks.as_strided(elems[offset:], shape=shape, strides=[s * item for s in stride],
+        span = (sum((d - 1) * s for d, s in zip(shape, stride)) + 1) * item
+        elems = map_bytes(path, base + offset * item, span).view(dtype.numpy)
+        view = np.lib.stride_tricks.as_strided(elems, shape=shape, strides=[s * item for s in stride],
                                                writeable=False)
         arr = np.ascontiguousarray(view)
         return _swap(arr, dtype).reshape(shape) if big_endian else arr
@@ -217,14 +195,13 @@ def _flatten(obj, path: Path) -> tuple[list[tuple[str, up.PickledTensor]], dict[
 
 def _build(path: Path, obj, records: dict, big_endian: bool, details: dict) -> ModelSource:
     named, metadata = _flatten(obj, path)
-    mapped = _Mapped(path)
     tensors: dict[str, TensorRef] = {}
     for name, t in named:
         require(name not in tensors, f"two tensors are both named {name!r}", path)
-        tensors[name] = _make_ref(path, name, t, records, mapped, big_endian)
+        tensors[name] = _make_ref(path, name, t, records, big_endian)
     metadata.pop("", None)
     return ModelSource(path=path, format="pytorch", tensors=tensors, files=[path], metadata=metadata,
-                       details=details, _closers=[mapped.close])
+                       details=details)
 
 
 # --- zip container -------------------------------------------------------------------------------

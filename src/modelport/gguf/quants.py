@@ -42,6 +42,16 @@ def _nearest_int(v: np.ndarray) -> np.ndarray:
     return (i & 0x007FFFFF) - 0x00400000
 
 
+def _rint_clip(v: np.ndarray, lo, hi) -> np.ndarray:
+    """clamp(nearest_int(v), lo, hi) as float32: np.rint where that is exact (|v| < 2^22), the bit trick elsewhere."""
+    r = np.rint(v)
+    np.clip(r, lo, hi, out=r)
+    big = np.abs(v) >= _F(4194303)
+    if big.any():
+        r[big] = np.clip(_nearest_int(v[big]), lo, hi)
+    return r
+
+
 def _sum(a: np.ndarray) -> np.ndarray:
     """Sequential float32 sum over axis 0 (a C loop `s = 0; s += a[i]`): row after row, then +0 for -0 sums."""
     return np.add.reduce(a, axis=0) + _F(0.0)
@@ -53,6 +63,15 @@ def _fp16(v: np.ndarray) -> np.ndarray:
 
 def _first_absmax(x: np.ndarray, axis: int) -> np.ndarray:
     """The signed element with the largest |x| (the first one on ties), as ggml's `if (ax > amax)` loops pick it."""
+    if axis == 0:                                   # columns layout: a loop over rows beats a strided argmax
+        amax = np.zeros(x.shape[1:], x.dtype)
+        best = np.zeros(x.shape[1:], x.dtype)
+        for row in x:
+            a = np.abs(row)
+            sel = a > amax
+            np.copyto(amax, a, where=sel)
+            np.copyto(best, row, where=sel)
+        return best
     idx = np.argmax(np.abs(x), axis=axis)
     return np.take_along_axis(x, np.expand_dims(idx, axis), axis=axis).squeeze(axis)
 
@@ -78,7 +97,7 @@ def _pack2(L: np.ndarray) -> np.ndarray:
 def _make_qkx2(X, W, nmax, rmin, rdelta, nstep, use_mad):
     """make_qkx2_quants over columns: returns (L, scale, the_min) with L float (n, S).
 
-    The hot loop works in preallocated buffers (out=), which is most of the speed of this port."""
+    The hot loop works in preallocated buffers (out=) to avoid a temporary per operation."""
     nmax_f = _F(nmax)
     mn = X.min(axis=0)
     mx = X.max(axis=0)
@@ -108,7 +127,7 @@ def _make_qkx2(X, W, nmax, rmin, rdelta, nstep, use_mad):
         return _sum(t)
 
     iscale = nmax_f / (mx - mn)
-    scale = _F(1) / iscale
+    scale = np.array(_F(1) / iscale)
     candidate(iscale)
     L = La.copy()
     best = error(scale, mn)
@@ -132,9 +151,9 @@ def _make_qkx2(X, W, nmax, rmin, rdelta, nstep, use_mad):
         win = (D > 0) & (cur < best)
         if win.any():
             np.copyto(L, La, where=win)
-            best = np.where(win, cur, best)
-            scale = np.where(win, this_scale, scale)
-            mn = np.where(win, this_min, mn)
+            np.copyto(best, cur, where=win)
+            np.copyto(scale, this_scale, where=win)
+            np.copyto(mn, this_min, where=win)
     if const.any():
         L[:, const] = 0
         scale = np.where(const, _F(0), scale)
@@ -173,8 +192,8 @@ def _make_qx(X, nmax):
         win = (sl2 > 0) & (slx * slx > best * sl2)
         if win.any():
             np.copyto(L, l, where=win)
-            scale = np.where(win, slx / sl2, scale)
-            best = np.where(win, scale * slx, best)
+            np.copyto(scale, slx / sl2, where=win)
+            np.copyto(best, scale * slx, where=win)
     L += nmax_f
     L[:, zero] = 0
     scale = np.where(zero, _F(0), scale)
@@ -193,27 +212,47 @@ def _make_q3(X, nmax):
     WX = W * X
     sumlx = _sum(WX * L)
     suml2 = _sum((W * L) * L)
-    n = X.shape[0]
-    # A pass that accepts nothing leaves the state unchanged, so running further passes on blocks that ggml
-    # has already stopped gives the same result; we only stop early when no block changed.
+    # Coordinate descent, at most 5 passes. ggml stops a block after a pass that accepts nothing; such a pass leaves
+    # the block unchanged, so every later pass would too. Hence each pass only needs the columns that changed in the
+    # previous one (about 20 %, 5 %, 1 %, ... of them), gathered into smaller arrays and scattered back.
+    cols = None                                     # None: all columns
+    x_, w_, wx_, l_, slx_all, sl2_all = X, W, WX, L, sumlx, suml2
     for _ in range(5):
-        changed = False
-        for i in range(n):
-            wi, wxi, Li = W[i], WX[i], L[i]
-            slx = sumlx - wxi * Li
-            sl2 = suml2 - (wi * Li) * Li
+        changed = np.zeros(x_.shape[1], bool)
+        for i in range(x_.shape[0]):
+            wi, wxi, Li = w_[i], wx_[i], l_[i]
+            slx = slx_all - wxi * Li
+            sl2 = sl2_all - (wi * Li) * Li
             with np.errstate(all="ignore"):
-                new = np.clip(_nearest_int((X[i] * sl2) / slx), -nmax, nmax - 1).astype(_F)
-            nslx = slx + wxi * new
-            nsl2 = sl2 + (wi * new) * new
-            acc = (slx > 0) & (new != Li) & (nsl2 > 0) & ((nslx * nslx) * suml2 > (sumlx * sumlx) * nsl2)
-            if acc.any():
-                changed = True
-                L[i] = np.where(acc, new, Li)
-                sumlx = np.where(acc, nslx, sumlx)
-                suml2 = np.where(acc, nsl2, suml2)
-        if not changed:
+                v = (x_[i] * sl2) / slx
+            new = _rint_clip(v, lo, hi)
+            cand = (new != Li) & (slx > 0)
+            if not cand.any():
+                continue
+            k = np.flatnonzero(cand)                     # few columns: finish the test on those only
+            nw = new[k]
+            nslx = slx[k] + wxi[k] * nw
+            nsl2 = sl2[k] + (wi[k] * nw) * nw
+            sa = slx_all[k]
+            ok = (nsl2 > 0) & ((nslx * nslx) * sl2_all[k] > (sa * sa) * nsl2)
+            if ok.any():
+                kk = k[ok]
+                changed[kk] = True
+                Li[kk] = nw[ok]
+                slx_all[kk] = nslx[ok]
+                sl2_all[kk] = nsl2[ok]
+        if cols is None:
+            sumlx, suml2 = slx_all, sl2_all
+        else:
+            L[:, cols] = l_
+            sumlx[cols] = slx_all
+            suml2[cols] = sl2_all
+        keep = np.flatnonzero(changed)
+        if keep.size == 0:
             break
+        cols = keep if cols is None else cols[keep]
+        x_, w_, wx_, l_ = X[:, cols], W[:, cols], WX[:, cols], L[:, cols]
+        slx_all, sl2_all = sumlx[cols], suml2[cols]
     scale = np.where(suml2 > 0, sumlx / suml2, _F(0))
     L = np.where(zero, _F(0), L + nmax_f)
     scale = np.where(zero, _F(0), scale)
@@ -224,8 +263,10 @@ def _requant(X, d, L, lo, hi, offset=0, dm=None):
     """Re-quantize columns with the stored (fp16-rounded) scale d (and min dm); columns with d == 0 keep L."""
     with np.errstate(all="ignore"):
         v = (X + dm) / d if dm is not None else X / d
-        q = np.clip(_nearest_int(v), lo, hi) + offset
-    return np.where(d != 0, q.astype(_F), L)
+    q = _rint_clip(v, _F(lo), _F(hi))
+    if offset:
+        q += _F(offset)
+    return np.where(d != 0, q, L)
 
 
 # ----------------------------------------------------------------------------------------- K-quants
@@ -411,8 +452,8 @@ def _nib(q):
 
 
 def _qh(q):
-    bits = (q.astype(np.uint32) >> 4) & 1
-    return (bits << np.arange(32, dtype=np.uint32)).sum(axis=1, dtype=np.uint32).astype("<u4").view(np.uint8).reshape(-1, 4)
+    """Q5 high bits: bit j of a little-endian u32 is bit 4 of element j."""
+    return np.packbits(((q.astype(np.uint8) >> 4) & 1).astype(bool), axis=1, bitorder="little")
 
 
 def _q4_0(x):
@@ -433,7 +474,7 @@ def _q4_1(x):
 
 def _q5_1(x):
     d, m, q = _asym(x, 31)
-    q = q.astype(np.int64) & 0xFF                                  # (uint8_t) cast, no clamp in ggml
+    q = q.astype(np.uint8)                                         # (uint8_t) cast; (x-min)*id is in [0, 31]
     return np.concatenate([d.view(np.uint8).reshape(-1, 2), m.view(np.uint8).reshape(-1, 2), _qh(q), _nib(q)], axis=1)
 
 
@@ -474,14 +515,17 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None) -> np.ndarray:
     if n % dt.block_size:
         raise ValueError(f"row length {n} is not a multiple of the {name} block size {dt.block_size}")
     kernel, chunk = _KERNELS[name]
-    blocks = np.ascontiguousarray(data, dtype=_F).reshape(-1, dt.block_size)
+    blocks = data.reshape(-1, dt.block_size)        # converted to float32 chunk by chunk: bounded extra memory
     nblocks = blocks.shape[0]
     out = np.empty((nblocks, dt.type_size), np.uint8)
 
     def run(start: int) -> None:
         stop = min(start + chunk, nblocks)
         with np.errstate(all="ignore"):
-            out[start:stop] = kernel(blocks[start:stop])
+            chunk_f32 = np.ascontiguousarray(blocks[start:stop], dtype=_F)
+            if not np.isfinite(chunk_f32).all():     # ggml would write garbage that llama.cpp's row check rejects
+                raise ValueError(f"cannot quantize to {name}: the tensor contains NaN or infinity")
+            out[start:stop] = kernel(chunk_f32)
 
     starts = range(0, nblocks, chunk)
     if threads is None:

@@ -37,8 +37,10 @@ def guard(path: str | os.PathLike, trust: bool = False) -> ScanReport:
     """The check every command that opens a model runs first: a dangerous file is refused, a suspicious
     one too unless `trust` (the `--trust` flag). Raises `UnsafeFileError` naming the first finding."""
     report = scan(path)
-    worst = [f for f in report.findings if f.severity == DANGEROUS] or \
-        ([] if trust else [f for f in report.findings if f.severity == SUSPICIOUS])
+    # A merely malformed structure is left to the format's reader, which refuses it with a sharper message.
+    findings = [f for f in report.findings if not f.malformed]
+    worst = [f for f in findings if f.severity == DANGEROUS] or \
+        ([] if trust else [f for f in findings if f.severity == SUSPICIOUS])
     if worst:
         f = worst[0]
         more = f" (+{len(worst) - 1} more)" if len(worst) > 1 else ""

@@ -84,20 +84,22 @@ class Scanner:
         self.report = FileReport(str(path), "unknown")
         self._seen: dict[tuple, int] = {}
 
-    def emit(self, severity: str, what: str, why: str, offset, member) -> None:
+    def emit(self, severity: str, what: str, why: str, offset, member, malformed: bool = False) -> None:
         key = (severity, what, member)
         if key in self._seen:
             i = self._seen[key]
             f = self.report.findings[i]
-            self.report.findings[i] = Finding(f.severity, f.what, f.why, f.file, f.member, f.offset, f.count + 1)
+            self.report.findings[i] = Finding(f.severity, f.what, f.why, f.file, f.member, f.offset, f.count + 1,
+                                              f.malformed)
             return
         self._seen[key] = len(self.report.findings)
-        self.report.findings.append(Finding(severity, what, why, str(self.path), member or None, offset))
+        self.report.findings.append(Finding(severity, what, why, str(self.path), member or None, offset,
+                                            malformed=malformed))
 
     def _emitter(self, member: str | None):
-        def emit(severity, what, why, offset, where):
+        def emit(severity, what, why, offset, where, malformed=False):
             parts = [p for p in (member, where) if p]
-            self.emit(severity, what, why, offset, ">".join(parts) or None)
+            self.emit(severity, what, why, offset, ">".join(parts) or None, malformed)
         return emit
 
     # ---- entry point ---------------------------------------------------------------------------
@@ -166,7 +168,7 @@ class Scanner:
         if depth > MAX_DEPTH:
             emit(SUSPICIOUS, "deeply nested archive", "archives nested this deep are not opened.", start, None)
             return "nested"
-        if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        if head[:4] in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"):
             return self.zip(buf, start, end, member, depth)
         if head.startswith(b"\x93NUMPY"):
             self.npy(buf, start, end, member)
@@ -217,7 +219,7 @@ class Scanner:
         try:
             dtype, shape, data = _npy_header(buf, start, end)
         except Exception as exc:
-            emit(SUSPICIOUS, "npy header", f"the .npy header does not parse ({exc}); a reader may misbehave.", start, None)
+            emit(SUSPICIOUS, "npy header", f"the .npy header does not parse ({exc}); a reader may misbehave.", start, None, malformed=True)
             return
         if dtype.hasobject:
             emit(SUSPICIOUS, "numpy object array", "object arrays are stored as a pickle that np.load(allow_pickle=True) "
@@ -228,7 +230,7 @@ class Scanner:
         need = math.prod(shape) * dtype.itemsize
         have = (start + total if total is not None else end) - data
         if need > have:
-            emit(SUSPICIOUS, "npy size", f"the header describes {need} bytes of data but only {have} follow.", data, None)
+            emit(SUSPICIOUS, "npy size", f"the header describes {need} bytes of data but only {have} follow.", data, None, malformed=True)
 
     # ---- zip -----------------------------------------------------------------------------------
 
@@ -241,7 +243,7 @@ class Scanner:
             cd_start = getattr(zf, "start_dir", end - start)
         except Exception as exc:
             emit(SUSPICIOUS, "zip central directory", f"Python's zipfile cannot read it ({exc}); other readers "
-                 "may still load it, so the local headers were scanned instead.", start, None)
+                 "may still load it, so the local headers were scanned instead.", start, None, malformed=True)
             self._zip_local_walk(buf, start, end, member, depth)
             return "zip"
         names: dict[str, int] = {}
@@ -301,7 +303,7 @@ class Scanner:
         stop = data + info.compress_size
         if stop > end:
             emit(SUSPICIOUS, f"zip member {name!r} truncated", "the member's data runs past the end of the archive.",
-                 data, None)
+                 data, None, malformed=True)
             stop = end
         method = info.compress_type
         if method == 0:
@@ -313,8 +315,9 @@ class Scanner:
                  "read, so it was not checked.", data, None)
         return (lh, stop)
 
-    def _inflate(self, buf, a, b, method, where, limit=MAX_INFLATE):
+    def _inflate(self, buf, a, b, method, where, limit=None):
         """Decompress a member, fed in chunks and stopped after `limit` bytes of output (bomb-proof)."""
+        limit = MAX_INFLATE if limit is None else limit
         out = bytearray()
         try:
             if method == 14:  # zip lzma: 4-byte header, then the properties
@@ -331,7 +334,7 @@ class Scanner:
                 if getattr(d, "eof", False):
                     break
         except Exception as exc:
-            self.emit(SUSPICIOUS, "corrupt compressed member", f"it does not decompress ({exc}).", a, where)
+            self.emit(SUSPICIOUS, "corrupt compressed member", f"it does not decompress ({exc}).", a, where, malformed=True)
             return None
         if len(out) > limit:
             if limit < MAX_INFLATE:
@@ -420,7 +423,7 @@ class Scanner:
                         a = start + ti.offset_data
                         self.blob(buf, a, min(end, a + ti.size), f"{prefix}{ti.name}", depth + 1, ti.name.lower())
         except tarfile.TarError as exc:
-            emit(SUSPICIOUS, "tar archive", f"it does not read as tar ({exc}).", start, None)
+            emit(SUSPICIOUS, "tar archive", f"it does not read as tar ({exc}).", start, None, malformed=True)
 
     def compressed(self, buf, start, end, member, depth, kind) -> None:
         raw = None
@@ -430,7 +433,7 @@ class Scanner:
             with opener(fileobj=src) as f:
                 raw = f.read(MAX_INFLATE + 1)
         except Exception as exc:
-            self._emitter(member)(SUSPICIOUS, f"corrupt {kind} stream", f"it does not decompress ({exc}).", start, None)
+            self._emitter(member)(SUSPICIOUS, f"corrupt {kind} stream", f"it does not decompress ({exc}).", start, None, malformed=True)
             if not raw:
                 return
         if len(raw) > MAX_INFLATE:
@@ -460,12 +463,18 @@ def _npy_header(buf, start: int, end: int):
 
 
 def scan_file(path: Path) -> FileReport:
+    """One file's report. A file the scanner cannot read or analyse is suspicious, never clean."""
+    scanner = Scanner(path)
     try:
-        return Scanner(path).scan()
+        return scanner.scan()
     except OSError as exc:
         report = FileReport(str(path), "unreadable")
         report.findings.append(Finding(SUSPICIOUS, "unreadable", f"cannot read: {exc.strerror or exc}", str(path)))
         return report
+    except Exception as exc:  # a malformed structure the checks above did not anticipate
+        scanner.emit(SUSPICIOUS, "unanalysable structure", f"the scanner could not finish ({type(exc).__name__}: "
+                     f"{str(exc)[:120]}); treat the file as unchecked.", None, None)
+        return scanner.report
 
 
 def iter_files(path: Path):

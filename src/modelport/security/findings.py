@@ -30,6 +30,7 @@ class Finding:
     member: str | None = None   # archive member / nested location ("archive/data.pkl", "nested pickle @12")
     offset: int | None = None   # byte offset inside the member (or file when member is None)
     count: int = 1              # how many times the same thing occurs at this place
+    malformed: bool = False     # a broken structure the format's own reader also refuses (with a sharper message)
 
     def where(self) -> str:
         parts = [self.file]

@@ -26,7 +26,7 @@ def check_safetensors(path: Path, emit) -> None:
         start, header = st.read_header(path)
         st.parse_entries(path, start, header)
     except ModelportError as exc:
-        emit(SUSPICIOUS, "safetensors header", f"{exc.message}; {_HARM}.", None, None)
+        emit(SUSPICIOUS, "safetensors header", f"{exc.message}; {_HARM}.", None, None, malformed=True)
 
 
 def check_gguf(path: Path, emit) -> None:
@@ -34,7 +34,7 @@ def check_gguf(path: Path, emit) -> None:
     try:
         header = gguf.read_header(path)
     except ModelportError as exc:
-        emit(SUSPICIOUS, "GGUF header", f"{exc.message}; {_HARM}.", None, None)
+        emit(SUSPICIOUS, "GGUF header", f"{exc.message}; {_HARM}.", None, None, malformed=True)
         return
     if header.tensors:
         last = header.tensors[-1]
@@ -97,7 +97,7 @@ def check_tf_graph(path: Path, emit, saved_model: bool) -> None:
             graph_def(0, len(buf))
     except ModelportError as exc:
         emit(SUSPICIOUS, "TF graph protobuf", f"the graph does not parse ({exc.message}); a loader may read it "
-             "differently.", None, None)
+             "differently.", None, None, malformed=True)
     for op, at in seen.items():
         if op in _BAD_TF_OPS and op not in _SAVEDMODEL_NORMAL:
             sev = DANGEROUS if op in _DANGER_TF else SUSPICIOUS
@@ -136,16 +136,17 @@ def check_hdf5(path: Path, emit) -> None:
                     continue
                 check_keras_config(config, emit, key)
     except ModelportError as exc:
-        emit(SUSPICIOUS, "HDF5", exc.message, None, None)
+        emit(SUSPICIOUS, "HDF5", exc.message, None, None, malformed=True)
         return
     except Exception as exc:  # h5py raises OSError/ValueError/KeyError on corrupt files
         emit(SUSPICIOUS, "HDF5", f"h5py cannot read it ({type(exc).__name__}); a loader may read it differently.",
-             None, None)
+             None, None, malformed=True)
         return
     try:
         hdf5.open_hdf5(path).close()
     except ModelportError as exc:
-        emit(SUSPICIOUS, "HDF5 layout", f"{exc.message}; such layouts read other files or lie about sizes.", None, None)
+        emit(SUSPICIOUS, "HDF5 layout", f"{exc.message}; such layouts read other files or lie about sizes.", None, None,
+             malformed=True)
     except Exception:
         pass
 
@@ -155,19 +156,23 @@ def check_onnx(path: Path, emit) -> None:
     (graded here, from the onnx package's protobuf classes used as data), then the core reader's checks."""
     try:
         import onnx
-    except ImportError:
-        emit(SUSPICIOUS, "ONNX", "the onnx package is not installed, so external data was not checked.", None, None)
+    except ImportError:  # without the onnx package, the core reader's own path and range checks still run
+        from ..formats import onnx as onnx_format
+        try:
+            onnx_format.open_onnx(path).close()
+        except ModelportError as exc:
+            emit(SUSPICIOUS, "ONNX structure", f"{exc.message}; {_HARM}.", None, None, malformed=True)
         return
     found: list = []
 
-    def report(*args):
+    def report(*args, **kwargs):
         found.append(args)
-        emit(*args)
+        emit(*args, **kwargs)
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        report(SUSPICIOUS, "ONNX protobuf", f"does not parse ({type(exc).__name__}).", None, None)
+        report(SUSPICIOUS, "ONNX protobuf", f"does not parse ({type(exc).__name__}).", None, None, malformed=True)
         return
     folder = path.parent.resolve()
     tensors = list(model.graph.initializer)
@@ -211,4 +216,4 @@ def check_onnx(path: Path, emit) -> None:
         try:
             onnx_format.open_onnx(path).close()
         except ModelportError as exc:
-            report(SUSPICIOUS, "ONNX structure", f"{exc.message}; {_HARM}.", None, None)
+            report(SUSPICIOUS, "ONNX structure", f"{exc.message}; {_HARM}.", None, None, malformed=True)

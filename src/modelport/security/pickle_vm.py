@@ -10,6 +10,7 @@ called or unpickled; a truncated or corrupt stream becomes a finding at the offs
 
 from __future__ import annotations
 
+import io
 import pickletools
 from dataclasses import dataclass, field
 from typing import Callable
@@ -18,13 +19,13 @@ from . import rules
 from .findings import DANGEROUS, SAFE, SUSPICIOUS
 
 BIG = 64 << 20            # bytes arguments larger than this stay in the buffer, never copied
-MAX_OPS = 20_000_000      # a pickle with more opcodes is reported, not walked to the end
+MAX_OPS = 1_000_000       # real checkpoints need thousands; past this the pickle is reported, not walked on
 MAX_NESTING = 4           # pickles inside pickles inside ...
 MAX_LINE = 1 << 20        # protocol-0 text arguments longer than this are corrupt
 
 LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 
-Emit = Callable[[str, str, str, int, str], None]   # (severity, what, why, offset, location suffix)
+Emit = Callable[..., None]   # (severity, what, why, offset, location suffix, malformed=False)
 
 
 class _Stream:
@@ -35,6 +36,9 @@ class _Stream:
 
     def tell(self) -> int:
         return self.pos
+
+    def seek(self, pos: int) -> None:
+        self.pos = pos
 
     def read(self, n: int = -1):
         if n < 0:
@@ -51,6 +55,13 @@ class _Stream:
         stop = stop if i < 0 else i + 1
         data, self.pos = bytes(self.buf[self.pos:stop]), stop
         return data
+
+
+def _open(buf, start: int, end: int):
+    """(stream, base offset): an in-memory copy for pickle-sized regions (C-speed reads), else a bounded view."""
+    if end - start <= BIG:
+        return io.BytesIO(bytes(buf[start:end])), start
+    return _Stream(buf, start, end), 0
 
 
 @dataclass
@@ -190,30 +201,33 @@ class Machine:
         buf, start, n = (data.buf, data.start, data.n) if isinstance(data, _Big) else (data, 0, len(data))
         scan_stream(buf, start, start + n, self.emit, depth=self.depth + 1, where=where)
 
-    def run(self, buf, start: int, end: int) -> PickleResult:
+    def run(self, buf, start: int, end: int, opened=None) -> PickleResult:
+        """Walk the pickle at `start`; `opened` is a (stream, base) from `_open` shared by consecutive pickles."""
         self.stack, self.marks, self.memo = [], [], {}
-        stream = _Stream(buf, start, end)
+        stream, base = opened or _open(buf, start, end)
+        stream.seek(start - base)
         ops, pos, value = 0, start, None
         try:
             for op, arg, pos in pickletools.genops(stream):
+                pos += base
                 ops += 1
                 if ops > MAX_OPS:
                     self.emit(SUSPICIOUS, "oversized pickle", f"more than {MAX_OPS} opcodes; the rest was not analysed.",
                               pos, self.where)
-                    return PickleResult(stream.pos, False, None, ops)
+                    return PickleResult(stream.tell() + base, False, None, ops)
                 if op.name == "STOP":
                     value = self._pop() if self.stack else None
-                    return PickleResult(stream.pos, True, value, ops)
+                    return PickleResult(stream.tell() + base, True, value, ops)
                 self._step(op.name, arg, pos)
         except _Malformed as exc:
             self.emit(SUSPICIOUS, "malformed pickle", f"the opcode stream is inconsistent ({exc}); loaders "
                       "disagree on such input, a known way to hide payloads from scanners.", pos, self.where)
         except Exception as exc:  # genops raises ValueError, struct.error, UnicodeDecodeError, ...
-            at = stream.pos if stream.pos > pos else pos
+            at = max(stream.tell() + base, pos)
             self.emit(SUSPICIOUS, "truncated or corrupt pickle",
                       f"decoding stopped at byte {at} ({type(exc).__name__}: {str(exc)[:120]}); a loader still "
-                      "runs every opcode before that point.", at, self.where)
-        return PickleResult(stream.pos, False, None, ops)
+                      "runs every opcode before that point.", at, self.where, malformed=True)
+        return PickleResult(stream.tell() + base, False, None, ops)
 
     def _step(self, name: str, arg, pos: int) -> None:
         push = self.stack.append
@@ -334,6 +348,7 @@ def scan_stream(buf, start: int, end: int, emit: Emit, *, depth: int = 0, where:
     """
     results: list[PickleResult] = []
     pos = start
+    opened = _open(buf, start, end)
     while pos < end:
         if max_pickles is not None and len(results) >= max_pickles:
             break
@@ -346,12 +361,12 @@ def scan_stream(buf, start: int, end: int, emit: Emit, *, depth: int = 0, where:
                 # only follow on when the next bytes really start a pickle
                 if rest[:1] != b"\x80":
                     break
-            elif rest[:1] != b"\x80" and not _walks_to_stop(buf, pos, end):
+            elif rest[:1] != b"\x80" and not _walks_to_stop(buf, pos, end, opened=opened):
                 emit(SUSPICIOUS, "data after the pickle",
                      f"{end - pos} bytes follow the pickle's STOP and are not a pickle; a second load() on the "
                      "same stream, or another tool, may read them.", pos, where)
                 break
-        result = Machine(emit, depth, where).run(buf, pos, end)
+        result = Machine(emit, depth, where).run(buf, pos, end, opened)
         results.append(result)
         if not result.complete or result.end <= pos:
             break
@@ -359,12 +374,14 @@ def scan_stream(buf, start: int, end: int, emit: Emit, *, depth: int = 0, where:
     return results
 
 
-def _walks_to_stop(buf, start: int, end: int, max_ops: int = 1_000_000) -> bool:
+def _walks_to_stop(buf, start: int, end: int, max_ops: int = 1_000_000, opened=None) -> bool:
     """Whether buf[start:] decodes as a pickle up to STOP (tells a pickle from other bytes).
 
     A stream still decoding after `max_ops` opcodes counts as a pickle, so the full walk reports it."""
     try:
-        for n, (op, _arg, _pos) in enumerate(pickletools.genops(_Stream(buf, start, end))):
+        stream, base = opened or _open(buf, start, end)
+        stream.seek(start - base)
+        for n, (op, _arg, _pos) in enumerate(pickletools.genops(stream)):
             if op.name == "STOP" or n >= max_ops:
                 return True
     except Exception:

@@ -133,8 +133,11 @@ def classify(module: str, name: str) -> tuple[str, str]:
     if hit:
         return DANGEROUS, f"'{hit}' can run code, touch files or the network, or load more pickles when called"
     parts = [p for p in full.split(".") if p]
-    for p in parts[1:] if len(parts) > 1 else parts:
-        if p in DANGEROUS_NAMES or (p.startswith("__") and p.endswith("__") and p not in ("__newobj__", "__newobj_ex__")):
+    # Gadget names count as the thing imported (the last part); a dunder anywhere is an attribute walk.
+    # (An intermediate package like torch.nn.modules is just a package.)
+    for i, p in enumerate(parts[1:] if len(parts) > 1 else parts, 1):
+        dunder = p.startswith("__") and p.endswith("__") and p not in ("__newobj__", "__newobj_ex__")
+        if dunder or (p in DANGEROUS_NAMES and (i == len(parts) - 1 or len(parts) == 1)):
             return DANGEROUS, f"'{p}' is a code-execution or attribute-walking gadget"
     if any(not p.isidentifier() for p in parts) or not parts:
         return DANGEROUS, "the import name is not a plain dotted identifier; loaders resolve it in surprising ways"

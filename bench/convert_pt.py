@@ -1,0 +1,33 @@
+"""PyTorch .bin -> safetensors of a ~2 GB model: `modelport convert` vs torch.load + save_file.
+
+Targets (issue 2): modelport's peak RSS under 300 MB (it streams one tensor at a time) while the
+torch route holds the whole model (about twice its size at the peak).
+"""
+
+from __future__ import annotations
+
+from _harness import OUT, make_checkpoint, measure, table
+
+
+def main() -> None:
+    bin_path, _ = make_checkpoint(layers=22, stem="convert2g")
+    size = bin_path.stat().st_size / 1e9
+    ours, theirs = OUT / "convert2g.modelport.safetensors", OUT / "convert2g.torch.safetensors"
+    rows = [
+        ("modelport convert", measure("import modelport", f"""
+modelport.convert({str(bin_path)!r}, {str(ours)!r}, force=True)""", repeat=2)),
+        ("torch.load + safetensors save_file", measure("import torch; from safetensors.torch import save_file", f"""
+save_file(torch.load({str(bin_path)!r}, weights_only=True), {str(theirs)!r}, metadata={{"format": "pt"}})""", repeat=2)),
+        ("torch.load(mmap=True) + save_file", measure("import torch; from safetensors.torch import save_file", f"""
+save_file(torch.load({str(bin_path)!r}, weights_only=True, mmap=True), {str(theirs)!r}, metadata={{"format": "pt"}})""", repeat=2)),
+    ]
+    table(f"Convert a {size:.2f} GB f16 .bin to safetensors (warm cache, best of 2)", rows, "torch.load + safetensors save_file")
+    same = ours.read_bytes() == theirs.read_bytes()
+    d = dict(rows)
+    print(f"\nmodelport peak RSS {d['modelport convert']['peak_mb']:.0f} MB (target < 300 MB); "
+          f"torch route {d['torch.load + safetensors save_file']['peak_mb']:.0f} MB for a {size * 1000:.0f} MB model")
+    print(f"outputs byte-identical: {same}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""`modelport perplexity MODEL --text FILE`: llama.cpp's perplexity method, in any engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .compare_cmd import read_text
+from .output import console, print_json
+from .run_cmd import engine_option, quiet_libraries
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("perplexity")
+    def perplexity_cmd(
+        model: Path = typer.Argument(..., help="GGUF file, Hugging Face folder, or weights file with a config beside it."),
+        text: Path = typer.Option(..., "--text", help="UTF-8 text file to score."),
+        ctx: int = typer.Option(512, "--ctx", help="Window length in tokens (llama-perplexity's -c)."),
+        engine: str = engine_option(),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Perplexity over windows of --ctx tokens, scoring the second half of each (as llama-perplexity does)."""
+        quiet_libraries()
+        from .. import runtime
+        from ..runtime.evaluate import perplexity
+        content = read_text(text)
+        with runtime.load(model, engine=engine, ctx=max(ctx, 4)) as eng:
+            result = perplexity(eng, content, ctx)
+        if as_json:
+            print_json(result.to_dict())
+        else:
+            console.print(f"perplexity {result.perplexity:.4f} ({result.engine}, {result.windows} windows of "
+                          f"{result.n_ctx} tokens, {result.scored_tokens} tokens scored)")

@@ -1,0 +1,35 @@
+"""`modelport quantize IN.gguf OUT.gguf --type Q4_K_M`: re-quantize an F32/F16/BF16 GGUF as llama-quantize does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .output import byte_progress, console, human_bytes, print_json
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("quantize")
+    def quantize_cmd(
+        src: Path = typer.Argument(..., help="An F32, F16 or BF16 GGUF file."),
+        dst: Path = typer.Argument(..., help="The quantized GGUF to write (an Ollama Modelfile is written beside it)."),
+        qtype: str = typer.Option("Q4_K_M", "--type", "-t",
+                                  help="llama.cpp file type: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S/M/L, "
+                                       "Q4_K_S/M, Q5_K_S/M, Q6_K, F16, BF16, F32."),
+        force: bool = typer.Option(False, "--force", "-f", help="Replace an existing output."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ) -> None:
+        """Quantize a GGUF model (same per-tensor types and bytes as llama.cpp's llama-quantize)."""
+        from ..formats.gguf import read_header
+        from ..gguf.convert import requantize
+
+        total = sum(t.nbytes for t in read_header(src).tensors) if src.is_file() else 0
+        with byte_progress(total, f"quantizing {src.name}", enabled=not quiet and not as_json) as advance:
+            result = requantize(src, dst, qtype, force=force, progress=lambda ref: advance(ref.nbytes))
+        if as_json:
+            print_json(result.__dict__)
+            return
+        console.print(f"[green]wrote[/green] {result.output} (gguf, {result.tensors} tensors, "
+                      f"{human_bytes(result.bytes_written)} of tensor data) and {Path(result.files[-1]).name}")

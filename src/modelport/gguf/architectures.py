@@ -1,0 +1,480 @@
+"""Model families for HF <-> GGUF: hyperparameters, tensor names and the per-tensor transforms.
+
+Each family is one small class. Everything that maps one side to the other is kept as data so that the
+same table can run backwards (GGUF -> HF):
+  * `tensors`: (HF name template, GGUF name template) pairs, `{bid}` standing for the layer number;
+  * `transforms`: GGUF name suffix -> a named transform with an exact inverse (`TRANSFORMS`);
+  * `hparams()`: config.json -> `<arch>.*` keys with the types llama.cpp's loader insists on (u32 counts,
+    f32 floats; GGUF.md §2). transformers 5 moved `rope_theta` into `rope_parameters`; both are read.
+
+Why our own and not gguf-py's `TensorNameMap`: it maps names one way only, has no notion of the Q/K
+permutation or the Conv1D transpose, and pulls in every architecture llama.cpp knows; the handful we
+support fit in a page and can be checked against llama.cpp end to end.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable
+
+import numpy as np
+
+from ..core.errors import UnsupportedError
+
+
+# --- typed metadata values ----------------------------------------------------------------------
+
+def u32(v) -> np.uint32:
+    return np.uint32(int(v))
+
+
+def f32(v) -> np.float32:
+    return np.float32(float(v))
+
+
+# --- transforms (each with its inverse) ---------------------------------------------------------
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF rotate-half row order -> llama.cpp adjacent-pair order, per head (GGUF.md §4)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of `permute_qk`."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _transpose(w: np.ndarray, _cfg) -> np.ndarray:
+    return np.ascontiguousarray(w.T) if w.ndim == 2 else w
+
+
+#: name -> (forward HF->GGUF, inverse GGUF->HF); each takes (array, architecture config view).
+TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
+    "permute_q": (lambda w, c: permute_qk(w, c.n_head), lambda w, c: unpermute_qk(w, c.n_head)),
+    "permute_k": (lambda w, c: permute_qk(w, c.n_head_kv), lambda w, c: unpermute_qk(w, c.n_head_kv)),
+    "transpose": (_transpose, _transpose),   # GPT-2's Conv1D stores (in, out)
+    # Gemma's RMSNorm scales by (1 + w); llama.cpp's by w
+    "norm_plus_one": (lambda w, c: w + np.float32(1), lambda w, c: w - np.float32(1)),
+}
+
+
+# --- the base class -----------------------------------------------------------------------------
+
+def _first(config: dict, *keys, default=None):
+    for k in keys:
+        if config.get(k) is not None:
+            return config[k]
+    return default
+
+
+class Architecture:
+    """One model family. Subclasses fill in the class attributes and `hparams`."""
+
+    name: str = ""                          # general.architecture
+    hf_architectures: tuple[str, ...] = ()  # config["architectures"][0]
+    model_types: tuple[str, ...] = ()       # config["model_type"]
+    strip_prefixes: tuple[str, ...] = ()    # HF name prefixes some checkpoints carry ("transformer.")
+    tensors: tuple[tuple[str, str], ...] = ()
+    transforms: dict[str, str] = {}         # GGUF name suffix -> TRANSFORMS key
+    ignore: tuple[str, ...] = ()            # HF name regexes that carry no weights llama.cpp uses
+    neox_rope = True
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.n_head = int(_first(config, "num_attention_heads", "n_head", default=0))
+        self.n_head_kv = int(_first(config, "num_key_value_heads", "n_head_kv", default=self.n_head) or self.n_head)
+        self.n_layer = int(_first(config, "num_hidden_layers", "n_layer", default=0))
+        self._fwd, self._back = [], []
+        for hf, gg in self.tensors:
+            self._fwd.append((_template_regex(hf), gg))
+            self._back.append((_template_regex(gg), hf))
+        self._ignore = [re.compile(p) for p in self.ignore]
+
+    # metadata
+    def rope_parameters(self) -> dict:
+        """transformers 5 nests rope settings in `rope_parameters`; older configs use `rope_scaling` + `rope_theta`."""
+        rp = dict(self.config.get("rope_scaling") or {})
+        rp.update(self.config.get("rope_parameters") or {})
+        rp = dict(rp.get("full_attention", rp))
+        if "rope_theta" not in rp and self.config.get("rope_theta") is not None:
+            rp["rope_theta"] = self.config["rope_theta"]
+        if "rope_type" not in rp and "type" in rp:
+            rp["rope_type"] = rp["type"]
+        return rp
+
+    def hparams(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _key(self, key: str) -> str:
+        return f"{self.name}.{key}"
+
+    # names
+    def gguf_name(self, hf_name: str) -> str | None:
+        """GGUF name for an HF tensor; None for tensors llama.cpp does not use. Unknown names raise."""
+        name = hf_name
+        for p in self.strip_prefixes:
+            if name.startswith(p):
+                name = name[len(p):]
+                break
+        for rx, template in self._fwd:
+            m = rx.fullmatch(name)
+            if m:
+                return template.format(**m.groupdict())
+        if any(rx.fullmatch(name) for rx in self._ignore):
+            return None
+        raise UnsupportedError(f"tensor {hf_name!r} has no GGUF name for {self.name} models")
+
+    def hf_name(self, gguf_name: str) -> str:
+        for rx, template in self._back:
+            m = rx.fullmatch(gguf_name)
+            if m:
+                return template.format(**m.groupdict())
+        raise UnsupportedError(f"GGUF tensor {gguf_name!r} has no HF name for {self.name} models")
+
+    def _transform(self, gguf_name: str) -> str | None:
+        for suffix, t in self.transforms.items():
+            if gguf_name.endswith(suffix):
+                return t
+        return None
+
+    def to_gguf(self, gguf_name: str, array: np.ndarray) -> np.ndarray:
+        t = self._transform(gguf_name)
+        return TRANSFORMS[t][0](array, self) if t else array
+
+    def to_hf(self, gguf_name: str, array: np.ndarray) -> np.ndarray:
+        t = self._transform(gguf_name)
+        return TRANSFORMS[t][1](array, self) if t else array
+
+    def gguf_shape(self, gguf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(reversed(shape)) if self._transform(gguf_name) == "transpose" and len(shape) == 2 else tuple(shape)
+
+    def extra_tensors(self) -> dict[str, np.ndarray]:
+        """Tensors computed from the config (llama3 rope factors, ...)."""
+        return {}
+
+    def expected_vocab(self) -> int | None:
+        v = self.config.get("vocab_size")
+        return int(v) if v is not None else None
+
+
+def _template_regex(template: str) -> re.Pattern:
+    return re.compile(re.escape(template).replace(r"\{bid\}", r"(?P<bid>\d+)"))
+
+
+def _common(arch: Architecture, ctx_keys=("max_position_embeddings", "n_ctx", "n_positions")) -> dict[str, Any]:
+    """What llama.cpp's TextModel writes for every decoder: counts, rope, norm epsilon, head dims."""
+    c = arch.config
+    k = arch._key
+    out: dict[str, Any] = {k("block_count"): u32(arch.n_layer)}
+    ctx = _first(c, *ctx_keys)
+    if ctx is not None:
+        out[k("context_length")] = u32(ctx)
+    out[k("embedding_length")] = u32(_first(c, "hidden_size", "n_embd"))
+    ff = _first(c, "intermediate_size", "n_inner")
+    if ff is not None:
+        out[k("feed_forward_length")] = u32(ff)
+    out[k("attention.head_count")] = u32(arch.n_head)
+    out[k("attention.head_count_kv")] = u32(arch.n_head_kv)
+    rp = arch.rope_parameters()
+    rope_type = rp.get("rope_type")
+    if rope_type == "linear" and rp.get("factor") is not None:
+        out[k("rope.scaling.type")] = "linear"
+        out[k("rope.scaling.factor")] = f32(rp["factor"])
+    elif rope_type == "yarn" and rp.get("factor") is not None:
+        out[k("rope.scaling.type")] = "yarn"
+        out[k("rope.scaling.factor")] = f32(rp["factor"])
+        out[k("rope.scaling.original_context_length")] = u32(rp["original_max_position_embeddings"])
+    elif rope_type not in (None, "default", "llama3"):
+        raise UnsupportedError(f"rope scaling {rope_type!r} is not supported for {arch.name}")
+    if rp.get("rope_theta") is not None:
+        out[k("rope.freq_base")] = f32(rp["rope_theta"])
+    eps = _first(c, "rms_norm_eps", "norm_eps")
+    if eps is not None:
+        out[k("attention.layer_norm_rms_epsilon")] = f32(eps)
+    eps = _first(c, "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")
+    if eps is not None:
+        out[k("attention.layer_norm_epsilon")] = f32(eps)
+    if c.get("head_dim") is not None:
+        out[k("attention.key_length")] = u32(c["head_dim"])
+        out[k("attention.value_length")] = u32(c["head_dim"])
+    return out
+
+
+_LLAMA_STYLE = (
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+    ("model.layers.{bid}.input_layernorm.weight", "blk.{bid}.attn_norm.weight"),
+    ("model.layers.{bid}.self_attn.q_proj.weight", "blk.{bid}.attn_q.weight"),
+    ("model.layers.{bid}.self_attn.k_proj.weight", "blk.{bid}.attn_k.weight"),
+    ("model.layers.{bid}.self_attn.v_proj.weight", "blk.{bid}.attn_v.weight"),
+    ("model.layers.{bid}.self_attn.o_proj.weight", "blk.{bid}.attn_output.weight"),
+    ("model.layers.{bid}.self_attn.q_proj.bias", "blk.{bid}.attn_q.bias"),
+    ("model.layers.{bid}.self_attn.k_proj.bias", "blk.{bid}.attn_k.bias"),
+    ("model.layers.{bid}.self_attn.v_proj.bias", "blk.{bid}.attn_v.bias"),
+    ("model.layers.{bid}.self_attn.o_proj.bias", "blk.{bid}.attn_output.bias"),
+    ("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.ffn_norm.weight"),
+    ("model.layers.{bid}.mlp.gate_proj.weight", "blk.{bid}.ffn_gate.weight"),
+    ("model.layers.{bid}.mlp.up_proj.weight", "blk.{bid}.ffn_up.weight"),
+    ("model.layers.{bid}.mlp.down_proj.weight", "blk.{bid}.ffn_down.weight"),
+)
+_ROTARY_BUFFERS = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"model\.rotary_emb\.inv_freq")
+
+
+class Llama(Architecture):
+    """Llama 1/2/3, Mistral, SmolLM, TinyLlama: normal (adjacent-pair) RoPE, so Q and K rows are permuted."""
+
+    name = "llama"
+    hf_architectures = ("LlamaForCausalLM", "MistralForCausalLM")
+    model_types = ("llama", "mistral")
+    tensors = _LLAMA_STYLE
+    transforms = {"attn_q.weight": "permute_q", "attn_k.weight": "permute_k",
+                  "attn_q.bias": "permute_q", "attn_k.bias": "permute_k"}
+    ignore = _ROTARY_BUFFERS
+    neox_rope = False
+
+    def head_dim(self) -> int:
+        return int(self.config.get("head_dim") or self.config["hidden_size"] // self.n_head)
+
+    def hparams(self):
+        out = _common(self)
+        if self.config.get("vocab_size") is not None:
+            out[self._key("vocab_size")] = u32(self.config["vocab_size"])
+        out[self._key("rope.dimension_count")] = u32(self.head_dim())
+        return out
+
+    def extra_tensors(self):
+        rp = self.rope_parameters()
+        if str(rp.get("rope_type", "")).lower() != "llama3":
+            return {}
+        # Llama 3.1 scaling as per-frequency factors (`rope_freqs.weight`), computed as the reference converter does.
+        base = float(rp.get("rope_theta", 10000.0))
+        dim = self.head_dim()
+        freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+        factor = rp.get("factor", 8.0)
+        low, high = rp.get("low_freq_factor", 1.0), rp.get("high_freq_factor", 4.0)
+        old = rp.get("original_max_position_embeddings", 8192)
+        low_wl, high_wl = old / low, old / high
+        out = []
+        for f in freqs.astype(np.float64):
+            wl = 2 * math.pi / f
+            if wl < high_wl:
+                out.append(1.0)
+            elif wl > low_wl:
+                out.append(factor)
+            else:
+                smooth = (old / wl - low) / (high - low)
+                out.append(1 / ((1 - smooth) / factor + smooth))
+        return {"rope_freqs.weight": np.asarray(out, np.float32)}
+
+
+class Qwen2(Architecture):
+    """Qwen2 / Qwen2.5: llama-style names plus Q/K/V biases, NEOX RoPE (no permutation)."""
+
+    name = "qwen2"
+    hf_architectures = ("Qwen2ForCausalLM",)
+    model_types = ("qwen2",)
+    tensors = _LLAMA_STYLE
+    ignore = _ROTARY_BUFFERS
+
+    def hparams(self):
+        return _common(self)
+
+
+class GPT2(Architecture):
+    """GPT-2: fused QKV, learned positions, LayerNorm with bias; Conv1D weights are stored transposed."""
+
+    name = "gpt2"
+    hf_architectures = ("GPT2LMHeadModel", "GPT2Model")
+    model_types = ("gpt2",)
+    strip_prefixes = ("transformer.",)
+    tensors = (
+        ("wte.weight", "token_embd.weight"),
+        ("wpe.weight", "position_embd.weight"),
+        ("ln_f.weight", "output_norm.weight"),
+        ("ln_f.bias", "output_norm.bias"),
+        ("lm_head.weight", "output.weight"),
+        ("h.{bid}.ln_1.weight", "blk.{bid}.attn_norm.weight"),
+        ("h.{bid}.ln_1.bias", "blk.{bid}.attn_norm.bias"),
+        ("h.{bid}.attn.c_attn.weight", "blk.{bid}.attn_qkv.weight"),
+        ("h.{bid}.attn.c_attn.bias", "blk.{bid}.attn_qkv.bias"),
+        ("h.{bid}.attn.c_proj.weight", "blk.{bid}.attn_output.weight"),
+        ("h.{bid}.attn.c_proj.bias", "blk.{bid}.attn_output.bias"),
+        ("h.{bid}.ln_2.weight", "blk.{bid}.ffn_norm.weight"),
+        ("h.{bid}.ln_2.bias", "blk.{bid}.ffn_norm.bias"),
+        ("h.{bid}.mlp.c_fc.weight", "blk.{bid}.ffn_up.weight"),
+        ("h.{bid}.mlp.c_fc.bias", "blk.{bid}.ffn_up.bias"),
+        ("h.{bid}.mlp.c_proj.weight", "blk.{bid}.ffn_down.weight"),
+        ("h.{bid}.mlp.c_proj.bias", "blk.{bid}.ffn_down.bias"),
+    )
+    transforms = {"attn_qkv.weight": "transpose", "attn_output.weight": "transpose",
+                  "ffn_up.weight": "transpose", "ffn_down.weight": "transpose"}
+    ignore = (r"h\.\d+\.attn\.(masked_)?bias",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.n_head_kv = self.n_head
+
+    def hparams(self):
+        c = self.config
+        n_embd = int(_first(c, "n_embd", "hidden_size"))
+        k = self._key
+        return {
+            k("block_count"): u32(self.n_layer),
+            k("context_length"): u32(_first(c, "n_ctx", "n_positions", "max_position_embeddings")),
+            k("embedding_length"): u32(n_embd),
+            k("feed_forward_length"): u32(c.get("n_inner") or 4 * n_embd),
+            k("attention.head_count"): u32(self.n_head),
+            k("attention.layer_norm_epsilon"): f32(_first(c, "layer_norm_epsilon", "layer_norm_eps", default=1e-5)),
+        }
+
+
+class Phi3(Architecture):
+    """Phi-3 / Phi-3.5-mini (and Phi-4 mini without long-rope factors): fused QKV and gate_up, NEOX RoPE."""
+
+    name = "phi3"
+    hf_architectures = ("Phi3ForCausalLM",)
+    model_types = ("phi3",)
+    tensors = (
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+        ("model.layers.{bid}.input_layernorm.weight", "blk.{bid}.attn_norm.weight"),
+        ("model.layers.{bid}.self_attn.qkv_proj.weight", "blk.{bid}.attn_qkv.weight"),
+        ("model.layers.{bid}.self_attn.o_proj.weight", "blk.{bid}.attn_output.weight"),
+        ("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.ffn_norm.weight"),
+        ("model.layers.{bid}.mlp.gate_up_proj.weight", "blk.{bid}.ffn_up.weight"),
+        ("model.layers.{bid}.mlp.down_proj.weight", "blk.{bid}.ffn_down.weight"),
+    )
+    ignore = _ROTARY_BUFFERS
+
+    def hparams(self):
+        c = self.config
+        k = self._key
+        rp = self.rope_parameters()
+        if rp.get("long_factor"):
+            raise UnsupportedError("Phi-3 long-context (longrope) models are not supported yet")
+        n_embd = int(c["hidden_size"])
+        rot = rp.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0))
+        orig = _first(rp, "original_max_position_embeddings") or c.get("original_max_position_embeddings") \
+            or c.get("max_position_embeddings")
+        return {
+            k("context_length"): u32(c["max_position_embeddings"]),
+            k("rope.scaling.original_context_length"): u32(orig),
+            k("embedding_length"): u32(n_embd),
+            k("feed_forward_length"): u32(c["intermediate_size"]),
+            k("block_count"): u32(self.n_layer),
+            k("attention.head_count"): u32(self.n_head),
+            k("attention.head_count_kv"): u32(self.n_head_kv),
+            k("attention.layer_norm_rms_epsilon"): f32(c["rms_norm_eps"]),
+            k("rope.dimension_count"): u32(int(rot * n_embd) // self.n_head),
+            k("rope.freq_base"): f32(rp.get("rope_theta", 10000.0)),
+            k("attention.sliding_window"): u32(c.get("sliding_window") or 0),
+        }
+
+
+_GEMMA_COMMON = (
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("model.layers.{bid}.input_layernorm.weight", "blk.{bid}.attn_norm.weight"),
+    ("model.layers.{bid}.self_attn.q_proj.weight", "blk.{bid}.attn_q.weight"),
+    ("model.layers.{bid}.self_attn.k_proj.weight", "blk.{bid}.attn_k.weight"),
+    ("model.layers.{bid}.self_attn.v_proj.weight", "blk.{bid}.attn_v.weight"),
+    ("model.layers.{bid}.self_attn.o_proj.weight", "blk.{bid}.attn_output.weight"),
+    ("model.layers.{bid}.mlp.gate_proj.weight", "blk.{bid}.ffn_gate.weight"),
+    ("model.layers.{bid}.mlp.up_proj.weight", "blk.{bid}.ffn_up.weight"),
+    ("model.layers.{bid}.mlp.down_proj.weight", "blk.{bid}.ffn_down.weight"),
+)
+
+
+class Gemma(Architecture):
+    """Gemma: llama-style layers, NEOX RoPE, (1 + w) RMSNorm, embeddings always tied (lm_head, if saved, is dropped)."""
+
+    name = "gemma"
+    hf_architectures = ("GemmaForCausalLM",)
+    model_types = ("gemma",)
+    tensors = _GEMMA_COMMON + (("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.ffn_norm.weight"),)
+    transforms = {"norm.weight": "norm_plus_one"}
+    ignore = _ROTARY_BUFFERS + (r"lm_head\.weight",)
+
+    def hparams(self):
+        c = self.config
+        k = self._key
+        head_dim = int(c.get("head_dim") or c["hidden_size"] // self.n_head)
+        out = {
+            k("context_length"): u32(c["max_position_embeddings"]),
+            k("embedding_length"): u32(c["hidden_size"]),
+            k("block_count"): u32(self.n_layer),
+            k("feed_forward_length"): u32(c["intermediate_size"]),
+            k("attention.head_count"): u32(self.n_head),
+            k("attention.head_count_kv"): u32(self.n_head_kv),
+            k("attention.layer_norm_rms_epsilon"): f32(c["rms_norm_eps"]),
+            k("attention.key_length"): u32(head_dim),
+            k("attention.value_length"): u32(head_dim),
+        }
+        theta = self.rope_parameters().get("rope_theta")
+        if theta is not None:
+            out[k("rope.freq_base")] = f32(theta)
+        return out
+
+
+class Gemma2(Gemma):
+    """Gemma 2: Gemma plus post-attention / post-FFN norms, logit soft-capping and sliding-window layers."""
+
+    name = "gemma2"
+    hf_architectures = ("Gemma2ForCausalLM",)
+    model_types = ("gemma2",)
+    tensors = _GEMMA_COMMON + (
+        ("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.post_attention_norm.weight"),
+        ("model.layers.{bid}.pre_feedforward_layernorm.weight", "blk.{bid}.ffn_norm.weight"),
+        ("model.layers.{bid}.post_feedforward_layernorm.weight", "blk.{bid}.post_ffw_norm.weight"),
+    )
+
+    def hparams(self):
+        c = self.config
+        k = self._key
+        out = super().hparams()
+        head_dim = int(c.get("head_dim") or c["hidden_size"] // self.n_head)
+        # llama.cpp scales queries by 1/sqrt(head_dim), or by 1/sqrt(hidden/heads) for the 46-layer 27B model
+        expected = c["hidden_size"] // self.n_head if self.n_layer == 46 else head_dim
+        if c.get("query_pre_attn_scalar") not in (None, expected):
+            raise UnsupportedError("Gemma 2 with query_pre_attn_scalar != head_dim has no llama.cpp equivalent")
+        out[k("attn_logit_softcapping")] = f32(c.get("attn_logit_softcapping") or 0.0)
+        out[k("final_logit_softcapping")] = f32(c.get("final_logit_softcapping") or 0.0)
+        out[k("attention.sliding_window")] = u32(c.get("sliding_window") or c["max_position_embeddings"])
+        return out
+
+
+REGISTRY: tuple[type[Architecture], ...] = (Llama, Qwen2, GPT2, Phi3, Gemma, Gemma2)
+
+
+def supported() -> list[str]:
+    return sorted({a for cls in REGISTRY for a in cls.hf_architectures})
+
+
+def for_config(config: dict | None, path=None) -> Architecture:
+    """The family of an HF config (by `architectures`, then `model_type`), or UnsupportedError naming the supported ones."""
+    if not config:
+        raise UnsupportedError("no config.json: converting to GGUF needs the model's Hugging Face config "
+                               "(put config.json beside the weights or pass --config)", path)
+    archs = config.get("architectures") or []
+    model_type = config.get("model_type")
+    for cls in REGISTRY:
+        if any(a in cls.hf_architectures for a in archs):
+            return cls(config)
+    for cls in REGISTRY:
+        if model_type in cls.model_types:
+            return cls(config)
+    what = archs[0] if archs else model_type or "unknown"
+    raise UnsupportedError(f"architecture {what!r} is not supported for GGUF conversion; supported: "
+                           f"{', '.join(supported())}", path)
+
+
+def for_gguf(arch_name: str, config: dict) -> Architecture:
+    """The family for a GGUF `general.architecture` (the reverse direction)."""
+    for cls in REGISTRY:
+        if cls.name == arch_name:
+            return cls(config)
+    raise UnsupportedError(f"GGUF architecture {arch_name!r} is not supported; supported: "
+                           f"{', '.join(c.name for c in REGISTRY)}")

@@ -1,0 +1,336 @@
+"""Hugging Face model -> GGUF in one pass: read -> rename -> permute -> quantize -> write, one tensor at a time.
+
+The plan (names, shapes, types, metadata, vocabulary) is built from headers and side files alone and
+validated before the output is created. Tensors are then lazy `TensorRef`s whose loaders do the work when
+the streaming writer (`formats.gguf.write_gguf`) pulls them, so peak memory is about the largest tensor in
+float32 plus its quantized copy.
+
+Quantized outputs follow llama-quantize: every tensor is taken as float32 (what llama-quantize does with an
+F32 or F16 input), the per-tensor type comes from `mixes.choose_types`, the bytes from `quants.quantize`
+(ggml's reference quantizers), and the KV set gets `general.file_type` and `general.quantization_version = 2`.
+So the result equals running llama-quantize on our F32 GGUF, tensor for tensor.
+Float outputs (F32/F16/BF16) follow llama.cpp's converter: 1-D tensors, norms and position embeddings stay F32.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..core import dtypes
+from ..core.errors import FormatError, UnsupportedError
+from ..core.source import ModelSource, read_json
+from ..core.tensor import TensorRef
+from . import architectures, mixes, quants
+from .tokenizer import TOKENIZER_FILES, Vocab, load_vocab
+
+FLOAT_FTYPES = ("F32", "F16", "BF16")
+#: What `--quant` accepts (llama.cpp file types).
+QUANT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L",
+               "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
+QUANTIZATION_VERSION = 2
+
+
+def parse_ftype(text: str | None, default: str = "F16") -> str:
+    if text is None:
+        return default
+    key = text.strip().upper().replace("-", "_")
+    key = {"FP32": "F32", "FP16": "F16", "FLOAT32": "F32", "FLOAT16": "F16", "BFLOAT16": "BF16", "Q3_K": "Q3_K_M",
+           "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}.get(key, key)
+    if key not in QUANT_TYPES:
+        raise UnsupportedError(f"unknown quantization type {text!r}; supported: {', '.join(QUANT_TYPES)}")
+    return key
+
+
+@dataclass
+class Planned:
+    """One output tensor: where its float32 values come from and what type it is written as."""
+    name: str
+    shape: tuple[int, ...]          # NumPy order (row length last)
+    load: Callable[[], np.ndarray]  # float32 values in GGUF orientation
+    type: str = "F32"
+
+
+def _float_type(name: str, shape, ftype: str) -> str:
+    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight") or name == "position_embd.weight":
+        return "F32"
+    return ftype
+
+
+def assign_types(planned: list[Planned], ftype: str, shape: mixes.ModelShape) -> None:
+    """Per-tensor types for `ftype`: the converter's rule for float files, llama-quantize's mix otherwise."""
+    if ftype in FLOAT_FTYPES:
+        for p in planned:
+            p.type = _float_type(p.name, p.shape, ftype)
+        return
+    chosen = mixes.choose_types({p.name: (p.shape, "F32") for p in planned}, ftype, shape)
+    for p in planned:
+        p.type = chosen[p.name]
+
+
+def to_refs(planned: list[Planned], threads: int | None = None) -> list[TensorRef]:
+    """Lazy refs for the writer: float types through `read()`, block types through `extra['raw']`."""
+    refs = []
+    for p in planned:
+        dt = dtypes.DTYPES[p.type]
+        if dt.is_quantized:
+            def raw(p=p):
+                data = np.ascontiguousarray(p.load(), dtype=np.float32)
+                return quants.quantize(data, p.type, threads=threads).reshape(-1)
+            refs.append(TensorRef(p.name, dt, p.shape, loader=_no_read(p.name), extra={"raw": raw, "gguf_type": p.type}))
+        else:
+            def load(p=p, np_type=dt.numpy):
+                return np.asarray(p.load()).astype(np_type, copy=False)
+            refs.append(TensorRef(p.name, dt, p.shape, loader=load))
+    return refs
+
+
+def _no_read(name):
+    def read():
+        raise UnsupportedError(f"tensor {name!r} is written from its quantized blocks")
+    return read
+
+
+def file_metadata(ftype: str, quantized: bool) -> dict[str, Any]:
+    meta: dict[str, Any] = {"general.file_type": np.uint32(mixes.FTYPES[ftype])}
+    if quantized:
+        meta["general.quantization_version"] = np.uint32(QUANTIZATION_VERSION)
+    return meta
+
+
+# --- HF -> GGUF -----------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    arch: architectures.Architecture
+    vocab: Vocab
+    tensors: list[Planned]
+    metadata: dict[str, Any]
+    ftype: str
+
+
+def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_files: dict[str, Path] | None = None) -> Plan:
+    """Everything about the output, from headers and side files only; raises before anything is written."""
+    config = config if config is not None else source.config
+    arch = architectures.for_config(config, source.path)
+    planned: list[Planned] = []
+    seen: dict[str, str] = {}
+    for ref in source:
+        gname = arch.gguf_name(ref.name)
+        if gname is None:
+            continue
+        if gname in seen:
+            raise FormatError(f"tensors {seen[gname]!r} and {ref.name!r} both map to {gname!r}", source.path)
+        seen[gname] = ref.name
+        if not (ref.dtype.is_float or ref.dtype.is_quantized):
+            raise UnsupportedError(f"tensor {ref.name!r} is {ref.dtype.name}, not a float tensor", source.path)
+        planned.append(Planned(gname, arch.gguf_shape(gname, ref.shape), _loader(arch, gname, ref)))
+    for name, values in arch.extra_tensors().items():
+        planned.insert(0, Planned(name, values.shape, lambda v=values: v))
+    if "token_embd.weight" not in seen:
+        raise FormatError(f"no token embedding among the tensors (expected {arch.hf_name('token_embd.weight')!r})",
+                          source.path)
+    _check_layers(arch, seen, source.path)
+    n_rows = next(p.shape[0] for p in planned if p.name == "token_embd.weight")
+    files = dict(side_files if side_files is not None else source.side_files)
+    files = {k: v for k, v in files.items() if k in TOKENIZER_FILES}
+    vocab = load_vocab(files, config, n_rows, source.path)
+    if "output.weight" in seen:
+        out_rows = next(p.shape[0] for p in planned if p.name == "output.weight")
+        if out_rows != n_rows:
+            raise FormatError(f"output.weight has {out_rows} rows but the embedding has {n_rows}", source.path)
+
+    shape = mixes.ModelShape(n_layer=arch.n_layer, n_head=arch.n_head, n_head_kv=arch.n_head_kv, arch=arch.name)
+    assign_types(planned, ftype, shape)
+    meta: dict[str, Any] = {"general.architecture": arch.name, "general.type": "model"}
+    name = config.get("_name_or_path") or source.path.stem
+    if isinstance(name, str) and name:
+        meta["general.name"] = Path(name).name or name
+    meta.update(arch.hparams())
+    meta.update(file_metadata(ftype, ftype not in FLOAT_FTYPES))
+    meta.update(vocab.metadata())
+    return Plan(arch, vocab, planned, meta, ftype)
+
+
+def _check_layers(arch, seen: dict[str, str], path) -> None:
+    import re
+    layers = {int(m.group(1)) for n in seen if (m := re.match(r"blk\.(\d+)\.", n))}
+    if arch.n_layer and layers != set(range(arch.n_layer)):
+        raise FormatError(f"config says {arch.n_layer} layers but the weights have layers {sorted(layers)[:8]}...", path)
+
+
+def _loader(arch, gname: str, ref: TensorRef) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        data = np.asarray(ref.read())
+        if data.dtype != np.float32:
+            data = data.astype(np.float32)
+        return np.ascontiguousarray(arch.to_gguf(gname, data))
+    return load
+
+
+def hf_to_gguf(source: ModelSource, dst: str | os.PathLike, quant: str | None = None, *, config: dict | None = None,
+               side_files: dict[str, Path] | None = None, progress=None, threads: int | None = None) -> Plan:
+    """Write `source` (an opened HF model) to the GGUF file `dst` as `quant` (default F16), streaming."""
+    from ..formats.gguf import write_gguf
+
+    ftype = parse_ftype(quant)
+    plan = plan_hf(source, ftype, config, side_files)
+    write_gguf(to_refs(plan.tensors, threads), Path(dst), metadata=plan.metadata, progress=progress)
+    return plan
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    cfg = read_json(Path(path))
+    if not isinstance(cfg, dict):
+        raise FormatError("config is not a JSON object", path)
+    return cfg
+
+
+def convert_hf(src: Path, dst: Path, *, quant: str | None = None, config_path: str | os.PathLike | None = None,
+               force: bool = False, progress=None, modelfile: bool = True):
+    """`modelport convert HF_DIR out.gguf`: atomic GGUF output plus an Ollama Modelfile beside it."""
+    from ..conversion import ConvertResult
+    from ..core.atomic import atomic_file
+    from ..core.source import open as open_model
+    from .modelfile import modelfile_path, write_modelfile
+
+    src, dst = Path(src), Path(dst)
+    with open_model(src) as source:
+        config = load_config(config_path) if config_path is not None else source.config
+        side = dict(source.side_files)
+        if config_path is not None:
+            folder = Path(config_path).parent
+            for name in TOKENIZER_FILES:
+                if name not in side and (folder / name).is_file() and not (folder / name).is_symlink():
+                    side[name] = folder / name
+        if config is None:
+            raise UnsupportedError("converting to GGUF needs the model's config.json (beside the weights, or --config)",
+                                   src)
+        if dst.resolve() in {f.resolve() for f in source.files}:
+            raise UnsupportedError("the output would overwrite the input", dst)
+        ftype = parse_ftype(quant)
+        plan = plan_hf(source, ftype, config, side)
+        from ..formats.gguf import write_gguf
+        with atomic_file(dst, force) as tmp:
+            write_gguf(to_refs(plan.tensors), tmp, metadata=plan.metadata, progress=progress)
+        files = [str(dst)]
+        if modelfile:
+            mf = modelfile_path(dst)
+            write_modelfile(mf, dst, plan.metadata)
+            files.append(str(mf))
+        nbytes = sum(dtypes.DTYPES[p.type].nbytes(int(np.prod(p.shape))) for p in plan.tensors)
+        return ConvertResult(str(src), str(dst), "gguf", files, len(plan.tensors), nbytes)
+
+
+# --- GGUF -> GGUF re-quantization -------------------------------------------------------------------
+
+def model_shape(meta: dict) -> mixes.ModelShape:
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str):
+        raise FormatError("no general.architecture in the GGUF metadata")
+
+    def first(v, default=0):
+        if v is None:
+            return default
+        if hasattr(v, "tolist"):
+            v = v.tolist()
+        if isinstance(v, list):
+            return int(v[0]) if v else default
+        return int(v)
+
+    n_head = first(meta.get(f"{arch}.attention.head_count"))
+    n_kv = first(meta.get(f"{arch}.attention.head_count_kv"), n_head)
+    return mixes.ModelShape(n_layer=first(meta.get(f"{arch}.block_count")), n_head=n_head, n_head_kv=n_kv,
+                            n_expert=first(meta.get(f"{arch}.expert_count")), arch=arch)
+
+
+def requantize(src: Path, dst: Path, qtype: str, *, force: bool = False, progress=None, modelfile: bool = True):
+    """`modelport quantize in.gguf out.gguf --type T`: an F32/F16/BF16 GGUF to any llama.cpp file type."""
+    from ..conversion import ConvertResult
+    from ..core.atomic import atomic_file
+    from ..formats.gguf import open_gguf, write_gguf
+    from .modelfile import modelfile_path, write_modelfile
+
+    src, dst = Path(src), Path(dst)
+    ftype = parse_ftype(qtype, default="Q4_K_M")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise UnsupportedError("the output would overwrite the input", dst)
+    source = open_gguf(src)
+    try:
+        planned = []
+        for ref in source:
+            if ref.dtype.is_quantized or not ref.dtype.is_float:
+                if mixes.allows_quantization(ref.name, ref.shape):
+                    raise UnsupportedError(f"tensor {ref.name!r} is already {ref.dtype.name}; re-quantizing a quantized "
+                                           "model loses quality twice; start from an F32/F16/BF16 GGUF", src)
+            planned.append(Planned(ref.name, ref.shape, _plain(ref), ref.dtype.name))
+        meta = dict(source.metadata)
+        shape = model_shape(meta)
+        if ftype in FLOAT_FTYPES:
+            for p in planned:
+                if mixes.allows_quantization(p.name, p.shape):
+                    p.type = ftype
+        else:
+            chosen = mixes.choose_types({p.name: (p.shape, p.type) for p in planned}, ftype, shape)
+            for p in planned:
+                p.type = chosen[p.name]
+        for p in planned:   # tensors llama-quantize leaves alone keep their bytes (F16 norms stay F16)
+            if p.type == source.tensors[p.name].dtype.name:
+                p.load = source.tensors[p.name].read
+        meta.update(file_metadata(ftype, ftype not in FLOAT_FTYPES))
+        with atomic_file(dst, force) as tmp:
+            write_gguf(to_refs(planned), tmp, metadata=meta, progress=progress)
+        files = [str(dst)]
+        if modelfile:
+            mf = modelfile_path(dst)
+            write_modelfile(mf, dst, meta)
+            files.append(str(mf))
+        nbytes = sum(dtypes.DTYPES[p.type].nbytes(int(np.prod(p.shape))) for p in planned)
+        return ConvertResult(str(src), str(dst), "gguf", files, len(planned), nbytes)
+    finally:
+        source.close()
+
+
+def _plain(ref: TensorRef):
+    def load():
+        return np.asarray(ref.read()).astype(np.float32)
+    return load
+
+
+# --- the hook `conversion.convert` calls ------------------------------------------------------------
+
+def dispatch(src: Path, dst: Path, *, to: str | None, quant: str | None, config: str | os.PathLike | None,
+             dtype: str | None, force: bool, progress=None, verify: bool = False):
+    """Handle `convert` when the output is GGUF and the source is an HF model (or a GGUF to re-quantize).
+
+    Returns None when the generic tensor-copy path should run instead (e.g. a GGUF to GGUF copy).
+    """
+    src, dst = Path(src), Path(dst)
+    to_gguf = (to or "").lower() == "gguf" or (to is None and dst.suffix.lower() == ".gguf")
+    if not to_gguf:
+        if quant is not None or config is not None:
+            raise UnsupportedError("--quant and --config apply to GGUF output (give DST a .gguf extension or --to gguf)", dst)
+        return None
+    from ..core.source import open as open_model
+    with open_model(src) as source:
+        is_gguf = source.format == "gguf"
+        has_config = source.config is not None
+    if is_gguf and quant is None:
+        return None
+    if not is_gguf and config is None and not has_config and src.is_file() and (src.parent / "config.json").is_file():
+        config = src.parent / "config.json"     # a weights file inside its HF folder
+    if not is_gguf and config is None and not has_config:
+        if quant is not None:
+            raise UnsupportedError("converting to GGUF needs the model's config.json (beside the weights, or --config)", src)
+        return None
+    if verify:
+        raise UnsupportedError("--verify compares bit-for-bit copies; a GGUF conversion renames, permutes and "
+                               "quantizes tensors (the tests check it against llama.cpp instead)", dst)
+    if is_gguf:
+        return requantize(src, dst, quant, force=force, progress=progress)
+    return convert_hf(src, dst, quant=quant if quant is not None else dtype, config_path=config, force=force,
+                      progress=progress)

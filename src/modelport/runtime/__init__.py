@@ -1,0 +1,41 @@
+"""Running models: engines behind one interface, the chat template rendered once.
+
+    from modelport import runtime
+    with runtime.load("model.gguf") as engine:                 # llama.cpp for GGUF, transformers otherwise
+        ids = engine.chat_ids([{"role": "user", "content": "Hi"}])
+        print(engine.complete(ids, max_tokens=32).text)
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..core.errors import UnsupportedError
+from ..core.source import open as open_model
+from .base import Engine, Generation, Sampler, Sampling, TextStream
+from .chat_template import ChatTemplate, template_for
+
+ENGINES = ("auto", "llama", "hf")
+
+
+def load(path: str | os.PathLike, engine: str = "auto", ctx: int | None = None, threads: int | None = None) -> Engine:
+    """Open `path` and start the engine its format calls for (or the one asked for)."""
+    if engine not in ENGINES:
+        raise UnsupportedError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+    if ctx is not None and ctx < 1:
+        raise UnsupportedError(f"--ctx must be positive, not {ctx}")
+    source = open_model(path)
+    try:
+        trained = (source.config or {}).get("max_position_embeddings")
+        if ctx is not None and isinstance(trained, int) and ctx > trained:
+            raise UnsupportedError(f"--ctx {ctx} is larger than the {trained} positions the model was trained for", path)
+        if engine == "llama" or (engine == "auto" and source.format == "gguf"):
+            from .llama_engine import LlamaEngine
+            return LlamaEngine(source, ctx=ctx, threads=threads)
+        from .hf_engine import HFEngine
+        return HFEngine(source, ctx=ctx)
+    finally:
+        source.close()
+
+
+__all__ = ["load", "Engine", "Generation", "Sampler", "Sampling", "TextStream", "ChatTemplate", "template_for", "ENGINES"]

@@ -1,0 +1,129 @@
+"""transformers, for Hugging Face folders, single weight files with a config beside them, and GGUF.
+
+Loading: a folder of safetensors goes through `from_pretrained` (the library's own path); any other
+weight file (a .bin/.pt, a lone .safetensors, ...) is built from its config with `from_config` and
+filled from modelport's own pickle-free readers, so no checkpoint is ever unpickled. A GGUF goes
+through transformers' GGUF loader (dequantized to float32), which is how the same file can be run
+in both engines. Remote code is never trusted; nothing is downloaded. Weights run in float32 on
+CPU (bf16 matmuls are slow there and round differently).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from ..core.errors import FormatError, MissingDependencyError, UnsupportedError
+from ..core.source import ModelSource, safe_member
+from .base import Engine
+from .chat_template import folder_of, template_for
+
+
+def _import():
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise MissingDependencyError("transformers", "torch", "running a model with transformers") from None
+    return torch, transformers
+
+
+class HFEngine(Engine):
+    name = "transformers"
+
+    def __init__(self, source: ModelSource, ctx: int | None = None):
+        super().__init__()
+        torch, tf = _import()
+        self._torch = torch
+        path = source.path
+        common = dict(local_files_only=True, trust_remote_code=False)
+        try:
+            if source.format == "gguf":
+                self.tokenizer = tf.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, **common)
+                self.model = tf.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                                     dtype=torch.float32, **common)
+            else:
+                folder = folder_of(source)
+                if not safe_member(folder, "config.json", "config").is_file():
+                    raise FormatError("transformers needs config.json beside the weights", folder)
+                self.tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), **common)
+                if path.is_dir() and source.format == "safetensors":
+                    self.model = tf.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **common)
+                else:
+                    self.model = self._from_tensors(tf, torch, source, folder, common)
+        except (OSError, ValueError, KeyError) as exc:
+            raise FormatError(f"transformers could not load this model ({str(exc).splitlines()[0]})", path) from None
+        self.model.eval()
+        config = self.model.config
+        self.n_vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        self.n_ctx = int(ctx or getattr(config, "max_position_embeddings", None) or 2048)
+        self.bos_id = self.tokenizer.bos_token_id
+        self.add_bos = self.bos_id is not None and self.tokenizer.encode("")[:1] == [self.bos_id]
+        stops = set()
+        for value in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            stops.update(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
+        self.stop_ids = frozenset(int(s) for s in stops)
+        self.template = template_for(source)
+        if self.template is None and source.format != "gguf" and isinstance(self.tokenizer.chat_template, str):
+            from .chat_template import ChatTemplate
+            self.template = ChatTemplate(self.tokenizer.chat_template, origin=str(path))
+        if self.template is not None:
+            self.template.special_tokens = dict(self.tokenizer.special_tokens_map)
+        params = inspect.signature(self.model.forward).parameters
+        self._has_logits_to_keep = "logits_to_keep" in params
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"   # renamed in transformers 5.x
+        self._cache = None
+
+    @staticmethod
+    def _from_tensors(tf, torch, source: ModelSource, folder, common):
+        config = tf.AutoConfig.from_pretrained(str(folder), **common)
+        model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        expected = model.state_dict()
+        state = {}
+        for name, ref in source.tensors.items():
+            if name not in expected:
+                raise FormatError(f"tensor {name!r} is not part of a {type(model).__name__}", source.path)
+            if tuple(ref.shape) != tuple(expected[name].shape):
+                raise FormatError(f"tensor {name!r} has shape {tuple(ref.shape)}, the config wants "
+                                  f"{tuple(expected[name].shape)}", source.path)
+            state[name] = torch.from_numpy(np.array(ref.read(), dtype=np.float32))
+        missing = set(model.load_state_dict(state, strict=False).missing_keys)
+        model.tie_weights()
+        tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(config, "tie_word_embeddings", False)}
+        if missing - tied:
+            raise FormatError(f"missing tensors: {', '.join(sorted(missing - tied)[:5])}", source.path)
+        return model
+
+    def tokenize(self, text: str, add_special: bool = False) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special))
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def vocabulary(self) -> list[str]:
+        return [str(t) for t in self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))]
+
+    def _decode(self, ids: list[int], all_logits: bool) -> np.ndarray:
+        torch = self._torch
+        if self._cache is None:
+            from transformers import DynamicCache
+            self._cache = DynamicCache(config=self.model.config)
+        kwargs = {"logits_to_keep": 0 if all_logits else 1} if self._has_logits_to_keep else {}
+        kwargs[self._cache_arg] = self._cache
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=True, **kwargs)
+        logits = out.logits[0].float()
+        return logits.numpy().copy() if all_logits else logits[-1].numpy().copy()
+
+    def _truncate(self, n: int) -> int:
+        if n == 0 or self._cache is None:
+            self._cache = None
+            return 0
+        if n < len(self._cached):
+            try:
+                self._cache.crop(n - len(self._cached))
+            except (ValueError, NotImplementedError):   # caches that cannot be cut back start over
+                self._cache = None
+                return 0
+        return n

@@ -1,0 +1,107 @@
+"""llama.cpp through llama-cpp-python, for GGUF files.
+
+llama-cpp-python's `Llama` loads the model and owns the context; we drive its context and batch
+directly (`llama_decode`, `llama_get_logits_ith`) instead of `Llama.eval`/`create_chat_completion`
+so that prompts arrive as token ids rendered by `chat_template.py`, every position's logits are
+available for `compare`/`perplexity` without `logits_all` (which allocates n_ctx x vocab floats),
+and sampling is the shared one. Threads: all cores this process may use. Context: `--ctx`, else
+the model's own length.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..core.errors import FormatError, MissingDependencyError, UnsupportedError
+from ..core.source import ModelSource
+from .base import Engine
+from .chat_template import gguf_special_tokens, template_for
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class LlamaEngine(Engine):
+    name = "llama.cpp"
+
+    def __init__(self, source: ModelSource, ctx: int | None = None, threads: int | None = None):
+        super().__init__()
+        if source.format != "gguf":
+            raise UnsupportedError(f"llama.cpp runs GGUF files, not {source.format} "
+                                   "(convert with 'modelport convert', or use --engine hf)", source.path)
+        try:
+            import llama_cpp
+        except ImportError:
+            raise MissingDependencyError("llama-cpp-python", "llama", "running a GGUF with llama.cpp") from None
+        self._lib = llama_cpp
+        config = source.config or {}
+        n_ctx = int(ctx or config.get("max_position_embeddings") or 4096)
+        threads = threads or cores()
+        try:
+            self.llm = llama_cpp.Llama(model_path=str(source.path), n_ctx=n_ctx, n_batch=min(512, n_ctx),
+                                       n_threads=threads, n_threads_batch=threads, verbose=False)
+        except ValueError as exc:
+            raise FormatError(f"llama.cpp could not load this file ({exc})", source.path) from None
+        self.threads = threads
+        self.n_ctx = self.llm.n_ctx()
+        self.n_vocab = self.llm.n_vocab()
+        self.bos_id = self.llm.token_bos() if self.llm.token_bos() >= 0 else None
+        self.add_bos = bool(self.llm.tokenize(b"", add_bos=True, special=True))
+        self._tokens = source.metadata.get("tokenizer.ggml.tokens")
+        vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
+        stops = {i for i in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, i)}
+        for key in ("eos", "eot", "eom"):
+            value = source.metadata.get(f"tokenizer.ggml.{key}_token_id")
+            if value is not None and 0 <= int(value) < self.n_vocab:
+                stops.add(int(value))
+        self.stop_ids = frozenset(stops)
+        self.template = template_for(source)
+        if self.template is not None:
+            self.template.special_tokens = gguf_special_tokens(source.metadata)
+
+    def tokenize(self, text: str, add_special: bool = False) -> list[int]:
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.llm.detokenize(list(ids), special=False).decode("utf-8", errors="replace")
+
+    def vocabulary(self) -> list[str]:
+        if self._tokens is not None:
+            return [str(t) for t in self._tokens.tolist()]
+        return [self.llm._model.token_get_text(i) for i in range(self.n_vocab)]
+
+    def _decode(self, ids: list[int], all_logits: bool) -> np.ndarray:
+        ctx, batch, width = self.llm._ctx, self.llm._batch, self.n_vocab
+        n_past = len(self._cached)
+        rows = []
+        for start in range(0, len(ids), self.llm.n_batch):
+            chunk = ids[start:start + self.llm.n_batch]
+            batch.set_batch(chunk, n_past=n_past, logits_all=all_logits)
+            try:
+                ctx.decode(batch)
+            except RuntimeError as exc:
+                raise UnsupportedError(f"llama.cpp failed to run the tokens ({exc})") from None
+            n_past += len(chunk)
+            if all_logits:
+                rows.append(np.ctypeslib.as_array(ctx.get_logits(), shape=(len(chunk), width)).copy())
+        if all_logits:
+            return np.concatenate(rows)
+        return np.ctypeslib.as_array(ctx.get_logits_ith(-1), shape=(width,)).copy()
+
+    def _truncate(self, n: int) -> int:
+        if n == 0 or not self.llm._ctx.kv_cache_seq_rm(-1, n, -1):   # recurrent models cannot cut back
+            self.llm._ctx.kv_cache_clear()
+            return 0
+        return n
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+            self.llm = None

@@ -1,0 +1,211 @@
+"""Tiny Hugging Face models with real tokenizers, built offline at test time (no network).
+
+Tokenizers are trained with the `tokenizers` library on a small multilingual corpus, in three styles:
+GPT-2 byte-level BPE, Llama 3 (split regex + byte-level BPE, BOS added) and a SentencePiece-style BPE
+(byte fallback, Metaspace, <0xNN> byte tokens) like Llama 2's tokenizer.json. Models are random
+transformers models saved with save_pretrained (safetensors + config.json + tokenizer files).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. I've been told he's there, you're sure? We'll see.",
+    "Der schnelle braune Fuchs springt über den faulen Hund. Größe, Straße, Übermut, schön.",
+    "Le vif renard brun saute par-dessus le chien paresseux. Où est l'hôtel? C'était très bien.",
+    "Быстрая коричневая лиса прыгает через ленивую собаку. Привет, как дела? нещо на Български",
+    "我想在apple工作，敏捷的棕色狐狸跳过了懒狗。今天天气很好。",
+    "素早い茶色の狐がのろまな犬を飛び越える。こんにちは世界。",
+    "def main(x):\n    return [i * 2 for i in range(x)]  # 3.14 1234 56789\n\tprint('ok')\n",
+    "Numbers 3 33 333 3333 33333, emojis 🚀 🦙🦙 ✅ and symbols ------======= !!!??? ''' ```",
+    "Ελληνικά: η γρήγορη καφέ αλεπού. עברית: שלום עולם. العربية: مرحبا بالعالم. हिन्दी: नमस्ते दुनिया",
+]
+
+TEST_TEXT = ("Hello world! I'm testing: Größe, naïve café, Привет мир, 你好世界, こんにちは, 🚀🦙 ✅\n"
+             "  def f(x):\n\treturn x**2  # 12345 3.14159\n\n"
+             "Ελληνικά, עברית, العربية, हिन्दी. ------ ''' \"\"\" I've we'll THEY'RE   spaces    end")
+
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+LLAMA3 = ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+          " + message['content'] + '<|eot_id|>' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+PHI3 = ("{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + '<|end|>\n'}}"
+        "{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
+        "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
+PHI3_SPECIALS = ["<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>", "<|system|>"]
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+def _corpus(n: int = 30) -> list[str]:
+    return CORPUS * n
+
+
+def train_tokenizer(style: str, vocab_size: int = 600, extra_specials: list[str] | None = None):
+    """A trained `tokenizers.Tokenizer` in one of three styles: gpt2, llama3, spm."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    if style == "gpt2":
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(_corpus(), trainer)
+        return tok
+    if style == "llama3":
+        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+        tok = Tokenizer(models.BPE(ignore_merges=True))
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(_corpus(), trainer)
+        bos = tok.token_to_id("<|begin_of_text|>")
+        tok.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+                                          special_tokens=[("<|begin_of_text|>", bos)])])
+        return tok
+    if style == "qwen2":   # Qwen2: the digit-by-digit split regex, byte-level BPE, no BOS
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(_corpus(), trainer)
+        return tok
+    if style in ("spm", "gemma"):   # gemma: SentencePiece without the space prefix
+        tok = _spm_tokenizer(vocab_size, prefix=style == "spm")
+        if extra_specials:
+            tok.add_special_tokens(extra_specials)
+        return tok
+    raise ValueError(style)
+
+
+def _spm_tokenizer(vocab_size: int, prefix: bool = True):
+    """SentencePiece-style BPE like Llama 2's tokenizer.json: <unk> <s> </s>, 256 byte tokens, then merges.
+
+    (tokenizers' Metaspace pre-tokenizer, used by newer conversions, skips the space prefix when the text
+    already starts with a space, which SentencePiece and llama.cpp do not; Llama 2's file uses normalizers.)
+
+    The merges are listed the way transformers' SentencePiece converter lists them: every split of a token
+    into two vocabulary pieces, ordered by the token's rank, so BPE ranks and SentencePiece scores agree."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    base = Tokenizer(models.BPE())
+    base.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, max_token_length=16)
+    base.train_from_iterator(_corpus(), trainer)
+    trained = sorted(base.get_vocab().items(), key=lambda kv: kv[1])
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for t, _ in trained:
+        if t not in vocab:
+            vocab[t] = len(vocab)
+    merges = []
+    for t, i in sorted(vocab.items(), key=lambda kv: kv[1]):
+        if i < 259 or len(t) < 2:
+            continue
+        for k in range(1, len(t)):
+            left, right = t[:k], t[k:]
+            if left in vocab and right in vocab:
+                merges.append((i, vocab[left], vocab[right], left, right))
+    merges.sort()
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[(m[3], m[4]) for m in merges], unk_token="<unk>",
+                               byte_fallback=True, fuse_unk=True))
+    # Llama 2's tokenizer.json: the space prefix and the space -> U+2581 replacement are normalizers
+    tok.normalizer = normalizers.Sequence(([normalizers.Prepend("\u2581")] if prefix else [])
+                                          + [normalizers.Replace(" ", "\u2581")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    return tok
+
+
+_TOKENIZER_SPECIALS = {
+    "gpt2": dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>"),
+    "qwen2": dict(bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"),
+    "llama3": dict(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>"),
+    "spm": dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>"),
+    "gemma": dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>"),
+}
+
+
+def save_tokenizer(tok, style: str, folder: Path, chat_template: str | None = None):
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, **_TOKENIZER_SPECIALS[style])
+    if chat_template:
+        hf.chat_template = chat_template
+    hf.save_pretrained(folder)
+    return hf
+
+
+def make_model(folder: Path, arch: str, style: str, *, hidden: int = 256, layers: int = 2, heads: int = 4,
+               kv_heads: int = 2, ffn: int = 512, tied: bool = False, vocab_pad: int = 0, chat_template: str | None = None,
+               seed: int = 0, dtype=None, rope_theta: float = 10000.0, init: float = 0.05) -> Path:
+    """Save a random transformers model of `arch` (llama, qwen2, gpt2, phi3) with a `style` tokenizer in `folder`."""
+    import torch
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer(style, extra_specials=PHI3_SPECIALS if arch == "phi3" else None)
+    save_tokenizer(tok, style, folder, chat_template)
+    n_vocab = tok.get_vocab_size() + vocab_pad
+    bos = tok.token_to_id(_TOKENIZER_SPECIALS[style]["bos_token"] or _TOKENIZER_SPECIALS[style]["eos_token"])
+    eos = tok.token_to_id(_TOKENIZER_SPECIALS[style]["eos_token"])
+    common = dict(vocab_size=n_vocab, bos_token_id=bos, eos_token_id=eos, tie_word_embeddings=tied, initializer_range=init)
+    if arch == "llama":
+        cfg = transformers.LlamaConfig(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                                       num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
+                                       rms_norm_eps=1e-5, rope_theta=rope_theta, **common)
+        cls = transformers.LlamaForCausalLM
+    elif arch == "qwen2":
+        cfg = transformers.Qwen2Config(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                                       num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
+                                       rms_norm_eps=1e-6, rope_theta=rope_theta, **common)
+        cls = transformers.Qwen2ForCausalLM
+    elif arch == "gpt2":
+        cfg = transformers.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=512,
+                                      **{k: v for k, v in common.items() if k != "tie_word_embeddings"})
+        cls = transformers.GPT2LMHeadModel
+    elif arch == "phi3":
+        cfg = transformers.Phi3Config(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
+                                      original_max_position_embeddings=512, pad_token_id=eos, sliding_window=None,
+                                      rms_norm_eps=1e-5, **common)
+        cls = transformers.Phi3ForCausalLM
+    elif arch in ("gemma", "gemma2"):
+        extra = dict(query_pre_attn_scalar=hidden // heads, sliding_window=256) if arch == "gemma2" else {}
+        cls_cfg = transformers.Gemma2Config if arch == "gemma2" else transformers.GemmaConfig
+        cfg = cls_cfg(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv_heads, head_dim=hidden // heads, max_position_embeddings=512,
+                      rms_norm_eps=1e-6, pad_token_id=0, **{**common, "tie_word_embeddings": True}, **extra)
+        cls = transformers.Gemma2ForCausalLM if arch == "gemma2" else transformers.GemmaForCausalLM
+    else:
+        raise ValueError(arch)
+    torch.manual_seed(seed)
+    model = cls(cfg).eval()
+    with torch.no_grad():   # norms away from 1 so that a wrong norm or missing tensor shows in the logits
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(folder)
+    return folder

@@ -1,0 +1,276 @@
+"""`modelport convert HF_DIR out.gguf [--quant T]` and `modelport quantize`, end to end against llama.cpp.
+
+Oracles: transformers (logits, tokenization) and llama.cpp through llama-cpp-python (loading, logits, and
+`llama_model_quantize` for the bytes and per-tensor types of every quantized file).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelport.conversion import convert
+from modelport.formats.gguf import open_gguf, read_header
+from tests.conftest import assert_one_line_error
+from tests.gguf.hf_models import CHATML, LLAMA3, PHI3, TEST_TEXT, make_model
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+QUANTS = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M",
+          "Q5_K_S", "Q5_K_M", "Q6_K"]
+MODELS = {  # name: (arch, tokenizer style, options)
+    "llama": ("llama", "llama3", dict(chat_template=LLAMA3, rope_theta=500000.0)),
+    "qwen2": ("qwen2", "qwen2", dict(chat_template=CHATML, tied=True, kv_heads=1)),   # n_gqa 4: the Q2_K attn_v rule
+    "gpt2": ("gpt2", "gpt2", dict()),
+    "phi3": ("phi3", "spm", dict(kv_heads=4, chat_template=PHI3)),
+    "tinyllama": ("llama", "spm", dict(vocab_pad=3)),
+    "gemma": ("gemma", "gemma", dict()),
+    "gemma2": ("gemma2", "gemma", dict()),
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    made = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            arch, style, opts = MODELS[name]
+            made[name] = make_model(root / name, arch, style, **opts)
+        return made[name]
+    return get
+
+
+def _llama_cpp():
+    return pytest.importorskip("llama_cpp")  # optional heavy dependency: compiled llama.cpp (llama-cpp-python)
+
+
+def _hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def _gguf_logits(path: Path, ids: list[int]) -> np.ndarray:
+    llama_cpp = _llama_cpp()
+    llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=256, n_threads=2, verbose=False, seed=0)
+    llm.eval(ids)
+    out = np.array(llm.scores[: len(ids)], dtype=np.float32)
+    llm.close()
+    return out
+
+
+def _rel_rms(a, b):
+    return float(np.sqrt(np.mean((a - b) ** 2)) / np.sqrt(np.mean(b ** 2)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("quant", ["F32", "F16", "BF16"])
+def test_float_gguf_logits_match_transformers(models, tmp_path, cli, name, quant):
+    folder = models(name)
+    out = tmp_path / f"{name}-{quant}.gguf"
+    res = cli("convert", folder, out, "--quant", quant, "-q")
+    assert res.code == 0, res.stderr
+    assert out.with_name(out.stem + ".Modelfile").is_file()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    ids = hf_tok.encode(TEST_TEXT)[:120]
+    llama_cpp = _llama_cpp()
+    vocab = llama_cpp.Llama(str(out), vocab_only=True, verbose=False)
+    assert vocab.tokenize(TEST_TEXT.encode(), add_bos=True, special=False) == hf_tok.encode(TEST_TEXT)
+    ref = _hf_logits(folder, ids)
+    got = _gguf_logits(out, ids)
+    err = _rel_rms(got, ref)
+    assert err < (2e-3 if quant != "BF16" else 2e-2), err     # bf16 keeps 8 bits of mantissa
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() > (0.95 if quant != "BF16" else 0.8)
+    types = {t.dtype.name for t in read_header(out).tensors}
+    assert types == {"F32", quant} if quant != "F32" else types == {"F32"}
+
+
+def _types_and_bytes(path: Path) -> dict[str, tuple[str, bytes]]:
+    src = open_gguf(path)
+    try:
+        return {n: (r.dtype.name, bytes(np.asarray(r.extra["raw"]()))) for n, r in src.tensors.items()}
+    finally:
+        src.close()
+
+
+def _llama_quantize(src: Path, dst: Path, ftype: str) -> None:
+    llama_cpp = _llama_cpp()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+    params.nthread = 2
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    assert rc == 0
+
+
+def _assert_same_as_llama_quantize(ours: Path, f32: Path, ftype: str, tmp_path: Path) -> dict[str, str]:
+    ref = tmp_path / f"ref-{ftype}.gguf"
+    _llama_quantize(f32, ref, ftype)
+    a, b = _types_and_bytes(ours), _types_and_bytes(ref)
+    assert set(a) == set(b)
+    types = {n: a[n][0] for n in a}
+    assert types == {n: b[n][0] for n in b}, ftype
+    bad = [n for n in a if a[n][1] != b[n][1]]
+    assert not bad, (ftype, bad)
+    meta = read_header(ours).metadata
+    assert int(meta["general.quantization_version"]) == 2
+    assert int(meta["general.file_type"]) == getattr(_llama_cpp(), f"LLAMA_FTYPE_MOSTLY_{ftype}")
+    return types
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,quants", [("llama", QUANTS), ("qwen2", ["Q4_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q6_K"]),
+                                         ("gpt2", ["Q8_0", "Q5_1", "Q4_K_M", "Q5_K_M"]), ("phi3", ["Q4_K_S", "Q3_K_L"]),
+                                         ("gemma2", ["Q4_K_M", "Q5_K_S"])])
+def test_quantized_files_are_byte_identical_to_llama_quantize(models, tmp_path, name, quants):
+    folder = models(name)
+    f32 = tmp_path / "f32.gguf"
+    convert(folder, f32, quant="F32")
+    seen_types = set()
+    for q in quants:
+        ours = tmp_path / f"{q}.gguf"
+        convert(folder, ours, quant=q)
+        types = _assert_same_as_llama_quantize(ours, f32, q, tmp_path)
+        seen_types |= set(types.values())
+        if name == "qwen2" and q == "Q4_K_M":       # tied embeddings: token_embd is the output tensor
+            assert types["token_embd.weight"] == "Q6_K" and "output.weight" not in types
+        if q == "Q4_K_M":
+            llm = _llama_cpp().Llama(str(ours), n_ctx=64, verbose=False)
+            assert len(llm.tokenize(b"hello world")) > 0
+            llm.eval(llm.tokenize(b"hello world"))
+            assert np.isfinite(np.array(llm.scores[:1])).all()
+            llm.close()
+    assert "F32" in seen_types
+
+
+@pytest.mark.slow
+def test_rows_not_divisible_by_256_fall_back_like_llama_cpp(tmp_path):
+    folder = make_model(tmp_path / "small", "llama", "gpt2", hidden=64, ffn=128, heads=4, kv_heads=2)
+    f32 = tmp_path / "f32.gguf"
+    convert(folder, f32, quant="F32")
+    for q in ("Q4_K_M", "Q2_K", "Q6_K"):
+        ours = tmp_path / f"{q}.gguf"
+        convert(folder, ours, quant=q)
+        types = _assert_same_as_llama_quantize(ours, f32, q, tmp_path)
+        assert "Q4_K" not in types.values()
+
+
+@pytest.mark.slow
+def test_quantize_command_matches_llama_quantize_from_f16(models, tmp_path, cli):
+    f16 = tmp_path / "f16.gguf"
+    assert cli("convert", models("qwen2"), f16, "--quant", "F16", "-q").code == 0
+    out = tmp_path / "q.gguf"
+    res = cli("quantize", f16, out, "--type", "Q4_K_M", "-q")
+    assert res.code == 0, res.stderr
+    _assert_same_as_llama_quantize(out, f16, "Q4_K_M", tmp_path)
+    assert "PARAMETER stop \"<|im_end|>\"" in out.with_name("q.Modelfile").read_text()
+    res = cli("quantize", out, tmp_path / "again.gguf", "--type", "Q4_0")
+    assert_one_line_error(res, "already Q")
+    assert not (tmp_path / "again.gguf").exists()
+
+
+def test_single_safetensors_file_with_config(models, tmp_path, cli):
+    folder = models("gpt2")
+    lone = tmp_path / "weights.safetensors"
+    shutil.copy(folder / "model.safetensors", lone)
+    out = tmp_path / "lone.gguf"
+    res = cli("convert", lone, out, "--config", folder / "config.json", "--quant", "Q8_0", "-q")
+    assert res.code == 0, res.stderr
+    ref = tmp_path / "dir.gguf"
+    convert(folder, ref, quant="Q8_0")
+    assert _types_and_bytes(out) == _types_and_bytes(ref)
+    meta = read_header(out).metadata
+    assert meta["general.architecture"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt-2"
+    res = cli("convert", lone, tmp_path / "noconf.gguf", "--quant", "Q8_0")
+    assert_one_line_error(res, "config.json")
+
+
+def test_streaming_reads_each_tensor_once(models, tmp_path):
+    """The writer pulls tensors one at a time; each source tensor is read exactly once."""
+    from modelport.core.source import open as open_model
+    from modelport.gguf.convert import hf_to_gguf
+
+    reads: dict[str, int] = {}
+    with open_model(models("gpt2")) as source:
+        for ref in source:
+            orig = ref.loader
+
+            def counted(orig=orig, name=ref.name):
+                reads[name] = reads.get(name, 0) + 1
+                return orig()
+            ref.loader = counted
+        plan = hf_to_gguf(source, tmp_path / "s.gguf", "Q4_K_M")
+    assert set(reads.values()) == {1}
+    assert len(reads) == len(plan.tensors)
+
+
+def _break(folder: Path, tmp_path: Path, fix) -> Path:
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    fix(broken)
+    return broken
+
+
+def test_validation_errors_are_one_line_and_write_nothing(models, tmp_path, cli):
+    folder = models("gpt2")
+
+    def dup(d):
+        tj = json.loads((d / "tokenizer.json").read_text())
+        vocab = tj["model"]["vocab"]
+        a, b = sorted(vocab, key=vocab.get)[50:52]
+        tj["added_tokens"].append({"id": vocab[b], "content": a, "special": False})   # id of b now spells a
+        (d / "tokenizer.json").write_text(json.dumps(tj))
+
+    def mismatch(d):
+        cfg = json.loads((d / "config.json").read_text())
+        tj = json.loads((d / "tokenizer.json").read_text())
+        tj["added_tokens"].append({"id": cfg["vocab_size"], "content": "<extra>", "special": True})
+        (d / "tokenizer.json").write_text(json.dumps(tj))
+
+    def unknown(d):
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["architectures"], cfg["model_type"] = ["FalconMambaForCausalLM"], "falcon_mamba"
+        (d / "config.json").write_text(json.dumps(cfg))
+
+    for i, (fix, needle) in enumerate([(dup, "appears twice"), (mismatch, "but the embedding has"),
+                                       (unknown, "supported: GPT2LMHeadModel")]):
+        broken = _break(folder, tmp_path / str(i), fix)
+        out = tmp_path / f"bad{i}.gguf"
+        res = cli("convert", broken, out, "--quant", "Q4_K_M")
+        assert_one_line_error(res, needle)
+        assert not out.exists() and not out.with_name(out.stem + ".Modelfile").exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".bad{i}")]
+
+
+@pytest.mark.slow
+def test_peak_memory_is_about_one_tensor_not_the_model(tmp_path):
+    """Converting a ~230 MB F32 model to Q4_K_M raises peak RSS by far less than the model size."""
+    import subprocess
+    import sys
+
+    folder = make_model(tmp_path / "mid", "llama", "spm", hidden=1024, ffn=4096, layers=4, heads=8, kv_heads=2)
+    model_mb = (folder / "model.safetensors").stat().st_size / 2**20
+    largest_mb = 4096 * 1024 * 4 / 2**20
+    code = f"""
+import json
+from modelport.conversion import convert
+import gguf, numpy, modelport.gguf.convert, modelport.formats.gguf, tokenizers
+status = lambda key: next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key)) / 1024
+before = status('VmRSS')
+convert({str(folder)!r}, {str(tmp_path / 'out.gguf')!r}, quant="Q4_K_M")
+print(json.dumps({{"before": before, "peak": status('VmHWM')}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    grew = r["peak"] - r["before"]
+    assert model_mb > 200
+    assert grew < 5 * largest_mb, (grew, model_mb)    # 16 MB largest tensor; the whole model would be > 200 MB
