@@ -75,9 +75,10 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tu
     return identical, max_abs, max_rel, bad
 
 
-def diff(a: str | os.PathLike, b: str | os.PathLike, *, atol: float = 0.0, rtol: float = 0.0) -> DiffReport:
+def diff(a: str | os.PathLike, b: str | os.PathLike, *, atol: float = 0.0, rtol: float = 0.0,
+         trust: bool = False) -> DiffReport:
     """Compare every tensor of `a` with the same-named tensor of `b` (exact unless atol/rtol given)."""
-    with open_model(a) as sa, open_model(b) as sb:
+    with open_model(a, trust=trust) as sa, open_model(b, trust=trust) as sb:
         report = DiffReport(str(a), str(b))
         names_a = list(sa.keys()) + [n for n in sa.aliases if n not in sa.tensors]
         names_b = set(sb.keys()) | set(sb.aliases)

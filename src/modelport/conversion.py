@@ -138,16 +138,17 @@ def _is_folder_target(dst: Path, source: ModelSource, to: str | None, shard_size
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = None, dtype: str | None = None,
             shard_size: str | int | None = None, force: bool = False, verify: bool = False,
             dequantize: bool = False, progress: Callable[[TensorRef], None] | None = None,
-            quant: str | None = None, config: str | os.PathLike | None = None) -> ConvertResult:
+            quant: str | None = None, config: str | os.PathLike | None = None, trust: bool = False) -> ConvertResult:
     """Convert a model file or folder; the output format comes from `to` or the extension of `dst`.
 
     `quant` (a llama.cpp file type such as Q4_K_M) and `config` (an HF config.json for a bare weights file)
-    apply to GGUF output, which `modelport.gguf.convert` handles for Hugging Face sources."""
+    apply to GGUF output, which `modelport.gguf.convert` handles for Hugging Face sources. `trust` lets a
+    file the scanner finds suspicious (not dangerous) be opened."""
     src, dst = Path(src), Path(dst)
     # --- GGUF output from a Hugging Face model, or GGUF re-quantization (modelport.gguf.convert) ---
     from .gguf.convert import dispatch as _gguf_dispatch
     gguf_result = _gguf_dispatch(src, dst, to=to, quant=quant, config=config, dtype=dtype, force=force, progress=progress,
-                                 verify=verify)
+                                 verify=verify, trust=trust)
     if gguf_result is not None:
         return gguf_result
     # --- end of the GGUF hook ---
@@ -155,7 +156,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
     if target_dtype is not None and not target_dtype.is_float:
         raise UnsupportedError(f"--dtype must be a float type (f32, f16, bf16), not {dtype}")
     max_size = parse_size(shard_size)
-    with open_model(src) as source:
+    with open_model(src, trust=trust) as source:
         if dst.resolve() == src.resolve() or dst.resolve() in {f.resolve() for f in source.files}:
             raise UnsupportedError("the output would overwrite the input", dst)
         folder = _is_folder_target(dst, source, to, max_size)

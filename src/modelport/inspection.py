@@ -58,9 +58,9 @@ def config_summary(config: dict | None) -> dict[str, Any]:
     return out
 
 
-def inspect(path: str | os.PathLike, *, tensors: bool = False) -> dict[str, Any]:
+def inspect(path: str | os.PathLike, *, tensors: bool = False, trust: bool = False) -> dict[str, Any]:
     """A JSON-able description of a model: format, files, counts, dtypes, config, sizes per precision."""
-    with open_model(path) as source:
+    with open_model(path, trust=trust) as source:
         by_dtype: dict[str, dict[str, int]] = {}
         for ref in source:
             row = by_dtype.setdefault(ref.dtype.name, {"tensors": 0, "parameters": 0, "bytes": 0})

@@ -8,7 +8,7 @@ import typer
 
 from ..conversion import convert
 from ..core.source import open as open_model
-from .output import byte_progress, console, err_console, human_bytes, print_json
+from .output import byte_progress, console, err_console, human_bytes, print_json, trust_option
 
 
 def register(app: typer.Typer) -> None:
@@ -26,12 +26,13 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", "-f", help="Replace an existing output."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        trust: bool = trust_option(),
     ) -> None:
         """Convert a model between formats (safetensors, PyTorch, NumPy, ... and HF folders)."""
-        with open_model(src) as source:
+        with open_model(src, trust=trust) as source:
             total = sum(r.nbytes for r in source)
         with byte_progress(total, f"converting {src.name}", enabled=not quiet and not as_json) as advance:
-            result = convert(src, dst, to=to, dtype=dtype, shard_size=shard_size, force=force, verify=verify,
+            result = convert(src, dst, to=to, dtype=dtype, shard_size=shard_size, force=force, verify=verify, trust=trust,
                              dequantize=dequantize, progress=lambda ref: advance(ref.nbytes), quant=quant, config=config)
         if as_json:
             print_json(result.__dict__)

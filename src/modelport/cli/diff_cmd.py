@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..comparison import diff
-from .output import console, print_json
+from .output import console, print_json, trust_option
 
 STYLE = {"equal": "green", "close": "green", "different": "red", "shape": "red", "dtype": "yellow"}
 
@@ -22,9 +22,10 @@ def register(app: typer.Typer) -> None:
         rtol: float = typer.Option(0.0, "--rtol", help="Relative tolerance."),
         show_all: bool = typer.Option(False, "--all", help="List equal tensors too."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+        trust: bool = trust_option(),
     ) -> None:
         """Compare two models tensor by tensor (any formats). Exit 0 when equal or within tolerance, 1 otherwise."""
-        report = diff(a, b, atol=atol, rtol=rtol)
+        report = diff(a, b, atol=atol, rtol=rtol, trust=trust)
         if as_json:
             print_json(report.to_dict())
         else:

@@ -6,13 +6,25 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..inspection import inspect
-from .output import console, human_bytes, human_count, print_json
+from .output import console, human_bytes, human_count, print_json, trust_option
 
 
-def _scalar(value: Any, limit: int = 120) -> str:
+def _text(value: Any, limit: int = 120) -> str:
+    """One cell: dicts and lists flattened, long values cut, and escaped (model text is not rich markup)."""
+    if isinstance(value, dict):
+        text = ", ".join(f"{k}={_cut(v, 40)}" for k, v in value.items())
+    elif isinstance(value, list):
+        text = ", ".join(_cut(v, 40) for v in value[:16]) + (f", … ({len(value)} in all)" if len(value) > 16 else "")
+    else:
+        text = str(value)
+    return escape(_cut(text, limit))
+
+
+def _cut(value: Any, limit: int) -> str:
     text = str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -22,11 +34,7 @@ def _kv_table(title: str, data: dict) -> Table:
     table.add_column(style="cyan")
     table.add_column()
     for key, value in data.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}={_scalar(v, 40)}" for k, v in value.items())
-        elif isinstance(value, list):
-            value = ", ".join(_scalar(v, 40) for v in value[:16]) + (f", … ({len(value)} in all)" if len(value) > 16 else "")
-        table.add_row(str(key), _scalar(value))
+        table.add_row(escape(str(key)), _text(value))
     return table
 
 
@@ -76,7 +84,7 @@ def render(report: dict, show_tensors: bool) -> None:
         for col in ("name", "dtype", "shape", "parameters", "size"):
             table.add_column(col, justify="right" if col in ("parameters", "size") else "left")
         for t in report["tensors"]:
-            table.add_row(t["name"], t["dtype"], str(tuple(t["shape"])), f"{t['parameters']:,}", human_bytes(t["bytes"]))
+            table.add_row(escape(t["name"]), t["dtype"], str(tuple(t["shape"])), f"{t['parameters']:,}", human_bytes(t["bytes"]))
         console.print(table)
 
 
@@ -86,9 +94,10 @@ def register(app: typer.Typer) -> None:
         path: Path = typer.Argument(..., help="A model file, a shard index or a Hugging Face folder."),
         tensors: bool = typer.Option(False, "--tensors", "-t", help="List every tensor."),
         as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+        trust: bool = trust_option(),
     ) -> None:
         """Show what a model holds: format, tensors, parameters, config and size at each precision (headers only)."""
-        report = inspect(path, tensors=tensors or as_json)
+        report = inspect(path, tensors=tensors or as_json, trust=trust)
         if as_json:
             print_json(report)
         else:

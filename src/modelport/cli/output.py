@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any, Iterator
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
@@ -44,3 +45,8 @@ def byte_progress(total: int, description: str, enabled: bool = True) -> Iterato
                   TimeRemainingColumn(), console=err_console, transient=True) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+def trust_option():
+    """`--trust`: every command that opens a model scans it first; this lets a suspicious file through."""
+    return typer.Option(False, "--trust", help="Open a file the scanner finds suspicious (a dangerous one is always refused).")

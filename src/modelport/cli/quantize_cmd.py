@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from .output import byte_progress, console, human_bytes, print_json
+from ..core.errors import ModelportError
+from .output import byte_progress, console, human_bytes, print_json, trust_option
 
 
 def register(app: typer.Typer) -> None:
@@ -20,14 +21,18 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", "-f", help="Replace an existing output."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        trust: bool = trust_option(),
     ) -> None:
         """Quantize a GGUF model (same per-tensor types and bytes as llama.cpp's llama-quantize)."""
         from ..formats.gguf import read_header
         from ..gguf.convert import requantize
 
-        total = sum(t.nbytes for t in read_header(src).tensors) if src.is_file() else 0
+        try:  # only sizes the progress bar; requantize gives the real error for a file that is not GGUF
+            total = sum(t.nbytes for t in read_header(src).tensors)
+        except (ModelportError, OSError):
+            total = 0
         with byte_progress(total, f"quantizing {src.name}", enabled=not quiet and not as_json) as advance:
-            result = requantize(src, dst, qtype, force=force, progress=lambda ref: advance(ref.nbytes))
+            result = requantize(src, dst, qtype, force=force, progress=lambda ref: advance(ref.nbytes), trust=trust)
         if as_json:
             print_json(result.__dict__)
             return

@@ -13,7 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import OutputExistsError
+from .errors import ModelportError, OutputExistsError
+
+
+def _name_the_output(exc: BaseException, tmp: Path, final: Path) -> None:
+    """An error raised about the temporary name should name the output the user asked for."""
+    if isinstance(exc, ModelportError) and exc.path and exc.path.startswith(str(tmp)):
+        exc.path = str(final) + exc.path[len(str(tmp)):]
 
 
 def check_output(path: Path, force: bool) -> None:
@@ -37,8 +43,9 @@ def atomic_file(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        _name_the_output(exc, tmp, path)
         raise
 
 
@@ -61,6 +68,7 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
                 shutil.rmtree(old)
             else:
                 old.unlink()
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _name_the_output(exc, tmp, path)
         raise

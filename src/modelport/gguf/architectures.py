@@ -157,6 +157,22 @@ class Architecture:
         v = self.config.get("vocab_size")
         return int(v) if v is not None else None
 
+    # the reverse direction: GGUF metadata -> config.json
+    hf_defaults: dict[str, Any] = {}        # config fields fixed for the family (activation, ...)
+
+    @classmethod
+    def config_from_gguf(cls, meta: dict, tensor_names) -> dict[str, Any]:
+        """config.json fields for a GGUF of this family, such that `hparams()` of the result gives back the
+        file's `<arch>.*` keys. `tensor_names` tells what the keys cannot (biases, tied output, rope factors)."""
+        cfg: dict[str, Any] = {"architectures": [cls.hf_architectures[0]], "model_type": cls.model_types[0]}
+        cfg.update(cls.hf_defaults)
+        cfg.update(cls._config_fields(_Keys(meta, cls.name), set(tensor_names)))
+        return cfg
+
+    @classmethod
+    def _config_fields(cls, g: "_Keys", names: set[str]) -> dict[str, Any]:
+        return _common_back(g)
+
 
 def _template_regex(template: str) -> re.Pattern:
     return re.compile(re.escape(template).replace(r"\{bid\}", r"(?P<bid>\d+)"))
@@ -198,6 +214,63 @@ def _common(arch: Architecture, ctx_keys=("max_position_embeddings", "n_ctx", "n
     if c.get("head_dim") is not None:
         out[k("attention.key_length")] = u32(c["head_dim"])
         out[k("attention.value_length")] = u32(c["head_dim"])
+    return out
+
+
+class _Keys:
+    """`<arch>.*` metadata values as Python numbers (the reverse of u32/f32)."""
+
+    def __init__(self, meta: dict, arch: str):
+        self.meta, self.arch = meta, arch
+
+    def get(self, key: str, default=None):
+        v = self.meta.get(f"{self.arch}.{key}")
+        if v is None:
+            return default
+        if hasattr(v, "tolist"):
+            v = v.tolist()
+        if isinstance(v, list):   # per-layer values: only a uniform list has a config.json equivalent
+            if not v or any(x != v[0] for x in v):
+                raise UnsupportedError(f"{self.arch}.{key} varies per layer; config.json cannot express that")
+            v = v[0]
+        if isinstance(v, (float, np.floating)):
+            return float(str(np.float32(v)))    # shortest decimal that is the same float32: 1e-05, not 9.99e-06
+        return int(v) if isinstance(v, (int, np.integer)) else v
+
+    def need(self, key: str):
+        v = self.get(key)
+        if v is None:
+            raise UnsupportedError(f"the GGUF has no {self.arch}.{key}, which config.json needs")
+        return v
+
+
+def _rope_back(g: _Keys, names: set[str], head_dim: int | None = None) -> dict[str, Any]:
+    """rope_parameters from rope.freq_base / rope.scaling.* (and llama3's rope_freqs.weight, see Llama)."""
+    rp: dict[str, Any] = {"rope_theta": g.get("rope.freq_base", 10000.0), "rope_type": "default"}
+    kind = g.get("rope.scaling.type")
+    if kind in ("linear", "yarn"):
+        rp.update(rope_type=kind, factor=g.need("rope.scaling.factor"))
+        if kind == "yarn":
+            rp["original_max_position_embeddings"] = g.need("rope.scaling.original_context_length")
+    elif kind not in (None, "none"):
+        raise UnsupportedError(f"rope scaling {kind!r} has no config.json equivalent here")
+    return rp
+
+
+def _common_back(g: _Keys) -> dict[str, Any]:
+    """The reverse of `_common`: config.json counts, norm epsilon and head dims."""
+    out: dict[str, Any] = {
+        "hidden_size": g.need("embedding_length"),
+        "num_hidden_layers": g.need("block_count"),
+        "num_attention_heads": g.need("attention.head_count"),
+    }
+    out["num_key_value_heads"] = g.get("attention.head_count_kv", out["num_attention_heads"])
+    for key, field in (("feed_forward_length", "intermediate_size"), ("context_length", "max_position_embeddings"),
+                       ("attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+                       ("attention.layer_norm_epsilon", "layer_norm_eps"), ("attention.key_length", "head_dim")):
+        if g.get(key) is not None:
+            out[field] = g.get(key)
+    out["rope_parameters"] = _rope_back(g, set())
     return out
 
 

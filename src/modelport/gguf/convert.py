@@ -191,7 +191,7 @@ def load_config(path: str | os.PathLike) -> dict:
 
 
 def convert_hf(src: Path, dst: Path, *, quant: str | None = None, config_path: str | os.PathLike | None = None,
-               force: bool = False, progress=None, modelfile: bool = True):
+               force: bool = False, progress=None, modelfile: bool = True, trust: bool = False):
     """`modelport convert HF_DIR out.gguf`: atomic GGUF output plus an Ollama Modelfile beside it."""
     from ..conversion import ConvertResult
     from ..core.atomic import atomic_file
@@ -199,7 +199,7 @@ def convert_hf(src: Path, dst: Path, *, quant: str | None = None, config_path: s
     from .modelfile import modelfile_path, write_modelfile
 
     src, dst = Path(src), Path(dst)
-    with open_model(src) as source:
+    with open_model(src, trust=trust) as source:
         config = load_config(config_path) if config_path is not None else source.config
         side = dict(source.side_files)
         if config_path is not None:
@@ -248,18 +248,23 @@ def model_shape(meta: dict) -> mixes.ModelShape:
                             n_expert=first(meta.get(f"{arch}.expert_count")), arch=arch)
 
 
-def requantize(src: Path, dst: Path, qtype: str, *, force: bool = False, progress=None, modelfile: bool = True):
+def requantize(src: Path, dst: Path, qtype: str, *, force: bool = False, progress=None, modelfile: bool = True,
+               trust: bool = False):
     """`modelport quantize in.gguf out.gguf --type T`: an F32/F16/BF16 GGUF to any llama.cpp file type."""
     from ..conversion import ConvertResult
     from ..core.atomic import atomic_file
-    from ..formats.gguf import open_gguf, write_gguf
+    from ..core.source import open as open_model
+    from ..formats.gguf import write_gguf
     from .modelfile import modelfile_path, write_modelfile
 
     src, dst = Path(src), Path(dst)
     ftype = parse_ftype(qtype, default="Q4_K_M")
     if dst.exists() and dst.resolve() == src.resolve():
         raise UnsupportedError("the output would overwrite the input", dst)
-    source = open_gguf(src)
+    source = open_model(src, trust=trust)
+    if source.format != "gguf":
+        source.close()
+        raise UnsupportedError(f"quantize takes a GGUF file; this is {source.format} (use 'modelport convert' for HF models)", src)
     try:
         planned = []
         for ref in source:
@@ -304,7 +309,7 @@ def _plain(ref: TensorRef):
 # --- the hook `conversion.convert` calls ------------------------------------------------------------
 
 def dispatch(src: Path, dst: Path, *, to: str | None, quant: str | None, config: str | os.PathLike | None,
-             dtype: str | None, force: bool, progress=None, verify: bool = False):
+             dtype: str | None, force: bool, progress=None, verify: bool = False, trust: bool = False):
     """Handle `convert` when the output is GGUF and the source is an HF model (or a GGUF to re-quantize).
 
     Returns None when the generic tensor-copy path should run instead (e.g. a GGUF to GGUF copy).
@@ -316,7 +321,7 @@ def dispatch(src: Path, dst: Path, *, to: str | None, quant: str | None, config:
             raise UnsupportedError("--quant and --config apply to GGUF output (give DST a .gguf extension or --to gguf)", dst)
         return None
     from ..core.source import open as open_model
-    with open_model(src) as source:
+    with open_model(src, trust=trust) as source:
         is_gguf = source.format == "gguf"
         has_config = source.config is not None
     if is_gguf and quant is None:
@@ -331,6 +336,6 @@ def dispatch(src: Path, dst: Path, *, to: str | None, quant: str | None, config:
         raise UnsupportedError("--verify compares bit-for-bit copies; a GGUF conversion renames, permutes and "
                                "quantizes tensors (the tests check it against llama.cpp instead)", dst)
     if is_gguf:
-        return requantize(src, dst, quant, force=force, progress=progress)
+        return requantize(src, dst, quant, force=force, progress=progress, trust=trust)
     return convert_hf(src, dst, quant=quant if quant is not None else dtype, config_path=config, force=force,
-                      progress=progress)
+                      progress=progress, trust=trust)

@@ -1,0 +1,74 @@
+"""The demo `make demo` runs: real commands on models it makes (and on SmolLM2 when installed).
+
+Each step prints the command, then runs it exactly as a user would type it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent.parent / "demo-out"
+PY = sys.executable
+
+
+def step(title: str, *args, expect: int = 0) -> None:
+    print(f"\n\033[1m## {title}\033[0m\n$ modelport {' '.join(str(a) for a in args)}", flush=True)
+    code = subprocess.call([PY, "-m", "modelport", *map(str, args)])
+    if code != expect:
+        sys.exit(f"demo: that step exited {code}, expected {expect}")
+
+
+def make_models() -> tuple[Path, Path]:
+    """A tiny random Llama as a PyTorch .bin folder (config + weights), and a pickle that would run code."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    folder = OUT / "tiny-llama"
+    folder.mkdir(parents=True)
+    config.save_pretrained(folder)
+    torch.save(LlamaForCausalLM(config).state_dict(), folder / "pytorch_model.bin")
+
+    class Payload:  # what a malicious checkpoint does: run a shell command on load (here: harmless)
+        def __reduce__(self):
+            return (os.system, (f"touch {OUT / 'PWNED'}",))
+
+    evil = OUT / "evil.bin"
+    torch.save({"w": torch.ones(2), "x": Payload()}, evil)
+    return folder, evil
+
+
+def main() -> None:
+    shutil.rmtree(OUT, ignore_errors=True)
+    folder, evil = make_models()
+    st = OUT / "tiny-llama-safetensors"
+    step("Look inside a Hugging Face folder (headers only)", "inspect", folder)
+    step("PyTorch pickle -> safetensors folder, f16, in shards, verified", "convert", folder, st,
+         "--dtype", "f16", "--shard-size", "1MB", "--verify")
+    step("Compare the two, allowing for the f16 rounding", "diff", folder / "pytorch_model.bin", st, "--atol", "1e-3")
+    step("A pickle that would run code on load: scan says so", "scan", evil, expect=1)
+    step("... and every command refuses it", "inspect", evil, expect=2)
+    assert not (OUT / "PWNED").exists(), "the payload ran"
+    step("Memory it needs to run and to train", "estimate", folder, "--ctx", "2048")
+
+    try:
+        from modelport.samples import smollm2_gguf
+        gguf = smollm2_gguf()
+    except Exception as exc:  # noqa: BLE001 - the demo goes on without the sample model
+        print(f"\n(SmolLM2 sample not installed: {exc}; skipping the GGUF steps)")
+        return
+    step("A real chat model in GGUF (SmolLM2-135M-Instruct, Q4_1)", "inspect", gguf)
+    step("Ask it something (llama.cpp engine, chat template rendered by modelport)", "run", gguf,
+         "-p", "What is the capital of France?", "--max-tokens", "24", "--temperature", "0")
+    print(f"\nDemo outputs are in {OUT}")
+
+
+if __name__ == "__main__":
+    main()
