@@ -112,6 +112,17 @@ def main() -> None:
                 lambda: time_llama_direct(llm, ids, args.tokens), args.repeat)
         llm.close()
 
+    # The command itself, end to end in its own process, as its --json reports it.
+    import json
+    import subprocess
+    runs = [json.loads(subprocess.run([sys.executable, "-m", "modelport", "run", str(gguf), "-p", PROMPT[0]["content"],
+                                       "--ctx", str(CTX), "--max-tokens", str(args.tokens), "--ignore-eos", "--json"],
+                                      capture_output=True, text=True, check=True).stdout)
+            for _ in range(3)]
+    print(f"{'modelport run':<14} --json: generation {statistics.median(r['generation_tokens_per_second'] for r in runs):.1f} "
+          f"tok/s, prompt {statistics.median(r['prompt_tokens_per_second'] for r in runs):.1f} tok/s "
+          f"({runs[0]['prompt_tokens']} prompt tokens, {runs[0]['completion_tokens']} generated; median of 3 processes)")
+
     if not args.no_hf:
         with runtime.load(gguf, engine="hf", ctx=CTX) as engine:
             time_modelport(engine, ids, 4), time_hf_direct(engine.model, engine.tokenizer, ids, 4)

@@ -127,3 +127,31 @@ def test_safetensors_aliases_recorded_like_save_model(tmp_path):
     assert src.aliases == {"head.weight": "emb.weight"} and list(src.keys()) == ["emb.weight"]
     modelport.convert(path, tmp_path / "copy.safetensors", verify=True)
     assert modelport.open(tmp_path / "copy.safetensors").aliases == {"head.weight": "emb.weight"}
+
+
+def test_pt_to_safetensors_to_npz_to_pt_is_bit_exact(tmp_path, cli):
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(6, 4, generator=g)
+    weights = {
+        "f32": base, "view": base[2:4],                       # a view shares the storage
+        "transposed": torch.randn(3, 5, generator=g).t(),     # non-contiguous
+        "f16": torch.randn(7, generator=g).half(), "bf16": torch.randn(2, 3, generator=g).bfloat16(),
+        "f8": torch.randn(5, generator=g).to(torch.float8_e4m3fn), "f64": torch.randn(2, generator=g).double(),
+        "i8": torch.randint(-100, 100, (4,), dtype=torch.int8, generator=g), "i64": torch.arange(3),
+        "u8": torch.arange(5, dtype=torch.uint8), "bool": torch.tensor([True, False]), "empty": torch.zeros(0, 2),
+        "scalar": torch.tensor(1.5),
+    }
+    weights["tied"] = weights["f32"]                          # the same tensor twice, as tied embeddings are
+    src = tmp_path / "a.pt"
+    torch.save(weights, src)
+    for a, b in (("a.pt", "b.safetensors"), ("b.safetensors", "c.npz"), ("c.npz", "d.pt")):
+        result = cli("convert", tmp_path / a, tmp_path / b, "--verify")
+        assert result.code == 0, result.stderr
+    back = torch.load(tmp_path / "d.pt", weights_only=True)
+    assert set(back) == set(weights)
+    for name, tensor in weights.items():
+        assert back[name].dtype == tensor.dtype and back[name].shape == tensor.shape, name
+        assert back[name].contiguous().view(-1).view(torch.uint8).tolist() == \
+            tensor.contiguous().view(-1).view(torch.uint8).tolist(), name
+    assert back["tied"].data_ptr() == back["f32"].data_ptr()  # the tie survived every hop
+    assert modelport.open(tmp_path / "b.safetensors").aliases == {"tied": "f32"}

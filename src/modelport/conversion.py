@@ -148,7 +148,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
     # --- GGUF output from a Hugging Face model, or GGUF re-quantization (modelport.gguf.convert) ---
     from .gguf.convert import dispatch as _gguf_dispatch
     gguf_result = _gguf_dispatch(src, dst, to=to, quant=quant, config=config, dtype=dtype, force=force, progress=progress,
-                                 verify=verify, trust=trust)
+                                 verify=verify, trust=trust, shard_size=shard_size)
     if gguf_result is not None:
         return gguf_result
     # --- end of the GGUF hook ---

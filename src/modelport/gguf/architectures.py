@@ -161,16 +161,16 @@ class Architecture:
     hf_defaults: dict[str, Any] = {}        # config fields fixed for the family (activation, ...)
 
     @classmethod
-    def config_from_gguf(cls, meta: dict, tensor_names) -> dict[str, Any]:
+    def config_from_gguf(cls, meta: dict, tensors: dict) -> dict[str, Any]:
         """config.json fields for a GGUF of this family, such that `hparams()` of the result gives back the
-        file's `<arch>.*` keys. `tensor_names` tells what the keys cannot (biases, tied output, rope factors)."""
+        file's `<arch>.*` keys. `tensors` (GGUF name -> TensorRef) tells what the keys cannot: biases, rope factors."""
         cfg: dict[str, Any] = {"architectures": [cls.hf_architectures[0]], "model_type": cls.model_types[0]}
         cfg.update(cls.hf_defaults)
-        cfg.update(cls._config_fields(_Keys(meta, cls.name), set(tensor_names)))
+        cfg.update(cls._config_fields(_Keys(meta, cls.name), tensors))
         return cfg
 
     @classmethod
-    def _config_fields(cls, g: "_Keys", names: set[str]) -> dict[str, Any]:
+    def _config_fields(cls, g: "_Keys", tensors: dict) -> dict[str, Any]:
         return _common_back(g)
 
 
@@ -244,8 +244,8 @@ class _Keys:
         return v
 
 
-def _rope_back(g: _Keys, names: set[str], head_dim: int | None = None) -> dict[str, Any]:
-    """rope_parameters from rope.freq_base / rope.scaling.* (and llama3's rope_freqs.weight, see Llama)."""
+def _rope_back(g: _Keys) -> dict[str, Any]:
+    """rope_parameters from rope.freq_base / rope.scaling.* (llama3's rope_freqs.weight: see Llama)."""
     rp: dict[str, Any] = {"rope_theta": g.get("rope.freq_base", 10000.0), "rope_type": "default"}
     kind = g.get("rope.scaling.type")
     if kind in ("linear", "yarn"):
@@ -270,7 +270,7 @@ def _common_back(g: _Keys) -> dict[str, Any]:
                        ("attention.layer_norm_epsilon", "layer_norm_eps"), ("attention.key_length", "head_dim")):
         if g.get(key) is not None:
             out[field] = g.get(key)
-    out["rope_parameters"] = _rope_back(g, set())
+    out["rope_parameters"] = _rope_back(g)
     return out
 
 
@@ -306,6 +306,36 @@ class Llama(Architecture):
                   "attn_q.bias": "permute_q", "attn_k.bias": "permute_k"}
     ignore = _ROTARY_BUFFERS
     neox_rope = False
+    hf_defaults = {"hidden_act": "silu", "mlp_bias": False}
+
+    @classmethod
+    def _config_fields(cls, g, tensors):
+        out = _common_back(g)
+        out["attention_bias"] = "blk.0.attn_q.bias" in tensors
+        if g.get("vocab_size") is not None:
+            out["vocab_size"] = g.get("vocab_size")
+        head_dim = out.get("head_dim") or out["hidden_size"] // out["num_attention_heads"]
+        if g.get("rope.dimension_count", head_dim) != head_dim:
+            raise UnsupportedError("llama with partial rotary embeddings has no config.json equivalent")
+        if "rope_freqs.weight" in tensors:
+            out["rope_parameters"] = cls._llama3_rope(out, np.asarray(tensors["rope_freqs.weight"].read(), np.float32))
+        return out
+
+    # the (factor, low, high, original context) sets Llama 3.x checkpoints use, tried in turn
+    _LLAMA3_CANDIDATES = tuple((lo, hi, ctx) for ctx in (8192, 4096, 16384, 32768, 2048, 131072)
+                               for lo in (1.0, 2.0, 0.5) for hi in (4.0, 2.0, 8.0, 1.0))
+
+    @classmethod
+    def _llama3_rope(cls, cfg: dict, factors: np.ndarray) -> dict:
+        """Recover Llama 3.1 rope scaling from the per-frequency factors, by recomputing them forward."""
+        factor = float(str(np.float32(factors.max())))
+        for lo, hi, ctx in cls._LLAMA3_CANDIDATES:
+            rp = {**cfg["rope_parameters"], "rope_type": "llama3", "factor": factor, "low_freq_factor": lo,
+                  "high_freq_factor": hi, "original_max_position_embeddings": ctx}
+            got = cls({**cfg, "rope_parameters": rp}).extra_tensors()["rope_freqs.weight"]
+            if got.shape == factors.shape and np.allclose(got, factors, rtol=1e-5, atol=1e-6):
+                return rp
+        raise UnsupportedError("rope_freqs.weight matches no Llama 3 rope scaling that config.json can express")
 
     def head_dim(self) -> int:
         return int(self.config.get("head_dim") or self.config["hidden_size"] // self.n_head)
@@ -350,6 +380,7 @@ class Qwen2(Architecture):
     model_types = ("qwen2",)
     tensors = _LLAMA_STYLE
     ignore = _ROTARY_BUFFERS
+    hf_defaults = {"hidden_act": "silu"}
 
     def hparams(self):
         return _common(self)
@@ -384,10 +415,23 @@ class GPT2(Architecture):
     transforms = {"attn_qkv.weight": "transpose", "attn_output.weight": "transpose",
                   "ffn_up.weight": "transpose", "ffn_down.weight": "transpose"}
     ignore = (r"h\.\d+\.attn\.(masked_)?bias",)
+    hf_defaults = {"activation_function": "gelu_new"}
+
+    @classmethod
+    def _config_fields(cls, g, tensors):
+        n_embd = g.need("embedding_length")
+        ff = g.get("feed_forward_length", 4 * n_embd)
+        return {"n_embd": n_embd, "n_layer": g.need("block_count"), "n_head": g.need("attention.head_count"),
+                "n_positions": g.need("context_length"), "n_inner": None if ff == 4 * n_embd else ff,
+                "layer_norm_epsilon": g.get("attention.layer_norm_epsilon", 1e-5)}
 
     def __init__(self, config):
         super().__init__(config)
         self.n_head_kv = self.n_head
+
+    def hf_name(self, gguf_name: str) -> str:
+        name = super().hf_name(gguf_name)   # GPT2LMHeadModel keeps the body under "transformer."
+        return name if name == "lm_head.weight" else self.strip_prefixes[0] + name
 
     def hparams(self):
         c = self.config
@@ -421,6 +465,19 @@ class Phi3(Architecture):
         ("model.layers.{bid}.mlp.down_proj.weight", "blk.{bid}.ffn_down.weight"),
     )
     ignore = _ROTARY_BUFFERS
+    hf_defaults = {"hidden_act": "silu"}
+
+    @classmethod
+    def _config_fields(cls, g, tensors):
+        out = _common_back(g)
+        out["original_max_position_embeddings"] = g.get("rope.scaling.original_context_length",
+                                                        out.get("max_position_embeddings"))
+        head_dim = out["hidden_size"] // out["num_attention_heads"]
+        rot = g.get("rope.dimension_count", head_dim) / head_dim
+        if rot != 1.0:
+            out["partial_rotary_factor"] = out["rope_parameters"]["partial_rotary_factor"] = rot
+        out["sliding_window"] = g.get("attention.sliding_window") or None
+        return out
 
     def hparams(self):
         c = self.config
@@ -470,6 +527,7 @@ class Gemma(Architecture):
     tensors = _GEMMA_COMMON + (("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.ffn_norm.weight"),)
     transforms = {"norm.weight": "norm_plus_one"}
     ignore = _ROTARY_BUFFERS + (r"lm_head\.weight",)
+    hf_defaults = {"hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True}
 
     def hparams(self):
         c = self.config
@@ -503,6 +561,17 @@ class Gemma2(Gemma):
         ("model.layers.{bid}.pre_feedforward_layernorm.weight", "blk.{bid}.ffn_norm.weight"),
         ("model.layers.{bid}.post_feedforward_layernorm.weight", "blk.{bid}.post_ffw_norm.weight"),
     )
+
+    @classmethod
+    def _config_fields(cls, g, tensors):
+        out = _common_back(g)
+        head_dim = out.get("head_dim") or out["hidden_size"] // out["num_attention_heads"]
+        out["query_pre_attn_scalar"] = out["hidden_size"] // out["num_attention_heads"] \
+            if out["num_hidden_layers"] == 46 else head_dim
+        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+            out[key] = g.get(key) or None
+        out["sliding_window"] = g.get("attention.sliding_window")
+        return out
 
     def hparams(self):
         c = self.config
@@ -546,8 +615,12 @@ def for_config(config: dict | None, path=None) -> Architecture:
 
 def for_gguf(arch_name: str, config: dict) -> Architecture:
     """The family for a GGUF `general.architecture` (the reverse direction)."""
+    return gguf_family(arch_name)(config)
+
+
+def gguf_family(arch_name: str) -> type[Architecture]:
     for cls in REGISTRY:
         if cls.name == arch_name:
-            return cls(config)
+            return cls
     raise UnsupportedError(f"GGUF architecture {arch_name!r} is not supported; supported: "
                            f"{', '.join(c.name for c in REGISTRY)}")

@@ -309,8 +309,10 @@ def _plain(ref: TensorRef):
 # --- the hook `conversion.convert` calls ------------------------------------------------------------
 
 def dispatch(src: Path, dst: Path, *, to: str | None, quant: str | None, config: str | os.PathLike | None,
-             dtype: str | None, force: bool, progress=None, verify: bool = False, trust: bool = False):
-    """Handle `convert` when the output is GGUF and the source is an HF model (or a GGUF to re-quantize).
+             dtype: str | None, force: bool, progress=None, verify: bool = False, trust: bool = False,
+             shard_size: str | int | None = None):
+    """Handle `convert` when the output is GGUF and the source is an HF model (or a GGUF to re-quantize),
+    and GGUF -> Hugging Face folder (`to_hf`).
 
     Returns None when the generic tensor-copy path should run instead (e.g. a GGUF to GGUF copy).
     """
@@ -319,7 +321,12 @@ def dispatch(src: Path, dst: Path, *, to: str | None, quant: str | None, config:
     if not to_gguf:
         if quant is not None or config is not None:
             raise UnsupportedError("--quant and --config apply to GGUF output (give DST a .gguf extension or --to gguf)", dst)
-        return None
+        from .to_hf import gguf_to_hf, wants_hf
+        if not wants_hf(src, dst, to):
+            return None
+        if verify:
+            raise UnsupportedError("--verify compares bit-for-bit copies; GGUF -> HF dequantizes and renames tensors", dst)
+        return gguf_to_hf(src, dst, dtype=dtype, shard_size=shard_size, force=force, progress=progress, trust=trust)
     from ..core.source import open as open_model
     with open_model(src, trust=trust) as source:
         is_gguf = source.format == "gguf"

@@ -21,6 +21,7 @@ loops, and blocks are independent, so the chunking never changes the bytes.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,19 +37,40 @@ SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K
 
 # ----------------------------------------------------------------------------------------------- helpers
 
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, shape: tuple, dtype=_F) -> np.ndarray:
+    """A per-thread work array, reused from chunk to chunk (contents undefined).
+
+    Every fresh array of a chunk's size is fresh pages from the OS (glibc maps large blocks anew each time), and on
+    a virtual machine those page faults cost more than the arithmetic done in them."""
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    n = int(np.prod(shape))
+    flat = bufs.get((name, dtype))
+    if flat is None or flat.size < n:
+        flat = bufs[(name, dtype)] = np.empty(n, dtype)
+    return flat[:n].reshape(shape)
+
+
 def _nearest_int(v: np.ndarray) -> np.ndarray:
     """ggml's nearest_int, bit for bit (also for |v| > 2^22, where it wraps)."""
     i = (v.astype(_F, copy=False) + _F(12582912.0)).view(np.int32)
     return (i & 0x007FFFFF) - 0x00400000
 
 
-def _rint_clip(v: np.ndarray, lo, hi) -> np.ndarray:
-    """clamp(nearest_int(v), lo, hi) as float32: np.rint where that is exact (|v| < 2^22), the bit trick elsewhere."""
-    r = np.rint(v)
+def _rint_clip(v: np.ndarray, lo, hi, out=None) -> np.ndarray:
+    """clamp(nearest_int(v), lo, hi) as float32: np.rint where that is exact (|v| < 2^22), the bit trick elsewhere.
+
+    The test for |v| >= 2^22 is two NaN-ignoring reductions (no temporary); NaN (0/0) lanes are never used."""
+    big = None
+    if v.size and (np.fmax.reduce(v, axis=None) >= _F(4194303) or np.fmin.reduce(v, axis=None) <= _F(-4194303)):
+        big = np.flatnonzero(np.abs(v) >= _F(4194303))
+        wrapped = np.clip(_nearest_int(v.reshape(-1)[big]), lo, hi)
+    r = np.rint(v, out=out)                         # out may be v itself
     np.clip(r, lo, hi, out=r)
-    big = np.abs(v) >= _F(4194303)
-    if big.any():
-        r[big] = np.clip(_nearest_int(v[big]), lo, hi)
+    if big is not None:
+        r.reshape(-1)[big] = wrapped
     return r
 
 
@@ -63,32 +85,36 @@ def _fp16(v: np.ndarray) -> np.ndarray:
 
 def _first_absmax(x: np.ndarray, axis: int) -> np.ndarray:
     """The signed element with the largest |x| (the first one on ties), as ggml's `if (ax > amax)` loops pick it."""
-    if axis == 0:                                   # columns layout: a loop over rows beats a strided argmax
-        amax = np.zeros(x.shape[1:], x.dtype)
-        best = np.zeros(x.shape[1:], x.dtype)
-        for row in x:
-            a = np.abs(row)
-            sel = a > amax
-            np.copyto(amax, a, where=sel)
-            np.copyto(best, row, where=sel)
-        return best
+    if axis == 0:
+        return _absmax_cols(x)
     idx = np.argmax(np.abs(x), axis=axis)
     return np.take_along_axis(x, np.expand_dims(idx, axis), axis=axis).squeeze(axis)
 
 
+def _absmax_cols(X: np.ndarray) -> np.ndarray:
+    """_first_absmax over axis 0 from the column max and min (fast reductions); where both +a and -a occur, the
+    first of them is looked up in those few columns only."""
+    hi = X.max(axis=0)
+    lo = X.min(axis=0)
+    best = np.where(-lo > hi, lo, hi)
+    tie = np.flatnonzero((-lo == hi) & (hi != 0))
+    if tie.size:
+        sub = X[:, tie]
+        first = np.argmax(np.abs(sub) == hi[tie], axis=0)
+        best[tie] = sub[first, np.arange(tie.size)]
+    return best
+
+
 def _cols(x: np.ndarray, n: int) -> np.ndarray:
-    """(nb, 256) blocks -> (n, nb*256/n): one sub-block of n elements per column, contiguous rows."""
-    return np.ascontiguousarray(x.reshape(-1, n).T)
-
-
-def _rows(c: np.ndarray, nb: int) -> np.ndarray:
-    """Inverse of _cols."""
-    return c.T.reshape(nb, QK_K)
+    """(nb, 256) blocks -> (n, nb*256/n): one sub-block of n elements per column, contiguous rows (a scratch array)."""
+    X = _scratch("X", (n, x.size // n))
+    np.copyto(X, x.reshape(-1, n).T)
+    return X
 
 
 def _pack2(L: np.ndarray) -> np.ndarray:
-    """2-bit fields of 256 elements (nb, 256) -> (nb, 64): byte 32h+l holds 128h+l, +32, +64, +96."""
-    q = L.reshape(-1, 2, 4, 32).astype(np.uint8)
+    """2-bit fields of 256 elements (nb, 256) uint8 -> (nb, 64): byte 32h+l holds 128h+l, +32, +64, +96."""
+    q = L.reshape(-1, 2, 4, 32)
     return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(-1, 64)
 
 
@@ -161,112 +187,162 @@ def _make_qkx2(X, W, nmax, rmin, rdelta, nstep, use_mad):
 
 
 def _make_qx(X, nmax):
-    """make_qx_quants(rmse_type=1) over columns: returns (L offset by +nmax, scale)."""
-    amax_signed = _first_absmax(X, 0)
+    """make_qx_quants(rmse_type=1) over columns: returns (levels, scale), levels(cols) giving L (offset by +nmax).
+
+    ggml tries 19 scales per sub-block and keeps the first best. Each trial here is 8 whole-chunk passes in
+    preallocated buffers that only yield the two sums per column; the accept test then runs over those column
+    vectors, remembering which scale won, and L is recomputed once with the winner, as ggml does."""
+    amax_signed = _absmax_cols(X)
     zero = np.abs(amax_signed) < _F(1e-15)
     nmax_f = _F(nmax)
     lo, hi = -nmax_f, nmax_f - 1
-    W = X * X
-    WX = W * X
-    l = np.empty_like(X)
-    t = np.empty_like(X)
-
-    def trial(iscale):
-        np.multiply(X, iscale, out=l)
+    steps = [s for s in range(-9, 10) if s != 0]
+    iscales = _scratch("qx_iscales", (len(steps) + 1, X.shape[1]))  # row 0: the first guess, then steps -9..9
+    np.divide(-nmax_f, amax_signed, out=iscales[0])
+    for k, step in enumerate(steps, 1):
+        np.divide(-(nmax_f + _F(0.1) * _F(step)), amax_signed, out=iscales[k])
+    slx = _scratch("qx_slx", iscales.shape)
+    sl2 = _scratch("qx_sl2", iscales.shape)
+    W = np.multiply(X, X, out=_scratch("qx_W", X.shape))
+    WX = np.multiply(W, X, out=_scratch("qx_WX", X.shape))
+    l = _scratch("qx_l", X.shape)
+    t = _scratch("qx_t", X.shape)
+    for k in range(iscales.shape[0]):
+        np.multiply(X, iscales[k], out=l)
         np.rint(l, out=l)
         np.clip(l, lo, hi, out=l)
         np.multiply(WX, l, out=t)
-        slx = _sum(t)
+        np.add.reduce(t, axis=0, out=slx[k])
         np.multiply(W, l, out=t)
         np.multiply(t, l, out=t)
-        return slx, _sum(t)
+        np.add.reduce(t, axis=0, out=sl2[k])
+    slx += _F(0)                                                   # C sums start at +0.0
+    sl2 += _F(0)
+    # ggml's accept test, trial after trial, on column vectors
+    win = np.zeros(X.shape[1], np.intp)
+    scale = np.where(sl2[0] != 0, slx[0] / sl2[0], _F(0))
+    best = scale * slx[0]
+    for k in range(1, iscales.shape[0]):
+        a, b = slx[k], sl2[k]
+        ok = (b > 0) & (a * a > best * b)
+        win[ok] = k
+        best = np.where(ok, (a / b) * a, best)
+    cols = np.arange(X.shape[1])
+    scale = np.where(win > 0, slx[win, cols] / sl2[win, cols], scale)
+    scale[zero] = 0
+    iscale = iscales[win, cols]
 
-    sumlx, suml2 = trial(-nmax_f / amax_signed)
-    L = l.copy()
-    scale = np.where(suml2 != 0, sumlx / suml2, _F(0))
-    best = scale * sumlx
-    for step in range(-9, 10):
-        if step == 0:
-            continue
-        slx, sl2 = trial(-(nmax_f + _F(0.1) * _F(step)) / amax_signed)
-        win = (sl2 > 0) & (slx * slx > best * sl2)
-        if win.any():
-            np.copyto(L, l, where=win)
-            np.copyto(scale, slx / sl2, where=win)
-            np.copyto(best, scale * slx, where=win)
-    L += nmax_f
-    L[:, zero] = 0
-    scale = np.where(zero, _F(0), scale)
-    return L, scale
+    def levels(c):
+        """L (offset by +nmax) of columns c; 0 in all-zero sub-blocks."""
+        L = np.take(X, c, axis=1) * iscale[c]
+        np.rint(L, out=L)
+        np.clip(L, lo, hi, out=L)
+        L += nmax_f
+        L[:, zero[c]] = 0
+        return L
+
+    return levels, scale
 
 
 def _make_q3(X, nmax):
-    """make_q3_quants(do_rmse=true) over columns: returns (L offset by +nmax, or 0 for all-zero; scale)."""
-    amax_signed = _first_absmax(X, 0)
+    """make_q3_quants(do_rmse=true) over columns: returns (levels, scale), levels(cols) giving L offset by +nmax
+    (0 in all-zero sub-blocks).
+
+    ggml's coordinate descent visits the 16 elements of a sub-block in order and updates the two sums after each
+    accepted change, for at most 5 passes, stopping after a pass that changes nothing. Here it runs in rounds over
+    all columns at once. A round tests every element of the active columns against the column's current sums; the
+    column then takes its first accepted change in visiting order from where it stands (rows before that point
+    belong to its next pass, if it has one). Up to that change nothing differs from the sequential loop, whose
+    sums are the same; a column where nothing is accepted is final (another pass would test the same things)."""
+    amax_signed = _absmax_cols(X)
     zero = np.abs(amax_signed) < _F(1e-15)
     nmax_f = _F(nmax)
     lo, hi = -nmax_f, nmax_f - 1
-    iscale = -nmax_f / amax_signed
-    L = np.clip(np.rint(iscale * X), lo, hi)
-    W = X * X
-    WX = W * X
-    sumlx = _sum(WX * L)
-    suml2 = _sum((W * L) * L)
-    # Coordinate descent, at most 5 passes. ggml stops a block after a pass that accepts nothing; such a pass leaves
-    # the block unchanged, so every later pass would too. Hence each pass only needs the columns that changed in the
-    # previous one (about 20 %, 5 %, 1 %, ... of them), gathered into smaller arrays and scattered back.
-    cols = None                                     # None: all columns
-    x_, w_, wx_, l_, slx_all, sl2_all = X, W, WX, L, sumlx, suml2
-    for _ in range(5):
-        changed = np.zeros(x_.shape[1], bool)
-        for i in range(x_.shape[0]):
-            wi, wxi, Li = w_[i], wx_[i], l_[i]
-            slx = slx_all - wxi * Li
-            sl2 = sl2_all - (wi * Li) * Li
-            with np.errstate(all="ignore"):
-                v = (x_[i] * sl2) / slx
-            new = _rint_clip(v, lo, hi)
-            cand = (new != Li) & (slx > 0)
-            if not cand.any():
-                continue
-            k = np.flatnonzero(cand)                     # few columns: finish the test on those only
-            nw = new[k]
-            nslx = slx[k] + wxi[k] * nw
-            nsl2 = sl2[k] + (wi[k] * nw) * nw
-            sa = slx_all[k]
-            ok = (nsl2 > 0) & ((nslx * nslx) * sl2_all[k] > (sa * sa) * nsl2)
-            if ok.any():
-                kk = k[ok]
-                changed[kk] = True
-                Li[kk] = nw[ok]
-                slx_all[kk] = nslx[ok]
-                sl2_all[kk] = nsl2[ok]
-        if cols is None:
-            sumlx, suml2 = slx_all, sl2_all
-        else:
-            L[:, cols] = l_
-            sumlx[cols] = slx_all
-            suml2[cols] = sl2_all
-        keep = np.flatnonzero(changed)
-        if keep.size == 0:
+    n, k = X.shape
+    L = np.multiply(X, -nmax_f / amax_signed, out=_scratch("q3_L", X.shape))
+    np.rint(L, out=L)
+    np.clip(L, lo, hi, out=L)
+    w = np.multiply(X, X, out=_scratch("q3_W", X.shape))
+    wx = np.multiply(w, X, out=_scratch("q3_WX", X.shape))
+    slx = np.multiply(wx, L, out=_scratch("q3_WXL", X.shape))
+    sl2 = np.multiply(w, L, out=_scratch("q3_WLL", X.shape))
+    sl2 *= L
+    sumlx = _sum(slx)
+    suml2 = _sum(sl2)
+    start = np.zeros(k, np.intp)                    # the row each column visits next
+    npass = np.zeros(k, np.intp)                    # its pass (0..4)
+    act = None                                      # the columns still searching; None: all
+    xa, la, sa, s2 = X, L, sumlx, suml2
+    while True:
+        ka = xa.shape[1]
+        slx = np.subtract(sa, slx, out=slx)          # the sums without each element
+        sl2 = np.subtract(s2, sl2, out=sl2)
+        v = np.multiply(xa, sl2, out=_scratch("q3_v", xa.shape))
+        v /= slx
+        cand = np.not_equal(np.rint(v, out=_scratch("q3_r", xa.shape)), la, out=_scratch("q3_c", xa.shape, bool))
+        cand &= np.greater(slx, 0, out=_scratch("q3_p", xa.shape, bool))
+        # the few candidates: ggml's exact nearest_int and clamp, then its accept test
+        idx = np.flatnonzero(cand)
+        nw = _rint_clip(v.reshape(-1)[idx], lo, hi)
+        keep = nw != la.reshape(-1)[idx]
+        idx, nw = idx[keep], nw[keep]
+        nslx = slx.reshape(-1)[idx] + wx.reshape(-1)[idx] * nw
+        nsl2 = sl2.reshape(-1)[idx] + (w.reshape(-1)[idx] * nw) * nw
+        r, c = np.divmod(idx, ka)
+        g = c if act is None else act[c]
+        sc = sa[c]
+        ok = (nsl2 > 0) & ((nslx * nslx) * s2[c] > (sc * sc) * nsl2)
+        ok &= (r >= start[g]) | (npass[g] < 4)       # rows behind the column's position need another pass
+        if not ok.any():
             break
-        cols = keep if cols is None else cols[keep]
-        x_, w_, wx_, l_ = X[:, cols], W[:, cols], WX[:, cols], L[:, cols]
-        slx_all, sl2_all = sumlx[cols], suml2[cols]
+        ok = np.flatnonzero(ok)
+        r, c, g = r[ok], c[ok], g[ok]
+        dist = (r - start[g]) % n                    # visiting order from the column's position
+        first = np.full(ka, n, np.intp)
+        np.minimum.at(first, c, dist)
+        sel = np.flatnonzero(dist == first[c])       # one per column that accepts something
+        ok, r, g = ok[sel], r[sel], g[sel]
+        L[r, g] = nw[ok]
+        sumlx[g] = nslx[ok]
+        suml2[g] = nsl2[ok]
+        npass[g] += r < start[g]
+        start[g] = r + 1
+        act = g
+        xa, la, sa, s2 = np.take(X, act, axis=1), np.take(L, act, axis=1), sumlx[act], suml2[act]
+        w = xa * xa
+        wx = w * xa
+        slx = wx * la
+        sl2 = w * la
+        sl2 *= la
     scale = np.where(suml2 > 0, sumlx / suml2, _F(0))
-    L = np.where(zero, _F(0), L + nmax_f)
-    scale = np.where(zero, _F(0), scale)
-    return L, scale
+    scale[zero] = 0
+
+    def levels(c):
+        out = np.take(L, c, axis=1)
+        out += nmax_f
+        out[:, zero[c]] = 0
+        return out
+
+    return levels, scale
 
 
 def _requant(X, d, L, lo, hi, offset=0, dm=None):
-    """Re-quantize columns with the stored (fp16-rounded) scale d (and min dm); columns with d == 0 keep L."""
-    with np.errstate(all="ignore"):
-        v = (X + dm) / d if dm is not None else X / d
-    q = _rint_clip(v, _F(lo), _F(hi))
-    if offset:
-        q += _F(offset)
-    return np.where(d != 0, q, L)
+    """Re-quantize columns with the stored (fp16-rounded) scale d (and min dm) and return the levels + offset as
+    uint8 blocks (nb, 256) (a scratch array). Columns with d == 0 keep their levels from the search: L[:, cols] + offset,
+    where L is an array or, already offset, a function of the column indices."""
+    v = _scratch("v", X.shape)
+    if dm is not None:
+        np.add(X, dm, out=v)
+        v /= d
+    else:
+        np.divide(X, d, out=v)
+    q = _rint_clip(v, _F(lo), _F(hi), out=v)
+    keep = np.flatnonzero(d.reshape(-1) == 0)
+    if keep.size:
+        q[:, keep] = L(keep) - _F(offset) if callable(L) else np.take(L, keep, axis=1)
+    u8 = _scratch("u8", (X.size // QK_K, QK_K), np.uint8)
+    np.add(q.T, _F(offset), out=u8.reshape(-1, X.shape[0]), casting="unsafe")
+    return u8
 
 
 # ----------------------------------------------------------------------------------------- K-quants
@@ -292,7 +368,7 @@ def _q2_k(x: np.ndarray) -> np.ndarray:
     L = _requant(X, d, L, 0, 3, dm=dm)
     out = np.empty((nb, 84), np.uint8)
     out[:, 0:16] = sbytes
-    out[:, 16:80] = _pack2(_rows(L, nb))
+    out[:, 16:80] = _pack2(L)
     out[:, 80:82] = d16.view(np.uint8).reshape(nb, 2)
     out[:, 82:84] = dmin16.view(np.uint8).reshape(nb, 2)
     return out
@@ -301,7 +377,7 @@ def _q2_k(x: np.ndarray) -> np.ndarray:
 def _q3_k(x: np.ndarray) -> np.ndarray:
     nb = x.shape[0]
     X = _cols(x, 16)
-    L, scales = _make_q3(X, 4)
+    levels, scales = _make_q3(X, 4)
     scales = scales.reshape(nb, 16)
     max_scale = _first_absmax(scales, 1)
     nz = max_scale != 0
@@ -315,13 +391,12 @@ def _q3_k(x: np.ndarray) -> np.ndarray:
     sb[:, 8:12] = hi2[:, 0] | (hi2[:, 1] << 2) | (hi2[:, 2] << 4) | (hi2[:, 3] << 6)
     d16 = np.where(nz, _fp16(_F(1) / iscale), np.float16(0))
     d = (d16.astype(_F)[:, None] * (code.astype(_F) - _F(32))).reshape(1, -1)
-    L = _rows(_requant(X, d, L, -4, 3, offset=4), nb).astype(np.uint8)
-    high = L > 3
+    L = _requant(X, d, levels, -4, 3, offset=4)
     hmask = np.zeros((nb, 32), np.uint8)
-    hb = high.reshape(nb, 8, 32).astype(np.uint8)
+    hb = (L >> 2).reshape(nb, 8, 32)                               # 1 where L > 3
     for k in range(8):
         hmask |= hb[:, k] << k
-    L = L - np.where(high, 4, 0).astype(np.uint8)
+    L &= 3
     out = np.empty((nb, 110), np.uint8)
     out[:, 0:32] = hmask
     out[:, 32:96] = _pack2(L)
@@ -357,7 +432,7 @@ def _qk_45(x: np.ndarray, nmax: int, rmin: float, nstep: int):
     ls, lm, sb, d16, dmin16 = _k4_scales(scales.reshape(nb, 8), mins.reshape(nb, 8))
     d = (d16.astype(_F)[:, None] * ls.astype(_F)).reshape(1, -1)
     dm = (dmin16.astype(_F)[:, None] * lm.astype(_F)).reshape(1, -1)
-    L = _rows(_requant(X, d, L, 0, nmax, dm=dm), nb).astype(np.uint8)
+    L = _requant(X, d, L, 0, nmax, dm=dm)
     head = np.empty((nb, 16), np.uint8)
     head[:, 0:2] = d16.view(np.uint8).reshape(nb, 2)
     head[:, 2:4] = dmin16.view(np.uint8).reshape(nb, 2)
@@ -386,7 +461,7 @@ def _q5_k(x: np.ndarray) -> np.ndarray:
 def _q6_k(x: np.ndarray) -> np.ndarray:
     nb = x.shape[0]
     X = _cols(x, 16)
-    L, scales = _make_qx(X, 32)
+    levels, scales = _make_qx(X, 32)
     scales = scales.reshape(nb, 16)
     max_scale = _first_absmax(scales, 1)
     ok = np.abs(max_scale) >= _F(1e-15)
@@ -395,8 +470,9 @@ def _q6_k(x: np.ndarray) -> np.ndarray:
     sc = np.minimum(127, _nearest_int(iscale[:, None] * scales))
     sc = np.where(ok[:, None], ((sc + 128) & 0xFF) - 128, 0)       # stored as int8
     d = (d16.astype(_F)[:, None] * sc.astype(_F)).reshape(1, -1)
-    L = _rows(_requant(X, d, L, -32, 31, offset=32), nb).astype(np.uint8)
-    L = np.where(ok[:, None], L, 0).astype(np.uint8).reshape(nb, 2, 4, 32)   # [half, quarter, l]
+    L = _requant(X, d, levels, -32, 31, offset=32)
+    L[~ok] = 0
+    L = L.reshape(nb, 2, 4, 32)                                    # [half, quarter, l]
     ql = np.empty((nb, 2, 64), np.uint8)
     ql[:, :, 0:32] = (L[:, :, 0] & 0xF) | ((L[:, :, 2] & 0xF) << 4)
     ql[:, :, 32:64] = (L[:, :, 1] & 0xF) | ((L[:, :, 3] & 0xF) << 4)
@@ -481,7 +557,7 @@ def _q5_1(x):
 _KERNELS = {
     "Q8_0": (_q8_0, 1 << 15), "Q4_0": (_q4_0, 1 << 15), "Q4_1": (_q4_1, 1 << 15),
     "Q5_0": (_q5_0, 1 << 15), "Q5_1": (_q5_1, 1 << 15),
-    "Q2_K": (_q2_k, 1024), "Q3_K": (_q3_k, 1024), "Q4_K": (_q4_k, 1024), "Q5_K": (_q5_k, 1024), "Q6_K": (_q6_k, 1024),
+    "Q2_K": (_q2_k, 1024), "Q3_K": (_q3_k, 1024), "Q4_K": (_q4_k, 1024), "Q5_K": (_q5_k, 1024), "Q6_K": (_q6_k, 512),
 }
 
 

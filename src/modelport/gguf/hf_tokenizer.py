@@ -1,0 +1,211 @@
+"""`tokenizer.ggml.*` metadata -> a Hugging Face tokenizer (tokenizer.json + tokenizer_config.json).
+
+The reverse of `tokenizer.py`, built with the `tokenizers` library's Python API so that the result is what
+`AutoTokenizer` loads with no network and tokenizes the way llama.cpp does:
+  * byte-level BPE (`gpt2`): `models.BPE` over the tokens and merges; the pre-tokenizer is chosen from
+    `tokenizer.ggml.pre` by llama.cpp's own grouping of names (llama-vocab.cpp): each group's regex list
+    becomes a chain of `Split(..., "isolated")` steps, as llama.cpp applies them one after another, and
+    `ignore_merges` follows the group (the Llama 3 names set it);
+  * SentencePiece (`llama`): `models.BPE` with byte fallback, as transformers' SentencePiece converter does.
+    Its merges are every split of a vocabulary token into two vocabulary tokens, ranked by the token's score
+    (highest first), so HF's rank-ordered merging follows llama.cpp's score-ordered merging; the space prefix
+    and the space -> U+2581 replacement are normalizers, as in Llama 2's tokenizer.json.
+CONTROL (and UNKNOWN) tokens become special added tokens, USER_DEFINED ones plain added tokens; the
+`[PAD{i}]` fillers the forward direction adds for unused embedding rows are dropped, so that HF -> GGUF -> HF
+gives back the same vocabulary (and a second HF -> GGUF pads it again the same way).
+
+Why not transformers' own GGUF tokenizer conversion: it needs torch and all of transformers, takes half a
+minute on a 49k vocabulary, and knows only a few pre-tokenizer names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import FormatError, UnsupportedError
+from .tokenizer import CONTROL, GPT2_REGEX, LLAMA3_REGEX, NORMAL, QWEN2_REGEX, UNKNOWN, UNUSED, USER_DEFINED
+
+# llama-vocab.cpp's "default" regex list (also used when tokenizer.ggml.pre is missing)
+_DEFAULT_REGEXES = (r"[\p{P}\$\+<=>\^~\|]+", GPT2_REGEX, r"\p{N}+", r"[0-9][0-9][0-9]")
+
+#: tokenizer.ggml.pre name -> pre-tokenizer group, as llama-vocab.cpp groups them.
+PRE_GROUPS: dict[str, str] = {
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+                     "jina-v5-nano"), "llama3"),
+    **dict.fromkeys(("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0",
+                     "mellum", "modern-bert", "mpt", "olmo", "jais", "trillion", "granite-docling"), "gpt2"),
+    **dict.fromkeys(("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"), "smollm"),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "stablelm2", "hunyuan", "solar-open"), "qwen2"),
+    "default": "default",
+}
+_PAD = re.compile(r"\[PAD(\d+)\]")
+
+
+def _pre_tokenizer(group: str):
+    from tokenizers import Regex, pre_tokenizers as pt
+
+    if group == "gpt2":
+        return pt.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    if group == "smollm":   # llama.cpp: "\p{N}" then the GPT-2 regex; SmolLM's tokenizer.json says it so
+        return pt.Sequence([pt.Digits(individual_digits=True),
+                            pt.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
+    regexes = {"llama3": (LLAMA3_REGEX,), "qwen2": (QWEN2_REGEX,), "default": _DEFAULT_REGEXES}[group]
+    return pt.Sequence([pt.Split(Regex(r), behavior="isolated", invert=False) for r in regexes]
+                       + [pt.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+
+
+@dataclass
+class HFTokenizer:
+    """A rebuilt tokenizer plus what config.json / generation_config.json need from it."""
+
+    tokenizer: Any                                   # tokenizers.Tokenizer
+    config: dict[str, Any]                           # tokenizer_config.json
+    special_ids: dict[str, int] = field(default_factory=dict)   # bos, eos, pad, unk -> id
+
+    def save(self, folder: Path) -> list[Path]:
+        tj = folder / "tokenizer.json"
+        self.tokenizer.save(str(tj))
+        tc = folder / "tokenizer_config.json"
+        tc.write_text(json.dumps(self.config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return [tj, tc]
+
+
+def _array(meta: dict, key: str) -> list | None:
+    v = meta.get(key)
+    if v is None:
+        return None
+    return v.tolist() if hasattr(v, "tolist") else list(v)
+
+
+def _special_id(meta: dict, key: str, n: int) -> int | None:
+    v = meta.get(f"tokenizer.ggml.{key}_token_id")
+    if v is None:
+        return None
+    v = int(v)
+    return v if 0 <= v < n else None     # llama.cpp ignores an out-of-range id the same way
+
+
+def from_gguf(meta: dict, path=None) -> HFTokenizer:
+    """The HF tokenizer for a GGUF's `tokenizer.*` metadata (FormatError / UnsupportedError when it has none usable)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+
+    kind = meta.get("tokenizer.ggml.model")
+    tokens = _array(meta, "tokenizer.ggml.tokens")
+    if kind is None or tokens is None:
+        raise UnsupportedError("the GGUF has no tokenizer (tokenizer.ggml.model / tokens)", path)
+    if kind not in ("gpt2", "llama"):
+        raise UnsupportedError(f"tokenizer model {kind!r} is not supported for Hugging Face output "
+                               "(supported: gpt2 byte-level BPE, llama SentencePiece)", path)
+    n = len(tokens)
+    types = _array(meta, "tokenizer.ggml.token_type") or [NORMAL] * n
+    if len(types) < n:
+        raise FormatError(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens", path)
+    vocab: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        if not isinstance(t, str):
+            raise FormatError(f"tokenizer: token {i} is not a string", path)
+        if types[i] == UNUSED and (m := _PAD.fullmatch(t)) and int(m.group(1)) == i:
+            continue        # a filler for an unused embedding row, not a token of the original tokenizer
+        if vocab.setdefault(t, i) != i:
+            raise FormatError(f"tokenizer: token {t!r} appears twice (ids {vocab[t]} and {i})", path)
+    ids = {k: _special_id(meta, k, n) for k in ("bos", "eos", "unknown", "padding", "seperator")}
+    ids = {k: v for k, v in ids.items() if v is not None}
+    unk = ids.get("unknown")
+    if unk is None and kind == "llama":
+        unk = next((i for i, ty in enumerate(types[:n]) if ty == UNKNOWN), None)
+
+    pre = meta.get("tokenizer.ggml.pre")
+    if kind == "gpt2":
+        group = PRE_GROUPS.get(pre or "default")
+        if group is None:
+            raise UnsupportedError(f"pre-tokenizer {pre!r} has no Hugging Face equivalent here; known: "
+                                   f"{', '.join(sorted(PRE_GROUPS))}", path)
+        merges = []
+        for m in _array(meta, "tokenizer.ggml.merges") or []:
+            pos = m.find(" ", 1) if isinstance(m, str) else -1    # llama.cpp splits at the first space after char 0
+            if pos < 0:
+                raise FormatError(f"tokenizer: malformed merge {m!r}", path)
+            merges.append((m[:pos], m[pos + 1:]))
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=group == "llama3", fuse_unk=False,
+                                   byte_fallback=False))
+        tok.pre_tokenizer = _pre_tokenizer(group)
+        tok.decoder = decoders.ByteLevel()
+        default_bos = group == "llama3"      # llama.cpp turns BOS on for the Llama 3 names
+    else:
+        space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+        scores = _array(meta, "tokenizer.ggml.scores") or [0.0] * n
+        if len(scores) < n:
+            raise FormatError(f"tokenizer.ggml.scores has {len(scores)} entries for {n} tokens", path)
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=_spm_merges(vocab, scores, types),
+                                   unk_token=tokens[unk] if unk is not None else None, fuse_unk=True, byte_fallback=True))
+        tok.normalizer = normalizers.Sequence(([normalizers.Prepend("\u2581")] if space_prefix else [])
+                                              + [normalizers.Replace(" ", "\u2581")])
+        tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+                                        + ([decoders.Strip(" ", 1, 0)] if space_prefix else []))
+        default_bos = True
+
+    added = [AddedToken(t, special=types[i] in (CONTROL, UNKNOWN), normalized=False)
+             for t, i in vocab.items() if types[i] in (CONTROL, UNKNOWN, USER_DEFINED)]
+    tok.add_tokens(added)       # ids are kept: every content is already in the vocabulary
+
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", default_bos)) and "bos" in ids
+    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and "eos" in ids
+    single, pair, specials = ["$A"], ["$A", "$B"], []
+    if add_bos:
+        bos = tokens[ids["bos"]]
+        single, pair = [bos, *single], [bos, "$A", bos, "$B"]
+        specials.append((bos, ids["bos"]))
+    if add_eos:
+        eos = tokens[ids["eos"]]
+        single, pair = [*single, eos], [*pair, eos] if not add_bos else [bos, "$A", eos, bos, "$B", eos]
+        if eos not in dict(specials):
+            specials.append((eos, ids["eos"]))
+    steps = [processors.ByteLevel(trim_offsets=False)] if kind == "gpt2" else []
+    if specials:
+        steps.append(processors.TemplateProcessing(single=" ".join(single), pair=" ".join(pair), special_tokens=specials))
+    if steps:
+        tok.post_processor = steps[0] if len(steps) == 1 else processors.Sequence(steps)
+
+    config: dict[str, Any] = {"backend": "tokenizers", "tokenizer_class": "TokenizersBackend",
+                              "clean_up_tokenization_spaces": False}
+    for key, name in (("bos", "bos_token"), ("eos", "eos_token"), ("unknown", "unk_token"), ("padding", "pad_token"),
+                      ("seperator", "sep_token")):
+        if key in ids:
+            config[name] = tokens[ids[key]]
+    if unk is not None:
+        config.setdefault("unk_token", tokens[unk])
+    arch = meta.get("general.architecture")
+    ctx = meta.get(f"{arch}.context_length")
+    if ctx is not None:
+        config["model_max_length"] = int(ctx)
+    template = meta.get("tokenizer.chat_template")
+    named = {k.rsplit(".", 1)[1]: v for k, v in meta.items()
+             if k.startswith("tokenizer.chat_template.") and isinstance(v, str)}
+    if named:
+        config["chat_template"] = ([{"name": "default", "template": template}] if isinstance(template, str) else []) \
+            + [{"name": k, "template": v} for k, v in named.items()]
+    elif isinstance(template, str):
+        config["chat_template"] = template
+    out_ids = {"bos": ids.get("bos"), "eos": ids.get("eos"), "pad": ids.get("padding"), "unk": unk}
+    return HFTokenizer(tok, config, {k: v for k, v in out_ids.items() if v is not None})
+
+
+def _spm_merges(vocab: dict[str, int], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
+    """Every split of a normal token into two vocabulary tokens, best score first (ties by id)."""
+    found = []
+    for t, i in vocab.items():
+        if types[i] != NORMAL or len(t) < 2:
+            continue
+        for k in range(1, len(t)):
+            left, right = t[:k], t[k:]
+            li, ri = vocab.get(left), vocab.get(right)
+            if li is not None and ri is not None:
+                found.append((-float(scores[i]), i, li, ri, left, right))
+    found.sort(key=lambda f: f[:4])
+    return [(f[4], f[5]) for f in found]
+
+

@@ -1,0 +1,149 @@
+"""GGUF -> Hugging Face folder: the GGUF export (`convert.py`) run backwards, one tensor at a time.
+
+Every tensor is dequantized on read (gguf-py, any type it knows: legacy, K-quants, IQ), put back in HF
+row order (the inverse transforms of `architectures`: Q/K un-permuted, Conv1D transposed, Gemma's norm
+offset removed), renamed through the same registry tables, cast, and streamed into (sharded) safetensors.
+config.json comes from the `<arch>.*` keys (`Architecture.config_from_gguf`, the inverse of `hparams`), the
+tokenizer from `tokenizer.ggml.*` (`hf_tokenizer`). Peak memory is about one tensor in float32 plus its cast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core import dtypes
+from ..core.errors import FormatError, UnsupportedError
+from ..core.tensor import TensorRef
+from . import architectures
+from .convert import _check_layers
+
+HF_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def wants_hf(src: Path, dst: Path, to: str | None) -> bool:
+    """`convert` of a GGUF file to an HF folder: `--to hf`, or a DST without extension."""
+    if not src.is_file():
+        return False
+    with open(src, "rb") as f:
+        if f.read(4) != b"GGUF":
+            return False
+    return (to or "").lower() in ("hf", "huggingface") or (to is None and not dst.suffix and not dst.is_file())
+
+
+def default_dtype(source) -> dtypes.DType:
+    """The GGUF's own float type for its weights (F16 / BF16 files stay so); quantized or mixed -> F32."""
+    kinds = {ref.dtype.name for ref in source if len(ref.shape) >= 2}
+    return dtypes.DTYPES[kinds.pop()] if len(kinds) == 1 and kinds <= {"F16", "BF16"} else dtypes.F32
+
+
+def plan(source, dtype: dtypes.DType | None = None) -> tuple[dict[str, Any], list[TensorRef], Any]:
+    """(config.json, lazy HF tensors, HFTokenizer or None) for an opened GGUF; raises before anything is written."""
+    from . import hf_tokenizer
+
+    meta = source.metadata
+    arch_name = meta.get("general.architecture")
+    if not isinstance(arch_name, str):
+        raise FormatError("no general.architecture in the GGUF metadata", source.path)
+    family = architectures.gguf_family(arch_name)
+    tensors = source.tensors
+    if "token_embd.weight" not in tensors:
+        raise FormatError("no token_embd.weight in the GGUF", source.path)
+    config = family.config_from_gguf(meta, tensors)
+    arch = family(config)
+    _check_layers(arch, {n: n for n in tensors}, source.path)
+
+    dtype = dtype or default_dtype(source)
+    if not dtype.is_float or dtype.name not in HF_DTYPES:
+        raise UnsupportedError(f"--dtype must be f32, f16 or bf16 for Hugging Face output, not {dtype.name}")
+    refs = []
+    for ref in source:
+        if ref.name == "rope_freqs.weight":
+            continue        # folded into rope_parameters by config_from_gguf
+        hf_name = arch.hf_name(ref.name)
+        shape = arch.gguf_shape(ref.name, ref.shape)    # the transpose is its own inverse
+        transform = arch._transform(ref.name)
+        if transform in ("permute_q", "permute_k"):
+            n = arch.n_head if transform == "permute_q" else arch.n_head_kv
+            if not n or ref.shape[0] % (2 * n):
+                raise FormatError(f"{ref.name} has {ref.shape[0]} rows, not a multiple of 2 x {n} heads", source.path)
+        refs.append(TensorRef(hf_name, dtype, shape, _loader(arch, ref, dtype)))
+
+    tok = None
+    if meta.get("tokenizer.ggml.model") is not None:
+        tok = hf_tokenizer.from_gguf(meta, source.path)
+    rows = tensors["token_embd.weight"].shape[0]
+    config["vocab_size"] = rows
+    if "output.weight" not in tensors:
+        config["tie_word_embeddings"] = True
+    elif "tie_word_embeddings" not in family.hf_defaults:
+        config["tie_word_embeddings"] = False
+    ids = tok.special_ids if tok is not None else {}
+    for key in ("bos", "eos", "pad"):
+        config[f"{key}_token_id"] = ids.get(key)
+    config["dtype"] = HF_DTYPES[dtype.name]
+    return config, refs, tok
+
+
+def _loader(arch, ref: TensorRef, dtype: dtypes.DType):
+    target = dtype.numpy
+
+    def load() -> np.ndarray:
+        data = np.asarray(ref.read())
+        if arch._transform(ref.name) == "norm_plus_one" and data.dtype != np.float32:
+            data = data.astype(np.float32)
+        return np.ascontiguousarray(arch.to_hf(ref.name, data)).astype(target, copy=False)
+    return load
+
+
+def generation_config(meta: dict, ids: dict[str, int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "bos" in ids:
+        out["bos_token_id"] = ids["bos"]
+    eos = [ids["eos"]] if "eos" in ids else []
+    eot = meta.get("tokenizer.ggml.eot_token_id")
+    if eot is not None and int(eot) not in eos:
+        eos.append(int(eot))
+    if eos:
+        out["eos_token_id"] = eos[0] if len(eos) == 1 else eos
+    if "pad" in ids:
+        out["pad_token_id"] = ids["pad"]
+    return out
+
+
+def gguf_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | None = None,
+               shard_size: str | int | None = None, force: bool = False, progress=None, trust: bool = False):
+    """`modelport convert model.gguf OUT_DIR --to hf`: a folder transformers loads (weights, config, tokenizer)."""
+    from ..conversion import FOLDER_DEFAULT_SHARD, ConvertResult, _write_set, parse_size
+    from ..core.atomic import atomic_dir
+    from ..core.source import open as open_model
+    from ..formats import registry
+
+    src, dst = Path(src), Path(dst)
+    target = dtypes.parse(dtype) if dtype else None
+    max_size = parse_size(shard_size) or FOLDER_DEFAULT_SHARD
+    with open_model(src, trust=trust) as source:
+        if source.format != "gguf":
+            raise UnsupportedError(f"expected a GGUF file, got {source.format}", src)
+        if dst.resolve() == src.resolve():
+            raise UnsupportedError("the output would overwrite the input", dst)
+        config, refs, tok = plan(source, target)
+        spec = registry.get("safetensors")
+        with atomic_dir(dst, force) as tmp:
+            written = _write_set(spec, refs, tmp, "model.safetensors", max_size, {"format": "pt"}, {}, progress)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            written.append(tmp / "config.json")
+            gen = generation_config(source.metadata, tok.special_ids if tok else {})
+            if gen:
+                (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+                written.append(tmp / "generation_config.json")
+            if tok is not None:
+                written += tok.save(tmp)
+            names = [p.name for p in written]
+        return ConvertResult(str(src), str(dst), "hf", [str(dst / n) for n in names], len(refs),
+                             sum(r.nbytes for r in refs))
+
