@@ -27,8 +27,17 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+# Anchor tools for the side-by-side benches (not needed by the tests). modelscan pins rich<15; it runs fine on 15.
 bench: setup
-	$(PY) bench/read_all.py && $(PY) bench/convert_pt.py
+	$(PY) -m pip install -q -c constraints.txt picklescan fickling tomlkit
+	$(PY) -m pip install -q -c constraints.txt --no-deps modelscan
+	$(PY) bench/read_all.py
+	$(PY) bench/convert_pt.py
+	$(PY) bench/scan.py
+	$(PY) bench/quantize.py
+	$(PY) bench/gguf_to_hf.py
+	$(PY) bench/run.py
+	@echo "bench/hf_to_gguf.py needs llama.cpp's converter from the llama-cpp-python sdist: see its docstring"
 
 clean:
 	rm -rf $(VENV) demo-out bench/out .pytest_cache

@@ -164,10 +164,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
         if spec.write is None:
             raise UnsupportedError(f"modelport can read {spec.name} but not write it", dst)
         refs = plan_refs(source, target_dtype, dequantize, spec)
-        if spec.options.get("keeps_aliases", True):
-            refs, aliases = dedupe(refs, source.aliases)
-        else:
-            aliases = {}
+        refs, aliases = dedupe(refs, source.aliases)
         metadata = dict(source.metadata) if source.format == spec.name else {}
         if spec.name == "safetensors":
             metadata = {k: str(v) for k, v in metadata.items()}

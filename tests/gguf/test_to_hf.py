@@ -122,7 +122,12 @@ def test_smollm2_next_token_agrees_with_llama_cpp(smol, tmp_path):
     f32_path = tmp_path / "smol-f32.gguf"
     convert(smol, f32_path, quant="F32")
     f32 = scores(f32_path)
+    # HF -> GGUF again: the tokenizer metadata of the original file, except two flags llama.cpp's converter and
+    # ours write differently, each at llama.cpp's default for a gpt2 vocabulary (no EOS added, no space prefix)
+    a, b = _tokenizer_meta(_smollm2()), _tokenizer_meta(f32_path)
     f32_path.unlink()
+    assert a.pop("tokenizer.ggml.add_space_prefix") is False and b.pop("tokenizer.ggml.add_eos_token") is False
+    assert a == b
     assert np.array_equal(hf.argmax(-1), f32.argmax(-1))
     assert np.sqrt(np.mean((hf - f32) ** 2) / np.mean(f32 ** 2)) < 1e-4
     agree = hf.argmax(-1) == q41.argmax(-1)
@@ -168,6 +173,15 @@ def test_cli_dtype_and_shards(tmp_path, cli):
     w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     assert_one_line_error(cli("convert", bad, tmp_path / "y", "--to", "hf"), "mamba")
+    lying = tmp_path / "lying.gguf"   # a llama GGUF claiming zero attention heads
+    w = gguf.GGUFWriter(str(lying), "llama")
+    for key in ("block_count", "embedding_length", "context_length"):
+        w.add_uint32(f"llama.{key}", 8)
+    w.add_uint32("llama.attention.head_count", 0)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    assert_one_line_error(cli("convert", lying, tmp_path / "z", "--to", "hf"), "head_count")
+    assert not (tmp_path / "z").exists()
 
 
 # --- round trips of tiny random models: HF -> GGUF F32 -> HF ----------------------------------------
@@ -304,3 +318,77 @@ def _add(w, key, value):
 
 
 
+
+
+def test_k_quant_gguf_to_hf(tmp_path):
+    """K-quant files: every HF tensor is gguf-py's dequantization of the block data, in HF order and names."""
+    orig = make_model(tmp_path / "orig", "llama", "llama3", hidden=256, ffn=512, layers=1)
+    q = tmp_path / "m-q4km.gguf"
+    convert(orig, q, quant="Q4_K_M")
+    back = tmp_path / "back"
+    convert(q, back, to="hf", dtype="f16")
+    src = open_gguf(q)
+    assert {r.dtype.name for r in src} >= {"Q4_K", "Q6_K"}
+    fam = architectures.for_config(json.loads((back / "config.json").read_text()))
+    got = safetensors_numpy.load_file(back / "model.safetensors")
+    assert len(got) == len(src.tensors)
+    for ref in src:
+        want = fam.to_hf(ref.name, np.asarray(ref.read(), np.float32)).astype(np.float16)
+        assert np.array_equal(got[fam.hf_name(ref.name)], want), ref.name
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 8192},
+    {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 8192},
+    {"rope_type": "linear", "factor": 4.0},
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096},
+])
+def test_rope_scaling_comes_back(rope):
+    """config.json -> GGUF keys (+ llama3's rope_freqs.weight) -> config.json gives the same rope parameters."""
+    from modelport.core import dtypes
+    from modelport.core.tensor import TensorRef
+
+    cfg = transformers.LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=131072, vocab_size=100,
+                                   rope_parameters={"rope_theta": 500000.0, **rope}).to_dict()
+    fam = architectures.for_config(cfg)
+    meta = {"general.architecture": "llama", **fam.hparams()}
+    tensors = {name: TensorRef(name, dtypes.F32, v.shape, lambda v=v: v) for name, v in fam.extra_tensors().items()}
+    back = architectures.Llama.config_from_gguf(meta, tensors)
+    assert back["rope_parameters"] == {"rope_theta": 500000.0, **rope}
+    assert architectures.Llama(back).hparams() == fam.hparams()
+    again = transformers.LlamaConfig(**back)
+    assert again.rope_parameters["rope_type"] == rope["rope_type"]
+
+
+def test_sentencepiece_scores_tokenize_like_llama_cpp(tmp_path):
+    """A real SentencePiece BPE model (scores from training, not merge ranks) -> GGUF -> HF tokenizer = llama.cpp."""
+    import io
+
+    spm = pytest.importorskip("sentencepiece")   # optional: only to train the fixture model
+    llama_cpp = _llama_cpp()
+    import gguf
+    from modelport.gguf.tokenizer import load_vocab
+    from tests.gguf.hf_models import CORPUS
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS * 30), model_writer=buf, vocab_size=700,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0, minloglevel=2)
+    (tmp_path / "tokenizer.model").write_bytes(buf.getvalue())
+    vocab = load_vocab({"tokenizer.model": tmp_path / "tokenizer.model"}, {}, None)
+    path = tmp_path / "spm.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, value in vocab.metadata().items():
+        if hasattr(value, "sub_type"):
+            w.add_key_value(key, value.value, value.type, sub_type=value.sub_type)
+        else:
+            _add(w, key, value)
+    w.add_tensor("token_embd.weight", np.zeros((len(vocab.tokens), 32), np.float16))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    tok = from_gguf(open_gguf(path).metadata).tokenizer
+    ll = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    for text in (TEST_TEXT, MULTILINGUAL, "Hello world"):
+        assert tok.encode(text).ids == ll.tokenize(text.encode(), add_bos=True, special=False)
+    ll.close()

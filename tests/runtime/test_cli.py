@@ -96,3 +96,21 @@ def test_compare_and_perplexity_cli(tmp_path, tiny):
     assert result["n_ctx"] == 32 and result["windows"] >= 2 and result["perplexity"] > 1
     one_line_error(run_cli("perplexity", tiny, "--text", tmp_path / "none.txt"), "none.txt")
     one_line_error(run_cli("perplexity", tiny, "--text", text, "--ctx", "4096"), "larger than the 256 positions")
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path, tiny):
+    import os
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((tiny / name).read_bytes())
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Evil()}))
+    result = run_cli("run", folder / "pytorch_model.bin", "-p", "x")
+    one_line_error(result, "pytorch_model.bin")
+    assert not (tmp_path / "pwned").exists()

@@ -117,10 +117,24 @@ def test_perplexity_matches_the_method_on_llama_cpp_scores(engine, direct):
     assert result.scored_tokens == count and result.perplexity == pytest.approx(math.exp(nll / count), rel=1e-4)
 
 
+@pytest.fixture(scope="module")
+def converted(gguf, tmp_path_factory):
+    """SmolLM2 GGUF -> Hugging Face folder by modelport's own converter (F32 weights, tokenizer, template)."""
+    import modelport
+    folder = tmp_path_factory.mktemp("smollm2") / "hf"
+    modelport.convert(gguf, folder, to="hf")
+    return folder
+
+
+def test_france_through_transformers_after_conversion(converted):
+    result = run_cli("run", converted, "-p", "What is the capital of France?", "--max-tokens", "20")
+    assert result.code == 0 and "Paris" in result.stdout, result.stderr
+
+
 @pytest.mark.slow
-def test_same_file_in_both_engines(engine, gguf):
-    """transformers' own GGUF loader (dequantized F32) against llama.cpp (Q4_1 kernels) on the same ids."""
-    with runtime.load(gguf, engine="hf", ctx=CTX) as hf:
+def test_same_model_in_both_engines(engine, gguf, converted):
+    """llama.cpp (Q4_1 kernels) against transformers on the converted F32 weights, on the same ids."""
+    with runtime.load(converted, ctx=CTX) as hf:
         assert hf.name == "transformers"
         cpu = [{"role": "user", "content": "Explain what a CPU does."}]
         ids = engine.chat_ids(cpu)
@@ -128,18 +142,20 @@ def test_same_file_in_both_engines(engine, gguf):
         a = engine.complete(ids, max_tokens=40, ignore_eos=True)
         b = hf.complete(ids, max_tokens=40, ignore_eos=True)
         assert a.tokens == b.tokens and len(a.tokens) == 40 and a.text.startswith("The CPU")
-        # Where greedy paths part, the two engines' candidates are nearly tied there: rounding, not a bug.
-        poem = engine.chat_ids([{"role": "user", "content": "Write a short poem about the sea."}])
-        a = engine.complete(poem, max_tokens=30, ignore_eos=True).tokens
-        b = hf.complete(poem, max_tokens=30, ignore_eos=True).tokens
+        # The bare France question parts at the first token: the candidates are nearly tied in both
+        # engines ("L" vs "The"), and llama.cpp's 8-bit activations tip it the other way. Rounding, not a bug.
+        bare = engine.chat_ids([{"role": "user", "content": "What is the capital of France?"}])
+        a = engine.complete(bare, max_tokens=12).tokens
+        b = hf.complete(bare, max_tokens=12).tokens
+        assert "Paris" in hf.detokenize(b)
         k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
         if k is not None:
-            la = log_softmax(engine.logits(poem + a[:k])[-1:])[0]
-            lb = log_softmax(hf.logits(poem + a[:k])[-1:])[0]
+            la = log_softmax(engine.logits(bare + a[:k])[-1:])[0]
+            lb = log_softmax(hf.logits(bare + a[:k])[-1:])[0]
             assert abs(la[a[k]] - la[b[k]]) < 0.5 and abs(lb[a[k]] - lb[b[k]]) < 0.5
         report = compare(engine, hf, " ".join(["The printing press changed how knowledge spread in Europe."] * 8), 96)
         assert report.argmax_agreement > 0.9 and report.mean_kl < 0.05
         assert report.perplexity_a == pytest.approx(report.perplexity_b, rel=0.1)
-        # transformers answers the bare question with Paris (llama.cpp's Q8 activations tip it to "L'Étoile").
-        bare = engine.chat_ids([{"role": "user", "content": "What is the capital of France?"}])
-        assert "Paris" in hf.complete(bare, max_tokens=12).text
+        # transformers' own GGUF loader gives the same model as modelport's conversion.
+        with runtime.load(gguf, engine="hf", ctx=CTX) as direct:
+            np.testing.assert_allclose(direct.logits(ids), hf.logits(ids), rtol=1e-4, atol=1e-3)

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from ..core.errors import UnsupportedError
-from .output import err_console
+from .output import err_console, trust_option
 from .run_cmd import engine_option, quiet_libraries, sampling_from, write
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system message), /exit"
@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
         engine: str = engine_option(),
         ctx: Optional[int] = typer.Option(None, "--ctx", help="Context length (default: the model's)."),
         stats: bool = typer.Option(False, "--stats", help="After each answer, print token counts and speed on stderr."),
+        trust: bool = trust_option(),
     ) -> None:
         """Chat with a model; keeps the conversation. /reset, /system TEXT, /exit."""
         quiet_libraries()
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
         if max_tokens < 1:
             raise UnsupportedError(f"--max-tokens must be at least 1, not {max_tokens}")
         interactive = sys.stdin.isatty()
-        with runtime.load(model, engine=engine, ctx=ctx) as eng:
+        with runtime.load(model, engine=engine, ctx=ctx, trust=trust) as eng:
             if eng.template is None:
                 raise UnsupportedError("this model has no chat template; use 'modelport run --raw'", model)
             sampling = sampling_from(temperature, top_p, top_k, seed)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..core.errors import ModelportError
-from .output import console, print_json
+from .output import console, print_json, trust_option
 
 SAMPLE_TEXT = (
     "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         engine_b: str = typer.Option("auto", "--engine-b", help="Engine for B: auto, llama or hf."),
         ctx: Optional[int] = typer.Option(None, "--ctx", help="Context length for both engines."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+        trust: bool = trust_option(),
     ) -> None:
         """Feed the same token ids to A and B; report argmax agreement, KL divergence, top-1 gap, perplexity."""
         from .run_cmd import quiet_libraries
@@ -52,12 +53,13 @@ def register(app: typer.Typer) -> None:
         text = read_text(prompt_file) if prompt_file else SAMPLE_TEXT
         if tokens < 2:
             raise ModelportError(f"--tokens must be at least 2, not {tokens}")
-        with runtime.load(a, engine=engine_a, ctx=ctx) as ea, runtime.load(b, engine=engine_b, ctx=ctx) as eb:
+        with runtime.load(a, engine=engine_a, ctx=ctx, trust=trust) as ea, \
+                runtime.load(b, engine=engine_b, ctx=ctx, trust=trust) as eb:
             report = compare(ea, eb, text, tokens)
         if as_json:
             print_json(report.to_dict())
             return
-        table = Table(title=f"A: {a} ({report.engine_a})  vs  B: {b} ({report.engine_b})", title_justify="left")
+        table = Table(title=f"A: {a.name} ({report.engine_a})  vs  B: {b.name} ({report.engine_b})", title_justify="left")
         table.add_column("measure")
         table.add_column("value", justify="right")
         table.add_row("tokens compared", str(report.tokens))

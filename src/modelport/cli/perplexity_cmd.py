@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from .compare_cmd import read_text
-from .output import console, print_json
+from .output import console, print_json, trust_option
 from .run_cmd import engine_option, quiet_libraries
 
 
@@ -19,13 +19,14 @@ def register(app: typer.Typer) -> None:
         ctx: int = typer.Option(512, "--ctx", help="Window length in tokens (llama-perplexity's -c)."),
         engine: str = engine_option(),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        trust: bool = trust_option(),
     ) -> None:
         """Perplexity over windows of --ctx tokens, scoring the second half of each (as llama-perplexity does)."""
         quiet_libraries()
         from .. import runtime
         from ..runtime.evaluate import perplexity
         content = read_text(text)
-        with runtime.load(model, engine=engine, ctx=max(ctx, 4)) as eng:
+        with runtime.load(model, engine=engine, ctx=max(ctx, 4), trust=trust) as eng:
             result = perplexity(eng, content, ctx)
         if as_json:
             print_json(result.to_dict())

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..core.errors import UnsupportedError
-from .output import print_json
+from .output import print_json, trust_option
 
 
 def engine_option():
@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         raw: bool = typer.Option(False, "--raw", help="Send the prompt as plain text, without the chat template."),
         ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Do not stop at end-of-turn tokens (benchmarks)."),
         as_json: bool = typer.Option(False, "--json", help="Print the full result (text, token counts, timings) as JSON."),
+        trust: bool = trust_option(),
     ) -> None:
         """Answer one prompt, streaming tokens as they come."""
         quiet_libraries()
@@ -61,7 +62,7 @@ def register(app: typer.Typer) -> None:
                 raise UnsupportedError("give a prompt with -p, or pipe it on stdin")
             prompt = sys.stdin.read()
         sampling = sampling_from(temperature, top_p, top_k, seed)
-        with runtime.load(model, engine=engine, ctx=ctx) as eng:
+        with runtime.load(model, engine=engine, ctx=ctx, trust=trust) as eng:
             if raw:
                 if system is not None:
                     raise UnsupportedError("--system needs the chat template; leave out --raw")

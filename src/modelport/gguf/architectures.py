@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..core.errors import UnsupportedError
+from ..core.errors import FormatError, UnsupportedError
 
 
 # --- typed metadata values ----------------------------------------------------------------------
@@ -166,7 +166,12 @@ class Architecture:
         file's `<arch>.*` keys. `tensors` (GGUF name -> TensorRef) tells what the keys cannot: biases, rope factors."""
         cfg: dict[str, Any] = {"architectures": [cls.hf_architectures[0]], "model_type": cls.model_types[0]}
         cfg.update(cls.hf_defaults)
-        cfg.update(cls._config_fields(_Keys(meta, cls.name), tensors))
+        g = _Keys(meta, cls.name)
+        for key in ("block_count", "embedding_length", "attention.head_count"):
+            v = g.need(key)
+            if not isinstance(v, int) or not 0 < v < 1 << 20:
+                raise FormatError(f"{cls.name}.{key} is {v!r}, not a plausible count")
+        cfg.update(cls._config_fields(g, tensors))
         return cfg
 
     @classmethod

@@ -154,19 +154,15 @@ def from_gguf(meta: dict, path=None) -> HFTokenizer:
 
     add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", default_bos)) and "bos" in ids
     add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and "eos" in ids
-    single, pair, specials = ["$A"], ["$A", "$B"], []
-    if add_bos:
-        bos = tokens[ids["bos"]]
-        single, pair = [bos, *single], [bos, "$A", bos, "$B"]
-        specials.append((bos, ids["bos"]))
-    if add_eos:
-        eos = tokens[ids["eos"]]
-        single, pair = [*single, eos], [*pair, eos] if not add_bos else [bos, "$A", eos, bos, "$B", eos]
-        if eos not in dict(specials):
-            specials.append((eos, ids["eos"]))
+    before = [tokens[ids["bos"]]] if add_bos else []
+    after = [tokens[ids["eos"]]] if add_eos else []
+    single = [*before, "$A", *after]
+    pair = [*single, *before, "$B", *after]
+    specials = {**({before[0]: ids["bos"]} if before else {}), **({after[0]: ids["eos"]} if after else {})}
     steps = [processors.ByteLevel(trim_offsets=False)] if kind == "gpt2" else []
     if specials:
-        steps.append(processors.TemplateProcessing(single=" ".join(single), pair=" ".join(pair), special_tokens=specials))
+        steps.append(processors.TemplateProcessing(single=" ".join(single), pair=" ".join(pair),
+                                                   special_tokens=list(specials.items())))
     if steps:
         tok.post_processor = steps[0] if len(steps) == 1 else processors.Sequence(steps)
 

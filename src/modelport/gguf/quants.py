@@ -16,10 +16,16 @@ Byte identity depends on doing exactly what the C code does in float32:
 Decoding is gguf-py's job (`dequantize`), which is also what the tests check our round trip against.
 Large tensors are cut into chunks of blocks that are quantized on a thread pool: NumPy releases the GIL in its
 loops, and blocks are independent, so the chunking never changes the bytes.
+
+Speed (bench/quantize.py compares with ggml): the searches are whole-chunk passes into per-thread scratch arrays
+(fresh chunk-sized arrays cost page faults), they remember only which candidate won per sub-block and recompute
+its levels once, and they never select with a random mask over a whole chunk (np.where/copyto(where=) on such
+masks are an order of magnitude slower than arithmetic).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +36,7 @@ from ..core.dtypes import DTYPES
 
 QK_K = 256
 _F = np.float32
+_Q3_SUB = 512                  # blocks per slice of _make_q3's first round
 
 #: Types `quantize` can produce.
 SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
@@ -41,12 +48,12 @@ _SCRATCH = threading.local()
 
 
 def _scratch(name: str, shape: tuple, dtype=_F) -> np.ndarray:
-    """A per-thread work array, reused from chunk to chunk (contents undefined).
+    """A per-thread work array, reused from chunk to chunk (contents undefined); `quantize` drops them at the end.
 
     Every fresh array of a chunk's size is fresh pages from the OS (glibc maps large blocks anew each time), and on
-    a virtual machine those page faults cost more than the arithmetic done in them."""
+    a virtual machine those page faults cost more than the arithmetic done in them. At most about 13 MiB a thread."""
     bufs = _SCRATCH.__dict__.setdefault("bufs", {})
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     flat = bufs.get((name, dtype))
     if flat is None or flat.size < n:
         flat = bufs[(name, dtype)] = np.empty(n, dtype)
@@ -113,9 +120,14 @@ def _cols(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def _pack2(L: np.ndarray) -> np.ndarray:
-    """2-bit fields of 256 elements (nb, 256) uint8 -> (nb, 64): byte 32h+l holds 128h+l, +32, +64, +96."""
-    q = L.reshape(-1, 2, 4, 32)
-    return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(-1, 64)
+    """2-bit fields of 256 elements (nb, 256) uint8 -> (nb, 64): byte 32h+l holds 128h+l, +32, +64, +96.
+
+    Works on 8 bytes at a time as uint64: the values are below 4, so no shift carries into the next byte."""
+    q = np.ascontiguousarray(L).view(np.uint64).reshape(-1, 2, 4, 4)
+    out = q[:, :, 0] | (q[:, :, 1] << np.uint64(2))
+    out |= q[:, :, 2] << np.uint64(4)
+    out |= q[:, :, 3] << np.uint64(6)
+    return out.view(np.uint8).reshape(-1, 64)
 
 
 # ----------------------------------------------------------------------------------- K-quant searches
@@ -123,7 +135,8 @@ def _pack2(L: np.ndarray) -> np.ndarray:
 def _make_qkx2(X, W, nmax, rmin, rdelta, nstep, use_mad):
     """make_qkx2_quants over columns: returns (L, scale, the_min) with L float (n, S).
 
-    The hot loop works in preallocated buffers (out=) to avoid a temporary per operation."""
+    The hot loop works in preallocated buffers (out=) to avoid a temporary per operation. A step only remembers the
+    scale and min that made the winning levels (column vectors); L is recomputed once from them at the end."""
     nmax_f = _F(nmax)
     mn = X.min(axis=0)
     mx = X.max(axis=0)
@@ -131,11 +144,11 @@ def _make_qkx2(X, W, nmax, rmin, rdelta, nstep, use_mad):
     sum_x = np.add.reduce(W * X, axis=0)
     mn = np.where(mn > 0, _F(0), mn)
     const = mx == mn
-    La = np.empty_like(X)
-    WL = np.empty_like(X)
-    t = np.empty_like(X)
+    La = _scratch("qkx2_La", X.shape)
+    WL = _scratch("qkx2_WL", X.shape)
+    t = _scratch("qkx2_t", X.shape)
 
-    def candidate(iscale):
+    def candidate(iscale, mn):
         np.subtract(X, mn, out=La)
         np.multiply(La, iscale, out=La)
         np.rint(La, out=La)
@@ -154,12 +167,12 @@ def _make_qkx2(X, W, nmax, rmin, rdelta, nstep, use_mad):
 
     iscale = nmax_f / (mx - mn)
     scale = np.array(_F(1) / iscale)
-    candidate(iscale)
-    L = La.copy()
+    candidate(iscale, mn)
     best = error(scale, mn)
+    win_iscale, win_mn = iscale, mn.copy()
     for step in range(nstep + 1):
         iscale = (_F(rmin) + _F(rdelta) * _F(step) + nmax_f) / (mx - mn)
-        candidate(iscale)
+        candidate(iscale, mn)
         np.multiply(W, La, out=WL)
         sum_l = _sum(WL)
         np.multiply(WL, La, out=t)
@@ -176,10 +189,13 @@ def _make_qkx2(X, W, nmax, rmin, rdelta, nstep, use_mad):
         cur = error(this_scale, this_min)
         win = (D > 0) & (cur < best)
         if win.any():
-            np.copyto(L, La, where=win)
+            win_iscale = np.where(win, iscale, win_iscale)
+            win_mn = np.where(win, mn, win_mn)
             np.copyto(best, cur, where=win)
             np.copyto(scale, this_scale, where=win)
             np.copyto(mn, this_min, where=win)
+    candidate(win_iscale, win_mn)
+    L = La
     if const.any():
         L[:, const] = 0
         scale = np.where(const, _F(0), scale)
@@ -233,115 +249,136 @@ def _make_qx(X, nmax):
     iscale = iscales[win, cols]
 
     def levels(c):
-        """L (offset by +nmax) of columns c; 0 in all-zero sub-blocks."""
-        L = np.take(X, c, axis=1) * iscale[c]
+        """The rows of L (offset by +nmax) of columns c; 0 in all-zero sub-blocks."""
+        L = np.take(X, c, axis=1).T * iscale[c, None]
         np.rint(L, out=L)
         np.clip(L, lo, hi, out=L)
         L += nmax_f
-        L[:, zero[c]] = 0
+        L[zero[c]] = 0
         return L
 
     return levels, scale
 
 
-def _make_q3(X, nmax):
-    """make_q3_quants(do_rmse=true) over columns: returns (levels, scale), levels(cols) giving L offset by +nmax
-    (0 in all-zero sub-blocks).
+def _make_q3(x, nmax):
+    """make_q3_quants(do_rmse=true) for every sub-block of 16 of the blocks x (nb, 256): returns (levels, scale),
+    levels(cols) giving the rows of L (offset by +nmax; 0 in all-zero sub-blocks) of those sub-blocks.
 
     ggml's coordinate descent visits the 16 elements of a sub-block in order and updates the two sums after each
     accepted change, for at most 5 passes, stopping after a pass that changes nothing. Here it runs in rounds over
-    all columns at once. A round tests every element of the active columns against the column's current sums; the
-    column then takes its first accepted change in visiting order from where it stands (rows before that point
-    belong to its next pass, if it has one). Up to that change nothing differs from the sequential loop, whose
-    sums are the same; a column where nothing is accepted is final (another pass would test the same things)."""
-    amax_signed = _absmax_cols(X)
-    zero = np.abs(amax_signed) < _F(1e-15)
+    all sub-blocks at once (_q3_round). A round tests every element of the active sub-blocks against their current
+    sums; each then takes its first accepted change in visiting order from where it stands (elements before that
+    point belong to its next pass, if it has one). Up to that change nothing differs from the sequential loop,
+    whose sums are the same; a sub-block where nothing is accepted is final (another pass would test the same).
+    Only sub-blocks with sumlx > 0 can change at all: ggml tests slx > 0, and every term of sumlx has the sign of
+    -max (l has the sign of -x/max), so for max > 0 the sum is <= every term and slx = sumlx - term <= 0."""
     nmax_f = _F(nmax)
     lo, hi = -nmax_f, nmax_f - 1
-    n, k = X.shape
-    L = np.multiply(X, -nmax_f / amax_signed, out=_scratch("q3_L", X.shape))
-    np.rint(L, out=L)
-    np.clip(L, lo, hi, out=L)
-    w = np.multiply(X, X, out=_scratch("q3_W", X.shape))
-    wx = np.multiply(w, X, out=_scratch("q3_WX", X.shape))
-    slx = np.multiply(wx, L, out=_scratch("q3_WXL", X.shape))
-    sl2 = np.multiply(w, L, out=_scratch("q3_WLL", X.shape))
-    sl2 *= L
-    sumlx = _sum(slx)
-    suml2 = _sum(sl2)
-    start = np.zeros(k, np.intp)                    # the row each column visits next
+    XT = x.reshape(-1, 16)                          # sub-blocks as rows
+    k, n = XT.shape
+    LT = _scratch("q3_LT", (k, n))
+    sumlx = np.empty(k, _F)
+    suml2 = np.empty(k, _F)
+    zero = np.empty(k, bool)
+    for b0 in range(0, x.shape[0], _Q3_SUB):        # the first guess and its sums, on cache-sized slices
+        X = _cols(x[b0:b0 + _Q3_SUB], 16)
+        c0, c1 = b0 * 16, b0 * 16 + X.shape[1]
+        amax_signed = _absmax_cols(X)
+        zero[c0:c1] = np.abs(amax_signed) < _F(1e-15)
+        L = np.multiply(X, -nmax_f / amax_signed, out=_scratch("q3_L", X.shape))
+        np.rint(L, out=L)
+        np.clip(L, lo, hi, out=L)
+        W = np.multiply(X, X, out=_scratch("q3_W", X.shape))
+        t = np.multiply(W, X, out=_scratch("q3_t", X.shape))
+        t *= L
+        np.add.reduce(t, axis=0, out=sumlx[c0:c1])
+        np.multiply(W, L, out=t)
+        t *= L
+        np.add.reduce(t, axis=0, out=suml2[c0:c1])
+        np.copyto(LT[c0:c1], L.T)
+    sumlx += _F(0)                                   # C sums start at +0.0
+    suml2 += _F(0)
+    start = np.zeros(k, np.intp)                    # the element each sub-block visits next
     npass = np.zeros(k, np.intp)                    # its pass (0..4)
-    act = None                                      # the columns still searching; None: all
-    xa, la, sa, s2 = X, L, sumlx, suml2
-    while True:
-        ka = xa.shape[1]
-        slx = np.subtract(sa, slx, out=slx)          # the sums without each element
-        sl2 = np.subtract(s2, sl2, out=sl2)
-        v = np.multiply(xa, sl2, out=_scratch("q3_v", xa.shape))
-        v /= slx
-        cand = np.not_equal(np.rint(v, out=_scratch("q3_r", xa.shape)), la, out=_scratch("q3_c", xa.shape, bool))
-        cand &= np.greater(slx, 0, out=_scratch("q3_p", xa.shape, bool))
-        # the few candidates: ggml's exact nearest_int and clamp, then its accept test
-        idx = np.flatnonzero(cand)
-        nw = _rint_clip(v.reshape(-1)[idx], lo, hi)
-        keep = nw != la.reshape(-1)[idx]
-        idx, nw = idx[keep], nw[keep]
-        nslx = slx.reshape(-1)[idx] + wx.reshape(-1)[idx] * nw
-        nsl2 = sl2.reshape(-1)[idx] + (w.reshape(-1)[idx] * nw) * nw
-        r, c = np.divmod(idx, ka)
-        g = c if act is None else act[c]
-        sc = sa[c]
-        ok = (nsl2 > 0) & ((nslx * nslx) * s2[c] > (sc * sc) * nsl2)
-        ok &= (r >= start[g]) | (npass[g] < 4)       # rows behind the column's position need another pass
-        if not ok.any():
-            break
-        ok = np.flatnonzero(ok)
+    act = np.flatnonzero(sumlx > 0)
+    while act.size:
+        r, c, nw, nslx, nsl2 = _q3_round(np.take(XT, act, axis=0), np.take(LT, act, axis=0),
+                                         sumlx[act], suml2[act], lo, hi)
+        g = act[c]
+        ok = np.flatnonzero((r >= start[g]) | (npass[g] < 4))   # elements behind need another pass
         r, c, g = r[ok], c[ok], g[ok]
-        dist = (r - start[g]) % n                    # visiting order from the column's position
-        first = np.full(ka, n, np.intp)
+        dist = (r - start[g]) % n                    # visiting order from where the sub-block stands
+        first = np.full(act.size, n, np.intp)
         np.minimum.at(first, c, dist)
-        sel = np.flatnonzero(dist == first[c])       # one per column that accepts something
+        sel = np.flatnonzero(dist == first[c])       # one per sub-block that accepts something
         ok, r, g = ok[sel], r[sel], g[sel]
-        L[r, g] = nw[ok]
+        np.put(LT, g * n + r, nw[ok])
         sumlx[g] = nslx[ok]
         suml2[g] = nsl2[ok]
         npass[g] += r < start[g]
         start[g] = r + 1
         act = g
-        xa, la, sa, s2 = np.take(X, act, axis=1), np.take(L, act, axis=1), sumlx[act], suml2[act]
-        w = xa * xa
-        wx = w * xa
-        slx = wx * la
-        sl2 = w * la
-        sl2 *= la
     scale = np.where(suml2 > 0, sumlx / suml2, _F(0))
     scale[zero] = 0
 
     def levels(c):
-        out = np.take(L, c, axis=1)
-        out += nmax_f
-        out[:, zero[c]] = 0
+        out = np.take(LT, c, axis=0) + nmax_f
+        out[zero[c]] = 0
         return out
 
     return levels, scale
 
 
-def _requant(X, d, L, lo, hi, offset=0, dm=None):
-    """Re-quantize columns with the stored (fp16-rounded) scale d (and min dm) and return the levels + offset as
-    uint8 blocks (nb, 256) (a scratch array). Columns with d == 0 keep their levels from the search: L[:, cols] + offset,
-    where L is an array or, already offset, a function of the column indices."""
-    v = _scratch("v", X.shape)
+def _q3_round(x, l, sumlx, suml2, lo, hi):
+    """One round of _make_q3 on sub-blocks as rows x (k, 16), levels l and sums (k,): every element's new level and
+    ggml's accept test against the current sums. Returns the accepted elements as (element, row, new level, new
+    sumlx, new suml2).
+
+    Only rint(v) != l is tested on whole arrays; slx > 0, ggml's exact nearest_int, the clamp (which can only undo
+    a change) and the rest of the test run on the few elements that pass it."""
+    w = np.multiply(x, x, out=_scratch("q3_w", x.shape))
+    wx = np.multiply(w, x, out=_scratch("q3_wx", x.shape))
+    slx = np.multiply(wx, l, out=_scratch("q3_slx", x.shape))
+    np.subtract(sumlx[:, None], slx, out=slx)        # the sums without each element
+    sl2 = np.multiply(w, l, out=_scratch("q3_sl2", x.shape))
+    sl2 *= l
+    np.subtract(suml2[:, None], sl2, out=sl2)
+    v = np.multiply(x, sl2, out=_scratch("q3_v", x.shape))
+    v /= slx
+    cand = np.not_equal(np.rint(v, out=_scratch("q3_r", x.shape)), l, out=_scratch("q3_c", x.shape, bool))
+    idx = np.flatnonzero(cand)
+    idx = idx[slx.reshape(-1)[idx] > 0]
+    nw = _rint_clip(v.reshape(-1)[idx], lo, hi)
+    keep = nw != l.reshape(-1)[idx]
+    idx, nw = idx[keep], nw[keep]
+    nslx = slx.reshape(-1)[idx] + wx.reshape(-1)[idx] * nw
+    nsl2 = sl2.reshape(-1)[idx] + (w.reshape(-1)[idx] * nw) * nw
+    row, el = np.divmod(idx, x.shape[1])
+    sa, s2 = sumlx[row], suml2[row]
+    ok = np.flatnonzero((nsl2 > 0) & ((nslx * nslx) * s2 > (sa * sa) * nsl2))
+    return el[ok], row[ok], nw[ok], nslx[ok], nsl2[ok]
+
+
+def _requant(x, d, L, lo, hi, offset=0, dm=None):
+    """Re-quantize the blocks x (nb, 256) with the stored (fp16-rounded) scale d (and min dm) of each sub-block, in
+    order, and return the levels + offset as uint8 blocks (nb, 256) (a scratch array). Sub-blocks with d == 0 keep
+    their levels from the search: L[:, cols] + offset where L is an array in columns layout, or, already offset,
+    L(cols) as rows."""
+    S = d.size
+    xs = x.reshape(S, -1)
+    d = d.reshape(S, 1)
+    v = _scratch("v", xs.shape)
     if dm is not None:
-        np.add(X, dm, out=v)
+        np.add(xs, dm.reshape(S, 1), out=v)
         v /= d
     else:
-        np.divide(X, d, out=v)
+        np.divide(xs, d, out=v)
     q = _rint_clip(v, _F(lo), _F(hi), out=v)
     keep = np.flatnonzero(d.reshape(-1) == 0)
     if keep.size:
-        q[:, keep] = L(keep) - _F(offset) if callable(L) else np.take(L, keep, axis=1)
-    u8 = _scratch("u8", (X.size // QK_K, QK_K), np.uint8)
-    np.add(q.T, _F(offset), out=u8.reshape(-1, X.shape[0]), casting="unsafe")
+        q[keep] = L(keep) - _F(offset) if callable(L) else np.take(L, keep, axis=1).T
+    u8 = _scratch("u8", x.shape, np.uint8)
+    np.add(q, _F(offset), out=u8.reshape(xs.shape), casting="unsafe")
     return u8
 
 
@@ -365,7 +402,7 @@ def _q2_k(x: np.ndarray) -> np.ndarray:
     dmin16 = np.where(has_m, _fp16(max_min / q4), np.float16(0))
     d = (d16.astype(_F)[:, None] * (sbytes & 0xF).astype(_F)).reshape(1, -1)
     dm = (dmin16.astype(_F)[:, None] * (sbytes >> 4).astype(_F)).reshape(1, -1)
-    L = _requant(X, d, L, 0, 3, dm=dm)
+    L = _requant(x, d, L, 0, 3, dm=dm)
     out = np.empty((nb, 84), np.uint8)
     out[:, 0:16] = sbytes
     out[:, 16:80] = _pack2(L)
@@ -376,8 +413,7 @@ def _q2_k(x: np.ndarray) -> np.ndarray:
 
 def _q3_k(x: np.ndarray) -> np.ndarray:
     nb = x.shape[0]
-    X = _cols(x, 16)
-    levels, scales = _make_q3(X, 4)
+    levels, scales = _make_q3(x, 4)
     scales = scales.reshape(nb, 16)
     max_scale = _first_absmax(scales, 1)
     nz = max_scale != 0
@@ -391,11 +427,12 @@ def _q3_k(x: np.ndarray) -> np.ndarray:
     sb[:, 8:12] = hi2[:, 0] | (hi2[:, 1] << 2) | (hi2[:, 2] << 4) | (hi2[:, 3] << 6)
     d16 = np.where(nz, _fp16(_F(1) / iscale), np.float16(0))
     d = (d16.astype(_F)[:, None] * (code.astype(_F) - _F(32))).reshape(1, -1)
-    L = _requant(X, d, levels, -4, 3, offset=4)
-    hmask = np.zeros((nb, 32), np.uint8)
-    hb = (L >> 2).reshape(nb, 8, 32)                               # 1 where L > 3
-    for k in range(8):
-        hmask |= hb[:, k] << k
+    L = _requant(x, d, levels, -4, 3, offset=4)
+    hb = np.right_shift(L, 2).view(np.uint64).reshape(nb, 8, 4)   # bytes of 0/1 (L > 3), 8 at a time
+    hm = hb[:, 0].copy()
+    for k in range(1, 8):
+        hm |= hb[:, k] << np.uint64(k)
+    hmask = hm.view(np.uint8)
     L &= 3
     out = np.empty((nb, 110), np.uint8)
     out[:, 0:32] = hmask
@@ -432,7 +469,7 @@ def _qk_45(x: np.ndarray, nmax: int, rmin: float, nstep: int):
     ls, lm, sb, d16, dmin16 = _k4_scales(scales.reshape(nb, 8), mins.reshape(nb, 8))
     d = (d16.astype(_F)[:, None] * ls.astype(_F)).reshape(1, -1)
     dm = (dmin16.astype(_F)[:, None] * lm.astype(_F)).reshape(1, -1)
-    L = _requant(X, d, L, 0, nmax, dm=dm)
+    L = _requant(x, d, L, 0, nmax, dm=dm)
     head = np.empty((nb, 16), np.uint8)
     head[:, 0:2] = d16.view(np.uint8).reshape(nb, 2)
     head[:, 2:4] = dmin16.view(np.uint8).reshape(nb, 2)
@@ -470,7 +507,7 @@ def _q6_k(x: np.ndarray) -> np.ndarray:
     sc = np.minimum(127, _nearest_int(iscale[:, None] * scales))
     sc = np.where(ok[:, None], ((sc + 128) & 0xFF) - 128, 0)       # stored as int8
     d = (d16.astype(_F)[:, None] * sc.astype(_F)).reshape(1, -1)
-    L = _requant(X, d, levels, -32, 31, offset=32)
+    L = _requant(x, d, levels, -32, 31, offset=32)
     L[~ok] = 0
     L = L.reshape(nb, 2, 4, 32)                                    # [half, quarter, l]
     ql = np.empty((nb, 2, 64), np.uint8)
@@ -557,7 +594,7 @@ def _q5_1(x):
 _KERNELS = {
     "Q8_0": (_q8_0, 1 << 15), "Q4_0": (_q4_0, 1 << 15), "Q4_1": (_q4_1, 1 << 15),
     "Q5_0": (_q5_0, 1 << 15), "Q5_1": (_q5_1, 1 << 15),
-    "Q2_K": (_q2_k, 1024), "Q3_K": (_q3_k, 1024), "Q4_K": (_q4_k, 1024), "Q5_K": (_q5_k, 1024), "Q6_K": (_q6_k, 512),
+    "Q2_K": (_q2_k, 1024), "Q3_K": (_q3_k, 2048), "Q4_K": (_q4_k, 1024), "Q5_K": (_q5_k, 1024), "Q6_K": (_q6_k, 512),
 }
 
 
@@ -607,9 +644,12 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None) -> np.ndarray:
     if threads is None:
         threads = os.cpu_count() or 1
     if threads <= 1 or len(starts) <= 1:
-        for s in starts:
-            run(s)
-    else:
+        try:
+            for s in starts:
+                run(s)
+        finally:
+            _SCRATCH.__dict__.pop("bufs", None)
+    else:                                           # the pool's threads take their scratch arrays with them
         with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
             list(pool.map(run, starts))
     return out.reshape(*lead, n // dt.block_size * dt.type_size)

@@ -89,11 +89,35 @@ def plan(source, dtype: dtypes.DType | None = None) -> tuple[dict[str, Any], lis
     return config, refs, tok
 
 
+CHUNK_BYTES = 4 << 20
+
+
+def read_float(ref: TensorRef) -> np.ndarray:
+    """The tensor's values; block types dequantized a few rows at a time into one float32 array, so that
+    gguf-py's temporaries stay small (a whole-tensor dequantize needs about three times the output)."""
+    raw = ref.extra.get("raw")
+    if not ref.dtype.is_quantized or raw is None or len(ref.shape) < 2 or ref.nbytes <= CHUNK_BYTES // 4:
+        return np.asarray(ref.read())
+    from gguf.constants import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    blocks = raw()
+    rows = int(np.prod(ref.shape[:-1]))
+    row_bytes = blocks.size // rows
+    out = np.empty((rows, ref.shape[-1]), np.float32)
+    step = max(1, CHUNK_BYTES // (4 * ref.shape[-1]))
+    qtype = GGMLQuantizationType(ref.dtype.gguf)
+    for i in range(0, rows, step):
+        part = blocks[i * row_bytes:min(rows, i + step) * row_bytes].reshape(-1, row_bytes)
+        out[i:i + len(part)] = dequantize(part, qtype)
+    return out.reshape(ref.shape)
+
+
 def _loader(arch, ref: TensorRef, dtype: dtypes.DType):
     target = dtype.numpy
 
     def load() -> np.ndarray:
-        data = np.asarray(ref.read())
+        data = read_float(ref)
         if arch._transform(ref.name) == "norm_plus_one" and data.dtype != np.float32:
             data = data.astype(np.float32)
         return np.ascontiguousarray(arch.to_hf(ref.name, data)).astype(target, copy=False)
@@ -124,7 +148,10 @@ def gguf_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | N
     from ..formats import registry
 
     src, dst = Path(src), Path(dst)
-    target = dtypes.parse(dtype) if dtype else None
+    try:
+        target = dtypes.parse(dtype) if dtype else None
+    except ValueError as exc:
+        raise UnsupportedError(f"{exc}; use f32, f16 or bf16") from None
     max_size = parse_size(shard_size) or FOLDER_DEFAULT_SHARD
     with open_model(src, trust=trust) as source:
         if source.format != "gguf":

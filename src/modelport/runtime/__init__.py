@@ -18,13 +18,14 @@ from .chat_template import ChatTemplate, template_for
 ENGINES = ("auto", "llama", "hf")
 
 
-def load(path: str | os.PathLike, engine: str = "auto", ctx: int | None = None, threads: int | None = None) -> Engine:
-    """Open `path` and start the engine its format calls for (or the one asked for)."""
+def load(path: str | os.PathLike, engine: str = "auto", ctx: int | None = None, threads: int | None = None,
+         trust: bool = False) -> Engine:
+    """Open `path` (scanned first, as `modelport.open` does) and start the engine its format calls for."""
     if engine not in ENGINES:
         raise UnsupportedError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
     if ctx is not None and ctx < 1:
         raise UnsupportedError(f"--ctx must be positive, not {ctx}")
-    source = open_model(path)
+    source = open_model(path, trust=trust)
     try:
         trained = (source.config or {}).get("max_position_embeddings")
         if ctx is not None and isinstance(trained, int) and ctx > trained:
