@@ -5,11 +5,10 @@ to a Hugging Face folder by `modelport convert --to hf`, once, into bench/out), 
 number of new tokens (end-of-turn ignored), same threads and context. Each side is timed the same
 way from outside its token iterator, doing what a streaming user does per token (modelport: the
 `run` command's TextStream + write; direct: detokenize the token + write):
-generation tokens/s = (N - 1) / (time of token N - time of token 1). Runs alternate; median of
-`--repeat`
-(and the best run, which other load on the machine disturbs least). Target: overhead under 5 %.
+generation tokens/s = (N - 1) / (time of token N - time of token 1). Runs alternate; median of `--repeat` and the best
+run (which other load on the machine disturbs least). Target: overhead under 5 %.
 
-    .venv/bin/python bench/run.py [--tokens 64] [--repeat 5] [--no-hf]
+    .venv/bin/python bench/run.py [--tokens 64] [--repeat 7] [--no-hf]
 """
 
 from __future__ import annotations
