@@ -82,6 +82,27 @@ def time_hf_direct(model, tokenizer, ids, n) -> float:
     return rate(clock.stamps)
 
 
+def own_work(engine, ids, n=64) -> None:
+    """modelport's own per-token work (logits copy, sampling, streaming text) beside one model step:
+    a figure that load on the machine does not blur the way whole-run timings are blurred."""
+    from modelport.runtime import Sampler, Sampling
+    tokens = engine.complete(ids, max_tokens=n, ignore_eos=True).tokens
+    logits, sampler = engine.prefill(ids), Sampler(Sampling())
+    start = time.perf_counter()
+    for _ in range(20):
+        stream = TextStream(engine.detokenize)
+        for token in tokens:
+            sampler(logits)
+            stream.push(token)
+    own = (time.perf_counter() - start) / (20 * len(tokens))
+    start = time.perf_counter()
+    for token in tokens[:16]:
+        engine.step(token)
+    step = (time.perf_counter() - start) / 16
+    print(f"{'':<14} modelport's own work per token {own * 1e3:.3f} ms vs model step {step * 1e3:.2f} ms "
+          f"({own / step * 100:.2f} %)")
+
+
 def compare(label, ours, theirs, repeat):
     a, b = [], []
     for _ in range(repeat):            # alternate, so load on the machine hits both alike
@@ -114,6 +135,7 @@ def main() -> None:
         compare("llama.cpp", lambda: time_modelport(engine, ids, args.tokens),
                 lambda: time_llama_direct(llm, ids, args.tokens), args.repeat)
         llm.close()
+        own_work(engine, ids)
 
     # The command itself, end to end in its own process, as its --json reports it.
     import json

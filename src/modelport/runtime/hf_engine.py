@@ -14,7 +14,7 @@ import inspect
 
 import numpy as np
 
-from ..core.errors import FormatError, MissingDependencyError, UnsupportedError
+from ..core.errors import FormatError, MissingDependencyError
 from ..core.source import ModelSource, safe_member
 from .base import Engine
 from .chat_template import folder_of, template_for
