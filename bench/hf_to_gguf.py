@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import OUT, measure  # noqa: E402
+from _harness import OUT, llama_shapes, measure  # noqa: E402
 
 HIDDEN, MLP, HEADS, KV_HEADS = 2048, 5632, 32, 4   # TinyLlama-1.1B geometry
 
@@ -51,15 +51,7 @@ def make_folder(layers: int) -> Path:
                                    tie_word_embeddings=False, dtype="float16", architectures=["LlamaForCausalLM"])
     cfg.save_pretrained(folder)
     g = torch.Generator().manual_seed(0)
-    kv = HIDDEN // HEADS * KV_HEADS
-    shapes = {"model.embed_tokens.weight": (vocab, HIDDEN), "model.norm.weight": (HIDDEN,), "lm_head.weight": (vocab, HIDDEN)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shapes.update({p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN), p + "self_attn.k_proj.weight": (kv, HIDDEN),
-                       p + "self_attn.v_proj.weight": (kv, HIDDEN), p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
-                       p + "mlp.gate_proj.weight": (MLP, HIDDEN), p + "mlp.up_proj.weight": (MLP, HIDDEN),
-                       p + "mlp.down_proj.weight": (HIDDEN, MLP), p + "input_layernorm.weight": (HIDDEN,),
-                       p + "post_attention_layernorm.weight": (HIDDEN,)})
+    shapes = llama_shapes(layers, HIDDEN, MLP, HIDDEN // HEADS * KV_HEADS, vocab)
     weights = {n: (torch.randn(s, generator=g) * (0.02 if len(s) > 1 else 1.0)).half() for n, s in shapes.items()}
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     return folder

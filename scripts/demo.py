@@ -65,11 +65,12 @@ def main() -> None:
         print(f"\n(SmolLM2 sample not installed: {exc}; skipping the GGUF steps)")
         return
     step("A real chat model in GGUF (SmolLM2-135M-Instruct, Q4_1)", "inspect", gguf)
-    question = ("-p", "What is the capital of France?", "--max-tokens", "24", "--temperature", "0")
+    question = ("-p", "What is the capital of France? Answer in one sentence.", "--max-tokens", "24")
     step("Ask it something (llama.cpp engine, chat template rendered by modelport)", "run", gguf, *question)
     hf = OUT / "smollm2-hf"
     step("GGUF -> Hugging Face folder (dequantized, tokenizer rebuilt)", "convert", gguf, hf, "--to", "hf", "--dtype", "f32")
     step("The same question through transformers", "run", hf, *question)
+    step("Same token ids into both engines: how far apart are they?", "compare", gguf, hf, "--tokens", "96")
     q4km = OUT / "smollm2-Q4_K_M.gguf"
     step("... and back to GGUF as Q4_K_M (with an Ollama Modelfile beside it)", "convert", hf, q4km, "--quant", "Q4_K_M")
     step("How close is Q4_K_M to the original?", "compare", gguf, q4km, "--tokens", "128")

@@ -16,15 +16,7 @@ from gguf import GGUFWriter
 from modelport.estimate import estimate
 from modelport.recommend import GOALS, recommend
 from tests.conftest import assert_one_line_error
-from tests.test_estimate import LLAMA2_7B, _tensors, _write_gguf
-
-
-@pytest.fixture
-def llama2_config(tmp_path):
-    path = tmp_path / "llama-2-7b" / "config.json"
-    path.parent.mkdir()
-    path.write_text(json.dumps(LLAMA2_7B))
-    return path
+from tests.test_estimate import LLAMA2_7B, _tensors, _write_gguf, llama2_config  # noqa: F401 - a fixture
 
 
 @pytest.fixture

@@ -46,9 +46,11 @@ def register(app: typer.Typer) -> None:
                               "" if t.max_rel is None else f"{t.max_rel:.3g}", str(t.mismatched or ""))
             if table.row_count:
                 console.print(table)
-            equal = sum(t.status == "equal" for t in report.tensors)
-            console.print(("[green]equal[/green]" if report.equal else "[red]different[/red]")
-                          + f": {equal} of {len(report.tensors)} common tensors bit-identical, "
-                          f"{len(report.only_in_a)} only in A, {len(report.only_in_b)} only in B")
+            identical = sum(t.status == "equal" for t in report.tensors)
+            close = sum(t.status == "close" for t in report.tensors)
+            verdict = "[green]equal[/green]" if report.equal else "[red]different[/red]"
+            console.print(f"{verdict}: {identical} of {len(report.tensors)} common tensors bit-identical"
+                          + (f", {close} within tolerance" if close else "")
+                          + f", {len(report.only_in_a)} only in A, {len(report.only_in_b)} only in B")
         if not report.equal:
             raise typer.Exit(1)
