@@ -432,7 +432,8 @@ def _external_file(folder: Path, info: dict[str, str], name: str, path: Path) ->
     return target, offset, length
 
 
-def open_onnx(path: Path) -> ModelSource:
+def _scan(path: Path) -> "_Scan":
+    """Walk the model's protobuf once (bounds-checked, nothing copied but small typed fields)."""
     size = path.stat().st_size
     require(size > 0, "empty file", path)
     with path.open("rb") as f:
@@ -445,6 +446,17 @@ def open_onnx(path: Path) -> ModelSource:
             mm.close()
         except BufferError:
             pass  # a NumPy view of it is still referenced (by an exception's traceback); it closes when collected
+    return scan
+
+
+def external_entries(path: Path) -> list[tuple[str, dict[str, str]]]:
+    """(tensor name, external_data key/values) of every tensor stored outside the file, unchecked:
+    for the scanner, which grades each location itself."""
+    return [(name, dict(t.external)) for name, t in _scan(path).tensors if t.external is not None]
+
+
+def open_onnx(path: Path) -> ModelSource:
+    scan = _scan(path)
 
     maps: dict[Path, np.ndarray] = {}
 

@@ -153,16 +153,8 @@ def check_hdf5(path: Path, emit) -> None:
 
 def check_onnx(path: Path, emit) -> None:
     """External-data entries of an ONNX model: paths that leave the folder, symlinks, ranges past the file
-    (graded here, from the onnx package's protobuf classes used as data), then the core reader's checks."""
-    try:
-        import onnx
-    except ImportError:  # without the onnx package, the core reader's own path and range checks still run
-        from ..formats import onnx as onnx_format
-        try:
-            onnx_format.open_onnx(path).close()
-        except ModelportError as exc:
-            emit(SUSPICIOUS, "ONNX structure", f"{exc.message}; {_HARM}.", None, None, malformed=True)
-        return
+    (graded here, from the core reader's own protobuf walk), then the core reader's checks."""
+    from ..formats import onnx as onnx_format
     found: list = []
 
     def report(*args, **kwargs):
@@ -170,23 +162,14 @@ def check_onnx(path: Path, emit) -> None:
         emit(*args, **kwargs)
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        report(SUSPICIOUS, "ONNX protobuf", f"does not parse ({type(exc).__name__}).", None, None, malformed=True)
+        entries = onnx_format.external_entries(path)
+    except ModelportError as exc:
+        report(SUSPICIOUS, "ONNX protobuf", f"does not parse ({exc.message}).", None, None, malformed=True)
         return
     folder = path.parent.resolve()
-    tensors = list(model.graph.initializer)
-    for fn in model.functions:
-        for node in fn.node:
-            tensors += [a.t for a in node.attribute if a.HasField("t")]
-    for node in model.graph.node:
-        tensors += [a.t for a in node.attribute if a.HasField("t")]
-    for t in tensors:
-        if t.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in t.external_data}
+    for name, info in entries:
         loc = info.get("location", "")
-        what = f"external data of {t.name!r}: {loc!r}"
+        what = f"external data of {name!r}: {loc!r}"
         if not loc or os.path.isabs(loc) or re.match(r"^[A-Za-z]:", loc) or loc.startswith(("\\", "/")):
             report(DANGEROUS, what, "an absolute location makes the loader read any file on the machine.", None, None)
             continue
@@ -212,7 +195,6 @@ def check_onnx(path: Path, emit) -> None:
             report(SUSPICIOUS, what, f"the range [{offset}, {offset + (length or 0)}) runs past the end of the "
                  f"{size}-byte file.", None, None)
     if not found:
-        from ..formats import onnx as onnx_format
         try:
             onnx_format.open_onnx(path).close()
         except ModelportError as exc:
