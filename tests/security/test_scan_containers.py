@@ -9,6 +9,7 @@ import pickle
 import tarfile
 import zipfile
 
+import pytest
 import torch
 
 from modelport.security import DANGEROUS, SAFE, SUSPICIOUS, scan
@@ -177,3 +178,23 @@ def test_mutated_archives_never_crash_the_scanner(tmp_path):
             p.write_bytes(bytes(data))
             report = scan(p)   # must not raise
             assert all(f.what != "unanalysable structure" for f in report.findings), (name, i, report.findings)
+
+
+def test_guard_leaves_layout_checks_to_the_reader(tmp_path):
+    """`scan` grades an HDF5 external link itself; `guard` skips that second open because the reader
+    that opens the file next refuses the link on its own, with the same verdict for the user."""
+    import h5py
+    import numpy as np
+
+    import modelport
+    from modelport.core.errors import UnsafeFileError
+
+    path = tmp_path / "linked.h5"
+    with h5py.File(path, "w") as f:
+        f["w"] = np.zeros(4, np.float32)
+        f["elsewhere"] = h5py.ExternalLink("/etc/passwd", "/x")
+    full = scan(path).files[0]
+    assert [x.what for x in full.findings] == ["HDF5 layout"] and "external link" in full.findings[0].why
+    assert scan(path, reader_checks=False).files[0].findings == []
+    with pytest.raises(UnsafeFileError, match="external link"):
+        modelport.open(path)

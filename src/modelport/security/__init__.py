@@ -18,8 +18,10 @@ from .findings import DANGEROUS, SAFE, SUSPICIOUS, FileReport, Finding, ScanRepo
 __all__ = ["scan", "guard", "scan_file", "ScanReport", "FileReport", "Finding", "SAFE", "SUSPICIOUS", "DANGEROUS"]
 
 
-def scan(path: str | os.PathLike | Iterable[str | os.PathLike]) -> ScanReport:
-    """Scan files and folders (recursively). A path that does not exist is a `ModelportError` (exit 2)."""
+def scan(path: str | os.PathLike | Iterable[str | os.PathLike], reader_checks: bool = True) -> ScanReport:
+    """Scan files and folders (recursively). A path that does not exist is a `ModelportError` (exit 2).
+
+    `reader_checks=False` leaves the layout checks that modelport's own readers make on open to them."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     report = ScanReport()
     for p in paths:
@@ -29,14 +31,14 @@ def scan(path: str | os.PathLike | Iterable[str | os.PathLike]) -> ScanReport:
         if p.is_file() and not os.access(p, os.R_OK):
             raise ModelportError("cannot read: permission denied", p)
         for f in iter_files(p):
-            report.files.append(scan_file(f))
+            report.files.append(scan_file(f, reader_checks))
     return report
 
 
 def guard(path: str | os.PathLike, trust: bool = False) -> ScanReport:
     """The check every command that opens a model runs first: a dangerous file is refused, a suspicious
     one too unless `trust` (the `--trust` flag). Raises `UnsafeFileError` naming the first finding."""
-    report = scan(path)
+    report = scan(path, reader_checks=False)   # the reader opening it next makes those checks itself
     # A merely malformed structure is left to the format's reader, which refuses it with a sharper message.
     findings = [f for f in report.findings if not f.malformed]
     worst = [f for f in findings if f.severity == DANGEROUS] or \

@@ -79,8 +79,9 @@ class _SliceIO(io.RawIOBase):
 class Scanner:
     """Scans one file (and everything inside it) into a FileReport."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, reader_checks: bool = True):
         self.path = path
+        self.reader_checks = reader_checks
         self.report = FileReport(str(path), "unknown")
         self._seen: dict[tuple, int] = {}
 
@@ -123,7 +124,7 @@ class Scanner:
                 return self.report
             if name.endswith(".onnx") or _onnx(path, head):
                 self.report.kind = "onnx"
-                formats.check_onnx(path, self._emitter(None))
+                formats.check_onnx(path, self._emitter(None), self.reader_checks)
                 return self.report
             if head.startswith(b"GGUF"):
                 self.report.kind = "gguf"
@@ -131,7 +132,7 @@ class Scanner:
                 return self.report
             if head.startswith(b"\x89HDF\r\n\x1a\n"):
                 self.report.kind = "hdf5"
-                formats.check_hdf5(path, self._emitter(None))
+                formats.check_hdf5(path, self._emitter(None), self.reader_checks)
                 return self.report
             if name.endswith(".json"):
                 self.report.kind = "json"
@@ -462,9 +463,12 @@ def _npy_header(buf, start: int, end: int):
     return dtype, shape, hstart + hlen
 
 
-def scan_file(path: Path) -> FileReport:
-    """One file's report. A file the scanner cannot read or analyse is suspicious, never clean."""
-    scanner = Scanner(path)
+def scan_file(path: Path, reader_checks: bool = True) -> FileReport:
+    """One file's report. A file the scanner cannot read or analyse is suspicious, never clean.
+
+    `reader_checks=False` skips opening the file with modelport's own reader to grade its layout
+    (HDF5, ONNX): `guard` passes it because the reader about to open the file refuses those itself."""
+    scanner = Scanner(path, reader_checks)
     try:
         return scanner.scan()
     except OSError as exc:

@@ -119,7 +119,7 @@ def check_keras_config(config, emit, member: str | None) -> None:
                  "calls it when the model is loaded.", None, member)
 
 
-def check_hdf5(path: Path, emit) -> None:
+def check_hdf5(path: Path, emit, reader_checks: bool = True) -> None:
     from ..formats import hdf5
     try:
         h5py = hdf5._h5py()
@@ -142,6 +142,8 @@ def check_hdf5(path: Path, emit) -> None:
         emit(SUSPICIOUS, "HDF5", f"h5py cannot read it ({type(exc).__name__}); a loader may read it differently.",
              None, None, malformed=True)
         return
+    if not reader_checks:
+        return
     try:
         hdf5.open_hdf5(path).close()
     except ModelportError as exc:
@@ -151,7 +153,7 @@ def check_hdf5(path: Path, emit) -> None:
         pass
 
 
-def check_onnx(path: Path, emit) -> None:
+def check_onnx(path: Path, emit, reader_checks: bool = True) -> None:
     """External-data entries of an ONNX model: paths that leave the folder, symlinks, ranges past the file
     (graded here, from the core reader's own protobuf walk), then the core reader's checks."""
     from ..formats import onnx as onnx_format
@@ -194,7 +196,7 @@ def check_onnx(path: Path, emit) -> None:
         if offset < 0 or (length is not None and length < 0) or offset + (length or 0) > size:
             report(SUSPICIOUS, what, f"the range [{offset}, {offset + (length or 0)}) runs past the end of the "
                  f"{size}-byte file.", None, None)
-    if not found:
+    if not found and reader_checks:
         try:
             onnx_format.open_onnx(path).close()
         except ModelportError as exc:
