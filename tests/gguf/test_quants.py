@@ -179,3 +179,21 @@ def test_accepts_enum_and_other_float_inputs():
     a = quants.quantize(x, GGMLQuantizationType.Q4_K)
     b = quants.quantize(x.astype(np.float32), "q4_k")
     assert np.array_equal(a, b)
+
+
+
+def test_rounding_matches_ggml_nearest_int_past_2_22():
+    """ggml rounds with `float v = x + 12582912.f; int i = bits(v); return (i & 0x7fffff) - 0x400000`, which
+    wraps for |x| >= 2^22 instead of rounding. The kernels use np.rint below that and the bit trick above it;
+    real blocks never get there (a level needs |x| >= amax/8, which bounds every x/d), so check it directly."""
+    import struct
+
+    def c_nearest_int(x: float) -> int:
+        v = np.float32(np.float32(x) + np.float32(12582912.0))
+        return (struct.unpack("<i", struct.pack("<f", v))[0] & 0x7FFFFF) - 0x400000
+
+    v = np.array([0.5, 1.5, -2.5, 4194302.7, 4194303.0, 4194304.0, -4194305.0, 5e6, -7e6, 8388607.0, 3.3e7],
+                 np.float32)
+    expected = np.array([min(max(c_nearest_int(float(x)), -32), 31) for x in v], np.float32)
+    assert np.array_equal(quants._rint_clip(v.copy(), -32, 31), expected)
+    assert expected[3:].tolist() != np.clip(np.rint(v[3:]), -32, 31).tolist()   # the wrap does differ from rint

@@ -285,7 +285,8 @@ def _make_q3(x, nmax):
         c0, c1 = b0 * 16, b0 * 16 + X.shape[1]
         amax_signed = _absmax_cols(X)
         zero[c0:c1] = np.abs(amax_signed) < _F(1e-15)
-        L = np.multiply(X, -nmax_f / amax_signed, out=_scratch("q3_L", X.shape))
+        iscale = -nmax_f / amax_signed
+        L = np.multiply(X, iscale, out=_scratch("q3_L", X.shape))
         np.rint(L, out=L)
         np.clip(L, lo, hi, out=L)
         W = np.multiply(X, X, out=_scratch("q3_W", X.shape))
@@ -295,7 +296,9 @@ def _make_q3(x, nmax):
         np.multiply(W, L, out=t)
         t *= L
         np.add.reduce(t, axis=0, out=suml2[c0:c1])
-        np.copyto(LT[c0:c1], L.T)
+        rows = np.multiply(XT[c0:c1], iscale[:, None], out=LT[c0:c1])   # the same levels again, as rows:
+        np.rint(rows, out=rows)                                         # cheaper than transposing L
+        np.clip(rows, lo, hi, out=rows)
     sumlx += _F(0)                                   # C sums start at +0.0
     suml2 += _F(0)
     start = np.zeros(k, np.intp)                    # the element each sub-block visits next
