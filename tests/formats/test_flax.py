@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import time
 
 import ml_dtypes
 import msgpack
@@ -15,6 +14,7 @@ from modelport.core import dtypes
 from modelport.core.errors import FormatError
 from modelport.core.tensor import TensorRef
 from modelport.formats import flax as flax_fmt
+from tests.conftest import measure_cost
 from tests.fixtures.expected import fixture, load_expected
 
 
@@ -129,10 +129,9 @@ def _ext(payload: bytes) -> bytes:
 def test_malformed_files_give_one_line_errors(tmp_path, data, needle):
     path = tmp_path / "bad.msgpack"
     path.write_bytes(data)
-    t = time.perf_counter()
-    with pytest.raises(FormatError, match=needle) as info:
+    with measure_cost() as cost, pytest.raises(FormatError, match=needle) as info:
         modelport.open(path, format="flax")
-    assert "\n" not in str(info.value) and time.perf_counter() - t < 1
+    assert "\n" not in str(info.value) and cost.peak_alloc < 8 << 20
 
 
 def test_truncations_of_a_real_file(tmp_path):
@@ -144,9 +143,12 @@ def test_truncations_of_a_real_file(tmp_path):
             modelport.open(path, format="flax")
 
 
-def test_inspect_is_fast(tmp_path):
+def test_open_reads_no_tensor_data(tmp_path):
+    """500 tensors, 33 MB: open finds every array's offset without reading or copying the arrays."""
     out = tmp_path / "many.msgpack"
     flax_fmt.write_flax([_ref(f"layers.{i}.w", np.ones((128, 128), np.float32)) for i in range(500)], out)
-    t = time.perf_counter()
-    src = modelport.open(out)
-    assert len(src) == 500 and time.perf_counter() - t < 0.2
+    modelport.open(out).close()                     # imports and caches warm
+    with measure_cost() as cost:
+        src = modelport.open(out)
+    assert len(src) == 500 and cost.read_bytes < (1 << 20) and cost.peak_alloc < (4 << 20), cost
+    assert src["layers.499.w"].read().sum() == 128 * 128

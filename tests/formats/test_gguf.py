@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import struct
-import time
-import tracemalloc
 from pathlib import Path
 
 import ml_dtypes
@@ -21,6 +19,7 @@ from modelport.core import dtypes
 from modelport.core.errors import FormatError, UnsupportedError
 from modelport.core.tensor import TensorRef
 from modelport.formats.gguf import GGUFArray, open_gguf, write_gguf
+from tests.conftest import measure_cost
 
 RNG = np.random.default_rng(0)
 
@@ -302,14 +301,9 @@ MALFORMED = {
 def test_malformed_files_fail_fast_with_one_line(tmp_path, case):
     path = tmp_path / "bad.gguf"
     path.write_bytes(_build(**MALFORMED[case]))
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    with pytest.raises(FormatError) as err:
+    with measure_cost() as cost, pytest.raises(FormatError) as err:
         modelport.open(path)
-    elapsed = time.perf_counter() - t0
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    assert elapsed < 1.0 and peak < 8 * 1024 * 1024, (elapsed, peak)
+    assert cost.peak_alloc < 8 << 20, cost
     assert "\n" not in str(err.value) and err.value.path == str(path)
 
 
@@ -347,9 +341,10 @@ def _smollm2() -> Path:
 @pytest.mark.slow
 def test_smollm2_reads_like_gguf_py(tmp_path):
     path = _smollm2()
-    t0 = time.perf_counter()
-    src = modelport.open(path)
-    assert time.perf_counter() - t0 < 0.2
+    modelport.open(path).close()
+    with measure_cost() as cost:                    # header and tokenizer only: 3 MB of a 100 MB file
+        src = modelport.open(path)
+    assert cost.read_bytes < path.stat().st_size // 10 and cost.peak_alloc < path.stat().st_size // 10, cost
     _check_against_reader(path, src)
     d = src.details
     assert d["architecture"] == "llama" and d["file_type"] == "Q4_1"

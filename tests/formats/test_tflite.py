@@ -4,7 +4,6 @@ built at test time with the `flatbuffers` runtime for what the converter does no
 from __future__ import annotations
 
 import random
-import time
 
 import flatbuffers
 import ml_dtypes
@@ -14,6 +13,7 @@ import pytest
 import modelport
 from modelport.core.errors import FormatError
 from modelport.core.packing import pack_nibbles
+from tests.conftest import measure_cost
 from tests.fixtures.expected import fixture, load_expected
 
 FLOAT32, INT32, INT8, INT4, INT2 = 0, 2, 9, 17, 19
@@ -147,14 +147,7 @@ def test_vector_length_bomb(tmp_path):
     data[vec:vec + 4] = (0x7FFFFFFF).to_bytes(4, "little")
     path = tmp_path / "bomb.tflite"
     path.write_bytes(bytes(data))
-    t = time.perf_counter()
-    with pytest.raises(FormatError, match="outside the file"):
+    with measure_cost() as cost, pytest.raises(FormatError, match="outside the file"):
         modelport.open(path)
-    assert time.perf_counter() - t < 1
+    assert cost.peak_alloc < 1 << 20, cost
 
-
-def test_inspect_is_fast():
-    modelport.open(fixture("model_f32.tflite")).close()
-    t = time.perf_counter()
-    modelport.open(fixture("model_int8.tflite")).close()
-    assert time.perf_counter() - t < 0.2

@@ -140,7 +140,7 @@ class Scanner:
                 return self.report
             if name.endswith(".safetensors") or (len(head) > 9 and head[8:9] == b"{"):
                 self.report.kind = "safetensors"
-                formats.check_safetensors(path, self._emitter(None))
+                formats.check_safetensors(path, self._emitter(None), self.reader_checks)
                 return self.report
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 self.report.kind = self.blob(mm, 0, size, None, 0, name)
