@@ -143,9 +143,6 @@ def test_guard_refuses_dangerous_and_untrusted_suspicious(tmp_path):
 
 
 def test_endless_pickle_is_cut_short():
-    import time
     data = b"\x80\x02" + b"N0" * (pickle_vm.MAX_OPS // 2 + 10) + b"N."
-    t = time.perf_counter()
     found, results = _run(data)
     assert [f[1] for f in found] == ["oversized pickle"] and not results[0].complete
-    assert time.perf_counter() - t < 30
