@@ -182,17 +182,19 @@ def test_gguf_kv_cache_from_metadata(gguf_files):
 
 # ------------------------------------------------------------------------------ GGUF files from modelport's converter
 
-@pytest.mark.parametrize("arch,style", [("llama", "spm"), ("qwen2", "llama3"), ("gpt2", "gpt2")])
-def test_estimate_matches_modelports_converter(tmp_path, arch, style):
+@pytest.mark.parametrize("arch,style,long", [("llama", "spm", False), ("qwen2", "llama3", False), ("gpt2", "gpt2", False),
+                                             ("phi3", "spm", True)])
+def test_estimate_matches_modelports_converter(tmp_path, arch, style, long):
     """HF folder -> GGUF at every row of the table, by modelport's converter (K-mixes included): the estimate made
     from the HF folder before converting is within 1 % of each file (header from the converter's own metadata plan)."""
     import modelport
     from modelport.gguf.convert import hf_to_gguf
-    from tests.gguf.hf_models import make_model
+    from tests.gguf.hf_models import long_rope, make_model
 
+    opts = dict(rope_scaling=long_rope(64), max_positions=4096) if long else {}   # + the rope factor tensors
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        folder = make_model(tmp_path / arch, arch, style, hidden=256, ffn=512)
+        folder = make_model(tmp_path / arch, arch, style, hidden=256, ffn=512, **opts)
     predicted = estimate(folder)["weights"]
     for ftype in ROWS:
         out = tmp_path / f"{arch}-{ftype}.gguf"

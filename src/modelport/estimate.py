@@ -38,6 +38,7 @@ from typing import Any
 from .core.dtypes import DTYPES
 from .core.errors import FormatError, UnsupportedError
 from .core.source import ModelSource, read_json
+from .gguf.architectures import COMPUTED_TENSORS
 from .core.source import open as open_model
 from .gguf.mixes import BASE_TYPE, ModelShape, allows_quantization, choose_types
 from .inspection import config_summary
@@ -53,7 +54,6 @@ OPTIMIZERS = {"adamw": 8.0, "adamw8bit": 2.0, "sgd": 0.0}       # optimizer-stat
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _LORA_GGUF = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
               "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
-COMPUTED = ("rope_freqs.weight",)           # GGUF tensors the converter computes from the config, not parameters
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)   # 4-bit codes + 8-bit absmax per 64 + F32 per 256 absmax (double quant)
 UBATCH = 512
 GiB = 1 << 30
@@ -251,9 +251,10 @@ def _extra_tensors(config: dict, add) -> None:
         extra = architectures.for_config(config).extra_tensors()
     except ModelportError:
         return
+    kinds = {"rope_freqs.weight": T.ROPE_FREQS, "rope_factors_long.weight": T.ROPE_FACTORS_LONG,
+             "rope_factors_short.weight": T.ROPE_FACTORS_SHORT}
     for name, values in extra.items():
-        if name == "rope_freqs.weight":
-            add(T.ROPE_FREQS, values.shape)
+        add(kinds[name], values.shape)
 
 
 def _gpt2_blocks(hp: Hyper, add) -> None:
@@ -290,7 +291,7 @@ class ModelView:
     @property
     def parameter_count(self) -> int:
         """The model's parameters (what transformers counts): GGUF tensors computed from the config excluded."""
-        return sum(math.prod(shape) for name, (shape, _) in self.tensors.items() if name not in COMPUTED)
+        return sum(math.prod(shape) for name, (shape, _) in self.tensors.items() if name not in COMPUTED_TENSORS)
 
 
 _EXPERT = re.compile(r"(.+\.experts)\.(\d+)\.(\w+)\.weight$")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. I've been told he's there, you're sure? We'll see.",
     "Der schnelle braune Fuchs springt über den faulen Hund. Größe, Straße, Übermut, schön.",
@@ -156,9 +158,19 @@ def save_tokenizer(tok, style: str, folder: Path, chat_template: str | None = No
     return hf
 
 
+def long_rope(head_dim: int, seed: int = 1) -> dict:
+    """Phi-3-128k-style `longrope` scaling for a tiny model: per-frequency factors away from 1, so that using
+    the wrong list (or none) shows in the logits."""
+    rng = np.random.default_rng(seed)
+    half = head_dim // 2
+    return {"rope_type": "longrope", "short_factor": [round(float(v), 4) for v in rng.uniform(1.0, 1.5, half)],
+            "long_factor": [round(float(v), 4) for v in rng.uniform(1.0, 30.0, half)]}
+
+
 def make_model(folder: Path, arch: str, style: str, *, hidden: int = 256, layers: int = 2, heads: int = 4,
                kv_heads: int = 2, ffn: int = 512, tied: bool = False, vocab_pad: int = 0, chat_template: str | None = None,
-               seed: int = 0, dtype=None, rope_theta: float = 10000.0, init: float = 0.05) -> Path:
+               seed: int = 0, dtype=None, rope_theta: float = 10000.0, init: float = 0.05,
+               rope_scaling: dict | None = None, max_positions: int = 512) -> Path:
     """Save a random transformers model of `arch` (llama, qwen2, gpt2, phi3) with a `style` tokenizer in `folder`."""
     import torch
     import transformers
@@ -185,10 +197,14 @@ def make_model(folder: Path, arch: str, style: str, *, hidden: int = 256, layers
                                       **{k: v for k, v in common.items() if k != "tie_word_embeddings"})
         cls = transformers.GPT2LMHeadModel
     elif arch == "phi3":
+        rope = {"rope_theta": rope_theta, **(rope_scaling or {})}
+        if rope_scaling:   # long rope: the factors are relative to the pretraining context, 512 here
+            rope["original_max_position_embeddings"] = 512
         cfg = transformers.Phi3Config(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
-                                      original_max_position_embeddings=512, pad_token_id=eos, sliding_window=None,
-                                      rms_norm_eps=1e-5, **common)
+                                      num_attention_heads=heads, num_key_value_heads=kv_heads,
+                                      max_position_embeddings=max_positions, original_max_position_embeddings=512,
+                                      pad_token_id=eos, sliding_window=None, rms_norm_eps=1e-5, rope_parameters=rope,
+                                      **common)
         cls = transformers.Phi3ForCausalLM
     elif arch in ("gemma", "gemma2"):
         extra = dict(query_pre_attn_scalar=hidden // heads, sliding_window=256) if arch == "gemma2" else {}

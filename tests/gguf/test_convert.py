@@ -17,7 +17,7 @@ import pytest
 from modelport.conversion import convert
 from modelport.formats.gguf import open_gguf, read_header
 from tests.conftest import assert_one_line_error
-from tests.gguf.hf_models import CHATML, LLAMA3, PHI3, TEST_TEXT, make_model
+from tests.gguf.hf_models import CHATML, LLAMA3, PHI3, TEST_TEXT, long_rope, make_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -29,6 +29,7 @@ MODELS = {  # name: (arch, tokenizer style, options)
     "qwen2": ("qwen2", "qwen2", dict(chat_template=CHATML, tied=True, kv_heads=1)),   # n_gqa 4: the Q2_K attn_v rule
     "gpt2": ("gpt2", "gpt2", dict()),
     "phi3": ("phi3", "spm", dict(kv_heads=4, chat_template=PHI3)),
+    "phi3_long": ("phi3", "spm", dict(kv_heads=4, chat_template=PHI3, rope_scaling=long_rope(64), max_positions=4096)),
     "tinyllama": ("llama", "spm", dict(vocab_pad=3)),
     "gemma": ("gemma", "gemma", dict()),
     "gemma2": ("gemma2", "gemma", dict()),
@@ -58,9 +59,9 @@ def _hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].numpy()
 
 
-def _gguf_logits(path: Path, ids: list[int]) -> np.ndarray:
+def _gguf_logits(path: Path, ids: list[int], n_ctx: int = 256) -> np.ndarray:
     llama_cpp = _llama_cpp()
-    llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=256, n_threads=2, verbose=False, seed=0)
+    llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=n_ctx, n_threads=2, verbose=False, seed=0)
     llm.eval(ids)
     out = np.array(llm.scores[: len(ids)], dtype=np.float32)
     llm.close()
@@ -92,6 +93,21 @@ def test_float_gguf_logits_match_transformers(models, tmp_path, cli, name, quant
     assert (got.argmax(-1) == ref.argmax(-1)).mean() > (0.95 if quant != "BF16" else 0.8)
     types = {t.dtype.name for t in read_header(out).tensors}
     assert types == {"F32", quant} if quant != "F32" else types == {"F32"}
+
+
+@pytest.mark.slow
+def test_phi3_long_rope_past_the_original_context(models, tmp_path):
+    """Phi-3-128k style: beyond the pretraining context (512 here) both engines switch to the long factors
+    and scale attention by sqrt(1 + ln(8)/ln(512)); the short-context case is in the test above."""
+    folder = models("phi3_long")
+    out = tmp_path / "long.gguf"
+    convert(folder, out, quant="F32")
+    meta = read_header(out).metadata
+    assert float(meta["phi3.rope.scaling.attn_factor"]) == pytest.approx(np.sqrt(1 + np.log(8) / np.log(512)), rel=1e-6)
+    ids = (transformers.AutoTokenizer.from_pretrained(folder).encode(TEST_TEXT) * 8)[:600]
+    ref = _hf_logits(folder, ids)
+    got = _gguf_logits(out, ids, n_ctx=1024)
+    assert _rel_rms(got[520:], ref[520:]) < 2e-3
 
 
 def _types_and_bytes(path: Path) -> dict[str, tuple[str, bytes]]:

@@ -22,7 +22,7 @@ from modelport.formats.gguf import open_gguf
 from modelport.gguf import architectures
 from modelport.gguf.hf_tokenizer import from_gguf
 from tests.conftest import assert_one_line_error
-from tests.gguf.hf_models import CHATML, LLAMA3, PHI3, TEST_TEXT, make_model
+from tests.gguf.hf_models import CHATML, LLAMA3, PHI3, TEST_TEXT, long_rope, make_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -192,6 +192,7 @@ MODELS = {  # name: (arch, tokenizer style, options)
     "qwen2": ("qwen2", "qwen2", dict(chat_template=CHATML, tied=True, kv_heads=1)),
     "gpt2": ("gpt2", "gpt2", dict()),
     "phi3": ("phi3", "spm", dict(kv_heads=4, chat_template=PHI3)),
+    "phi3_long": ("phi3", "spm", dict(kv_heads=4, chat_template=PHI3, rope_scaling=long_rope(64), max_positions=4096)),
     "gemma": ("gemma", "gemma", dict()),
     "gemma2": ("gemma2", "gemma", dict()),
 }

@@ -61,6 +61,10 @@ TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
 
 # --- the base class -----------------------------------------------------------------------------
 
+#: GGUF tensors a converter computes from config.json (rope scaling), not model parameters.
+COMPUTED_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+
+
 def _first(config: dict, *keys, default=None):
     for k in keys:
         if config.get(k) is not None:
@@ -453,7 +457,11 @@ class GPT2(Architecture):
 
 
 class Phi3(Architecture):
-    """Phi-3 / Phi-3.5-mini (and Phi-4 mini without long-rope factors): fused QKV and gate_up, NEOX RoPE."""
+    """Phi-3 / Phi-3.5 / Phi-4 mini: fused QKV and gate_up, NEOX RoPE.
+
+    Long-context checkpoints (128k, rope type `longrope`, formerly `su`; `yarn`) keep per-frequency
+    `long_factor`/`short_factor` lists: llama.cpp stores them as the F32 tensors `rope_factors_long/short`
+    and the attention scale as `rope.scaling.attn_factor`; the way back folds them into rope_parameters."""
 
     name = "phi3"
     hf_architectures = ("Phi3ForCausalLM",)
@@ -482,14 +490,61 @@ class Phi3(Architecture):
         if rot != 1.0:
             out["partial_rotary_factor"] = out["rope_parameters"]["partial_rotary_factor"] = rot
         out["sliding_window"] = g.get("attention.sliding_window") or None
+        if "rope_factors_long.weight" in tensors:
+            rp = out["rope_parameters"]
+            rp.update(rope_type="longrope", original_max_position_embeddings=out["original_max_position_embeddings"])
+            for kind in ("long", "short"):
+                values = np.asarray(tensors[f"rope_factors_{kind}.weight"].read(), np.float32).reshape(-1)
+                rp[f"{kind}_factor"] = [float(str(v)) for v in values]   # shortest text that is the same float32
+            stored = g.get("rope.scaling.attn_factor")
+            if stored is not None and np.float32(stored) != np.float32(cls._attn_factor(out, rp)):
+                rp["attention_factor"] = stored
         return out
+
+    @staticmethod
+    def _attn_factor(config: dict, rp: dict) -> float:
+        """The cos/sin scale of long-rope models, as transformers computes it (and llama.cpp's converter,
+        which takes the same context ratio; the original Phi-3 `yarn` variant used 0.1 ln(s) + 1)."""
+        if rp.get("attention_factor") is not None:
+            return float(rp["attention_factor"])
+        orig = rp.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
+        scale = rp.get("factor") or config["max_position_embeddings"] / orig
+        if scale <= 1.0:
+            return 1.0
+        if str(rp.get("rope_type", "")).lower() == "yarn":
+            return 0.1 * math.log(scale) + 1.0
+        return math.sqrt(1 + math.log(scale) / math.log(orig))
+
+    def _rope_dims(self) -> int:
+        rp = self.rope_parameters()
+        rot = rp.get("partial_rotary_factor", self.config.get("partial_rotary_factor", 1.0))
+        return int(rot * int(self.config["hidden_size"])) // self.n_head
+
+    def _long_rope(self) -> dict | None:
+        """rope_parameters of a long-rope checkpoint, checked; None for a plain one."""
+        rp = self.rope_parameters()
+        if not rp.get("long_factor") and not rp.get("short_factor"):
+            return None
+        kind = str(rp.get("rope_type", "")).lower()
+        if kind not in ("longrope", "su", "yarn"):
+            raise UnsupportedError(f"Phi-3 rope scaling {kind!r} is not supported (longrope, su and yarn are)")
+        half = self._rope_dims() // 2
+        for key in ("long_factor", "short_factor"):
+            if not isinstance(rp.get(key), list) or len(rp[key]) != half:
+                raise UnsupportedError(f"rope_parameters.{key} must list {half} numbers (half the rotary dims)")
+        return rp
+
+    def extra_tensors(self):
+        rp = self._long_rope()
+        if rp is None:
+            return {}
+        return {f"rope_factors_{kind}.weight": np.asarray(rp[f"{kind}_factor"], np.float32) for kind in ("long", "short")}
 
     def hparams(self):
         c = self.config
         k = self._key
         rp = self.rope_parameters()
-        if rp.get("long_factor"):
-            raise UnsupportedError("Phi-3 long-context (longrope) models are not supported yet")
+        long_rope = self._long_rope()
         n_embd = int(c["hidden_size"])
         rot = rp.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0))
         orig = _first(rp, "original_max_position_embeddings") or c.get("original_max_position_embeddings") \
@@ -506,6 +561,7 @@ class Phi3(Architecture):
             k("rope.dimension_count"): u32(int(rot * n_embd) // self.n_head),
             k("rope.freq_base"): f32(rp.get("rope_theta", 10000.0)),
             k("attention.sliding_window"): u32(c.get("sliding_window") or 0),
+            **({k("rope.scaling.attn_factor"): f32(self._attn_factor(c, long_rope))} if long_rope else {}),
         }
 
 

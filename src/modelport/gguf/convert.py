@@ -129,8 +129,7 @@ def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_fi
         if not (ref.dtype.is_float or ref.dtype.is_quantized):
             raise UnsupportedError(f"tensor {ref.name!r} is {ref.dtype.name}, not a float tensor", source.path)
         planned.append(Planned(gname, arch.gguf_shape(gname, ref.shape), _loader(arch, gname, ref)))
-    for name, values in arch.extra_tensors().items():
-        planned.insert(0, Planned(name, values.shape, lambda v=values: v))
+    planned[0:0] = [Planned(name, values.shape, lambda v=values: v) for name, values in arch.extra_tensors().items()]
     if "token_embd.weight" not in seen:
         raise FormatError(f"no token embedding among the tensors (expected {arch.hf_name('token_embd.weight')!r})",
                           source.path)

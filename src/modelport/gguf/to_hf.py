@@ -62,7 +62,7 @@ def plan(source, dtype: dtypes.DType | None = None) -> tuple[dict[str, Any], lis
         raise UnsupportedError(f"--dtype must be f32, f16 or bf16 for Hugging Face output, not {dtype.name}")
     refs = []
     for ref in source:
-        if ref.name == "rope_freqs.weight":
+        if ref.name in architectures.COMPUTED_TENSORS:
             continue        # folded into rope_parameters by config_from_gguf
         hf_name = arch.hf_name(ref.name)
         shape = arch.gguf_shape(ref.name, ref.shape)    # the transpose is its own inverse
