@@ -594,8 +594,8 @@ def _q5_1(x):
     return np.concatenate([d.view(np.uint8).reshape(-1, 2), m.view(np.uint8).reshape(-1, 2), _qh(q), _nib(q)], axis=1)
 
 
-_KERNELS = {
-    "Q8_0": (_q8_0, 1 << 15), "Q4_0": (_q4_0, 1 << 15), "Q4_1": (_q4_1, 1 << 15),
+_KERNELS = {  # kernel, blocks per chunk (sized so that a chunk's temporaries stay in cache)
+    "Q8_0": (_q8_0, 1 << 13), "Q4_0": (_q4_0, 1 << 15), "Q4_1": (_q4_1, 1 << 15),
     "Q5_0": (_q5_0, 1 << 15), "Q5_1": (_q5_1, 1 << 15),
     "Q2_K": (_q2_k, 1024), "Q3_K": (_q3_k, 2048), "Q4_K": (_q4_k, 1024), "Q5_K": (_q5_k, 1024), "Q6_K": (_q6_k, 512),
 }
