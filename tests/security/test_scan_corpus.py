@@ -76,6 +76,8 @@ def test_findings_say_what_and_where(samples):
         assert "os.system" in {x.what for x in _findings(m / legacy)}, legacy
     assert any(x.what.startswith("BUILD on numpy.prod") for x in _findings(m / "build_on_global.pkl"))
     assert any(x.what == "STACK_GLOBAL with a computed name" for x in _findings(m / "computed_stack_global.pkl"))
+    # one Lambda layer is one finding (not also its function entry and that function's module)
+    assert [(x.severity, x.what) for x in _findings(m / "lambda.h5")] == [(DANGEROUS, "Lambda layer lam (Python bytecode)")]
 
 
 def test_kinds_are_recognised_by_content(samples):

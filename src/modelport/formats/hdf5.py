@@ -141,7 +141,7 @@ def keras_summary(config) -> dict:
     flagged: list[str] = []
     layers = 0
 
-    def walk(node, depth=0, in_layers=False):
+    def walk(node, depth=0, in_layers=False, in_lambda=False):
         nonlocal layers
         if depth > 200:
             return
@@ -150,17 +150,18 @@ def keras_summary(config) -> dict:
             if in_layers and isinstance(cls, str):
                 classes[cls] += 1
                 layers += 1
-            if cls in ("Lambda", "__lambda__") or "function_type" in node:
+            lam = cls in ("Lambda", "__lambda__") or "function_type" in node
+            if lam and not in_lambda:    # once per layer: its function entry and module are the same finding
                 cfg = node.get("config") if isinstance(node.get("config"), dict) else {}
-                flagged.append(f"Lambda layer {cfg.get('name', '?')} (Python bytecode)")
+                flagged.append(f"Lambda layer {cfg.get('name', node.get('name', '?'))} (Python bytecode)")
             module = node.get("module")
-            if isinstance(module, str) and not _KERAS_MODULES.match(module):
+            if isinstance(module, str) and not _KERAS_MODULES.match(module) and not (lam or in_lambda):
                 flagged.append(f"{module}.{cls or node.get('registered_name', '?')} (code outside Keras)")
             for key, value in node.items():
-                walk(value, depth + 1, key == "layers" and isinstance(value, list))
+                walk(value, depth + 1, key == "layers" and isinstance(value, list), in_lambda or lam)
         elif isinstance(node, list):
             for value in node:
-                walk(value, depth + 1, in_layers)
+                walk(value, depth + 1, in_layers, in_lambda)
 
     walk(config)
     top = config.get("class_name") if isinstance(config, dict) else None
