@@ -32,6 +32,7 @@ bench: setup
 	$(PY) -m pip install -q -c constraints.txt picklescan fickling tomlkit
 	$(PY) -m pip install -q -c constraints.txt --no-deps modelscan
 	$(PY) bench/read_all.py
+	$(PY) bench/inspect_speed.py
 	$(PY) bench/convert_pt.py
 	$(PY) bench/scan.py
 	$(PY) bench/quantize.py
