@@ -59,7 +59,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(report.to_dict())
             return
-        table = Table(title=f"A: {a.name} ({report.engine_a})  vs  B: {b.name} ({report.engine_b})", title_justify="left")
+        console.print(f"[bold]A[/bold] {a.name} ({report.engine_a})\n[bold]B[/bold] {b.name} ({report.engine_b})",
+                      highlight=False)
+        table = Table()
         table.add_column("measure")
         table.add_column("value", justify="right")
         table.add_row("tokens compared", str(report.tokens))
