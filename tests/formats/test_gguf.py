@@ -167,6 +167,25 @@ def test_config_and_details(fixture_file):
     assert d["bits_per_weight"] == round(total_bits / src.parameter_count, 3)
 
 
+def test_inspect_shows_each_metadata_key_once(fixture_file, tmp_path, cli):
+    """Hyperparameters and tokenizer keys sit in their own tables (float32 in shortest form); the rest of the
+    metadata follows once; `--json` keeps everything."""
+    w = GGUFWriter(tmp_path / "eps.gguf", "llama")
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_string("general.license", "apache-2.0")
+    w.add_tensor("w", np.zeros(4, np.float32))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    res = cli("inspect", tmp_path / "eps.gguf")
+    assert res.code == 0, res.stderr
+    assert "1e-05" in res.stdout and "9.99" not in res.stdout
+    assert res.stdout.count("layer_norm_rms_epsilon") == 1 and "Other metadata" in res.stdout
+    res = cli("inspect", fixture_file)
+    assert res.stdout.count("tokenizer.ggml.pre") == 0 and res.stdout.count("smollm") == 1
+    assert res.stdout.count("llama.block_count") == 0 and res.stdout.count("block_count") == 1
+    full = json.loads(cli("inspect", fixture_file, "--json").stdout)
+    assert full["metadata"]["tokenizer.ggml.pre"] == "smollm" and full["details"]["hyperparameters"]["block_count"] == 2
+
+
 def test_gguf_to_gguf_is_byte_identical(fixture_file, tmp_path):
     src = open_gguf(fixture_file)
     out = tmp_path / "copy.gguf"

@@ -38,6 +38,21 @@ def _kv_table(title: str, data: dict) -> Table:
     return table
 
 
+def _shown_above(report: dict) -> set[str]:
+    """Metadata keys the detail tables already show (GGUF hyperparameters, tokenizer, chat template)."""
+    details = report["details"] if isinstance(report["details"], dict) else {}
+    metadata = report["metadata"] or {}
+    arch = details.get("architecture")
+    keys = {f"{arch}.{k}" for k in details.get("hyperparameters", {})} if arch else set()
+    if details.get("tokenizer"):
+        keys |= {k for k in metadata if k.startswith("tokenizer.")}
+    for key, detail in (("general.architecture", "architecture"), ("general.name", "name"),
+                        ("general.file_type", "file_type")):
+        if detail in details:
+            keys.add(key)
+    return keys & set(metadata)
+
+
 def render(report: dict, show_tensors: bool) -> None:
     files = report["files"]
     summary = {
@@ -62,13 +77,15 @@ def render(report: dict, show_tensors: bool) -> None:
     if report["config"]:
         console.print(_kv_table("Architecture (config)", report["config"]))
     for title, value in report["details"].items() if isinstance(report["details"], dict) else ():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict) and value and title != "tensor_types":    # that one is the dtype table above
             console.print(_kv_table(title.replace("_", " ").capitalize(), value))
     flat = {k: v for k, v in report["details"].items() if not isinstance(v, dict)}
     if flat:
         console.print(_kv_table("Format details", flat))
-    if report["metadata"]:
-        console.print(_kv_table("Metadata", report["metadata"]))
+    shown = _shown_above(report)
+    rest = {k: v for k, v in report["metadata"].items() if k not in shown}
+    if rest:
+        console.print(_kv_table("Other metadata" if shown else "Metadata", rest))
     if report["side_files"]:
         console.print(_kv_table("Side files", {"files": report["side_files"]}))
 

@@ -329,6 +329,8 @@ def plain_value(value):
     """A metadata value as plain JSON-able Python for display (NumPy scalars unwrapped, arrays summarised)."""
     if isinstance(value, GGUFArray):
         return str(value)
+    if isinstance(value, np.float32):
+        return float(str(value))        # the shortest decimal that is this float32: 1e-05, not 9.99999974e-06
     if isinstance(value, np.generic):
         return value.item()
     return value
