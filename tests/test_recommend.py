@@ -84,7 +84,8 @@ def test_commands_for_gguf_files(tmp_path):
     r = recommend(f16, "cpu", memory="100MB")
     assert r["command"] == f"modelport quantize {shlex.quote(str(f16))} m-F16-{r['precision']}.gguf --type {r['precision']}"
     again = recommend(q4, "cpu", memory="100MB")
-    assert again["precision"] == "Q8_0" and again["command"] is None and "already quantized" in again["why"][-1]
+    assert again["precision"] == "Q4_K_M" and again["fits"] and again["size"] == q4.stat().st_size
+    assert again["command"] == f"modelport run {shlex.quote(str(q4))}" and "use it as is" in again["why"][-1]
     train = recommend(q4, "train")
     assert train["command"] == f"modelport convert {shlex.quote(str(q4))} m-Q4_K_M-hf --to hf --dtype bf16"
 

@@ -28,6 +28,7 @@ DEFAULT_DEVICE = {"train": "rtx3090", "serve-gpu": "rtx3090", "cpu": "cpu-16gb",
 
 _CPU_LADDER = tuple(f for f in LADDER if f != "F16")                  # F16 on a CPU: twice the memory, no gain
 _MOBILE_LADDER = ("Q4_0", "Q3_K_M", "Q2_K")                           # Q4_0: llama.cpp repacks it for ARM at load
+_FLOAT_FTYPES = (None, "ALL_F32", "F16", "BF16", "MOSTLY_F16")         # GGUF file types that are not quantized
 
 
 def _stem(model: str, view: ModelView) -> str:
@@ -54,7 +55,7 @@ def _gguf_command(model: str, view: ModelView, ftype: str, out: str) -> tuple[st
     if view.kind == "gguf":
         if view.file_type == ftype:
             return None, f"the file is already {ftype}"
-        if view.file_type not in (None, "ALL_F32", "F16", "BF16", "MOSTLY_F16"):
+        if view.file_type not in _FLOAT_FTYPES:
             return None, (f"the file is already quantized ({view.file_type}); re-quantizing loses quality, "
                           "start from the F16/BF16 or Hugging Face original")
         return f"modelport quantize {shlex.quote(model)} {shlex.quote(out)} --type {ftype}", None
@@ -159,6 +160,13 @@ def recommend(model: str | os.PathLike, goal: str, *, device: str | None = None,
                    "with a 4-bit GGUF is the practical path, and Q4_0 is the type it repacks for ARM CPUs")
     else:
         why.append("GGUF is llama.cpp's format: memory-mapped, quantized, fast on CPUs")
+    if view.kind == "gguf" and view.file_type not in _FLOAT_FTYPES and report["inference"]:
+        need = view.file_size + report["inference"]["kv_cache"] + report["inference"]["compute_buffer"]
+        if need <= dev.usable:   # a quantized GGUF that fits: another type would only be a copy of a copy
+            why.append(f"the file is already a {view.file_type} GGUF whose weights, KV cache and compute "
+                       f"({need / 1e9:.2f} GB) fit {dev.description}: use it as is (re-quantizing a quantized file "
+                       "loses quality; for another type start from the F16/BF16 or Hugging Face original)")
+            return answer("GGUF", view.file_type, view.file_size, need, f"modelport run {shlex.quote(model)}", None)
     ftype = _pick(report, ladder, dev)
     if ftype is None:
         why.append(f"even {ladder[-1]} ({totals[ladder[-1]] / 1e9:.2f} GB with KV cache) does not fit {dev.description}")
