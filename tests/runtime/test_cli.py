@@ -35,6 +35,25 @@ def test_run_streams_the_same_text_json_reports(tiny):
     assert piped.stdout == streamed.stdout
 
 
+def test_run_stops_at_a_stop_string(tiny):
+    """--stop ends the answer where the text first appears, streamed and in --json alike; a stop string that
+    never completes (only its start appears) is printed in full at the end."""
+    base = ("run", tiny, "-p", QUESTION, "--max-tokens", "16", "--ignore-eos", "--temperature", "1", "--seed", "2")
+    full = json.loads(run_cli(*base, "--json").stdout)["text"]
+    # a stop string of two letters from the first half (the random model also emits byte pieces)
+    at = next(i for i in range(1, len(full) // 2) if full[i:i + 2].isascii() and full[i:i + 2].isalnum())
+    stop = full[at:at + 2]
+    expected = full[:full.index(stop)]
+    streamed = run_cli(*base, "--stop", stop, "--stop", "never seen")
+    data = json.loads(run_cli(*base, "--stop", stop, "--json").stdout)
+    assert streamed.code == 0 and streamed.stdout == expected + "\n"
+    assert data["text"] == expected and data["stop_reason"] == "stop" and data["stop"] == [stop]
+    assert data["completion_tokens"] < 16
+    tail_start = full[-2:] + "\u2603"                   # the text ends with its start, then the answer ends
+    ends = run_cli(*base, "--stop", tail_start)
+    assert ends.stdout == full + "\n"
+
+
 def test_run_seed_reproducible(tiny):
     args = ("run", tiny, "-p", QUESTION, "--max-tokens", "12", "--ignore-eos", "--temperature", "1", "--json")
     a = json.loads(run_cli(*args, "--seed", "5").stdout)["tokens"]

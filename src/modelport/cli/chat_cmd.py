@@ -15,7 +15,7 @@ import typer
 
 from ..core.errors import UnsupportedError
 from .output import err_console, trust_option
-from .run_cmd import engine_option, quiet_libraries, sampling_from, write
+from .run_cmd import engine_option, quiet_libraries, sampling_from, stop_option, write
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system message), /exit"
 
@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling."),
         engine: str = engine_option(),
         ctx: Optional[int] = typer.Option(None, "--ctx", help="Context length (default: the model's)."),
+        stop: Optional[list[str]] = stop_option(),
         stats: bool = typer.Option(False, "--stats", help="After each answer, print token counts and speed on stderr."),
         trust: bool = trust_option(),
     ) -> None:
@@ -79,7 +80,7 @@ def register(app: typer.Typer) -> None:
                                       f"{eng.n_ctx}; /reset to start over[/yellow]")
                     continue
                 result = eng.complete(ids, on_text=write, max_tokens=min(max_tokens, eng.n_ctx - len(ids)),
-                                      sampling=sampling)
+                                      sampling=sampling, stop=stop or ())
                 write("\n")
                 history += [{"role": "user", "content": text}, {"role": "assistant", "content": result.text}]
                 if stats:

@@ -29,6 +29,10 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
 
 
+def stop_option():
+    return typer.Option(None, "--stop", help="End the answer where this text appears (repeatable; not printed).")
+
+
 def write(piece: str) -> None:
     sys.stdout.write(piece)
     sys.stdout.flush()
@@ -49,6 +53,7 @@ def register(app: typer.Typer) -> None:
         ctx: Optional[int] = typer.Option(None, "--ctx", help="Context length (default: the model's)."),
         raw: bool = typer.Option(False, "--raw", help="Send the prompt as plain text, without the chat template."),
         ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Do not stop at end-of-turn tokens (benchmarks)."),
+        stop: Optional[list[str]] = stop_option(),
         as_json: bool = typer.Option(False, "--json", help="Print the full result (text, token counts, timings) as JSON."),
         trust: bool = trust_option(),
     ) -> None:
@@ -71,10 +76,10 @@ def register(app: typer.Typer) -> None:
                 messages = ([{"role": "system", "content": system}] if system is not None else [])
                 ids = eng.chat_ids(messages + [{"role": "user", "content": prompt}])
             result = eng.complete(ids, on_text=None if as_json else write, max_tokens=max_tokens,
-                                  sampling=sampling, ignore_eos=ignore_eos)
+                                  sampling=sampling, ignore_eos=ignore_eos, stop=stop or ())
         if as_json:
             data = result.to_dict()
-            data.update(model=str(model), prompt=prompt, sampling=vars(sampling))
+            data.update(model=str(model), prompt=prompt, sampling=vars(sampling), stop=stop or [])
             print_json(data)
         else:
             write("\n")

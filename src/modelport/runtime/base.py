@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -106,6 +106,39 @@ class TextStream:
         after = self.detokenize(self.ids[self.prefix:])
         self.prefix = self.read = len(self.ids)
         return after[len(before):]
+
+
+class StopText:
+    """Text that ends at the first stop string: `feed` returns what is safe to show (never the start of a stop
+    string that may still complete), `hit` says one appeared, `text` is the answer so far without it."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = stops
+        self.text = ""               # everything received, up to a stop string once one is found
+        self.shown = 0
+        self.hit = False
+
+    def feed(self, piece: str) -> str:
+        if not self.stops or self.hit:
+            return piece
+        self.text += piece
+        start = max(0, self.shown - max(map(len, self.stops)) + 1)
+        found = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+        if found:
+            self.hit = True
+            self.text = self.text[:min(found)]
+            return self._show(len(self.text))
+        held = max((n for s in self.stops for n in range(1, len(s)) if self.text.endswith(s[:n])), default=0)
+        return self._show(len(self.text) - held)
+
+    def release(self) -> str:
+        """At the end: what was held back was not a stop string after all."""
+        return self._show(len(self.text)) if self.stops else ""
+
+    def _show(self, upto: int) -> str:
+        piece = self.text[self.shown:upto]
+        self.shown = max(self.shown, upto)
+        return piece
 
 
 @dataclass
@@ -267,18 +300,28 @@ class Engine:
         finally:
             result.generation_seconds = time.perf_counter() - prompt_done
 
-    def complete(self, ids: list[int], on_text: Callable[[str], None] | None = None, **kwargs) -> Generation:
-        """Run `generate` to the end, streaming text to `on_text`; the full result."""
+    def complete(self, ids: list[int], on_text: Callable[[str], None] | None = None,
+                 stop: Iterable[str] = (), **kwargs) -> Generation:
+        """Run `generate` to the end, streaming text to `on_text`; the full result.
+
+        `stop` strings end the answer where one first appears (it is not part of the text). While the
+        text ends with the start of one, that part is held back, so nothing streamed is ever taken back."""
         result = Generation()
         stream = TextStream(self.detokenize)
+        cut = StopText([s for s in stop if s])
         for token in self.generate(ids, result=result, **kwargs):
-            piece = stream.push(token)
+            piece = cut.feed(stream.push(token))
             if piece and on_text:
                 on_text(piece)
-        tail = stream.flush()
-        if tail and on_text:
-            on_text(tail)
-        result.text = self.detokenize(result.tokens)
+            if cut.hit:
+                break
+        if not cut.hit:
+            piece = cut.feed(stream.flush()) + cut.release()
+            if piece and on_text:
+                on_text(piece)
+        if cut.hit:
+            result.stop_reason = "stop"
+        result.text = cut.text if cut.stops else self.detokenize(result.tokens)
         return result
 
     def __enter__(self):
