@@ -72,7 +72,8 @@ def main() -> None:
     step("The same question through transformers", "run", hf, *question)
     step("Same token ids into both engines: how far apart are they?", "compare", gguf, hf, "--tokens", "96")
     q4km = OUT / "smollm2-Q4_K_M.gguf"
-    step("... and back to GGUF as Q4_K_M (with an Ollama Modelfile beside it)", "convert", hf, q4km, "--quant", "Q4_K_M")
+    step("... and back to GGUF as Q4_K_M (Ollama Modelfile beside it; --verify bounds each tensor's error)", "convert", hf,
+         q4km, "--quant", "Q4_K_M", "--verify")
     step("How close is Q4_K_M to the original?", "compare", gguf, q4km, "--tokens", "128")
     print(f"\nDemo outputs are in {OUT}")
 

@@ -38,6 +38,7 @@ class ConvertResult:
     bytes_written: int
     aliases: dict[str, str] = field(default_factory=dict)
     verified: bool = False
+    errors: dict[str, float] = field(default_factory=dict)   # verified lossy output: worst relative RMS error per type
 
 
 def parse_size(text: str | int | None) -> int | None:

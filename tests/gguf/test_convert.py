@@ -194,6 +194,37 @@ def test_quantize_command_matches_llama_quantize_from_f16(models, tmp_path, cli)
     assert not (tmp_path / "again.gguf").exists()
 
 
+def test_verify_bounds_quantization_error_and_catches_a_scrambled_tensor(models, tmp_path, cli):
+    """--verify re-reads the GGUF: float tensors bit for bit, quantized ones within their type's bound; a tensor
+    written in the wrong orientation (the bug a permutation or transpose mistake makes) fails the check."""
+    from modelport.core.errors import CheckFailed
+    from modelport.gguf.convert import VERIFY_BOUNDS, parse_ftype, plan_hf, verify_gguf
+
+    folder = models("llama")
+    out = tmp_path / "q.gguf"
+    res = cli("convert", folder, out, "--quant", "Q4_K_M", "--verify", "--json", "-q")
+    assert res.code == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["verified"] and {"Q4_K", "Q6_K"} <= set(data["errors"])
+    assert all(0 < e <= VERIFY_BOUNDS[t] for t, e in data["errors"].items())
+    f16 = tmp_path / "f16.gguf"
+    assert cli("convert", folder, f16, "--quant", "F16", "--verify", "-q").code == 0
+    res = cli("quantize", f16, tmp_path / "q2.gguf", "--type", "Q2_K", "--verify")
+    assert res.code == 0 and "verified" in res.stdout and "Q2_K" in res.stdout, res.stderr
+    res = cli("convert", out, tmp_path / "back", "--to", "hf", "--verify")
+    assert res.code == 0 and "every tensor matches the source" in res.stdout, res.stderr
+
+    import modelport
+    with modelport.open(folder) as source:
+        plan = plan_hf(source, parse_ftype("Q4_K_M"), source.config, source.side_files)
+    verify_gguf(plan.tensors, out)                                  # the real plan passes
+    p = next(p for p in plan.tensors if p.name == "blk.0.attn_q.weight")
+    load = p.load
+    p.load = lambda: load()[::-1]                                   # rows in the wrong order
+    with pytest.raises(CheckFailed, match="blk.0.attn_q.weight"):
+        verify_gguf(plan.tensors, out)
+
+
 def test_single_safetensors_file_with_config(models, tmp_path, cli):
     folder = models("gpt2")
     lone = tmp_path / "weights.safetensors"

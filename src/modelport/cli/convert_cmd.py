@@ -11,6 +11,14 @@ from ..core.source import open as open_model
 from .output import byte_progress, console, err_console, human_bytes, print_json, trust_option
 
 
+def verified_line(result) -> str:
+    if not result.errors:
+        return "[green]verified[/green]: every tensor matches the source"
+    worst = ", ".join(f"{t} {e:.3f}" for t, e in sorted(result.errors.items(), key=lambda kv: -kv[1]))
+    return (f"[green]verified[/green]: every tensor within its type's error bound "
+            f"(worst relative RMS error against the source: {worst})")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("convert")
     def convert_cmd(
@@ -22,7 +30,8 @@ def register(app: typer.Typer) -> None:
         dequantize: bool = typer.Option(False, "--dequantize", help="Write block-quantized tensors as float32."),
         quant: str = typer.Option(None, "--quant", help="GGUF output: llama.cpp file type (F16, Q8_0, Q4_K_M, ...)."),
         config: Path = typer.Option(None, "--config", help="GGUF output from a bare weights file: its HF config.json."),
-        verify: bool = typer.Option(False, "--verify", help="Re-open the output and compare every tensor."),
+        verify: bool = typer.Option(False, "--verify", help="Re-open the output and compare every tensor with the source "
+                                                            "(bit for bit; quantized GGUF within its type's error bound)."),
         force: bool = typer.Option(False, "--force", "-f", help="Replace an existing output."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -43,4 +52,4 @@ def register(app: typer.Typer) -> None:
         if result.aliases:
             err_console.print(f"tied tensors stored once: {', '.join(f'{a} → {b}' for a, b in result.aliases.items())}")
         if result.verified:
-            console.print("[green]verified[/green]: every tensor matches the source")
+            console.print(verified_line(result))

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..core.errors import ModelportError
+from .convert_cmd import verified_line
 from .output import byte_progress, console, human_bytes, print_json, trust_option
 
 
@@ -18,6 +19,8 @@ def register(app: typer.Typer) -> None:
         qtype: str = typer.Option("Q4_K_M", "--type", "-t",
                                   help="llama.cpp file type: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S/M/L, "
                                        "Q4_K_S/M, Q5_K_S/M, Q6_K, F16, BF16, F32."),
+        verify: bool = typer.Option(False, "--verify", help="Re-read the output: every tensor within its type's "
+                                                            "error bound of the source."),
         force: bool = typer.Option(False, "--force", "-f", help="Replace an existing output."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -32,9 +35,12 @@ def register(app: typer.Typer) -> None:
         except (ModelportError, OSError):
             total = 0
         with byte_progress(total, f"quantizing {src.name}", enabled=not quiet and not as_json) as advance:
-            result = requantize(src, dst, qtype, force=force, progress=lambda ref: advance(ref.nbytes), trust=trust)
+            result = requantize(src, dst, qtype, force=force, progress=lambda ref: advance(ref.nbytes), trust=trust,
+                                verify=verify)
         if as_json:
             print_json(result.__dict__)
             return
         console.print(f"[green]wrote[/green] {result.output} (gguf, {result.tensors} tensors, "
                       f"{human_bytes(result.bytes_written)} of tensor data) and {Path(result.files[-1]).name}")
+        if result.verified:
+            console.print(verified_line(result))

@@ -182,6 +182,43 @@ def hf_to_gguf(source: ModelSource, dst: str | os.PathLike, quant: str | None = 
     return plan
 
 
+#: Relative RMS error (|dequantized - source| over |source|) a tensor of each type may show before `--verify`
+#: calls the file broken: about three times what the type gives on Gaussian weights, and far below the ~1.4 of a
+#: tensor scrambled by a wrong permutation or transpose.
+VERIFY_BOUNDS = {"Q8_0": 0.02, "Q6_K": 0.06, "Q5_K": 0.12, "Q5_0": 0.15, "Q5_1": 0.15, "Q4_K": 0.25,
+                 "Q4_0": 0.3, "Q4_1": 0.3, "Q3_K": 0.5, "Q2_K": 0.9}
+
+
+def verify_gguf(planned: list[Planned], dst: Path) -> dict[str, float]:
+    """Re-open a written GGUF and compare every tensor with what it was made from, one at a time: float types
+    bit for bit, quantized ones within `VERIFY_BOUNDS`. Returns the worst relative RMS error per quantized type."""
+    from ..core.errors import CheckFailed
+    from ..formats.gguf import open_gguf
+
+    worst: dict[str, float] = {}
+    with open_gguf(dst) as out:
+        for p in planned:
+            got = out.tensors.get(p.name)
+            if got is None or got.dtype.name != p.type or tuple(got.shape) != tuple(p.shape):
+                found = "missing" if got is None else f"{got.dtype.name}{list(got.shape)}"
+                raise CheckFailed(f"verify: tensor {p.name!r} is {found}, expected {p.type}{list(p.shape)}", dst)
+            want = np.asarray(p.load())
+            have = np.asarray(got.read())
+            if p.type in FLOAT_FTYPES:
+                want = want.astype(have.dtype)
+                if not np.array_equal(want.view(np.uint8), have.view(np.uint8)):
+                    raise CheckFailed(f"verify: tensor {p.name!r} differs from its source", dst)
+                continue
+            want = want.astype(np.float32)
+            err = float(np.sqrt(np.mean((have - want) ** 2, dtype=np.float64) / max(np.mean(want ** 2, dtype=np.float64),
+                                                                                     1e-30)))
+            if not err <= VERIFY_BOUNDS[p.type]:
+                raise CheckFailed(f"verify: tensor {p.name!r} ({p.type}) is {err:.3f} away from its source (relative "
+                                  f"RMS error; {p.type} stays under {VERIFY_BOUNDS[p.type]})", dst)
+            worst[p.type] = max(worst.get(p.type, 0.0), err)
+    return worst
+
+
 def load_config(path: str | os.PathLike) -> dict:
     cfg = read_json(Path(path))
     if not isinstance(cfg, dict):
@@ -190,8 +227,9 @@ def load_config(path: str | os.PathLike) -> dict:
 
 
 def convert_hf(src: Path, dst: Path, *, quant: str | None = None, config_path: str | os.PathLike | None = None,
-               force: bool = False, progress=None, modelfile: bool = True, trust: bool = False):
-    """`modelport convert HF_DIR out.gguf`: atomic GGUF output plus an Ollama Modelfile beside it."""
+               force: bool = False, progress=None, modelfile: bool = True, trust: bool = False, verify: bool = False):
+    """`modelport convert HF_DIR out.gguf`: atomic GGUF output plus an Ollama Modelfile beside it; `verify`
+    re-reads it and compares every tensor with the source (`verify_gguf`)."""
     from ..conversion import ConvertResult
     from ..core.atomic import atomic_file
     from ..core.source import open as open_model
@@ -216,13 +254,15 @@ def convert_hf(src: Path, dst: Path, *, quant: str | None = None, config_path: s
         from ..formats.gguf import write_gguf
         with atomic_file(dst, force) as tmp:
             write_gguf(to_refs(plan.tensors), tmp, metadata=plan.metadata, progress=progress)
+            errors = verify_gguf(plan.tensors, tmp) if verify else {}
         files = [str(dst)]
         if modelfile:
             mf = modelfile_path(dst)
             write_modelfile(mf, dst, plan.metadata)
             files.append(str(mf))
         nbytes = sum(dtypes.DTYPES[p.type].nbytes(int(np.prod(p.shape))) for p in plan.tensors)
-        return ConvertResult(str(src), str(dst), "gguf", files, len(plan.tensors), nbytes)
+        return ConvertResult(str(src), str(dst), "gguf", files, len(plan.tensors), nbytes, verified=verify,
+                             errors=errors)
 
 
 # --- GGUF -> GGUF re-quantization -------------------------------------------------------------------
@@ -248,7 +288,7 @@ def model_shape(meta: dict) -> mixes.ModelShape:
 
 
 def requantize(src: Path, dst: Path, qtype: str, *, force: bool = False, progress=None, modelfile: bool = True,
-               trust: bool = False):
+               trust: bool = False, verify: bool = False):
     """`modelport quantize in.gguf out.gguf --type T`: an F32/F16/BF16 GGUF to any llama.cpp file type."""
     from ..conversion import ConvertResult
     from ..core.atomic import atomic_file
@@ -288,13 +328,14 @@ def requantize(src: Path, dst: Path, qtype: str, *, force: bool = False, progres
         meta.update(file_metadata(ftype, ftype not in FLOAT_FTYPES))
         with atomic_file(dst, force) as tmp:
             write_gguf(to_refs(planned), tmp, metadata=meta, progress=progress)
+            errors = verify_gguf(planned, tmp) if verify else {}
         files = [str(dst)]
         if modelfile:
             mf = modelfile_path(dst)
             write_modelfile(mf, dst, meta)
             files.append(str(mf))
         nbytes = sum(dtypes.DTYPES[p.type].nbytes(int(np.prod(p.shape))) for p in planned)
-        return ConvertResult(str(src), str(dst), "gguf", files, len(planned), nbytes)
+        return ConvertResult(str(src), str(dst), "gguf", files, len(planned), nbytes, verified=verify, errors=errors)
     finally:
         source.close()
 
@@ -323,9 +364,8 @@ def dispatch(src: Path, dst: Path, *, to: str | None, quant: str | None, config:
         from .to_hf import gguf_to_hf, wants_hf
         if not wants_hf(src, dst, to):
             return None
-        if verify:
-            raise UnsupportedError("--verify compares bit-for-bit copies; GGUF -> HF dequantizes and renames tensors", dst)
-        return gguf_to_hf(src, dst, dtype=dtype, shard_size=shard_size, force=force, progress=progress, trust=trust)
+        return gguf_to_hf(src, dst, dtype=dtype, shard_size=shard_size, force=force, progress=progress, trust=trust,
+                          verify=verify)
     from ..core.source import open as open_model
     with open_model(src, trust=trust) as source:
         is_gguf = source.format == "gguf"
@@ -338,10 +378,7 @@ def dispatch(src: Path, dst: Path, *, to: str | None, quant: str | None, config:
         if quant is not None:
             raise UnsupportedError("converting to GGUF needs the model's config.json (beside the weights, or --config)", src)
         return None
-    if verify:
-        raise UnsupportedError("--verify compares bit-for-bit copies; a GGUF conversion renames, permutes and "
-                               "quantizes tensors (the tests check it against llama.cpp instead)", dst)
     if is_gguf:
-        return requantize(src, dst, quant, force=force, progress=progress, trust=trust)
+        return requantize(src, dst, quant, force=force, progress=progress, trust=trust, verify=verify)
     return convert_hf(src, dst, quant=quant if quant is not None else dtype, config_path=config, force=force,
-                      progress=progress, trust=trust)
+                      progress=progress, trust=trust, verify=verify)

@@ -140,9 +140,11 @@ def generation_config(meta: dict, ids: dict[str, int]) -> dict[str, Any]:
 
 
 def gguf_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | None = None,
-               shard_size: str | int | None = None, force: bool = False, progress=None, trust: bool = False):
-    """`modelport convert model.gguf OUT_DIR --to hf`: a folder transformers loads (weights, config, tokenizer)."""
-    from ..conversion import FOLDER_DEFAULT_SHARD, ConvertResult, _write_set, parse_size
+               shard_size: str | int | None = None, force: bool = False, progress=None, trust: bool = False,
+               verify: bool = False):
+    """`modelport convert model.gguf OUT_DIR --to hf`: a folder transformers loads (weights, config, tokenizer).
+    `verify` re-opens the folder and checks every tensor bit for bit against the dequantized source."""
+    from ..conversion import FOLDER_DEFAULT_SHARD, ConvertResult, _write_set, parse_size, verify_conversion
     from ..core.atomic import atomic_dir
     from ..core.source import open as open_model
     from ..formats import registry
@@ -171,6 +173,8 @@ def gguf_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | N
             if tok is not None:
                 written += tok.save(tmp)
             names = [p.name for p in written]
+            if verify:
+                verify_conversion(source, tmp, refs)
         return ConvertResult(str(src), str(dst), "hf", [str(dst / n) for n in names], len(refs),
-                             sum(r.nbytes for r in refs))
+                             sum(r.nbytes for r in refs), verified=verify)
 
