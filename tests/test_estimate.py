@@ -183,7 +183,7 @@ def test_gguf_kv_cache_from_metadata(gguf_files):
 # ------------------------------------------------------------------------------ GGUF files from modelport's converter
 
 @pytest.mark.parametrize("arch,style,long", [("llama", "spm", False), ("qwen2", "llama3", False), ("gpt2", "gpt2", False),
-                                             ("phi3", "spm", True)])
+                                             ("qwen3", "qwen2", False), ("phi3", "spm", True)])
 def test_estimate_matches_modelports_converter(tmp_path, arch, style, long):
     """HF folder -> GGUF at every row of the table, by modelport's converter (K-mixes included): the estimate made
     from the HF folder before converting is within 1 % of each file (header from the converter's own metadata plan)."""

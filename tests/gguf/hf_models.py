@@ -171,7 +171,8 @@ def make_model(folder: Path, arch: str, style: str, *, hidden: int = 256, layers
                kv_heads: int = 2, ffn: int = 512, tied: bool = False, vocab_pad: int = 0, chat_template: str | None = None,
                seed: int = 0, dtype=None, rope_theta: float = 10000.0, init: float = 0.05,
                rope_scaling: dict | None = None, max_positions: int = 512) -> Path:
-    """Save a random transformers model of `arch` (llama, qwen2, gpt2, phi3) with a `style` tokenizer in `folder`."""
+    """Save a random transformers model of `arch` (llama, qwen2, qwen3, gpt2, phi3, gemma, gemma2) with a `style`
+    tokenizer in `folder`."""
     import torch
     import transformers
 
@@ -192,6 +193,11 @@ def make_model(folder: Path, arch: str, style: str, *, hidden: int = 256, layers
                                        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
                                        rms_norm_eps=1e-6, rope_theta=rope_theta, **common)
         cls = transformers.Qwen2ForCausalLM
+    elif arch == "qwen3":   # head_dim 32 with hidden 256 / 4 heads: llama.cpp must read attention.key_length
+        cfg = transformers.Qwen3Config(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                                       num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads // 2,
+                                       max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=rope_theta, **common)
+        cls = transformers.Qwen3ForCausalLM
     elif arch == "gpt2":
         cfg = transformers.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=512,
                                       **{k: v for k, v in common.items() if k != "tie_word_embeddings"})

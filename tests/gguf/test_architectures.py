@@ -20,6 +20,9 @@ def _tiny(arch: str, **kw):
     if arch == "qwen2":
         return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(hidden_size=32, intermediate_size=64, num_attention_heads=4,
                                                                       num_key_value_heads=2, **common, **kw))
+    if arch == "qwen3":
+        return transformers.Qwen3ForCausalLM(transformers.Qwen3Config(hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                                                      num_key_value_heads=2, head_dim=16, **common, **kw))
     if arch == "gpt2":
         return transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=96, **kw))
     if arch == "phi3":
@@ -35,7 +38,7 @@ def _tiny(arch: str, **kw):
     raise ValueError(arch)
 
 
-ARCHS = ["llama", "qwen2", "gpt2", "phi3", "gemma", "gemma2"]
+ARCHS = ["llama", "qwen2", "qwen3", "gpt2", "phi3", "gemma", "gemma2"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -27,6 +27,7 @@ QUANTS = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q
 MODELS = {  # name: (arch, tokenizer style, options)
     "llama": ("llama", "llama3", dict(chat_template=LLAMA3, rope_theta=500000.0)),
     "qwen2": ("qwen2", "qwen2", dict(chat_template=CHATML, tied=True, kv_heads=1)),   # n_gqa 4: the Q2_K attn_v rule
+    "qwen3": ("qwen3", "qwen2", dict(chat_template=CHATML)),
     "gpt2": ("gpt2", "gpt2", dict()),
     "phi3": ("phi3", "spm", dict(kv_heads=4, chat_template=PHI3)),
     "phi3_long": ("phi3", "spm", dict(kv_heads=4, chat_template=PHI3, rope_scaling=long_rope(64), max_positions=4096)),
@@ -145,7 +146,7 @@ def _assert_same_as_llama_quantize(ours: Path, f32: Path, ftype: str, tmp_path: 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,quants", [("llama", QUANTS), ("qwen2", ["Q4_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q6_K"]),
                                          ("gpt2", ["Q8_0", "Q5_1", "Q4_K_M", "Q5_K_M"]), ("phi3", ["Q4_K_S", "Q3_K_L"]),
-                                         ("gemma2", ["Q4_K_M", "Q5_K_S"])])
+                                         ("gemma2", ["Q4_K_M", "Q5_K_S"]), ("qwen3", ["Q4_K_M", "Q3_K_S"])])
 def test_quantized_files_are_byte_identical_to_llama_quantize(models, tmp_path, name, quants):
     folder = models(name)
     f32 = tmp_path / "f32.gguf"

@@ -190,6 +190,7 @@ MODELS = {  # name: (arch, tokenizer style, options)
     "llama3": ("llama", "llama3", dict(chat_template=LLAMA3, rope_theta=500000.0)),
     "tinyllama": ("llama", "spm", dict(vocab_pad=3, chat_template=CHATML)),
     "qwen2": ("qwen2", "qwen2", dict(chat_template=CHATML, tied=True, kv_heads=1)),
+    "qwen3": ("qwen3", "qwen2", dict(chat_template=CHATML)),
     "gpt2": ("gpt2", "gpt2", dict()),
     "phi3": ("phi3", "spm", dict(kv_heads=4, chat_template=PHI3)),
     "phi3_long": ("phi3", "spm", dict(kv_heads=4, chat_template=PHI3, rope_scaling=long_rope(64), max_positions=4096)),

@@ -187,8 +187,10 @@ def _template_regex(template: str) -> re.Pattern:
     return re.compile(re.escape(template).replace(r"\{bid\}", r"(?P<bid>\d+)"))
 
 
-def _common(arch: Architecture, ctx_keys=("max_position_embeddings", "n_ctx", "n_positions")) -> dict[str, Any]:
-    """What llama.cpp's TextModel writes for every decoder: counts, rope, norm epsilon, head dims."""
+def _common(arch: Architecture, ctx_keys=("max_position_embeddings", "n_ctx", "n_positions"),
+            head_dim_default: int | None = None) -> dict[str, Any]:
+    """What llama.cpp's TextModel writes for every decoder: counts, rope, norm epsilon, head dims
+    (`head_dim_default`: the family's config default when config.json leaves head_dim out)."""
     c = arch.config
     k = arch._key
     out: dict[str, Any] = {k("block_count"): u32(arch.n_layer)}
@@ -220,9 +222,10 @@ def _common(arch: Architecture, ctx_keys=("max_position_embeddings", "n_ctx", "n
     eps = _first(c, "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")
     if eps is not None:
         out[k("attention.layer_norm_epsilon")] = f32(eps)
-    if c.get("head_dim") is not None:
-        out[k("attention.key_length")] = u32(c["head_dim"])
-        out[k("attention.value_length")] = u32(c["head_dim"])
+    head_dim = c.get("head_dim") if c.get("head_dim") is not None else head_dim_default
+    if head_dim is not None:
+        out[k("attention.key_length")] = u32(head_dim)
+        out[k("attention.value_length")] = u32(head_dim)
     return out
 
 
@@ -393,6 +396,29 @@ class Qwen2(Architecture):
 
     def hparams(self):
         return _common(self)
+
+
+class Qwen3(Architecture):
+    """Qwen3: Qwen2's layout without the Q/K/V biases, plus an RMS norm over each head of Q and K; the head size
+    is its own setting (`head_dim`, 128 by default in transformers), written as `attention.key_length`."""
+
+    name = "qwen3"
+    hf_architectures = ("Qwen3ForCausalLM",)
+    model_types = ("qwen3",)
+    tensors = _LLAMA_STYLE + (("model.layers.{bid}.self_attn.q_norm.weight", "blk.{bid}.attn_q_norm.weight"),
+                              ("model.layers.{bid}.self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight"))
+    ignore = _ROTARY_BUFFERS
+    hf_defaults = {"hidden_act": "silu"}
+
+    def hparams(self):
+        return _common(self, head_dim_default=128)
+
+    @classmethod
+    def _config_fields(cls, g, tensors):
+        out = _common_back(g)
+        out["attention_bias"] = "blk.0.attn_q.bias" in tensors
+        out.setdefault("head_dim", out["hidden_size"] // out["num_attention_heads"])   # else transformers says 128
+        return out
 
 
 class GPT2(Architecture):
@@ -649,7 +675,7 @@ class Gemma2(Gemma):
         return out
 
 
-REGISTRY: tuple[type[Architecture], ...] = (Llama, Qwen2, GPT2, Phi3, Gemma, Gemma2)
+REGISTRY: tuple[type[Architecture], ...] = (Llama, Qwen2, Qwen3, GPT2, Phi3, Gemma, Gemma2)
 
 
 def supported() -> list[str]:
