@@ -131,7 +131,7 @@ def _get(config: dict, *names, default=None):
 
 
 # HF model_type -> llama.cpp architecture where they differ (the converter writes Mistral/Mixtral as llama).
-_ARCH = {"mistral": "llama", "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
+_ARCH = {"mistral": "llama", "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "gemma3_text": "gemma3"}
 
 
 def hyper_from_config(config: dict | None) -> Hyper | None:
@@ -161,7 +161,7 @@ def hyper_from_config(config: dict | None) -> Hyper | None:
 
 # ------------------------------------------------------------------------------------------------ tensor lists
 
-_FAMILIES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2")
+_FAMILIES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "gpt2")
 
 
 def tensors_from_config(config: dict, outtype: str = "F16") -> dict[str, tuple[tuple[int, ...], str]]:
@@ -169,7 +169,7 @@ def tensors_from_config(config: dict, outtype: str = "F16") -> dict[str, tuple[t
 
     Returns GGUF name -> (NumPy shape, row length last; type). 1-D tensors are F32, matrices `outtype`
     (the MoE router too is F32, as the converter stores it). Names come from gguf-py's TENSOR_NAMES.
-    Families: llama, mistral, mixtral (experts), qwen2 (q/k/v biases), qwen3 (q/k norms), gemma, gemma2
+    Families: llama, mistral, mixtral (experts), qwen2 (q/k/v biases), qwen3 (q/k norms), gemma, gemma2, gemma3
     (extra norms), phi3 (fused qkv and gate_up), gpt2; others raise UnsupportedError. Tensors the converter
     computes from the config (Llama 3.1's rope_freqs) come from its architecture registry.
     """
@@ -208,13 +208,13 @@ def tensors_from_config(config: dict, outtype: str = "F16") -> dict[str, tuple[t
             if bias:
                 for kind, n in ((T.ATTN_Q, q), (T.ATTN_K, kv), (T.ATTN_V, kv)):
                     add(kind, (n,), i, "bias")
-        if hp.arch == "qwen3":
+        if hp.arch in ("qwen3", "gemma3"):
             add(T.ATTN_Q_NORM, (hd,), i)
             add(T.ATTN_K_NORM, (hd,), i)
         add(T.ATTN_OUT, (h, q), i)
         if bool(_get(config, "attention_bias")) and hp.arch != "qwen2":
             add(T.ATTN_OUT, (h,), i, "bias")
-        if hp.arch == "gemma2":
+        if hp.arch in ("gemma2", "gemma3"):
             add(T.ATTN_POST_NORM, (h,), i)
         add(T.FFN_NORM, (h,), i)
         if hp.n_expert:
@@ -233,7 +233,7 @@ def tensors_from_config(config: dict, outtype: str = "F16") -> dict[str, tuple[t
             if mlp_bias:
                 for kind, n in ((T.FFN_GATE, ff), (T.FFN_UP, ff), (T.FFN_DOWN, h)):
                     add(kind, (n,), i, "bias")
-        if hp.arch == "gemma2":
+        if hp.arch in ("gemma2", "gemma3"):
             add(T.FFN_POST_NORM, (h,), i)
     add(T.OUTPUT_NORM, (h,))
     if not hp.tied:

@@ -219,6 +219,15 @@ def make_model(folder: Path, arch: str, style: str, *, hidden: int = 256, layers
                       num_key_value_heads=kv_heads, head_dim=hidden // heads, max_position_embeddings=512,
                       rms_norm_eps=1e-6, pad_token_id=0, **{**common, "tie_word_embeddings": True}, **extra)
         cls = transformers.Gemma2ForCausalLM if arch == "gemma2" else transformers.GemmaForCausalLM
+    elif arch == "gemma3":   # six layers (the sixth is global), a window the test text overflows, linear RoPE scaling
+        cfg = transformers.Gemma3TextConfig(
+            hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=max(layers, 6), num_attention_heads=heads,
+            num_key_value_heads=kv_heads, head_dim=hidden // heads, query_pre_attn_scalar=hidden // heads,
+            max_position_embeddings=512, rms_norm_eps=1e-6, pad_token_id=0, sliding_window=32,
+            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+            **{**common, "tie_word_embeddings": True})
+        cls = transformers.Gemma3ForCausalLM
     else:
         raise ValueError(arch)
     torch.manual_seed(seed)

@@ -35,10 +35,14 @@ def _tiny(arch: str, **kw):
             kw.setdefault("query_pre_attn_scalar", 8)
         return model_cls(cfg_cls(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
                                  head_dim=8, pad_token_id=0, **common, **kw))
+    if arch == "gemma3":
+        return transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+            hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+            query_pre_attn_scalar=8, pad_token_id=0, **common, **kw))
     raise ValueError(arch)
 
 
-ARCHS = ["llama", "qwen2", "qwen3", "gpt2", "phi3", "gemma", "gemma2"]
+ARCHS = ["llama", "qwen2", "qwen3", "gpt2", "phi3", "gemma", "gemma2", "gemma3"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)

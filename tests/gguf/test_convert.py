@@ -34,6 +34,7 @@ MODELS = {  # name: (arch, tokenizer style, options)
     "tinyllama": ("llama", "spm", dict(vocab_pad=3)),
     "gemma": ("gemma", "gemma", dict()),
     "gemma2": ("gemma2", "gemma", dict()),
+    "gemma3": ("gemma3", "gemma", dict()),
 }
 
 
@@ -146,7 +147,8 @@ def _assert_same_as_llama_quantize(ours: Path, f32: Path, ftype: str, tmp_path: 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,quants", [("llama", QUANTS), ("qwen2", ["Q4_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q6_K"]),
                                          ("gpt2", ["Q8_0", "Q5_1", "Q4_K_M", "Q5_K_M"]), ("phi3", ["Q4_K_S", "Q3_K_L"]),
-                                         ("gemma2", ["Q4_K_M", "Q5_K_S"]), ("qwen3", ["Q4_K_M", "Q3_K_S"])])
+                                         ("gemma2", ["Q4_K_M", "Q5_K_S"]), ("qwen3", ["Q4_K_M", "Q3_K_S"]),
+                                         ("gemma3", ["Q4_K_M", "Q6_K"])])
 def test_quantized_files_are_byte_identical_to_llama_quantize(models, tmp_path, name, quants):
     folder = models(name)
     f32 = tmp_path / "f32.gguf"

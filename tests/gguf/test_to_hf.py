@@ -196,6 +196,7 @@ MODELS = {  # name: (arch, tokenizer style, options)
     "phi3_long": ("phi3", "spm", dict(kv_heads=4, chat_template=PHI3, rope_scaling=long_rope(64), max_positions=4096)),
     "gemma": ("gemma", "gemma", dict()),
     "gemma2": ("gemma2", "gemma", dict()),
+    "gemma3": ("gemma3", "gemma", dict()),
 }
 
 
