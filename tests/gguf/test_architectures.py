@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 
 def _tiny(arch: str, **kw):
-    common = dict(vocab_size=96, num_hidden_layers=2)
+    common = dict(vocab_size=96, num_hidden_layers=kw.pop("num_hidden_layers", 2))
     if arch == "llama":
         return transformers.LlamaForCausalLM(transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4,
                                                                       num_key_value_heads=2, **common, **kw))
@@ -167,3 +167,17 @@ def test_gemma_norms_shift_by_one_and_gemma2_attention_scale_is_checked():
     assert fam.gguf_name("lm_head.weight") is None          # always tied; llama.cpp reuses token_embd
     with pytest.raises(UnsupportedError, match="query_pre_attn_scalar"):
         A.for_config(_tiny("gemma2", query_pre_attn_scalar=256).config.to_dict()).hparams()
+
+
+def test_gemma3_configs_llama_cpp_cannot_run_are_refused():
+    """llama.cpp hard-codes Gemma 3's layer pattern (every sixth global) and local RoPE base (10,000)."""
+    config = _tiny("gemma3", num_hidden_layers=6).config.to_dict()
+    assert A.for_config(config).hparams()["gemma3.attention.sliding_window"] == config["sliding_window"]
+    other_pattern = dict(config, layer_types=["full_attention"] * 6)
+    with pytest.raises(UnsupportedError, match="every sixth"):
+        A.for_config(other_pattern).hparams()
+    rope = {**config["rope_parameters"], "sliding_attention": {"rope_type": "default", "rope_theta": 20000.0}}
+    with pytest.raises(UnsupportedError, match="10000"):
+        A.for_config(dict(config, rope_parameters=rope)).hparams()
+    with pytest.raises(UnsupportedError, match="query_pre_attn_scalar"):
+        A.for_config(dict(config, query_pre_attn_scalar=99)).hparams()

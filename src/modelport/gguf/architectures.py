@@ -616,10 +616,13 @@ class Gemma(Architecture):
     ignore = _ROTARY_BUFFERS + (r"lm_head\.weight",)
     hf_defaults = {"hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True}
 
+    def head_dim(self) -> int:
+        return int(self.config.get("head_dim") or self.config["hidden_size"] // self.n_head)
+
     def hparams(self):
         c = self.config
         k = self._key
-        head_dim = int(c.get("head_dim") or c["hidden_size"] // self.n_head)
+        head_dim = self.head_dim()
         out = {
             k("context_length"): u32(c["max_position_embeddings"]),
             k("embedding_length"): u32(c["hidden_size"]),
@@ -664,7 +667,7 @@ class Gemma2(Gemma):
         c = self.config
         k = self._key
         out = super().hparams()
-        head_dim = int(c.get("head_dim") or c["hidden_size"] // self.n_head)
+        head_dim = self.head_dim()
         # llama.cpp scales queries by 1/sqrt(head_dim), or by 1/sqrt(hidden/heads) for the 46-layer 27B model
         expected = c["hidden_size"] // self.n_head if self.n_layer == 46 else head_dim
         if c.get("query_pre_attn_scalar") not in (None, expected):
@@ -688,6 +691,9 @@ class Gemma3(Gemma2):
                                 ("model.layers.{bid}.self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight"))
     SWA_PATTERN = 6
     LOCAL_ROPE_BASE = 10000.0
+
+    def head_dim(self) -> int:
+        return int(self.config.get("head_dim") or 256)               # Gemma3TextConfig's default
 
     @classmethod
     def _layer_types(cls, n_layer: int) -> list[str]:
@@ -716,13 +722,12 @@ class Gemma3(Gemma2):
         local_base = local.get("rope_theta", c.get("rope_local_base_freq", self.LOCAL_ROPE_BASE))
         if float(local_base) != self.LOCAL_ROPE_BASE or local.get("rope_type", "default") != "default":
             raise UnsupportedError("Gemma 3 sliding layers need RoPE base 10000 without scaling, as llama.cpp assumes")
-        head_dim = int(c.get("head_dim") or 256)                     # Gemma3TextConfig's default
-        expected = c["hidden_size"] // self.n_head if self.n_layer == 62 else head_dim
+        expected = c["hidden_size"] // self.n_head if self.n_layer == 62 else self.head_dim()
         if c.get("query_pre_attn_scalar", 256) != expected:
             raise UnsupportedError("Gemma 3 with query_pre_attn_scalar != head_dim has no llama.cpp equivalent")
         if c.get("attn_logit_softcapping"):
             raise UnsupportedError("Gemma 3 has no attention soft-capping in llama.cpp")
-        out = Gemma.hparams(Gemma3({**c, "head_dim": head_dim}))
+        out = Gemma.hparams(self)
         rp = self.rope_parameters()
         if rp.get("rope_type") == "linear" and rp.get("factor") is not None:
             out[k("rope.scaling.type")] = "linear"
