@@ -516,7 +516,9 @@ class Phi3(Architecture):
         if rot != 1.0:
             out["partial_rotary_factor"] = out["rope_parameters"]["partial_rotary_factor"] = rot
         out["sliding_window"] = g.get("attention.sliding_window") or None
-        if "rope_factors_long.weight" in tensors:
+        if "rope_factors_long.weight" in tensors or "rope_factors_short.weight" in tensors:
+            if not ("rope_factors_long.weight" in tensors and "rope_factors_short.weight" in tensors):
+                raise FormatError("the GGUF has only one of rope_factors_long/rope_factors_short")
             rp = out["rope_parameters"]
             rp.update(rope_type="longrope", original_max_position_embeddings=out["original_max_position_embeddings"])
             for kind in ("long", "short"):
