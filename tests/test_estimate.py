@@ -183,7 +183,7 @@ def test_gguf_kv_cache_from_metadata(gguf_files):
 # ------------------------------------------------------------------------------ GGUF files from modelport's converter
 
 @pytest.mark.parametrize("arch,style,long", [("llama", "spm", False), ("qwen2", "llama3", False), ("gpt2", "gpt2", False),
-                                             ("qwen3", "qwen2", False), ("gemma3", "gemma", False),
+                                             ("qwen3", "qwen2", False), ("gemma3", "gemma", False), ("smollm3", "llama3", False),
                                              ("phi3", "spm", True)])
 def test_estimate_matches_modelports_converter(tmp_path, arch, style, long):
     """HF folder -> GGUF at every row of the table, by modelport's converter (K-mixes included): the estimate made
@@ -249,6 +249,7 @@ FAMILIES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=32)),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(head_dim=16)),
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(head_dim=16, num_hidden_layers=6)),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", dict(pad_token_id=0, num_hidden_layers=4)),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(pad_token_id=0, bos_token_id=1, eos_token_id=1)),
     "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(num_local_experts=4, num_experts_per_tok=2)),
     "llama3.1-rope": ("LlamaConfig", "LlamaForCausalLM",

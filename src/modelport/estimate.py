@@ -161,7 +161,7 @@ def hyper_from_config(config: dict | None) -> Hyper | None:
 
 # ------------------------------------------------------------------------------------------------ tensor lists
 
-_FAMILIES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "gpt2")
+_FAMILIES = ("llama", "smollm3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "gpt2")
 
 
 def tensors_from_config(config: dict, outtype: str = "F16") -> dict[str, tuple[tuple[int, ...], str]]:

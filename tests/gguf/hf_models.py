@@ -188,6 +188,12 @@ def make_model(folder: Path, arch: str, style: str, *, hidden: int = 256, layers
                                        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
                                        rms_norm_eps=1e-5, rope_theta=rope_theta, **common)
         cls = transformers.LlamaForCausalLM
+    elif arch == "smollm3":  # four layers: the fourth has no RoPE
+        cfg = transformers.SmolLM3Config(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=max(layers, 4),
+                                         num_attention_heads=heads, num_key_value_heads=kv_heads,
+                                         max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=rope_theta,
+                                         pad_token_id=eos, **common)
+        cls = transformers.SmolLM3ForCausalLM
     elif arch == "qwen2":
         cfg = transformers.Qwen2Config(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
                                        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,

@@ -35,6 +35,9 @@ def _tiny(arch: str, **kw):
             kw.setdefault("query_pre_attn_scalar", 8)
         return model_cls(cfg_cls(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
                                  head_dim=8, pad_token_id=0, **common, **kw))
+    if arch == "smollm3":
+        return transformers.SmolLM3ForCausalLM(transformers.SmolLM3Config(
+            hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, **common, **kw))
     if arch == "gemma3":
         return transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
             hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
@@ -42,7 +45,7 @@ def _tiny(arch: str, **kw):
     raise ValueError(arch)
 
 
-ARCHS = ["llama", "qwen2", "qwen3", "gpt2", "phi3", "gemma", "gemma2", "gemma3"]
+ARCHS = ["llama", "smollm3", "qwen2", "qwen3", "gpt2", "phi3", "gemma", "gemma2", "gemma3"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -167,6 +170,14 @@ def test_gemma_norms_shift_by_one_and_gemma2_attention_scale_is_checked():
     assert fam.gguf_name("lm_head.weight") is None          # always tied; llama.cpp reuses token_embd
     with pytest.raises(UnsupportedError, match="query_pre_attn_scalar"):
         A.for_config(_tiny("gemma2", query_pre_attn_scalar=256).config.to_dict()).hparams()
+
+
+def test_smollm3_nope_pattern_other_than_every_fourth_is_refused():
+    config = _tiny("smollm3", num_hidden_layers=8).config.to_dict()
+    assert config["no_rope_layers"] == [1, 1, 1, 0, 1, 1, 1, 0] and A.for_config(config).name == "smollm3"
+    A.for_config(config).hparams()
+    with pytest.raises(UnsupportedError, match="every fourth"):
+        A.for_config(dict(config, no_rope_layers=[1] * 8)).hparams()
 
 
 def test_gemma3_configs_llama_cpp_cannot_run_are_refused():

@@ -197,6 +197,7 @@ MODELS = {  # name: (arch, tokenizer style, options)
     "gemma": ("gemma", "gemma", dict()),
     "gemma2": ("gemma2", "gemma", dict()),
     "gemma3": ("gemma3", "gemma", dict()),
+    "smollm3": ("smollm3", "llama3", dict(chat_template=CHATML)),
 }
 
 

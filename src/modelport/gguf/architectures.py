@@ -384,6 +384,36 @@ class Llama(Architecture):
         return {"rope_freqs.weight": np.asarray(out, np.float32)}
 
 
+class SmolLM3(Llama):
+    """SmolLM3: Llama with RoPE left out of every fourth layer (NoPE). llama.cpp fixes that step at 4, so a config
+    with another pattern is refused."""
+
+    name = "smollm3"
+    hf_architectures = ("SmolLM3ForCausalLM",)
+    model_types = ("smollm3",)
+    NO_ROPE_STEP = 4
+
+    @classmethod
+    def _rope_layers(cls, n_layer: int) -> list[int]:
+        """transformers' `no_rope_layers`: 1 where the layer uses RoPE."""
+        return [int((i + 1) % cls.NO_ROPE_STEP != 0) for i in range(n_layer)]
+
+    @classmethod
+    def _config_fields(cls, g, tensors):
+        out = super()._config_fields(g, tensors)
+        out["no_rope_layers"] = cls._rope_layers(out["num_hidden_layers"])
+        out["no_rope_layer_interval"] = cls.NO_ROPE_STEP
+        return out
+
+    def hparams(self):
+        layers = self.config.get("no_rope_layers")
+        if layers is not None and list(layers) != self._rope_layers(self.n_layer):
+            raise UnsupportedError("SmolLM3 with RoPE-free layers other than every fourth has no llama.cpp equivalent")
+        if self.config.get("use_sliding_window"):
+            raise UnsupportedError("SmolLM3 with sliding-window attention has no llama.cpp equivalent")
+        return super().hparams()
+
+
 class Qwen2(Architecture):
     """Qwen2 / Qwen2.5: llama-style names plus Q/K/V biases, NEOX RoPE (no permutation)."""
 
@@ -742,7 +772,7 @@ class Gemma3(Gemma2):
         return out
 
 
-REGISTRY: tuple[type[Architecture], ...] = (Llama, Qwen2, Qwen3, GPT2, Phi3, Gemma, Gemma2, Gemma3)
+REGISTRY: tuple[type[Architecture], ...] = (Llama, SmolLM3, Qwen2, Qwen3, GPT2, Phi3, Gemma, Gemma2, Gemma3)
 
 
 def supported() -> list[str]:
