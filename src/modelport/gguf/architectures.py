@@ -604,7 +604,6 @@ class Phi3(Architecture):
         rp = self.rope_parameters()
         long_rope = self._long_rope()
         n_embd = int(c["hidden_size"])
-        rot = rp.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0))
         orig = _first(rp, "original_max_position_embeddings") or c.get("original_max_position_embeddings") \
             or c.get("max_position_embeddings")
         return {
@@ -616,7 +615,7 @@ class Phi3(Architecture):
             k("attention.head_count"): u32(self.n_head),
             k("attention.head_count_kv"): u32(self.n_head_kv),
             k("attention.layer_norm_rms_epsilon"): f32(c["rms_norm_eps"]),
-            k("rope.dimension_count"): u32(int(rot * n_embd) // self.n_head),
+            k("rope.dimension_count"): u32(self._rope_dims()),
             k("rope.freq_base"): f32(rp.get("rope_theta", 10000.0)),
             k("attention.sliding_window"): u32(c.get("sliding_window") or 0),
             **({k("rope.scaling.attn_factor"): f32(self._attn_factor(c, long_rope))} if long_rope else {}),
@@ -684,12 +683,19 @@ class Gemma2(Gemma):
         ("model.layers.{bid}.post_feedforward_layernorm.weight", "blk.{bid}.post_ffw_norm.weight"),
     )
 
+    LAYERS_27B = 46     # the 27B model, whose queries llama.cpp scales by 1/sqrt(hidden/heads)
+
+    @classmethod
+    def _query_scalar(cls, hidden: int, heads: int, n_layer: int, head_dim: int) -> int:
+        """The query_pre_attn_scalar llama.cpp assumes: head_dim, or hidden/heads for the 27B model."""
+        return hidden // heads if n_layer == cls.LAYERS_27B else head_dim
+
     @classmethod
     def _config_fields(cls, g, tensors):
         out = _common_back(g)
         head_dim = out.get("head_dim") or out["hidden_size"] // out["num_attention_heads"]
-        out["query_pre_attn_scalar"] = out["hidden_size"] // out["num_attention_heads"] \
-            if out["num_hidden_layers"] == 46 else head_dim
+        out["query_pre_attn_scalar"] = cls._query_scalar(out["hidden_size"], out["num_attention_heads"],
+                                                         out["num_hidden_layers"], head_dim)
         for key in ("attn_logit_softcapping", "final_logit_softcapping"):
             out[key] = g.get(key) or None
         out["sliding_window"] = g.get("attention.sliding_window")
@@ -699,9 +705,7 @@ class Gemma2(Gemma):
         c = self.config
         k = self._key
         out = super().hparams()
-        head_dim = self.head_dim()
-        # llama.cpp scales queries by 1/sqrt(head_dim), or by 1/sqrt(hidden/heads) for the 46-layer 27B model
-        expected = c["hidden_size"] // self.n_head if self.n_layer == 46 else head_dim
+        expected = self._query_scalar(c["hidden_size"], self.n_head, self.n_layer, self.head_dim())
         if c.get("query_pre_attn_scalar") not in (None, expected):
             raise UnsupportedError("Gemma 2 with query_pre_attn_scalar != head_dim has no llama.cpp equivalent")
         out[k("attn_logit_softcapping")] = f32(c.get("attn_logit_softcapping") or 0.0)
@@ -723,6 +727,7 @@ class Gemma3(Gemma2):
                                 ("model.layers.{bid}.self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight"))
     SWA_PATTERN = 6
     LOCAL_ROPE_BASE = 10000.0
+    LAYERS_27B = 62
 
     def head_dim(self) -> int:
         return int(self.config.get("head_dim") or 256)               # Gemma3TextConfig's default
@@ -736,8 +741,6 @@ class Gemma3(Gemma2):
         out = super()._config_fields(g, tensors)
         out.pop("attn_logit_softcapping")
         out["head_dim"] = out.get("head_dim") or out["hidden_size"] // out["num_attention_heads"]
-        out["query_pre_attn_scalar"] = out["hidden_size"] // out["num_attention_heads"] \
-            if out["num_hidden_layers"] == 62 else out["head_dim"]
         out["layer_types"] = cls._layer_types(out["num_hidden_layers"])
         out["rope_parameters"] = {"full_attention": out["rope_parameters"],
                                   "sliding_attention": {"rope_type": "default", "rope_theta": cls.LOCAL_ROPE_BASE}}
@@ -754,7 +757,7 @@ class Gemma3(Gemma2):
         local_base = local.get("rope_theta", c.get("rope_local_base_freq", self.LOCAL_ROPE_BASE))
         if float(local_base) != self.LOCAL_ROPE_BASE or local.get("rope_type", "default") != "default":
             raise UnsupportedError("Gemma 3 sliding layers need RoPE base 10000 without scaling, as llama.cpp assumes")
-        expected = c["hidden_size"] // self.n_head if self.n_layer == 62 else self.head_dim()
+        expected = self._query_scalar(c["hidden_size"], self.n_head, self.n_layer, self.head_dim())
         if c.get("query_pre_attn_scalar", 256) != expected:
             raise UnsupportedError("Gemma 3 with query_pre_attn_scalar != head_dim has no llama.cpp equivalent")
         if c.get("attn_logit_softcapping"):
