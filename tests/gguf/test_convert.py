@@ -229,6 +229,17 @@ def test_verify_bounds_quantization_error_and_catches_a_scrambled_tensor(models,
         verify_gguf(plan.tensors, out)
 
 
+def test_a_config_llama_cpp_cannot_run_is_a_one_line_error_naming_the_model(models, tmp_path, cli):
+    folder = tmp_path / "broken-phi3"
+    shutil.copytree(models("phi3_long"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["rope_parameters"]["long_factor"] = [1.0, 2.0, 3.0]
+    (folder / "config.json").write_text(json.dumps(config))
+    res = cli("convert", folder, tmp_path / "out.gguf", "--quant", "Q4_K_M")
+    assert_one_line_error(res, "broken-phi3", "long_factor must list 32 numbers")
+    assert not (tmp_path / "out.gguf").exists()
+
+
 def test_single_safetensors_file_with_config(models, tmp_path, cli):
     folder = models("gpt2")
     lone = tmp_path / "weights.safetensors"

@@ -15,6 +15,7 @@ Float outputs (F32/F16/BF16) follow llama.cpp's converter: 1-D tensors, norms an
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core import dtypes
-from ..core.errors import FormatError, UnsupportedError
+from ..core.errors import FormatError, ModelportError, UnsupportedError
 from ..core.source import ModelSource, read_json
 from ..core.tensor import TensorRef
 from . import architectures, mixes, quants
@@ -113,6 +114,17 @@ class Plan:
     ftype: str
 
 
+@contextmanager
+def _naming(path):
+    """A ModelportError raised without a file gets `path`, so the one-line error says which model it is about."""
+    try:
+        yield
+    except ModelportError as exc:
+        if exc.path is None:
+            exc.path = os.fspath(path)
+        raise
+
+
 def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_files: dict[str, Path] | None = None) -> Plan:
     """Everything about the output, from headers and side files only; raises before anything is written."""
     config = config if config is not None else source.config
@@ -129,7 +141,10 @@ def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_fi
         if not (ref.dtype.is_float or ref.dtype.is_quantized):
             raise UnsupportedError(f"tensor {ref.name!r} is {ref.dtype.name}, not a float tensor", source.path)
         planned.append(Planned(gname, arch.gguf_shape(gname, ref.shape), _loader(arch, gname, ref)))
-    planned[0:0] = [Planned(name, values.shape, lambda v=values: v) for name, values in arch.extra_tensors().items()]
+    with _naming(source.path):    # config checks in the architecture know no file: name the model
+        extra = arch.extra_tensors()
+        hparams = arch.hparams()
+    planned[0:0] = [Planned(name, values.shape, lambda v=values: v) for name, values in extra.items()]
     if "token_embd.weight" not in seen:
         raise FormatError(f"no token embedding among the tensors (expected {arch.hf_name('token_embd.weight')!r})",
                           source.path)
@@ -149,7 +164,7 @@ def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_fi
     name = config.get("_name_or_path") or source.path.stem
     if isinstance(name, str) and name:
         meta["general.name"] = Path(name).name or name
-    meta.update(arch.hparams())
+    meta.update(hparams)
     meta.update(file_metadata(ftype, ftype not in FLOAT_FTYPES))
     meta.update(vocab.metadata())
     return Plan(arch, vocab, planned, meta, ftype)
