@@ -10,7 +10,8 @@ The Python API mirrors the CLI:
 
 from .core.dtypes import DTYPES, DType
 from .core.errors import CheckFailed, FormatError, ModelportError, UnsafeFileError, UnsupportedError
-from .core.source import ModelSource, open
+from .core.source import ModelSource
+from .opening import open
 from .core.tensor import TensorRef
 from .conversion import convert
 from .comparison import diff

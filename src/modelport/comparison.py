@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .core.source import open as open_model
+from .opening import open as open_model
 
 CHUNK = 1 << 22   # elements compared at a time
 

@@ -19,7 +19,8 @@ import numpy as np
 from .core import dtypes
 from .core.atomic import atomic_dir, atomic_file
 from .core.errors import CheckFailed, UnsupportedError
-from .core.source import ModelSource, open as open_model
+from .core.source import ModelSource
+from .opening import open as open_model
 from .core.tensor import TensorRef, cast
 from .formats import registry
 from .formats.registry import FormatSpec

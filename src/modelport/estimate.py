@@ -39,7 +39,7 @@ from .core.dtypes import DTYPES
 from .core.errors import FormatError, UnsupportedError
 from .core.source import ModelSource, read_json
 from .gguf.architectures import COMPUTED_TENSORS
-from .core.source import open as open_model
+from .opening import open as open_model
 from .gguf.mixes import BASE_TYPE, ModelShape, allows_quantization, choose_types
 from .inspection import config_summary
 

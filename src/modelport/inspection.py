@@ -10,7 +10,8 @@ import os
 from typing import Any
 
 from .core.dtypes import DTYPES
-from .core.source import ModelSource, open as open_model
+from .core.source import ModelSource
+from .opening import open as open_model
 
 # The guide's "how big at each precision" table. Like llama.cpp, 1-D tensors (norms, biases) stay
 # F32 in the quantized columns and a matrix is quantized only when its rows split into whole blocks.

@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from modelport.core.errors import FormatError, UnsupportedError
-from modelport.core.source import open as open_model
+from modelport.opening import open as open_model
 from modelport.runtime.chat_template import ChatTemplate, gguf_special_tokens, template_for
 
 from .conftest import CHATML, LLAMA3, MISTRAL, SMOLLM2, make_tokenizer

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..conversion import convert
-from ..core.source import open as open_model
+from ..opening import open as open_model
 from .output import byte_progress, console, err_console, human_bytes, print_json, trust_option
 
 

@@ -1,20 +1,18 @@
-"""`ModelSource` and `open()`: any model file, sharded set or folder as one stream of named tensors.
+"""`ModelSource`: any model file, sharded set or folder as one stream of named tensors.
 
-Formats register themselves in `modelport.formats` with a detector that looks at the file's bytes.
-`open()` picks the reader by content, never by extension; a Hugging Face folder is opened through
-its weight files (an index if there is one), and its config, tokenizer and other side files are kept
-alongside.
+What every reader in `modelport.formats` returns, plus the two helpers readers share for files a
+model names from inside (JSON side files, shard and external-data paths). `modelport.opening.open()`
+picks the reader.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import FormatError, ModelportError
+from .errors import FormatError
 from .tensor import TensorRef
 
 CONFIG_CAP = 16 * 1024 * 1024   # config.json larger than this is not a config
@@ -33,7 +31,7 @@ class ModelSource:
     side_files: dict[str, Path] = field(default_factory=dict)  # tokenizer.json, generation_config.json, ...
     aliases: dict[str, str] = field(default_factory=dict)      # tied names dropped from the file -> kept name
     details: dict[str, Any] = field(default_factory=dict)      # format-specific facts for `inspect`
-    _closers: list = field(default_factory=list, repr=False)
+    closers: list = field(default_factory=list, repr=False)   # called by close(): unmap, release caches
 
     def __iter__(self) -> Iterator[TensorRef]:
         return iter(self.tensors.values())
@@ -56,9 +54,9 @@ class ModelSource:
         return sum(f.stat().st_size for f in self.files)
 
     def close(self) -> None:
-        for closer in self._closers:
+        for closer in self.closers:
             closer()
-        self._closers.clear()
+        self.closers.clear()
 
     def __enter__(self) -> "ModelSource":
         return self
@@ -100,21 +98,3 @@ def safe_member(folder: Path, name: str, what: str) -> Path:
     if path.is_symlink():
         raise FormatError(f"{what} {name!r} is a symbolic link; refused", folder)
     return path
-
-
-def open(path: str | os.PathLike, *, format: str | None = None, trust: bool = False) -> ModelSource:  # noqa: A001
-    """Open a model file, a shard index or a Hugging Face folder by content.
-
-    The scanner runs first: a file that would run code or harm a reader is refused, and a merely
-    suspicious one (imports outside the allowlist, an archive we can't look inside) needs `trust`.
-    """
-    from ..formats import registry
-    from ..security import guard
-
-    path = Path(path)
-    if not path.exists():
-        raise ModelportError("no such file or directory", path)
-    guard(path, trust=trust)
-    if path.is_dir():
-        return registry.open_folder(path)
-    return registry.open_file(path, format=format)

@@ -430,7 +430,7 @@ def open_gguf(path: Path) -> ModelSource:
                                        extra={"gguf_type": info.dtype.name, "raw": _raw_loader(mapped, info)})
     return ModelSource(path=path, format="gguf", tensors=tensors, files=[path], metadata=header.metadata,
                        config=_config(header.metadata), details=_details(header, header.tensors),
-                       _closers=[cache.clear])
+                       closers=[cache.clear])
 
 
 def _raw_loader(mapped, info: TensorInfo):

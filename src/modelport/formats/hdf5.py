@@ -525,7 +525,7 @@ def open_hdf5(path: Path) -> ModelSource:
         details["keras_model"] = keras_summary(keras_config)
     source = ModelSource(path=path, format="hdf5", tensors=tensors, files=[path], metadata=metadata,
                          aliases=aliases, details=details)
-    source._closers = [*closers, lambda: state.pop("map", None)]
+    source.closers = [*closers, lambda: state.pop("map", None)]
     return source
 
 

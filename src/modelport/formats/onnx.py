@@ -2,7 +2,7 @@
 
 Why not `onnx.load`: it parses the whole `ModelProto` into memory, inline `raw_data` included
 (FORMATS.md §5.5), so opening a 2 GB model costs 2 GB before a single tensor is asked for, and its
-external-data path checks depend on the installed onnx version. Instead `_protobuf.fields` walks the
+external-data path checks depend on the installed onnx version. Instead `core.protobuf.fields` walks the
 file (memory-mapped) and records, for each TensorProto, its name, dims, type and where its bytes are:
 `raw_data` becomes a zero-copy view of the mapped file, typed fields (`float_data`, `int32_data`, ...)
 are decoded on `read()`, external data is mapped from its own file after our own path checks
@@ -31,7 +31,7 @@ from ..core.errors import FormatError, UnsupportedError, require
 from ..core.packing import unpack_nibbles
 from ..core.source import ModelSource, safe_member
 from ..core.tensor import TensorRef
-from . import _protobuf as pb
+from ..core import protobuf as pb
 from .registry import FormatSpec
 
 MAX_GRAPH_DEPTH = 32
@@ -523,7 +523,7 @@ def open_onnx(path: Path) -> ModelSource:
         details["not_read"] = skipped
     files = [path] + [Path(f) for f in external]
     return ModelSource(path=path, format="onnx", tensors=tensors, files=files, metadata=scan.metadata,
-                       details=details, _closers=[maps.clear])
+                       details=details, closers=[maps.clear])
 
 
 def _constant(values: np.ndarray) -> Callable[[], np.ndarray]:

@@ -143,7 +143,7 @@ def merge(path: Path, sources: list[ModelSource]) -> ModelSource:
                          metadata=dict(first.metadata),
                          aliases={k: v for s in sources for k, v in s.aliases.items()},
                          details=dict(first.details))
-    merged._closers = [s.close for s in sources]
+    merged.closers = [s.close for s in sources]
     return merged
 
 

@@ -12,7 +12,7 @@ functions); no pure-Python reader exists (FORMATS.md §4.7). We parse:
 - frozen `GraphDef` `.pb` files: `Const` nodes (also inside library functions); `tensor_content`
   is memory-mapped, typed `*_val` lists are decoded with TF's fill rule (fewer values than elements:
   the last one repeats; none: zeros).
-Protobufs go through the shared bounds-checked walker in `_protobuf`. Snappy-compressed table
+Protobufs go through the shared bounds-checked walker in `core.protobuf`. Snappy-compressed table
 blocks (TF never writes them) are decoded with `cramjam` if installed, else refused.
 Sub-byte TF dtypes (DT_INT4 …) are one byte per element, value in the low bits (FORMATS.md §0.3).
 """
@@ -31,7 +31,7 @@ from ..core import dtypes
 from ..core.errors import FormatError, require
 from ..core.source import ModelSource, safe_member
 from ..core.tensor import TensorRef
-from . import _protobuf as pb
+from ..core import protobuf as pb
 from .registry import FormatSpec
 
 TABLE_MAGIC = struct.pack("<Q", 0xDB4775248B80FB57)
@@ -355,7 +355,7 @@ def open_bundle(path: Path) -> ModelSource:
         details["partitioned"] = sum(1 for t in tensors.values() if "slices" in t.extra)
     source = ModelSource(path=path, format="tf", tensors=tensors,
                          files=[index, *(shard_paths[i] for i in sorted(shard_sizes))], details=details)
-    source._closers = [state.clear]
+    source.closers = [state.clear]
     return source
 
 
@@ -609,7 +609,7 @@ def open_graphdef(path: Path) -> ModelSource:
     if skipped:
         details["skipped_constants"] = skipped[:20]
     source = ModelSource(path=path, format="tf", tensors=tensors, files=[path], details=details)
-    source._closers = [state.clear]
+    source.closers = [state.clear]
     return source
 
 

@@ -240,7 +240,7 @@ def open_tflite(path: Path) -> ModelSource:
     details = {"schema_version": version, "subgraphs": sg_info, "buffers": len(buffers),
                "constant_tensors": dict(types), "activation_tensors": activations, "operators": dict(ops.most_common())}
     source = ModelSource(path=path, format="tflite", tensors=tensors, files=[path], metadata=metadata, details=details)
-    source._closers = [cache.clear]
+    source.closers = [cache.clear]
     return source
 
 

@@ -260,7 +260,7 @@ def convert_hf(src: Path, dst: Path, *, quant: str | None = None, config_path: s
     re-reads it and compares every tensor with the source (`verify_gguf`)."""
     from ..conversion import ConvertResult
     from ..core.atomic import atomic_file
-    from ..core.source import open as open_model
+    from ..opening import open as open_model
     from .modelfile import modelfile_path, write_modelfile
 
     src, dst = Path(src), Path(dst)
@@ -320,7 +320,7 @@ def requantize(src: Path, dst: Path, qtype: str, *, force: bool = False, progres
     """`modelport quantize in.gguf out.gguf --type T`: an F32/F16/BF16 GGUF to any llama.cpp file type."""
     from ..conversion import ConvertResult
     from ..core.atomic import atomic_file
-    from ..core.source import open as open_model
+    from ..opening import open as open_model
     from ..formats.gguf import write_gguf
     from .modelfile import modelfile_path, write_modelfile
 
@@ -394,7 +394,7 @@ def dispatch(src: Path, dst: Path, *, to: str | None, quant: str | None, config:
             return None
         return gguf_to_hf(src, dst, dtype=dtype, shard_size=shard_size, force=force, progress=progress, trust=trust,
                           verify=verify)
-    from ..core.source import open as open_model
+    from ..opening import open as open_model
     with open_model(src, trust=trust) as source:
         is_gguf = source.format == "gguf"
         has_config = source.config is not None

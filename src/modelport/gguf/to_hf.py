@@ -146,7 +146,7 @@ def gguf_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | N
     `verify` re-opens the folder and checks every tensor bit for bit against the dequantized source."""
     from ..conversion import FOLDER_DEFAULT_SHARD, ConvertResult, _write_set, parse_size, verify_conversion
     from ..core.atomic import atomic_dir
-    from ..core.source import open as open_model
+    from ..opening import open as open_model
     from ..formats import registry
 
     src, dst = Path(src), Path(dst)

@@ -311,7 +311,7 @@ def _spm_space_prefix(tj: dict) -> bool:
 
 
 def _from_sentencepiece(model_path: Path, tj: dict | None) -> Vocab:
-    from ..formats import _protobuf as pb
+    from ..core import protobuf as pb
 
     data = model_path.read_bytes()
     if len(data) > 512 * 1024 * 1024:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from ..core.errors import UnsupportedError
-from ..core.source import open as open_model
+from ..opening import open as open_model
 from .base import Engine, Generation, Sampler, Sampling, TextStream
 from .chat_template import ChatTemplate, template_for
 

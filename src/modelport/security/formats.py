@@ -71,7 +71,7 @@ def check_tf_graph(path: Path, emit, saved_model: bool) -> None:
     """Every op of every graph and function in a SavedModel `saved_model.pb` (SavedModel > MetaGraphDef >
     GraphDef) or a frozen GraphDef `.pb`: GraphDef > NodeDef.op and FunctionDefLibrary > FunctionDef >
     NodeDef.op, read with the core's bounds-checked protobuf walker."""
-    from ..formats import _protobuf as pb
+    from ..core import protobuf as pb
     buf = path.read_bytes()
     seen: dict[str, int] = {}
 

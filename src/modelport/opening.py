@@ -1,0 +1,31 @@
+"""`open()`: any model file, shard index or Hugging Face folder, by content, after the scanner.
+
+Formats register in `modelport.formats.registry` with a detector that looks at the file's bytes;
+the reader is picked by content, never by extension. A Hugging Face folder is opened through its
+weight files (an index if there is one), its config, tokenizer and other side files kept alongside.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .core.errors import ModelportError
+from .core.source import ModelSource
+from .formats import registry
+from .security import guard
+
+
+def open(path: str | os.PathLike, *, format: str | None = None, trust: bool = False) -> ModelSource:  # noqa: A001
+    """Open a model file, a shard index or a Hugging Face folder by content.
+
+    The scanner runs first: a file that would run code or harm a reader is refused, and a merely
+    suspicious one (imports outside the allowlist, an archive we can't look inside) needs `trust`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelportError("no such file or directory", path)
+    guard(path, trust=trust)
+    if path.is_dir():
+        return registry.open_folder(path)
+    return registry.open_file(path, format=format)
