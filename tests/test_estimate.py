@@ -209,7 +209,8 @@ def test_estimate_matches_modelports_converter(tmp_path, arch, style, long):
 def test_estimate_matches_modelport_quantize(tmp_path):
     """`modelport quantize f32.gguf out.gguf --type T`: the estimate of the F32 GGUF predicts every output."""
     import modelport
-    from modelport.gguf.convert import hf_to_gguf, requantize
+    from modelport.conversion.gguf_requantize import requantize
+    from modelport.gguf.convert import hf_to_gguf
     from tests.gguf.hf_models import make_model
 
     with warnings.catch_warnings():

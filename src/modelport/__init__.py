@@ -4,6 +4,7 @@ The Python API mirrors the CLI:
 
     import modelport
     src = modelport.open("model.bin")          # any format, by content; lazy tensors
+    modelport.save({"w": array}, "out.safetensors")
     modelport.convert("model.bin", "model.safetensors", verify=True)
     modelport.diff("a.safetensors", "b.pt")
 """
@@ -14,12 +15,13 @@ from .core.source import ModelSource
 from .opening import open
 from .core.tensor import TensorRef
 from .conversion import convert
+from .writing import save
 from .comparison import diff
 from .inspection import inspect
 from .security import scan
 from .estimate import estimate
 from .recommend import recommend
 
-__all__ = ["open", "convert", "diff", "inspect", "scan", "estimate", "recommend", "ModelSource", "TensorRef", "DType",
+__all__ = ["open", "save", "convert", "diff", "inspect", "scan", "estimate", "recommend", "ModelSource", "TensorRef", "DType",
            "DTYPES", "ModelportError", "FormatError", "UnsafeFileError", "UnsupportedError", "CheckFailed"]
 __version__ = "0.1.0"

@@ -81,7 +81,7 @@ DEVICES = {d.name: d for d in (
 
 def parse_memory(text: str | int) -> int:
     """'12GB' (decimal), '16GiB' (binary) -> bytes; the same reader as `convert --shard-size`."""
-    from .conversion import parse_size
+    from .core.sizes import parse_size
 
     size = parse_size(text)
     if size < 10**6:

@@ -38,11 +38,12 @@ def register(app: typer.Typer) -> None:
         trust: bool = trust_option(),
     ) -> None:
         """Convert a model between formats (safetensors, PyTorch, NumPy, ... and HF folders)."""
-        with open_model(src, trust=trust) as source:
+        with open_model(src, trust=trust) as source:   # opened (and scanned) once: convert() takes the source
             total = sum(r.nbytes for r in source)
-        with byte_progress(total, f"converting {src.name}", enabled=not quiet and not as_json) as advance:
-            result = convert(src, dst, to=to, dtype=dtype, shard_size=shard_size, force=force, verify=verify, trust=trust,
-                             dequantize=dequantize, progress=lambda ref: advance(ref.nbytes), quant=quant, config=config)
+            with byte_progress(total, f"converting {src.name}", enabled=not quiet and not as_json) as advance:
+                result = convert(source, dst, to=to, dtype=dtype, shard_size=shard_size, force=force, verify=verify,
+                                 dequantize=dequantize, progress=lambda ref: advance(ref.nbytes), quant=quant,
+                                 config=config)
         if as_json:
             print_json(result.__dict__)
             return

@@ -34,13 +34,16 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     _state["debug"] = debug
 
 
-def _register_commands() -> None:
+def register_commands() -> None:
+    """Add every command to `app` (once; in-process callers such as tests call it too)."""
+    if app.registered_commands:
+        return
     for name in COMMANDS:
         importlib.import_module(f"modelport.cli.{name}_cmd").register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
-    _register_commands()
+    register_commands()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         code = app(args=argv, prog_name="modelport", standalone_mode=False)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..core.errors import ModelportError
+from ..conversion.gguf_requantize import requantize
+from ..opening import open as open_model
 from .convert_cmd import verified_line
 from .output import byte_progress, console, human_bytes, print_json, trust_option
 
@@ -27,16 +28,11 @@ def register(app: typer.Typer) -> None:
         trust: bool = trust_option(),
     ) -> None:
         """Quantize a GGUF model (same per-tensor types and bytes as llama.cpp's llama-quantize)."""
-        from ..formats.gguf import read_header
-        from ..gguf.convert import requantize
-
-        try:  # only sizes the progress bar; requantize gives the real error for a file that is not GGUF
-            total = sum(t.nbytes for t in read_header(src).tensors)
-        except (ModelportError, OSError):
-            total = 0
-        with byte_progress(total, f"quantizing {src.name}", enabled=not quiet and not as_json) as advance:
-            result = requantize(src, dst, qtype, force=force, progress=lambda ref: advance(ref.nbytes), trust=trust,
-                                verify=verify)
+        with open_model(src, trust=trust) as source:   # opened (and scanned) once; requantize checks it is GGUF
+            total = sum(t.nbytes for t in source)
+            with byte_progress(total, f"quantizing {src.name}", enabled=not quiet and not as_json) as advance:
+                result = requantize(source, dst, qtype, force=force, progress=lambda ref: advance(ref.nbytes),
+                                    verify=verify)
         if as_json:
             print_json(result.__dict__)
             return

@@ -23,9 +23,10 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core import dtypes
-from ..core.errors import FormatError, ModelportError, UnsupportedError
+from ..core.errors import CheckFailed, FormatError, ModelportError, UnsupportedError
 from ..core.source import ModelSource, read_json
 from ..core.tensor import TensorRef
+from ..formats.gguf import open_gguf, write_gguf
 from . import architectures, mixes, quants
 from .tokenizer import TOKENIZER_FILES, Vocab, load_vocab
 
@@ -189,8 +190,6 @@ def _loader(arch, gname: str, ref: TensorRef) -> Callable[[], np.ndarray]:
 def hf_to_gguf(source: ModelSource, dst: str | os.PathLike, quant: str | None = None, *, config: dict | None = None,
                side_files: dict[str, Path] | None = None, progress=None, threads: int | None = None) -> Plan:
     """Write `source` (an opened HF model) to the GGUF file `dst` as `quant` (default F16), streaming."""
-    from ..formats.gguf import write_gguf
-
     ftype = parse_ftype(quant)
     plan = plan_hf(source, ftype, config, side_files)
     write_gguf(to_refs(plan.tensors, threads), Path(dst), metadata=plan.metadata, progress=progress)
@@ -207,9 +206,6 @@ VERIFY_BOUNDS = {"Q8_0": 0.02, "Q6_K": 0.06, "Q5_K": 0.12, "Q5_0": 0.15, "Q5_1":
 def verify_gguf(planned: list[Planned], dst: Path) -> dict[str, float]:
     """Re-open a written GGUF and compare every tensor with what it was made from, one at a time: float types
     bit for bit, quantized ones within `VERIFY_BOUNDS`. Returns the worst relative RMS error per quantized type."""
-    from ..core.errors import CheckFailed
-    from ..formats.gguf import open_gguf
-
     worst: dict[str, float] = {}
     with open_gguf(dst) as out:
         for p in planned:
@@ -254,45 +250,6 @@ def load_config(path: str | os.PathLike) -> dict:
     return cfg
 
 
-def convert_hf(src: Path, dst: Path, *, quant: str | None = None, config_path: str | os.PathLike | None = None,
-               force: bool = False, progress=None, modelfile: bool = True, trust: bool = False, verify: bool = False):
-    """`modelport convert HF_DIR out.gguf`: atomic GGUF output plus an Ollama Modelfile beside it; `verify`
-    re-reads it and compares every tensor with the source (`verify_gguf`)."""
-    from ..conversion import ConvertResult
-    from ..core.atomic import atomic_file
-    from ..opening import open as open_model
-    from .modelfile import modelfile_path, write_modelfile
-
-    src, dst = Path(src), Path(dst)
-    with open_model(src, trust=trust) as source:
-        config = load_config(config_path) if config_path is not None else source.config
-        side = dict(source.side_files)
-        if config_path is not None:
-            folder = Path(config_path).parent
-            for name in TOKENIZER_FILES:
-                if name not in side and (folder / name).is_file() and not (folder / name).is_symlink():
-                    side[name] = folder / name
-        if config is None:
-            raise UnsupportedError("converting to GGUF needs the model's config.json (beside the weights, or --config)",
-                                   src)
-        if dst.resolve() in {f.resolve() for f in source.files}:
-            raise UnsupportedError("the output would overwrite the input", dst)
-        ftype = parse_ftype(quant)
-        plan = plan_hf(source, ftype, config, side)
-        from ..formats.gguf import write_gguf
-        with atomic_file(dst, force) as tmp:
-            write_gguf(to_refs(plan.tensors), tmp, metadata=plan.metadata, progress=progress)
-            errors = verify_gguf(plan.tensors, tmp) if verify else {}
-        files = [str(dst)]
-        if modelfile:
-            mf = modelfile_path(dst)
-            write_modelfile(mf, dst, plan.metadata)
-            files.append(str(mf))
-        nbytes = sum(dtypes.DTYPES[p.type].nbytes(int(np.prod(p.shape))) for p in plan.tensors)
-        return ConvertResult(str(src), str(dst), "gguf", files, len(plan.tensors), nbytes, verified=verify,
-                             errors=errors)
-
-
 # --- GGUF -> GGUF re-quantization -------------------------------------------------------------------
 
 def model_shape(meta: dict) -> mixes.ModelShape:
@@ -313,100 +270,3 @@ def model_shape(meta: dict) -> mixes.ModelShape:
     n_kv = first(meta.get(f"{arch}.attention.head_count_kv"), n_head)
     return mixes.ModelShape(n_layer=first(meta.get(f"{arch}.block_count")), n_head=n_head, n_head_kv=n_kv,
                             n_expert=first(meta.get(f"{arch}.expert_count")), arch=arch)
-
-
-def requantize(src: Path, dst: Path, qtype: str, *, force: bool = False, progress=None, modelfile: bool = True,
-               trust: bool = False, verify: bool = False):
-    """`modelport quantize in.gguf out.gguf --type T`: an F32/F16/BF16 GGUF to any llama.cpp file type."""
-    from ..conversion import ConvertResult
-    from ..core.atomic import atomic_file
-    from ..opening import open as open_model
-    from ..formats.gguf import write_gguf
-    from .modelfile import modelfile_path, write_modelfile
-
-    src, dst = Path(src), Path(dst)
-    ftype = parse_ftype(qtype, default="Q4_K_M")
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise UnsupportedError("the output would overwrite the input", dst)
-    source = open_model(src, trust=trust)
-    if source.format != "gguf":
-        source.close()
-        raise UnsupportedError(f"quantize takes a GGUF file; this is {source.format} (use 'modelport convert' for HF models)", src)
-    try:
-        planned = []
-        for ref in source:
-            if ref.dtype.is_quantized or not ref.dtype.is_float:
-                if mixes.allows_quantization(ref.name, ref.shape):
-                    raise UnsupportedError(f"tensor {ref.name!r} is already {ref.dtype.name}; re-quantizing a quantized "
-                                           "model loses quality twice; start from an F32/F16/BF16 GGUF", src)
-            planned.append(Planned(ref.name, ref.shape, _plain(ref), ref.dtype.name))
-        meta = dict(source.metadata)
-        shape = model_shape(meta)
-        if ftype in FLOAT_FTYPES:
-            for p in planned:
-                if mixes.allows_quantization(p.name, p.shape):
-                    p.type = ftype
-        else:
-            chosen = mixes.choose_types({p.name: (p.shape, p.type) for p in planned}, ftype, shape)
-            for p in planned:
-                p.type = chosen[p.name]
-        for p in planned:   # tensors llama-quantize leaves alone keep their bytes (F16 norms stay F16)
-            if p.type == source.tensors[p.name].dtype.name:
-                p.load = source.tensors[p.name].read
-        meta.update(file_metadata(ftype, ftype not in FLOAT_FTYPES))
-        with atomic_file(dst, force) as tmp:
-            write_gguf(to_refs(planned), tmp, metadata=meta, progress=progress)
-            errors = verify_gguf(planned, tmp) if verify else {}
-        files = [str(dst)]
-        if modelfile:
-            mf = modelfile_path(dst)
-            write_modelfile(mf, dst, meta)
-            files.append(str(mf))
-        nbytes = sum(dtypes.DTYPES[p.type].nbytes(int(np.prod(p.shape))) for p in planned)
-        return ConvertResult(str(src), str(dst), "gguf", files, len(planned), nbytes, verified=verify, errors=errors)
-    finally:
-        source.close()
-
-
-def _plain(ref: TensorRef):
-    def load():
-        return np.asarray(ref.read()).astype(np.float32)
-    return load
-
-
-# --- the hook `conversion.convert` calls ------------------------------------------------------------
-
-def dispatch(src: Path, dst: Path, *, to: str | None, quant: str | None, config: str | os.PathLike | None,
-             dtype: str | None, force: bool, progress=None, verify: bool = False, trust: bool = False,
-             shard_size: str | int | None = None):
-    """Handle `convert` when the output is GGUF and the source is an HF model (or a GGUF to re-quantize),
-    and GGUF -> Hugging Face folder (`to_hf`).
-
-    Returns None when the generic tensor-copy path should run instead (e.g. a GGUF to GGUF copy).
-    """
-    src, dst = Path(src), Path(dst)
-    to_gguf = (to or "").lower() == "gguf" or (to is None and dst.suffix.lower() == ".gguf")
-    if not to_gguf:
-        if quant is not None or config is not None:
-            raise UnsupportedError("--quant and --config apply to GGUF output (give DST a .gguf extension or --to gguf)", dst)
-        from .to_hf import gguf_to_hf, wants_hf
-        if not wants_hf(src, dst, to):
-            return None
-        return gguf_to_hf(src, dst, dtype=dtype, shard_size=shard_size, force=force, progress=progress, trust=trust,
-                          verify=verify)
-    from ..opening import open as open_model
-    with open_model(src, trust=trust) as source:
-        is_gguf = source.format == "gguf"
-        has_config = source.config is not None
-    if is_gguf and quant is None:
-        return None
-    if not is_gguf and config is None and not has_config and src.is_file() and (src.parent / "config.json").is_file():
-        config = src.parent / "config.json"     # a weights file inside its HF folder
-    if not is_gguf and config is None and not has_config:
-        if quant is not None:
-            raise UnsupportedError("converting to GGUF needs the model's config.json (beside the weights, or --config)", src)
-        return None
-    if is_gguf:
-        return requantize(src, dst, quant, force=force, progress=progress, trust=trust, verify=verify)
-    return convert_hf(src, dst, quant=quant if quant is not None else dtype, config_path=config, force=force,
-                      progress=progress, trust=trust, verify=verify)

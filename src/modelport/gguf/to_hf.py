@@ -9,9 +9,6 @@ tokenizer from `tokenizer.ggml.*` (`hf_tokenizer`). Peak memory is about one ten
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,16 +20,6 @@ from . import architectures
 from .convert import _check_layers
 
 HF_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
-
-
-def wants_hf(src: Path, dst: Path, to: str | None) -> bool:
-    """`convert` of a GGUF file to an HF folder: `--to hf`, or a DST without extension."""
-    if not src.is_file():
-        return False
-    with open(src, "rb") as f:
-        if f.read(4) != b"GGUF":
-            return False
-    return (to or "").lower() in ("hf", "huggingface") or (to is None and not dst.suffix and not dst.is_file())
 
 
 def default_dtype(source) -> dtypes.DType:
@@ -137,44 +124,3 @@ def generation_config(meta: dict, ids: dict[str, int]) -> dict[str, Any]:
     if "pad" in ids:
         out["pad_token_id"] = ids["pad"]
     return out
-
-
-def gguf_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | None = None,
-               shard_size: str | int | None = None, force: bool = False, progress=None, trust: bool = False,
-               verify: bool = False):
-    """`modelport convert model.gguf OUT_DIR --to hf`: a folder transformers loads (weights, config, tokenizer).
-    `verify` re-opens the folder and checks every tensor bit for bit against the dequantized source."""
-    from ..conversion import FOLDER_DEFAULT_SHARD, ConvertResult, _write_set, parse_size, verify_conversion
-    from ..core.atomic import atomic_dir
-    from ..opening import open as open_model
-    from ..formats import registry
-
-    src, dst = Path(src), Path(dst)
-    try:
-        target = dtypes.parse(dtype) if dtype else None
-    except ValueError as exc:
-        raise UnsupportedError(f"{exc}; use f32, f16 or bf16") from None
-    max_size = parse_size(shard_size) or FOLDER_DEFAULT_SHARD
-    with open_model(src, trust=trust) as source:
-        if source.format != "gguf":
-            raise UnsupportedError(f"expected a GGUF file, got {source.format}", src)
-        if dst.resolve() == src.resolve():
-            raise UnsupportedError("the output would overwrite the input", dst)
-        config, refs, tok = plan(source, target)
-        spec = registry.get("safetensors")
-        with atomic_dir(dst, force) as tmp:
-            written = _write_set(spec, refs, tmp, "model.safetensors", max_size, {"format": "pt"}, {}, progress)
-            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-            written.append(tmp / "config.json")
-            gen = generation_config(source.metadata, tok.special_ids if tok else {})
-            if gen:
-                (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-                written.append(tmp / "generation_config.json")
-            if tok is not None:
-                written += tok.save(tmp)
-            names = [p.name for p in written]
-            if verify:
-                verify_conversion(source, tmp, refs)
-        return ConvertResult(str(src), str(dst), "hf", [str(dst / n) for n in names], len(refs),
-                             sum(r.nbytes for r in refs), verified=verify)
-

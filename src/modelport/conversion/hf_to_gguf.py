@@ -1,0 +1,81 @@
+"""Hugging Face model → GGUF (`convert HF_DIR out.gguf --quant T`): an atomic GGUF plus an Ollama Modelfile.
+
+The plan (names, types, metadata, vocabulary) comes from `gguf.convert.plan_hf`, built from headers and
+side files and checked before the output is created; `--verify` re-reads the file and compares every
+tensor with its source (`gguf.convert.verify_gguf`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..core import dtypes
+from ..core.atomic import atomic_file
+from ..core.errors import UnsupportedError
+from ..core.source import ModelSource
+from ..formats.gguf import write_gguf
+from ..gguf.convert import load_config, parse_ftype, plan_hf, to_refs, verify_gguf
+from ..gguf.modelfile import modelfile_path, write_modelfile
+from ..gguf.tokenizer import TOKENIZER_FILES
+from ..writing import ConvertResult
+from .route import Request
+
+
+def model_config(source: ModelSource, config_path: Path | None) -> tuple[dict | None, dict[str, Path]]:
+    """The config and tokenizer files for a GGUF: `--config` (and the tokenizer beside it), the source's own,
+    or the config.json beside a bare weights file."""
+    if config_path is None and source.config is None and source.path.is_file():
+        beside = source.path.parent / "config.json"
+        if beside.is_file():
+            config_path = beside
+    side = dict(source.side_files)
+    if config_path is None:
+        return source.config, side
+    folder = Path(config_path).parent
+    for name in TOKENIZER_FILES:
+        if name not in side and (folder / name).is_file() and not (folder / name).is_symlink():
+            side[name] = folder / name
+    return load_config(config_path), side
+
+
+def write_hf_as_gguf(source: ModelSource, dst: Path, *, quant: str | None = None, config_path: Path | None = None,
+                     force: bool = False, progress=None, modelfile: bool = True, verify: bool = False) -> ConvertResult:
+    """`source` (an opened HF model) as the GGUF file `dst`, `quant` (default F16), with a Modelfile beside it."""
+    config, side = model_config(source, config_path)
+    if config is None:
+        raise UnsupportedError("converting to GGUF needs the model's config.json (beside the weights, or --config)",
+                               source.path)
+    plan = plan_hf(source, parse_ftype(quant), config, side)
+    with atomic_file(dst, force) as tmp:
+        write_gguf(to_refs(plan.tensors), tmp, metadata=plan.metadata, progress=progress)
+        errors = verify_gguf(plan.tensors, tmp) if verify else {}
+    files = [str(dst)]
+    if modelfile:
+        mf = modelfile_path(dst)
+        write_modelfile(mf, dst, plan.metadata)
+        files.append(str(mf))
+    nbytes = sum(dtypes.DTYPES[p.type].nbytes(int(np.prod(p.shape))) for p in plan.tensors)
+    return ConvertResult(str(source.path), str(dst), "gguf", files, len(plan.tensors), nbytes, verified=verify,
+                         errors=errors)
+
+
+class HfToGguf:
+    """Any non-GGUF source with a config (its own, `--config`, or config.json beside it) to a GGUF output.
+    Without a config, `--quant` is an error and a plain GGUF copy of the tensors falls to the weights route."""
+    name = "hf-to-gguf"
+
+    def matches(self, source: ModelSource, request: Request) -> bool:
+        if source.format == "gguf" or not request.wants_gguf:
+            return False
+        config, _ = model_config(source, request.config)
+        if config is None and request.quant is not None:
+            raise UnsupportedError("converting to GGUF needs the model's config.json (beside the weights, or --config)",
+                                   source.path)
+        return config is not None
+
+    def run(self, source: ModelSource, request: Request) -> ConvertResult:
+        return write_hf_as_gguf(source, request.dst, quant=request.quant if request.quant is not None else request.dtype,
+                                config_path=request.config, force=request.force, progress=request.progress,
+                                verify=request.verify)

@@ -1,0 +1,126 @@
+"""convert as routes: the source is opened (and scanned) once and handed to the first route that takes it;
+`modelport.save` writes named arrays like any other output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import modelport
+from modelport import conversion, opening
+from modelport.cli.main import app, register_commands
+from modelport.conversion import ROUTES, Request
+from modelport.core.errors import UnsupportedError
+from modelport.formats import registry
+from tests.gguf.hf_models import make_model
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory) -> Path:
+    return make_model(tmp_path_factory.mktemp("routes") / "tiny", "llama", "gpt2", hidden=64, ffn=128, heads=4,
+                      kv_heads=2)
+
+
+class OpenCounter:
+    """Counts the scans (`guard`) and the reader opens of one path, around the real functions."""
+
+    def __init__(self, monkeypatch, path: Path):
+        self.path, self.scans, self.opens = path.resolve(), 0, 0
+        guard, open_folder, open_file = opening.guard, registry.open_folder, registry.open_file
+
+        def counted_guard(p, *a, **k):
+            self.scans += Path(p).resolve() == self.path
+            return guard(p, *a, **k)
+
+        def counted_folder(p, *a, **k):
+            self.opens += Path(p).resolve() == self.path
+            return open_folder(p, *a, **k)
+
+        def counted_file(p, *a, **k):
+            self.opens += Path(p).resolve() == self.path
+            return open_file(p, *a, **k)
+
+        monkeypatch.setattr(opening, "guard", counted_guard)
+        monkeypatch.setattr(registry, "open_folder", counted_folder)
+        monkeypatch.setattr(registry, "open_file", counted_file)
+
+
+def test_cli_hf_to_gguf_scans_and_opens_its_source_once(hf_dir, tmp_path, monkeypatch):
+    counter = OpenCounter(monkeypatch, hf_dir)
+    register_commands()
+    out = tmp_path / "tiny-Q4_K_M.gguf"
+    result = CliRunner().invoke(app, ["convert", str(hf_dir), str(out), "--quant", "Q4_K_M", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and out.read_bytes()[:4] == b"GGUF"
+    assert (counter.scans, counter.opens) == (1, 1)
+
+
+def test_api_convert_takes_an_open_source(hf_dir, tmp_path, monkeypatch):
+    with modelport.open(hf_dir) as source:
+        counter = OpenCounter(monkeypatch, hf_dir)
+        result = conversion.convert(source, tmp_path / "tiny.gguf", quant="Q8_0")
+        assert (counter.scans, counter.opens) == (0, 0)
+    assert result.format == "gguf" and Path(result.output).is_file()
+
+
+@pytest.mark.parametrize("dst, options, route", [
+    ("out.gguf", {"quant": "Q4_K_M"}, "hf-to-gguf"),
+    ("out.gguf", {}, "hf-to-gguf"),
+    ("out.safetensors", {}, "weights"),
+    ("out", {}, "weights"),
+])
+def test_first_matching_route_for_an_hf_folder(hf_dir, tmp_path, dst, options, route):
+    with modelport.open(hf_dir) as source:
+        request = Request(tmp_path / dst, **options)
+        assert next(r for r in ROUTES if r.matches(source, request)).name == route
+
+
+def test_routes_for_a_gguf(hf_dir, tmp_path):
+    f16 = tmp_path / "f16.gguf"
+    modelport.convert(hf_dir, f16)
+    with modelport.open(f16) as source:
+        def route(dst, **options):
+            return next(r for r in ROUTES if r.matches(source, Request(tmp_path / dst, **options))).name
+        assert route("q.gguf", quant="Q4_0") == "gguf-requantize"
+        assert route("copy.gguf") == "weights"
+        assert route("hf_out") == "gguf-to-hf"
+        assert route("hf_out", to="hf") == "gguf-to-hf"
+        assert route("w.safetensors") == "weights"
+
+
+def test_quant_without_a_config_is_refused(tmp_path):
+    weights = tmp_path / "w.safetensors"
+    modelport.save({"a": np.ones((4, 4), np.float32)}, weights)
+    with pytest.raises(UnsupportedError, match="config.json"):
+        modelport.convert(weights, tmp_path / "w.gguf", quant="Q8_0")
+    assert not (tmp_path / "w.gguf").exists()
+
+
+def test_save_writes_arrays_in_any_format_and_reads_back(tmp_path):
+    rng = np.random.default_rng(0)
+    tensors = {"layer.weight": rng.standard_normal((8, 4)).astype(np.float32), "layer.bias": np.arange(8, dtype=np.int64)}
+    for name in ("t.safetensors", "t.pt", "t.npz", "t.gguf"):
+        result = modelport.save(tensors, tmp_path / name, verify=True)
+        assert result.verified and result.tensors == 2
+        with modelport.open(tmp_path / name) as back:
+            for key, value in tensors.items():
+                assert np.array_equal(back[key].read(), value)
+
+
+def test_save_to_a_folder_shards_with_an_index(tmp_path):
+    tensors = {f"w{i}": np.full((256, 256), i, np.float32) for i in range(4)}
+    result = modelport.save(tensors, tmp_path / "sharded", shard_size="300KB")
+    names = sorted(Path(f).name for f in result.files)
+    assert "model.safetensors.index.json" in names and len(names) == 5
+    with modelport.open(tmp_path / "sharded") as back:
+        assert sorted(back.keys()) == sorted(tensors) and float(back["w3"].read()[0, 0]) == 3.0
+
+
+def test_save_keeps_an_existing_output_unless_forced(tmp_path):
+    modelport.save({"a": np.zeros(3, np.float32)}, tmp_path / "a.safetensors")
+    with pytest.raises(modelport.ModelportError, match="already exists"):
+        modelport.save({"a": np.zeros(3, np.float32)}, tmp_path / "a.safetensors")
+    modelport.save({"a": np.ones(3, np.float32)}, tmp_path / "a.safetensors", force=True)
