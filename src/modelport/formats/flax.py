@@ -5,7 +5,7 @@ API, so reading one array would copy the whole checkpoint. The walker follows he
 records, for each ndarray ext (code 1: `[shape, dtype name, data]`; code 3: a NumPy scalar packed
 the same way), the absolute offset of its data, so `read()` is a memory-map view. Chunked arrays
 (`__msgpack_chunked_array__`, flax's answer to msgpack's 2 GiB object limit) are joined on read.
-Nested map keys become dotted names; plain scalar leaves go to `metadata`. FORMATS.md §6.1.
+Nested map keys become dotted names; plain scalar leaves go to `metadata`. docs/formats.md §6.1.
 
 The writer emits the same encoding (maps of string keys, ext 1 arrays, chunking above 2^30 bytes)
 one tensor at a time, so `flax.serialization.from_bytes` reads it back.

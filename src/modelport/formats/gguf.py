@@ -3,7 +3,7 @@
 Why our own parser beside gguf-py's `GGUFReader`: the reader memory-maps the file and builds NumPy
 views from the counts it finds, so a lying count or length becomes a huge allocation or a crash
 deep inside NumPy. Here every count, length and offset is checked against the file size before
-anything is allocated, with llama.cpp's rules (GGUF.md §1): version 2/3, n_dims <= 4, known types,
+anything is allocated, with llama.cpp's rules (docs/gguf.md §1): version 2/3, n_dims <= 4, known types,
 ne[0] a multiple of the block size, offsets aligned and equal to the running padded sum, no
 duplicate keys or tensor names, `general.alignment` a power-of-two u32. gguf-py stays the oracle
 in the tests, and serves for what it does well: `gguf.quants.dequantize` (block types on `read()`)

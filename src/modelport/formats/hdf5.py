@@ -1,6 +1,6 @@
 """HDF5 and Keras weights (`.h5`, `.hdf5`, Keras 3 `.keras`): h5py for parsing, our policy on top.
 
-h5py does the HDF5 parsing (FORMATS.md §3); what it does not do is decide what is safe. This module
+h5py does the HDF5 parsing (docs/formats.md §3); what it does not do is decide what is safe. This module
 refuses external storage, external links and virtual datasets (they read other files), caps declared
 sizes against stored sizes (shape bombs), disables filter-plugin loading, and memory-maps contiguous
 unfiltered datasets straight from the file (also inside a stored `.keras` zip member). Keras configs
@@ -113,7 +113,7 @@ class _RangeFile(io.RawIOBase):
 
 
 def _member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
-    """Where a zip member's bytes start: local header + name + local extra (FORMATS.md §0.4)."""
+    """Where a zip member's bytes start: local header + name + local extra (docs/formats.md §0.4)."""
     with path.open("rb") as f:
         f.seek(info.header_offset)
         local = f.read(30)

@@ -1,7 +1,7 @@
 """ONNX: every weight of a model, read lazily by scanning the protobuf wire format.
 
 Why not `onnx.load`: it parses the whole `ModelProto` into memory, inline `raw_data` included
-(FORMATS.md §5.5), so opening a 2 GB model costs 2 GB before a single tensor is asked for, and its
+(docs/formats.md §5.5), so opening a 2 GB model costs 2 GB before a single tensor is asked for, and its
 external-data path checks depend on the installed onnx version. Instead `core.protobuf.fields` walks the
 file (memory-mapped) and records, for each TensorProto, its name, dims, type and where its bytes are:
 `raw_data` becomes a zero-copy view of the mapped file, typed fields (`float_data`, `int32_data`, ...)
@@ -313,7 +313,7 @@ def _unpack_six(packed: np.ndarray, count: int, dtype) -> np.ndarray:
 
 
 def _from_bytes(raw: np.ndarray, dtype: dtypes.DType, shape: tuple) -> np.ndarray:
-    """A tensor from its raw_data bytes (little-endian; sub-byte types packed per FORMATS.md §0.3)."""
+    """A tensor from its raw_data bytes (little-endian; sub-byte types packed per docs/formats.md §0.3)."""
     count = math.prod(shape)
     if dtype.name in _NIBBLE:
         return unpack_nibbles(raw, count, dtype.numpy).reshape(shape)

@@ -2,7 +2,7 @@
 
 Why our own code beside the `safetensors` library: its NumPy path cannot return F8/F4/F6 tensors
 and it accepts duplicate keys; we need every dtype without a framework, and stricter checks (rules
-of FORMATS.md §1.3 plus duplicates, caps). The library stays the oracle in the tests.
+of docs/formats.md §1.3 plus duplicates, caps). The library stays the oracle in the tests.
 
 Writer: header first (it is computed from shapes and dtypes alone), then each tensor's bytes as it is
 read, so memory holds one tensor at a time. Layout follows the official writer (dtype descending,

@@ -1,7 +1,7 @@
 """TensorFlow without TensorFlow: checkpoint tensor bundles, SavedModel variables, frozen GraphDefs.
 
 Why our own code: only TensorFlow itself reads these (≈1.9 GB, and loading a SavedModel runs graph
-functions); no pure-Python reader exists (FORMATS.md §4.7). We parse:
+functions); no pure-Python reader exists (docs/formats.md §4.7). We parse:
 - the `.index` file, a LevelDB-style sorted table (footer, index block, data blocks with
   prefix-compressed keys and restart arrays; every block's masked CRC32C checked) holding a
   `BundleHeaderProto` and one `BundleEntryProto` per tensor; data is a memory-map view of the
@@ -14,7 +14,7 @@ functions); no pure-Python reader exists (FORMATS.md §4.7). We parse:
   the last one repeats; none: zeros).
 Protobufs go through the shared bounds-checked walker in `core.protobuf`. Snappy-compressed table
 blocks (TF never writes them) are decoded with `cramjam` if installed, else refused.
-Sub-byte TF dtypes (DT_INT4 …) are one byte per element, value in the low bits (FORMATS.md §0.3).
+Sub-byte TF dtypes (DT_INT4 …) are one byte per element, value in the low bits (docs/formats.md §0.3).
 """
 
 from __future__ import annotations

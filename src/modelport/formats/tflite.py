@@ -1,7 +1,7 @@
 """TFLite flatbuffers (`.tflite`): tensors and their constant buffers, read lazily with bounds checks.
 
 Why our own table walker instead of the `flatbuffers` runtime or the `tflite` package: neither
-verifies anything (a bad offset gives IndexError, struct.error or silently wrong data, FORMATS.md
+verifies anything (a bad offset gives IndexError, struct.error or silently wrong data, docs/formats.md
 §7.3), and we need only six tables of the schema (Model, SubGraph, Tensor, Buffer,
 QuantizationParameters, Metadata). Every offset, vtable and vector length is checked against the
 file size before use. Constant data is a memory-map view: the inline `Buffer.data` vector, or the

@@ -1,7 +1,7 @@
 """PyTorch `.pt/.pth/.bin/.ckpt`: read without torch and without running the pickle; write `.pt` zips.
 
 Why our own: `torch.load` needs torch and materializes every tensor; no maintained torch-free lazy
-reader exists (FORMATS.md §2.11). The pickle is interpreted by `_unpickler` (allowlist, inert
+reader exists (docs/formats.md §2.11). The pickle is interpreted by `_unpickler` (allowlist, inert
 stand-ins); tensor bytes are memory-mapped from the file, so `open()` reads the zip central directory,
 the pickle and one local header per storage, and `read()` touches only that tensor's bytes.
 
@@ -372,7 +372,7 @@ _LEGACY_STORAGE = {v: k for k, v in up.STORAGE_DTYPES.items()}
 
 
 class _Pickler:
-    """Emits the protocol-2 opcodes torch's weights-only unpickler accepts (FORMATS.md §2.6)."""
+    """Emits the protocol-2 opcodes torch's weights-only unpickler accepts (docs/formats.md §2.6)."""
 
     def __init__(self):
         self.out = bytearray(b"\x80\x02")

@@ -5,7 +5,7 @@ same table can run backwards (GGUF -> HF):
   * `tensors`: (HF name template, GGUF name template) pairs, `{bid}` standing for the layer number;
   * `transforms`: GGUF name suffix -> a named transform with an exact inverse (`TRANSFORMS`);
   * `hparams()`: config.json -> `<arch>.*` keys with the types llama.cpp's loader insists on (u32 counts,
-    f32 floats; GGUF.md §2). transformers 5 moved `rope_theta` into `rope_parameters`; both are read.
+    f32 floats; docs/gguf.md §2). transformers 5 moved `rope_theta` into `rope_parameters`; both are read.
 
 Why our own and not gguf-py's `TensorNameMap`: it maps names one way only, has no notion of the Q/K
 permutation or the Conv1D transpose, and pulls in every architecture llama.cpp knows; the handful we
@@ -36,7 +36,7 @@ def f32(v) -> np.float32:
 # --- transforms (each with its inverse) ---------------------------------------------------------
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-    """HF rotate-half row order -> llama.cpp adjacent-pair order, per head (GGUF.md §4)."""
+    """HF rotate-half row order -> llama.cpp adjacent-pair order, per head (docs/gguf.md §4)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 

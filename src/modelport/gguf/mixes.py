@@ -1,6 +1,6 @@
 """Per-tensor type choice for llama.cpp file types (Q4_K_M etc.), as llama-quantize makes it.
 
-A transcription of `llama_tensor_get_type` in llama.cpp's src/llama-quant.cpp (GGUF.md §8) for the ftypes modelport
+A transcription of `llama_tensor_get_type` in llama.cpp's src/llama-quant.cpp (docs/gguf.md §8) for the ftypes modelport
 writes, without imatrix, `--pure` or manual overrides. No library exposes this choice without quantizing the whole
 file, so it is ours; tests compare it with what `llama_cpp.llama_model_quantize` picks.
 

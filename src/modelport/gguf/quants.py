@@ -3,7 +3,7 @@
 Why our own: gguf-py (0.19) cannot quantize the K-quants at all (its Q2_K..Q6_K classes only dequantize), and
 its legacy quantizers differ from ggml in the sign of zero-valued fp16 scales. llama-quantize without an
 importance matrix calls ggml's `quantize_row_*_ref` functions for every type we support, so these are
-ports of those algorithms (GGUF.md §6), vectorised over all blocks of a chunk at once.
+ports of those algorithms (docs/gguf.md §6), vectorised over all blocks of a chunk at once.
 
 Byte identity depends on doing exactly what the C code does in float32:
 - the same expression order (`w*x*l` is `(w*x)*l`), no fused multiply-adds;

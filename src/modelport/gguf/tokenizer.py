@@ -1,4 +1,4 @@
-"""Hugging Face tokenizer -> `tokenizer.ggml.*` metadata (GGUF.md §5), validated before anything is written.
+"""Hugging Face tokenizer -> `tokenizer.ggml.*` metadata (docs/gguf.md §5), validated before anything is written.
 
 Two tokenizer families, as llama.cpp runs them:
   * byte-level BPE (`tokenizer.ggml.model = "gpt2"`: GPT-2, Llama 3, Qwen2, SmolLM, ...) from tokenizer.json:
