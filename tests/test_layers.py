@@ -175,15 +175,15 @@ def test_the_checker_catches_what_it_is_for(tmp_path):
     """A copy of the tree with a cycle, a layer break, a private import and a lazy import added on purpose."""
     root = tmp_path / "src"
     shutil.copytree(SRC / "modelport", root / "modelport", ignore=shutil.ignore_patterns("__pycache__"))
-    assert check(root) == []
+    before = set(check(root))
     with open(root / "modelport" / "core" / "dtypes.py", "a") as f:
-        f.write("\nfrom ..cli import main  # noqa\n")              # core -> cli: a layer break and a cycle
+        f.write("\nfrom ..formats import registry  # noqa\n")     # core -> formats: a layer break and a cycle
     with open(root / "modelport" / "writing.py", "a") as f:
         f.write("\nfrom .opening import _hidden  # noqa\n"
                 "def later():\n    from .formats import registry  # noqa\n")
-    problems = check(root)
+    problems = set(check(root)) - before
     assert any(p.startswith("cycle:") and "modelport.core.dtypes" in p for p in problems), problems
-    assert "layer: modelport.core.dtypes -> modelport.cli.main" in problems
+    assert "layer: modelport.core.dtypes -> modelport.formats.registry" in problems
     assert "private name: modelport.writing: modelport.opening._hidden" in problems
     assert "in-function import: modelport.writing -> modelport.formats.registry" in problems
 
