@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +126,46 @@ def test_save_keeps_an_existing_output_unless_forced(tmp_path):
     with pytest.raises(modelport.ModelportError, match="already exists"):
         modelport.save({"a": np.zeros(3, np.float32)}, tmp_path / "a.safetensors")
     modelport.save({"a": np.ones(3, np.float32)}, tmp_path / "a.safetensors", force=True)
+
+
+def test_outputs_honour_the_umask(tmp_path):
+    """Files come out 0644 and folders 0755 under umask 022 (mkstemp/mkdtemp's private modes do not survive)."""
+    old = os.umask(0o022)
+    try:
+        modelport.save({"a": np.zeros(3, np.float32)}, tmp_path / "a.safetensors")
+        modelport.save({"a": np.zeros(3, np.float32)}, tmp_path / "folder")
+        os.umask(0o077)
+        modelport.save({"a": np.zeros(3, np.float32)}, tmp_path / "private.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "folder" / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.safetensors").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("name, to, needle", [
+    ("x.safetensors", "gguf", "name it x.gguf"),
+    ("x.npy", None, "name it x.npz"),
+    ("x.pt", "safetensors", "name it x.safetensors"),
+])
+def test_the_written_format_matches_the_name(tmp_path, name, to, needle):
+    weights = tmp_path / "w.safetensors"
+    modelport.save({"a": np.ones((4, 4), np.float32), "b": np.zeros(2, np.float32)}, weights)
+    with pytest.raises(UnsupportedError, match=needle):
+        modelport.convert(weights, tmp_path / name, to=to)
+    assert not (tmp_path / name).exists()
+
+
+def test_quantize_refuses_a_non_gguf_name(hf_dir, tmp_path):
+    f16 = tmp_path / "f16.gguf"
+    modelport.convert(hf_dir, f16)
+    register_commands()
+    result = CliRunner().invoke(app, ["quantize", str(f16), str(tmp_path / "q.safetensors"), "--type", "Q8_0"])
+    assert result.exit_code != 0 and isinstance(result.exception, UnsupportedError)
+    assert "name it q.gguf" in str(result.exception) and not (tmp_path / "q.safetensors").exists()
+
+
+def test_shard_size_on_a_single_file_output_is_refused(tmp_path):
+    with pytest.raises(UnsupportedError, match="--shard-size needs a folder"):
+        modelport.save({"a": np.ones(3, np.float32)}, tmp_path / "a.safetensors", format="safetensors", shard_size="1MB")

@@ -106,6 +106,19 @@ def write_set(spec: FormatSpec, refs: list[TensorRef], folder: Path, max_size: i
     return [*paths, index_path]
 
 
+def check_output_name(dst: Path, format_name: str) -> None:
+    """The written format must be the one the output's name says: no GGUF named `.safetensors`, no `.npz`
+    zip named `.npy` (a `.npy` file holds one bare array; modelport writes NumPy as `.npz`)."""
+    suffix = dst.suffix.lower()
+    named = [spec.name for spec in registry.formats() if suffix in spec.extensions]
+    if named and format_name not in named:
+        raise UnsupportedError(f"the name says {named[0]} but the output would be {format_name}; "
+                               f"name it {dst.stem}{registry.get(format_name).extensions[0]}", dst)
+    if suffix == ".npy":
+        raise UnsupportedError(f"a .npy file holds one bare array; modelport writes NumPy as .npz: name it "
+                               f"{dst.stem}.npz", dst)
+
+
 def write_tensors(refs: list[TensorRef], dst: Path, spec: FormatSpec, *, folder: bool = False,
                   max_size: int | None = None, metadata: dict | None = None, aliases: dict[str, str] | None = None,
                   force: bool = False, progress: Progress | None = None,
@@ -122,6 +135,7 @@ def write_tensors(refs: list[TensorRef], dst: Path, spec: FormatSpec, *, folder:
         return [str(dst / n) for n in names]
     if max_size is not None:
         raise UnsupportedError("--shard-size needs a folder output (a DST without extension, or --to hf)", dst)
+    check_output_name(dst, spec.name)
     with atomic_file(dst, force) as tmp:
         spec.write(refs, tmp, metadata=metadata or {}, aliases=aliases or {}, progress=progress)
     return [str(dst)]
@@ -167,12 +181,12 @@ def as_refs(tensors: Mapping[str, object] | Iterable[TensorRef]) -> list[TensorR
 def save(tensors: Mapping[str, object] | Iterable[TensorRef], path: str | os.PathLike, *, format: str | None = None,  # noqa: A002
          shard_size: str | int | None = None, metadata: dict | None = None, force: bool = False,
          verify: bool = False) -> ConvertResult:
-    """Write named tensors to `path`: the format from `format` or the extension; a path without one (or a
-    `shard_size`) is a folder of safetensors shards with an index, as `save_pretrained` writes."""
+    """Write named tensors to `path`: the format from `format` or the extension; a path without one is a
+    folder of safetensors (sharded at `shard_size`, with an index), as `save_pretrained` writes."""
     path = Path(path)
     max_size = parse_size(shard_size)
-    folder = max_size is not None or (not path.suffix and format is None)
-    spec = registry.get("safetensors") if folder and format is None else registry.for_output(path, format)
+    folder = not path.suffix and format is None
+    spec = registry.get("safetensors") if folder else registry.for_output(path, format)
     refs, aliases = dedupe(as_refs(tensors), {})
     meta = dict(metadata or {})
     if spec.name == "safetensors":

@@ -20,7 +20,7 @@ from ..formats.gguf import write_gguf
 from ..gguf import mixes
 from ..gguf.convert import FLOAT_FTYPES, Planned, file_metadata, model_shape, parse_ftype, to_refs, verify_gguf
 from ..gguf.modelfile import modelfile_path, write_modelfile
-from ..writing import ConvertResult
+from ..writing import ConvertResult, check_output_name
 from .route import Request, opened
 
 
@@ -35,6 +35,7 @@ def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qty
     """An F32/F16/BF16 GGUF (a path, or an opened source) to the llama.cpp file type `qtype` at `dst`."""
     dst = Path(dst)
     ftype = parse_ftype(qtype, default="Q4_K_M")
+    check_output_name(dst, "gguf")
     with opened(src, trust) as source:
         if dst.exists() and dst.resolve() == source.path.resolve():
             raise UnsupportedError("the output would overwrite the input", dst)

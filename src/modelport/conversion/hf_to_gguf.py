@@ -19,7 +19,7 @@ from ..formats.gguf import write_gguf
 from ..gguf.convert import load_config, parse_ftype, plan_hf, to_refs, verify_gguf
 from ..gguf.modelfile import modelfile_path, write_modelfile
 from ..gguf.tokenizer import TOKENIZER_FILES
-from ..writing import ConvertResult
+from ..writing import ConvertResult, check_output_name
 from .route import Request
 
 
@@ -47,6 +47,7 @@ def write_hf_as_gguf(source: ModelSource, dst: Path, *, quant: str | None = None
     if config is None:
         raise UnsupportedError("converting to GGUF needs the model's config.json (beside the weights, or --config)",
                                source.path)
+    check_output_name(dst, "gguf")
     plan = plan_hf(source, parse_ftype(quant), config, side)
     with atomic_file(dst, force) as tmp:
         write_gguf(to_refs(plan.tensors), tmp, metadata=plan.metadata, progress=progress)

@@ -22,6 +22,13 @@ def _name_the_output(exc: BaseException, tmp: Path, final: Path) -> None:
         exc.path = str(final) + exc.path[len(str(tmp)):]
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: the only portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def check_output(path: Path, force: bool) -> None:
     """Refuse to replace an existing output unless forced."""
     if path.exists() or path.is_symlink():
@@ -38,6 +45,7 @@ def atomic_file(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~current_umask())   # mkstemp makes 0600; the output gets what any new file gets
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -56,6 +64,7 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     check_output(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())   # mkdtemp makes 0700
     try:
         yield tmp
         old = None
