@@ -17,7 +17,8 @@ opens a file outside its own cache repo.
 
 Ollama names: `[host/][namespace/]name[:tag]` (host `registry.ollama.ai`, namespace `library`, tag
 `latest` by default), read from `manifests/<host>/<namespace>/<name>/<tag>`: the layer of type
-`application/vnd.ollama.image.model` is the GGUF, stored as `blobs/sha256-<hex>`.
+`application/vnd.ollama.image.model` is the GGUF, stored as `blobs/sha256-<hex>`. The Hugging Face
+cache is asked first: a repo it holds answers for its name even where Ollama has the same one.
 """
 
 from __future__ import annotations
@@ -133,11 +134,11 @@ def _hf_resolve(name: str) -> Path | None:
     repo = _hf_repo_dir(hf_cache_dir(), "models--" + "--".join(parts))
     if repo is None:
         return None
-    if rev is None and sel is not None and _hf_commit(repo, sel, quiet=True):
+    if rev is None and sel is not None and _hf_commit(repo, sel, name, quiet=True):
         rev, sel = sel, None          # `org/name:rev` picks a revision when there is one of that name
-    snapshot = repo / "snapshots" / _hf_commit(repo, rev or "main")
+    snapshot = repo / "snapshots" / _hf_commit(repo, rev or "main", name)
     check_snapshot(repo, snapshot)
-    return _hf_pick(snapshot, sel, repo_id)
+    return _hf_pick(snapshot, sel, repo_id, name)
 
 
 def _hf_repo_dir(cache: Path, folder: str) -> Path | None:
@@ -162,7 +163,7 @@ def _hf_refs(repo: Path) -> dict[str, str]:
     return refs
 
 
-def _hf_commit(repo: Path, rev: str, quiet: bool = False) -> str | None:
+def _hf_commit(repo: Path, rev: str, name: str, quiet: bool = False) -> str | None:
     """The snapshot folder name for a ref, a commit or a commit prefix (7+ hex digits)."""
     snapshots = repo / "snapshots"
     have = sorted(p.name for p in snapshots.iterdir() if p.is_dir()) if snapshots.is_dir() else []
@@ -179,7 +180,7 @@ def _hf_commit(repo: Path, rev: str, quiet: bool = False) -> str | None:
     if quiet:
         return None
     known = ", ".join([*_hf_refs(repo), *(c[:12] for c in have)]) or "none"
-    raise ModelportError(f"revision {rev!r} is not in the Hugging Face cache (cached: {known})", repo)
+    raise ModelportError(f"revision {rev!r} is not in the Hugging Face cache (cached: {known})", name)
 
 
 def check_snapshot(repo: Path, snapshot: Path) -> None:
@@ -209,7 +210,7 @@ def _gguf_files(snapshot: Path) -> list[Path]:
     return [p for p in files if not (m := _SHARD.search(p.name)) or int(m.group(1)) == 1]
 
 
-def _hf_pick(snapshot: Path, sel: str | None, repo_id: str) -> Path:
+def _hf_pick(snapshot: Path, sel: str | None, repo_id: str, name: str) -> Path:
     """The snapshot folder, or for a repo of GGUF files the one GGUF `sel` names (or the only one)."""
     weights = registry.weight_files(snapshot)
     ggufs = _gguf_files(snapshot)
@@ -222,12 +223,12 @@ def _hf_pick(snapshot: Path, sel: str | None, repo_id: str) -> Path:
             return matches[0]
         if not matches:
             raise ModelportError(f"no revision or GGUF file matching {sel!r} (GGUF files: "
-                                 f"{', '.join(p.name for p in ggufs) or 'none'})", snapshot)
+                                 f"{', '.join(p.name for p in ggufs) or 'none'})", name)
         ggufs = matches
     if len(ggufs) == 1:
         return ggufs[0]
-    raise ModelportError(f"{len(ggufs)} GGUF files ({', '.join(p.name for p in ggufs[:6])}"
-                         f"{', …' if len(ggufs) > 6 else ''}); name one, e.g. {repo_id}:{_quant_hint(ggufs[0])}", snapshot)
+    raise ModelportError(f"the Hugging Face cache holds {len(ggufs)} GGUF files of it ({', '.join(p.name for p in ggufs[:6])}"
+                         f"{', …' if len(ggufs) > 6 else ''}); name one, e.g. {repo_id}:{_quant_hint(ggufs[0])}", name)
 
 
 def _quant_hint(path: Path) -> str:
