@@ -11,8 +11,10 @@ import shutil
 from io import StringIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
+from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
 import modelport
@@ -155,6 +157,22 @@ def test_open_by_hub_id_reads_the_linked_files(stores):
         assert {"config.json", "tokenizer.json", "tokenizer_config.json"} <= set(source.side_files)
         assert all(f.is_symlink() for f in source.files)
         assert len(source) > 0
+
+
+def test_sharded_snapshot_opens_through_its_links(tmp_path, monkeypatch):
+    """A shard index names its shards; in the cache each is a link into blobs/, which safe_member lets through."""
+    save_file({"a": np.ones(4, np.float32)}, tmp_path / "model-00001-of-00002.safetensors")
+    save_file({"b": np.zeros((2, 3), np.float16)}, tmp_path / "model-00002-of-00002.safetensors")
+    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
+                                            "b": "model-00002-of-00002.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    cache_repo(tmp_path / "hub", "org/sharded", {p.name: p for p in tmp_path.iterdir() if p.is_file()})
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with modelport.open("org/sharded") as source:
+        assert source.details["shards"] == 2 and set(source.keys()) == {"a", "b"}
+        assert set(source.side_files) == {"config.json"} and source.config == {"model_type": "llama"}
+    assert locate.describe(locate.resolve("org/sharded")) == ("safetensors", "F32")
 
 
 def test_gguf_repo_picks_a_file_by_quantization(stores):
