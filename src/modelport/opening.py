@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .core.errors import ModelportError
+from . import locate
 from .core.source import ModelSource
 from .formats import registry
 from .security import guard
@@ -21,11 +21,12 @@ def open(path: str | os.PathLike, *, format: str | None = None, trust: bool = Fa
 
     The scanner runs first: a file that would run code or harm a reader is refused, and a merely
     suspicious one (imports outside the allowlist, an archive we can't look inside) needs `trust`.
+    A path that does not exist may be a model's name: `modelport.locate` looks in the local stores.
     """
     path = Path(path)
     if not path.exists():
-        raise ModelportError("no such file or directory", path)
+        path = locate.require(os.fspath(path))
     guard(path, trust=trust)
     if path.is_dir():
-        return registry.open_folder(path)
+        return locate.cache_side_files(registry.open_folder(path))
     return registry.open_file(path, format=format)

@@ -15,7 +15,7 @@ import typer
 from ..core.errors import ModelportError
 
 # Command modules, in the order `--help` lists them.
-COMMANDS = ("inspect", "scan", "convert", "quantize", "diff", "estimate", "recommend", "run", "chat", "compare", "perplexity")
+COMMANDS = ("list", "inspect", "scan", "convert", "quantize", "diff", "estimate", "recommend", "run", "chat", "compare", "perplexity")
 
 app = typer.Typer(
     name="modelport",

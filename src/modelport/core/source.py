@@ -89,12 +89,36 @@ def safe_member(folder: Path, name: str, what: str) -> Path:
     """Resolve a file name taken from inside a model (shard index, external data) within `folder`.
 
     No absolute paths, no drive letters, no `..`, no symlinks: a model may only point at its own files.
+    The one exception is a Hugging Face cache snapshot's link into its own repo's blobs (`cache_link`).
     """
     pure = name.replace("\\", "/")
     parts = pure.split("/")
     if pure.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in parts or "" in parts:
         raise FormatError(f"{what} {name!r} points outside the model folder", folder)
     path = folder.joinpath(*parts)
-    if path.is_symlink():
+    if path.is_symlink() and not cache_link(path):
         raise FormatError(f"{what} {name!r} is a symbolic link; refused", folder)
     return path
+
+
+def cache_link(path: Path) -> bool:
+    """Whether `path` is a Hugging Face cache snapshot link that stays inside its own repo folder.
+
+    The cache keeps every file of `models--org--name/snapshots/<rev>/` as a link to
+    `models--org--name/blobs/<sha>`. Following such a link reads only what was downloaded with that
+    same repo, the model's own files; a link that leaves the repo folder could read anything the
+    user can (and a converter would copy it into its output), so it stays refused.
+    """
+    if not path.is_symlink():
+        return False
+    parts = path.parent.resolve().parts
+    for i in range(len(parts) - 3, -1, -1):   # .../models--org--name/snapshots/<rev>[/sub...]
+        if parts[i].startswith("models--") and parts[i + 1] == "snapshots":
+            repo = Path(*parts[: i + 1])
+            break
+    else:
+        return False
+    try:
+        return path.resolve(strict=True).is_relative_to(repo)
+    except (OSError, RuntimeError):   # dangling or looping link
+        return False
