@@ -343,3 +343,10 @@ def test_list_with_no_stores(tmp_path, monkeypatch):
     assert locate.hf_cache_models() == [] and locate.ollama_models() == []
     result = invoke("list")
     assert result.exit_code == 0 and result.output == ""
+
+
+def test_scan_by_name(stores):
+    result = invoke("scan", "tiny-org/tiny-llama", "tiny", "--json")
+    assert result.exit_code == 0, result.output
+    scanned = {Path(f["path"]).name for f in json.loads(result.output)["files"]}
+    assert "model.safetensors" in scanned and any(n.startswith("sha256-") for n in scanned)

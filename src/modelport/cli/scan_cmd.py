@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..core.errors import ModelportError
+from ..locate import require
 from ..security import DANGEROUS, SAFE, SUSPICIOUS, scan
 from .output import console, print_json
 
@@ -30,9 +31,7 @@ def register(app: typer.Typer) -> None:
         Exit 0 when nothing is flagged, 1 when anything is (at or above --severity), 2 on a usage error."""
         if severity not in _LEVELS:
             raise ModelportError(f"--severity must be suspicious or dangerous, not {severity!r}")
-        for p in paths:
-            if not p.exists():
-                raise ModelportError("no such file or folder", p)
+        paths = [p if p.exists() else require(str(p)) for p in paths]   # a name: the HF cache or Ollama store
         report = scan(paths)
         shown = _LEVELS[severity]
         if as_json:
