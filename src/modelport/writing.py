@@ -30,6 +30,9 @@ FOLDER_DEFAULT_SHARD = 5_000_000_000   # huggingface_hub's default max shard siz
 
 Progress = Callable[[TensorRef], None]
 
+#: Extensions that say "binary data", not a format: `--to` may write any format under them.
+GENERIC_SUFFIXES = (".bin", ".pb")
+
 
 @dataclass
 class ConvertResult:
@@ -110,6 +113,8 @@ def check_output_name(dst: Path, format_name: str) -> None:
     """The written format must be the one the output's name says: no GGUF named `.safetensors`, no `.npz`
     zip named `.npy` (a `.npy` file holds one bare array; modelport writes NumPy as `.npz`)."""
     suffix = dst.suffix.lower()
+    if suffix in GENERIC_SUFFIXES:
+        return
     named = [spec.name for spec in registry.formats() if suffix in spec.extensions]
     if named and format_name not in named:
         raise UnsupportedError(f"the name says {named[0]} but the output would be {format_name}; "

@@ -1,7 +1,12 @@
-"""`modelport inspect PATH`: format, tensors, parameters, config and memory at each precision."""
+"""`modelport inspect PATH`: format, tensors, parameters, config and memory at each precision.
+
+In a terminal: rich tables, long values cut to fit unless `--wide`. Piped: plain `key<TAB>value` lines
+under `# Section` headers, and one `name<TAB>dtype<TAB>shape<TAB>parameters<TAB>bytes` line per tensor,
+every name and path whole, so that `grep`, `cut` and `awk` see what the model holds."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,33 +14,63 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..core.errors import UnsupportedError
 from ..inspection import inspect
+from ..opening import open as open_model
+from ..runtime.chat_template import template_for
 from .output import console, human_bytes, human_count, print_json, trust_option
 
 
-def _text(value: Any, limit: int = 120) -> str:
-    """One cell: dicts and lists flattened, long values cut, and escaped (model text is not rich markup)."""
+def flat_text(value: Any, limit: int | None = 120) -> str:
+    """One value on one line: dicts and lists flattened; with a `limit`, long values cut (a terminal cell)."""
+    short = 40 if limit else None
     if isinstance(value, dict):
-        text = ", ".join(f"{k}={_cut(v, 40)}" for k, v in value.items())
+        text = ", ".join(f"{k}={cut(v, short)}" for k, v in value.items())
     elif isinstance(value, list):
-        text = ", ".join(_cut(v, 40) for v in value[:16]) + (f", … ({len(value)} in all)" if len(value) > 16 else "")
+        shown = value[:16] if limit else value
+        text = ", ".join(cut(v, short) for v in shown) + (f", … ({len(value)} in all)" if len(shown) < len(value) else "")
     else:
         text = str(value)
-    return escape(_cut(text, limit))
+    return cut(text, limit)
 
 
-def _cut(value: Any, limit: int) -> str:
+def cut(value: Any, limit: int | None) -> str:
     text = str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _kv_table(title: str, data: dict) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left", title_style="bold")
-    table.add_column(style="cyan")
-    table.add_column()
-    for key, value in data.items():
-        table.add_row(escape(str(key)), _text(value))
-    return table
+class Page:
+    """Where `render` writes: rich tables in a terminal, plain tab-separated lines when piped."""
+
+    def __init__(self, plain: bool, wide: bool):
+        self.plain, self.limit = plain, None if wide else 120
+
+    def key_values(self, title: str, data: dict) -> None:
+        if self.plain:
+            print(f"# {title}")
+            for key, value in data.items():
+                print(f"{key}\t{flat_text(value, None)}".replace("\n", "\\n"))
+            return
+        table = Table(title=title, show_header=False, title_justify="left", title_style="bold")
+        table.add_column(style="cyan", overflow="fold")
+        table.add_column(overflow="fold")
+        for key, value in data.items():
+            table.add_row(escape(str(key)), escape(flat_text(value, self.limit)))
+        console.print(table)
+
+    def rows(self, title: str, columns: tuple[str, ...], rows: list[tuple], right: tuple[str, ...] = ()) -> None:
+        if self.plain:
+            print(f"# {title}")
+            print("\t".join(columns))
+            for row in rows:
+                print("\t".join(str(v) for v in row))
+            return
+        table = Table(title=title, title_justify="left", title_style="bold")
+        for col in columns:
+            table.add_column(col, justify="right" if col in right else "left", overflow="fold")
+        for row in rows:
+            table.add_row(*(escape(str(v)) for v in row))
+        console.print(table)
 
 
 def _shown_above(report: dict) -> set[str]:
@@ -53,56 +88,53 @@ def _shown_above(report: dict) -> set[str]:
     return keys & set(metadata)
 
 
-def render(report: dict, show_tensors: bool) -> None:
+def render(report: dict, show_tensors: bool, page: Page) -> None:
     files = report["files"]
+    size = report["file_size"]
     summary = {
         "path": report["path"],
         "format": report["format"],
-        "files": f"{len(files)} ({human_bytes(report['file_size'])})" if len(files) > 1
-        else f"{files[0]['name']} ({human_bytes(report['file_size'])})",
+        "files": f"{len(files)} ({human_bytes(size)})" if len(files) > 1 else f"{files[0]['name']} ({human_bytes(size)})",
         "tensors": report["tensor_count"],
         "parameters": f"{report['parameter_count']:,} ({human_count(report['parameter_count'])})",
     }
     if report["aliases"]:
         summary["tied"] = ", ".join(f"{a} → {b}" for a, b in report["aliases"].items())
-    console.print(_kv_table("Model", summary))
-
-    dtypes = Table(title="Tensors by dtype", title_justify="left", title_style="bold")
-    for col in ("dtype", "tensors", "parameters", "size"):
-        dtypes.add_column(col, justify="left" if col == "dtype" else "right")
-    for name, row in sorted(report["dtypes"].items(), key=lambda kv: -kv[1]["bytes"]):
-        dtypes.add_row(name, str(row["tensors"]), f"{row['parameters']:,}", human_bytes(row["bytes"]))
-    console.print(dtypes)
-
+    page.key_values("Model", summary)
+    by_size = sorted(report["dtypes"].items(), key=lambda kv: -kv[1]["bytes"])
+    page.rows("Tensors by dtype", ("dtype", "tensors", "parameters", "size"),
+              [(name, row["tensors"], f"{row['parameters']:,}", human_bytes(row["bytes"])) for name, row in by_size],
+              right=("tensors", "parameters", "size"))
     if report["config"]:
-        console.print(_kv_table("Architecture (config)", report["config"]))
+        page.key_values("Architecture (config)", report["config"])
     for title, value in report["details"].items() if isinstance(report["details"], dict) else ():
         if isinstance(value, dict) and value and title != "tensor_types":    # that one is the dtype table above
-            console.print(_kv_table(title.replace("_", " ").capitalize(), value))
+            page.key_values(title.replace("_", " ").capitalize(), value)
     flat = {k: v for k, v in report["details"].items() if not isinstance(v, dict)}
     if flat:
-        console.print(_kv_table("Format details", flat))
+        page.key_values("Format details", flat)
     shown = _shown_above(report)
     rest = {k: v for k, v in report["metadata"].items() if k not in shown}
     if rest:
-        console.print(_kv_table("Other metadata" if shown else "Metadata", rest))
+        page.key_values("Other metadata" if shown else "Metadata", rest)
     if report["side_files"]:
-        console.print(_kv_table("Side files", {"files": report["side_files"]}))
-
-    memory = Table(title="Weights at each precision", title_justify="left", title_style="bold")
-    memory.add_column("precision")
-    memory.add_column("size", justify="right")
-    for precision, size in report["memory"].items():
-        memory.add_row(precision, human_bytes(size))
-    console.print(memory)
-
+        page.key_values("Side files", {"files": report["side_files"]})
+    page.rows("Weights at each precision", ("precision", "size"),
+              [(precision, human_bytes(size)) for precision, size in report["memory"].items()], right=("size",))
     if show_tensors:
-        table = Table(title="Tensors", title_justify="left", title_style="bold")
-        for col in ("name", "dtype", "shape", "parameters", "size"):
-            table.add_column(col, justify="right" if col in ("parameters", "size") else "left")
-        for t in report["tensors"]:
-            table.add_row(escape(t["name"]), t["dtype"], str(tuple(t["shape"])), f"{t['parameters']:,}", human_bytes(t["bytes"]))
-        console.print(table)
+        page.rows("Tensors", ("name", "dtype", "shape", "parameters", "bytes" if page.plain else "size"),
+                  [(t["name"], t["dtype"], str(tuple(t["shape"])), t["parameters"] if page.plain else f"{t['parameters']:,}",
+                    t["bytes"] if page.plain else human_bytes(t["bytes"])) for t in report["tensors"]],
+                  right=("parameters", "size"))
+
+
+def print_template(path: Path, trust: bool) -> None:
+    """The model's whole chat template, as the engines render it (GGUF metadata or the tokenizer files)."""
+    with open_model(path, trust=trust) as source:
+        template = template_for(source)
+    if template is None:
+        raise UnsupportedError("has no chat template (run it with --raw, or give one with --template FILE)", path)
+    sys.stdout.write(template.source if template.source.endswith("\n") else template.source + "\n")
 
 
 def register(app: typer.Typer) -> None:
@@ -110,12 +142,19 @@ def register(app: typer.Typer) -> None:
     def inspect_cmd(
         path: Path = typer.Argument(..., help="A model file, a shard index or a Hugging Face folder."),
         tensors: bool = typer.Option(False, "--tensors", "-t", help="List every tensor."),
+        template: bool = typer.Option(False, "--template", help="Print the model's whole chat template and nothing else."),
+        wide: bool = typer.Option(False, "--wide", "-w", help="In a terminal, wrap long names and values instead of cutting them."),
         as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
         trust: bool = trust_option(),
     ) -> None:
-        """Show what a model holds: format, tensors, parameters, config and size at each precision (headers only)."""
+        """Show what a model holds: format, tensors, parameters, config and size at each precision (headers only).
+
+        Piped, it prints plain tab-separated lines with every name whole."""
+        if template:
+            print_template(path, trust)
+            return
         report = inspect(path, tensors=tensors or as_json, trust=trust)
         if as_json:
             print_json(report)
         else:
-            render(report, tensors)
+            render(report, tensors, Page(plain=not console.is_terminal, wide=wide))
