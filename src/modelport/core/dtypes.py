@@ -90,7 +90,7 @@ _ROWS = [
 
 def _quant_rows() -> list[DType]:
     """GGML block-quantized types, with block geometry from gguf-py (the format's own constants)."""
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.constants import GGML_QUANT_SIZES
 
     rows = []
     for qtype, (block_size, type_size) in GGML_QUANT_SIZES.items():
