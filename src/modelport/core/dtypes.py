@@ -111,6 +111,9 @@ _INDEXES: dict[str, dict] = {
 
 F32, F16, BF16 = DTYPES["F32"], DTYPES["F16"], DTYPES["BF16"]
 
+#: The float dtypes a Hugging Face config.json names (its "dtype", formerly "torch_dtype"): canonical -> HF name.
+HF_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
 
 def by_code(fmt: str, code) -> DType | None:
     """The dtype a format stores under `code` (fmt: safetensors, torch, onnx, tf, tflite, gguf), or None."""
