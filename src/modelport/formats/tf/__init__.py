@@ -20,10 +20,10 @@ from ..registry import FormatSpec
 from .bundle import SHARD_RE, index_for, open_bundle
 from .graphdef import looks_like_graphdef, open_graphdef
 from .saved_model import detect_folder, open_folder
-from .table import TABLE_MAGIC, has_table_magic, read_table
+from .table import CRC_IMPL, TABLE_MAGIC, crc32c, crc32c_pure, has_table_magic, read_table
 
-__all__ = ["FORMAT", "TABLE_MAGIC", "detect", "detect_folder", "looks_like_graphdef", "open_bundle", "open_folder",
-           "open_graphdef", "open_tf", "read_table"]
+__all__ = ["CRC_IMPL", "FORMAT", "TABLE_MAGIC", "crc32c", "crc32c_pure", "detect", "detect_folder", "looks_like_graphdef",
+           "open_bundle", "open_folder", "open_graphdef", "open_tf", "read_table"]
 
 
 def detect(path: Path, head: bytes) -> bool:
