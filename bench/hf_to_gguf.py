@@ -102,7 +102,7 @@ assert llama_cpp.llama_model_quantize({str(f16).encode()!r}, {str(ref).encode()!
     from modelport.formats.gguf import open_gguf
     a, b = open_gguf(ours), open_gguf(ref)
     same = set(a.tensors) == set(b.tensors) and all(
-        a.tensors[n].dtype == b.tensors[n].dtype and bytes(a.tensors[n].extra["raw"]()) == bytes(b.tensors[n].extra["raw"]())
+        a.tensors[n].dtype == b.tensors[n].dtype and bytes(a.tensors[n].read_raw()) == bytes(b.tensors[n].read_raw())
         for n in a.tensors)
     a.close()
     b.close()

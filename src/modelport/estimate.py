@@ -320,7 +320,7 @@ def _kv_bytes(key: str, value) -> int:
     """Bytes of one GGUF key/value pair as the writer stores it (typed by the writer's own rules)."""
     from gguf import GGUFValueType as V
 
-    from .formats.gguf import _typed
+    from .formats.gguf import encode_metadata_value as _typed
 
     sizes = {V.UINT8: 1, V.INT8: 1, V.BOOL: 1, V.UINT16: 2, V.INT16: 2, V.UINT32: 4, V.INT32: 4, V.FLOAT32: 4,
              V.UINT64: 8, V.INT64: 8, V.FLOAT64: 8}

@@ -106,7 +106,7 @@ def _check_against_reader(path: Path, src) -> None:
             ours = ours.astype(np.float32)
         assert ours.shape == theirs.shape, rt.name
         assert np.array_equal(ours, theirs), rt.name
-        assert np.array_equal(ref.extra["raw"](), np.asarray(rt.data).view(np.uint8).reshape(-1)), rt.name
+        assert np.array_equal(ref.read_raw(), np.asarray(rt.data).view(np.uint8).reshape(-1)), rt.name
     for key, fld in reader.fields.items():
         if key.startswith("GGUF."):
             continue
@@ -258,7 +258,7 @@ def test_writer_refuses_what_gguf_cannot_hold(tmp_path, fixture_file):
     write_gguf([src["q4.weight"]], tmp_path / "q.gguf", metadata={"general.architecture": "llama"})
     back = open_gguf(tmp_path / "q.gguf")
     assert back["q4.weight"].dtype.name == "Q4_0"
-    assert np.array_equal(back["q4.weight"].extra["raw"](), src["q4.weight"].extra["raw"]())
+    assert np.array_equal(back["q4.weight"].read_raw(), src["q4.weight"].read_raw())
     assert back.metadata["general.architecture"] == "llama"
 
 

@@ -116,7 +116,7 @@ def test_phi3_long_rope_past_the_original_context(models, tmp_path):
 def _types_and_bytes(path: Path) -> dict[str, tuple[str, bytes]]:
     src = open_gguf(path)
     try:
-        return {n: (r.dtype.name, bytes(np.asarray(r.extra["raw"]()))) for n, r in src.tensors.items()}
+        return {n: (r.dtype.name, bytes(np.asarray(r.read_raw()))) for n, r in src.tensors.items()}
     finally:
         src.close()
 

@@ -49,7 +49,7 @@ def copy_side_files(source: ModelSource, folder: Path, target_dtype: dtypes.DTyp
     for name, path in source.side_files.items():
         if name == "config.json" and target_dtype is not None and source.config is not None:
             config = dict(source.config)
-            config["dtype"] = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(target_dtype.name, config.get("dtype"))
+            config["dtype"] = dtypes.HF_DTYPE_NAMES.get(target_dtype.name, config.get("dtype"))
             config.pop("torch_dtype", None)
             (folder / name).write_text(json.dumps(config, indent=2) + "\n")
         else:

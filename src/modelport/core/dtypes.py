@@ -90,7 +90,7 @@ _ROWS = [
 
 def _quant_rows() -> list[DType]:
     """GGML block-quantized types, with block geometry from gguf-py (the format's own constants)."""
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.constants import GGML_QUANT_SIZES
 
     rows = []
     for qtype, (block_size, type_size) in GGML_QUANT_SIZES.items():
@@ -110,6 +110,9 @@ _INDEXES: dict[str, dict] = {
 }
 
 F32, F16, BF16 = DTYPES["F32"], DTYPES["F16"], DTYPES["BF16"]
+
+#: The float dtypes a Hugging Face config.json names (its "dtype", formerly "torch_dtype"): canonical -> HF name.
+HF_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 def by_code(fmt: str, code) -> DType | None:

@@ -18,9 +18,9 @@ Metadata values keep their GGUF type so that a GGUF -> GGUF conversion writes th
 The writer maps those types back; plain Python values (from other formats) get llama.cpp's usual
 types (int -> u32 when it fits, float -> f32, str -> str), anything else is written as a string.
 
-Quantized tensors carry `extra["raw"]`: a callable returning the tensor's blocks as uint8 (zero-copy
-view). The writer copies blocks from it untouched, so a Q4_K tensor stays byte-identical. Any
-transform that yields a quantized TensorRef must provide `extra["raw"]` the same way.
+Every tensor carries `TensorRef.raw_loader`: its stored bytes as uint8 (a zero-copy view). The writer
+copies quantized blocks from it untouched, so a Q4_K tensor stays byte-identical. Any transform that
+yields a quantized TensorRef must set `raw_loader` the same way.
 """
 
 from __future__ import annotations
@@ -424,10 +424,11 @@ def open_gguf(path: Path) -> ModelSource:
 
     tensors = {}
     for info in header.tensors:
+        raw = _raw_loader(mapped, info)
         tensors[info.name] = TensorRef(info.name, info.dtype, info.shape, _loader(mapped, path, info),
                                        nbytes=info.nbytes, file=str(path), offset=info.offset,
                                        storage=(str(path), info.offset, info.nbytes),
-                                       extra={"gguf_type": info.dtype.name, "raw": _raw_loader(mapped, info)})
+                                       raw_loader=raw, extra={"gguf_type": info.dtype.name})
     return ModelSource(path=path, format="gguf", tensors=tensors, files=[path], metadata=header.metadata,
                        config=_config(header.metadata), details=_details(header, header.tensors),
                        closers=[cache.clear])
@@ -463,8 +464,9 @@ def detect(path: Path, head: bytes) -> bool:
 
 # --- writer -------------------------------------------------------------------------------
 
-def _typed(key: str, value) -> tuple[Any, int, int | None]:
-    """(value, GGUF type, element type) for a metadata value; see the module docstring for the rules."""
+def encode_metadata_value(key: str, value) -> tuple[Any, int, int | None]:
+    """(value, GGUF type, element type or None) as the writer stores a metadata value; the rules are in the module
+    docstring. Public so that size estimates count the bytes the writer will write."""
     from gguf.gguf_writer import GGUFValue
     if isinstance(value, GGUFValue):
         return value.value, int(value.type), None if value.sub_type is None else int(value.sub_type)
@@ -492,7 +494,7 @@ def _typed(key: str, value) -> tuple[Any, int, int | None]:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value), ARRAY, U8
     if isinstance(value, (list, tuple)):
-        items = [_typed(key, v) for v in value]
+        items = [encode_metadata_value(key, v) for v in value]
         if items and all(t == items[0][1] and t != ARRAY for _, t, _ in items):
             return [v for v, _, _ in items], ARRAY, items[0][1]
         if not items:
@@ -521,7 +523,7 @@ _LAYOUT_KEYS = ("general.alignment", "split.no", "split.count", "split.tensors.c
 
 def write_gguf(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = None,
                aliases: dict | None = None, progress=None) -> None:
-    """Stream tensors into a GGUF file: F32/F16/BF16/F64/I8..I64 from `read()`, block types from `extra["raw"]`.
+    """Stream tensors into a GGUF file: F32/F16/BF16/F64/I8..I64 from `read()`, block types from `read_raw()`.
 
     `aliases` (tied names) are not written: GGUF expresses tying by leaving the tensor out.
     """
@@ -541,7 +543,7 @@ def write_gguf(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = 
         if len(ref.shape) > MAX_DIMS:
             raise UnsupportedError(f"tensor {ref.name!r} has {len(ref.shape)} dimensions; GGUF allows {MAX_DIMS}", dst)
         if ref.dtype.is_quantized:
-            if not callable(ref.extra.get("raw")):
+            if ref.raw_loader is None:
                 raise UnsupportedError(f"tensor {ref.name!r}: {ref.dtype.name} tensor without its raw blocks", dst)
             if not ref.shape or ref.shape[-1] % ref.dtype.block_size:
                 raise UnsupportedError(f"tensor {ref.name!r}: shape {list(ref.shape)} does not fit "
@@ -561,7 +563,7 @@ def write_gguf(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = 
     for key, value in meta.items():
         if key in _LAYOUT_KEYS:
             continue
-        val, vtype, sub = _typed(key, value)
+        val, vtype, sub = encode_metadata_value(key, value)
         writer.add_key_value(str(key), val, GGUFValueType(vtype), None if sub is None else GGUFValueType(sub))
     for ref, qtype, nbytes in plan:
         # A non-uint8 dtype with raw_dtype keeps the logical shape as given; gguf-py reverses it to ne.
@@ -572,7 +574,7 @@ def write_gguf(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = 
         writer.write_ti_data_to_file()
         for ref, qtype, nbytes in plan:
             if ref.dtype.is_quantized:
-                data = np.ascontiguousarray(np.asarray(ref.extra["raw"]()).view(np.uint8)).reshape(-1)
+                data = np.ascontiguousarray(np.asarray(ref.read_raw()).view(np.uint8)).reshape(-1)
             else:
                 arr = np.asarray(ref.read())
                 if tuple(arr.shape) != ref.shape:

@@ -46,7 +46,8 @@ _KNOWN_FILTERS = {1, 2, 3, 4, 5, 6, 32000}     # gzip, shuffle, fletcher32, szip
 _KERAS_MODULES = re.compile(r"^(keras|tf_keras|tensorflow\.keras|keras_hub|keras_nlp|keras_cv|builtins)(\.|$)")
 
 
-def _h5py():
+def safe_h5py():
+    """h5py, with HDF5's plugin loading switched off; every h5py use (reader, writer, scanner) goes through it."""
     import h5py
 
     try:  # a file must not make HDF5 load shared libraries from HDF5_PLUGIN_PATH
@@ -357,7 +358,7 @@ def _loader(state: dict, name: str, h5name: str, dtype: dtypes.DType, stored: np
 
 def _collect(h5file, path: Path, map_base: int | None, state: dict) -> tuple[dict, dict, dict]:
     """(tensors, aliases, details) of an open HDF5 file."""
-    h5py = _h5py()
+    h5py = safe_h5py()
     details: dict = {}
     entries: list[tuple[str, str, object]] = []      # (tensor name, hdf5 path, DatasetID)
     hard_aliases: dict = {}
@@ -450,7 +451,7 @@ def _root_info(h5file) -> tuple[dict, dict | None]:
 
 
 def open_hdf5(path: Path) -> ModelSource:
-    h5py = _h5py()
+    h5py = safe_h5py()
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(4)
@@ -538,7 +539,7 @@ def _h5_name(name: str) -> str:
 
 def write_hdf5(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = None,
                aliases: dict | None = None, progress=None) -> None:
-    h5py = _h5py()
+    h5py = safe_h5py()
     refs = list(tensors)
     for ref in refs:
         if ref.dtype.is_quantized:

@@ -1,7 +1,7 @@
 """PyTorch `.pt/.pth/.bin/.ckpt`: read without torch and without running the pickle; write `.pt` zips.
 
 Why our own: `torch.load` needs torch and materializes every tensor; no maintained torch-free lazy
-reader exists (docs/formats.md §2.11). The pickle is interpreted by `_unpickler` (allowlist, inert
+reader exists (docs/formats.md §2.11). The pickle is interpreted by `torch_pickle` (allowlist, inert
 stand-ins); tensor bytes are memory-mapped from the file, so `open()` reads the zip central directory,
 the pickle and one local header per storage, and `read()` touches only that tensor's bytes.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
 import re
 import struct
 import sys
@@ -34,7 +33,7 @@ from ..core import dtypes
 from ..core.errors import FormatError, ModelportError, UnsupportedError, require
 from ..core.source import ModelSource
 from ..core.tensor import TensorRef, map_bytes
-from . import _unpickler as up
+from . import torch_pickle
 from .registry import FormatSpec
 
 MAX_PICKLE = 256 * 1024 * 1024
@@ -103,7 +102,7 @@ def _is_contiguous(shape: tuple, stride: tuple) -> bool:
     return all(d == 1 or s == c for d, s, c in zip(shape, stride, _c_strides(shape)))
 
 
-def _make_ref(path: Path, name: str, t: up.PickledTensor, records: dict, big_endian: bool) -> TensorRef:
+def _make_ref(path: Path, name: str, t: torch_pickle.PickledTensor, records: dict, big_endian: bool) -> TensorRef:
     """A lazy ref for one pickled tensor after checking its view against its storage record."""
     root = t.storage.root or t.storage
     record_start, _ = records[root.key]
@@ -114,7 +113,7 @@ def _make_ref(path: Path, name: str, t: up.PickledTensor, records: dict, big_end
     else:                                       # v3: explicit dtype over an untyped (byte) storage
         dtype = _element_type(t.dtype, path, f"tensor {name!r}")
     item = dtype.numpy.itemsize
-    storage_item = up.storage_itemsize(t.storage.stype)
+    storage_item = torch_pickle.storage_itemsize(t.storage.stype)
     view_start = t.storage.elem_offset * storage_item   # legacy storage views
     view_bytes = t.storage.numel * storage_item
     shape, stride, offset = t.shape, t.stride, t.offset
@@ -158,18 +157,18 @@ def _scalar(value) -> Any:
         return str(value)
     if isinstance(value, (bytes, bytearray)):
         return f"<{len(value)} bytes>"
-    if isinstance(value, (up.TorchDType, up.StorageType)):
+    if isinstance(value, (torch_pickle.TorchDType, torch_pickle.StorageType)):
         return repr(value)
     if isinstance(value, (set, frozenset)):
         return sorted((_scalar(v) for v in value), key=repr)
     return repr(value)[:200]
 
 
-def _flatten(obj, path: Path) -> tuple[list[tuple[str, up.PickledTensor]], dict[str, Any]]:
+def _flatten(obj, path: Path) -> tuple[list[tuple[str, torch_pickle.PickledTensor]], dict[str, Any]]:
     """Tensors with dotted names and scalar leaves as metadata, walking dicts, lists and tuples."""
-    tensors: list[tuple[str, up.PickledTensor]] = []
+    tensors: list[tuple[str, torch_pickle.PickledTensor]] = []
     metadata: dict[str, Any] = {}
-    if isinstance(obj, up.PickledTensor):
+    if isinstance(obj, torch_pickle.PickledTensor):
         return [("tensor", obj)], metadata
     stack = [("", obj, 0)]
     while stack:
@@ -178,11 +177,11 @@ def _flatten(obj, path: Path) -> tuple[list[tuple[str, up.PickledTensor]], dict[
         if isinstance(value, dict):
             items = [(_scalar(k) if not isinstance(k, str) else k, v) for k, v in value.items()]
         elif isinstance(value, (list, tuple)):
-            if not any(isinstance(v, (up.PickledTensor, dict, list, tuple)) for v in value):
+            if not any(isinstance(v, (torch_pickle.PickledTensor, dict, list, tuple)) for v in value):
                 metadata[prefix] = [_scalar(v) for v in value]
                 continue
             items = list(enumerate(value))
-        elif isinstance(value, up.PickledTensor):
+        elif isinstance(value, torch_pickle.PickledTensor):
             tensors.append((prefix, value))
             continue
         else:
@@ -271,7 +270,7 @@ def _open_zip(path: Path) -> ModelSource:
         pkl_start = _local_data_start(f, pkl, size, path) if pkl.compress_type == zipfile.ZIP_STORED else 0
         stream = io.BytesIO(data)
         try:
-            scan = up.prescan(stream, MAX_PICKLE, base=pkl_start)
+            scan = torch_pickle.prescan(stream, MAX_PICKLE, base=pkl_start)
         except ModelportError as exc:
             raise type(exc)(exc.message, path) from None
         require(scan.end == len(data), f"{len(data) - scan.end} stray bytes after the pickle in data.pkl", path)
@@ -283,7 +282,7 @@ def _open_zip(path: Path) -> ModelSource:
             require(info.compress_type == zipfile.ZIP_STORED,
                     f"record data/{key} is compressed (method {info.compress_type}); torch stores records uncompressed", path)
             require(info.compress_size == info.file_size, f"record data/{key}: stored sizes disagree", path)
-            item = up.storage_itemsize(storage.stype)
+            item = torch_pickle.storage_itemsize(storage.stype)
             require(info.file_size == storage.numel * item,
                     f"record data/{key} is {info.file_size} bytes but its storage declares {storage.numel} x {item} bytes", path)
             records[key] = (_local_data_start(f, info, size, path), info.file_size)
@@ -295,7 +294,7 @@ def _open_zip(path: Path) -> ModelSource:
 
 def _unpickle(data: bytes, scan, path: Path):
     try:
-        return up.unpickle(data, scan)
+        return torch_pickle.unpickle(data, scan)
     except ModelportError as exc:
         raise type(exc)(exc.message, path) from None
 
@@ -309,7 +308,7 @@ def _open_legacy(path: Path) -> ModelSource:
         for what in ("magic number", "protocol version", "system info", "main object", "storage keys"):
             start = f.tell()
             try:
-                scan = up.prescan(f, MAX_PICKLE, base=start)
+                scan = torch_pickle.prescan(f, MAX_PICKLE, base=start)
             except ModelportError as exc:
                 raise FormatError(f"legacy {what} pickle: {exc.message}", path) from None
             f.seek(start)
@@ -337,7 +336,7 @@ def _open_legacy(path: Path) -> ModelSource:
         for key in keys:
             storage = roots.get(key)
             require(storage is not None, f"legacy storage {key!r} is not used by any tensor; its element size is unknown", path)
-            item = up.storage_itemsize(storage.stype)
+            item = torch_pickle.storage_itemsize(storage.stype)
             f.seek(offset)
             count_bytes = f.read(8)
             require(len(count_bytes) == 8, f"legacy storage {key!r}: file ends before its element count (truncated)", path)
@@ -368,7 +367,7 @@ def open_torch(path: Path) -> ModelSource:
 
 # --- writer -------------------------------------------------------------------------------------
 
-_LEGACY_STORAGE = {v: k for k, v in up.STORAGE_DTYPES.items()}
+_LEGACY_STORAGE = {v: k for k, v in torch_pickle.STORAGE_DTYPES.items()}
 
 
 class _Pickler:

@@ -75,7 +75,7 @@ def assign_types(planned: list[Planned], ftype: str, shape: mixes.ModelShape) ->
 
 
 def to_refs(planned: list[Planned], threads: int | None = None) -> list[TensorRef]:
-    """Lazy refs for the writer: float types through `read()`, block types through `extra['raw']`."""
+    """Lazy refs for the writer: float types through `read()`, block types through `read_raw()`."""
     refs = []
     for p in planned:
         dt = dtypes.DTYPES[p.type]
@@ -83,7 +83,8 @@ def to_refs(planned: list[Planned], threads: int | None = None) -> list[TensorRe
             def raw(p=p):
                 data = np.ascontiguousarray(p.load(), dtype=np.float32)
                 return quants.quantize(data, p.type, threads=threads).reshape(-1)
-            refs.append(TensorRef(p.name, dt, p.shape, loader=_no_read(p.name), extra={"raw": raw, "gguf_type": p.type}))
+            refs.append(TensorRef(p.name, dt, p.shape, loader=_no_read(p.name), raw_loader=raw,
+                                  extra={"gguf_type": p.type}))
         else:
             def load(p=p, np_type=dt.numpy):
                 return np.asarray(p.load()).astype(np_type, copy=False)
@@ -219,7 +220,7 @@ def verify_gguf(planned: list[Planned], dst: Path) -> dict[str, float]:
                 if not np.array_equal(want.astype(have.dtype).view(np.uint8), have.view(np.uint8)):
                     raise CheckFailed(f"verify: tensor {p.name!r} differs from its source", dst)
                 continue
-            err = _relative_error(np.asarray(got.extra["raw"]()), p.type, want)
+            err = _relative_error(np.asarray(got.read_raw()), p.type, want)
             if not err <= VERIFY_BOUNDS[p.type]:
                 raise CheckFailed(f"verify: tensor {p.name!r} ({p.type}) is {err:.3f} away from its source (relative "
                                   f"RMS error; {p.type} stays under {VERIFY_BOUNDS[p.type]})", dst)
@@ -234,9 +235,9 @@ def _relative_error(raw: np.ndarray, qtype: str, want: np.ndarray, rows_per_step
     want = want.reshape(-1, want.shape[-1]) if want.ndim > 1 else want.reshape(1, -1)
     blocks = raw.reshape(want.shape[0], -1)
     err = ref = 0.0
-    for r in range(0, want.shape[0], rows_per_step):
-        w = want[r:r + rows_per_step]
-        diff = quants.dequantize(blocks[r:r + rows_per_step], qtype).reshape(w.shape)
+    for r, got in quants.dequantize_chunks(blocks, qtype, rows_per_step):
+        w = want[r:r + len(got)]
+        diff = got.reshape(w.shape)
         diff -= w
         err += float(np.dot(diff.reshape(-1), diff.reshape(-1)))
         ref += float(np.dot(w.reshape(-1), w.reshape(-1)))

@@ -29,6 +29,7 @@ import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import numpy as np
 
@@ -659,10 +660,29 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None) -> np.ndarray:
     return out.reshape(*lead, n // dt.block_size * dt.type_size)
 
 
-def dequantize(data: np.ndarray, qtype) -> np.ndarray:
-    """Decode GGML block bytes (rows along the last axis) to float32, via gguf-py."""
+def dequantize(data: np.ndarray, qtype, rows_per_chunk: int | None = None) -> np.ndarray:
+    """Decode GGML block bytes (rows along the last axis) to float32, via gguf-py.
+
+    With `rows_per_chunk`, rows are decoded a chunk at a time into one output array (`dequantize_chunks`), so
+    gguf-py's temporaries (about three times what it returns) stay at a chunk's size instead of the tensor's."""
     from gguf.constants import GGMLQuantizationType
     from gguf.quants import dequantize as gdq
 
-    name = str(getattr(qtype, "name", qtype)).upper()
-    return np.asarray(gdq(np.asarray(data), GGMLQuantizationType[name]), dtype=_F)
+    data = np.asarray(data)
+    if rows_per_chunk is None or data.ndim < 2 or math.prod(data.shape[:-1]) <= rows_per_chunk:
+        name = str(getattr(qtype, "name", qtype)).upper()
+        return np.asarray(gdq(data, GGMLQuantizationType[name]), dtype=_F)
+    rows = data.reshape(-1, data.shape[-1])
+    out = None
+    for start, part in dequantize_chunks(rows, qtype, rows_per_chunk):
+        if out is None:
+            out = np.empty((rows.shape[0], part.shape[-1]), _F)
+        out[start:start + len(part)] = part
+    return out.reshape(*data.shape[:-1], -1)
+
+
+def dequantize_chunks(rows: np.ndarray, qtype, rows_per_chunk: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode block bytes of shape (rows, row_bytes) a few thousand rows at a time: yields (first row, float32
+    values of those rows), for callers that use each chunk and drop it (error sums, streaming copies)."""
+    for start in range(0, rows.shape[0], rows_per_chunk):
+        yield start, dequantize(rows[start:start + rows_per_chunk], qtype)

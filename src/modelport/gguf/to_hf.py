@@ -16,10 +16,10 @@ import numpy as np
 from ..core import dtypes
 from ..core.errors import FormatError, UnsupportedError
 from ..core.tensor import TensorRef
-from . import architectures
+from . import architectures, quants
 from .convert import _check_layers
 
-HF_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+HF_DTYPES = dtypes.HF_DTYPE_NAMES
 
 
 def default_dtype(source) -> dtypes.DType:
@@ -82,22 +82,12 @@ CHUNK_BYTES = 4 << 20
 def read_float(ref: TensorRef) -> np.ndarray:
     """The tensor's values; block types dequantized a few rows at a time into one float32 array, so that
     gguf-py's temporaries stay small (a whole-tensor dequantize needs about three times the output)."""
-    raw = ref.extra.get("raw")
+    raw = ref.raw_loader
     if not ref.dtype.is_quantized or raw is None or len(ref.shape) < 2 or ref.nbytes <= CHUNK_BYTES // 4:
         return np.asarray(ref.read())
-    from gguf.constants import GGMLQuantizationType
-    from gguf.quants import dequantize
-
-    blocks = raw()
     rows = int(np.prod(ref.shape[:-1]))
-    row_bytes = blocks.size // rows
-    out = np.empty((rows, ref.shape[-1]), np.float32)
     step = max(1, CHUNK_BYTES // (4 * ref.shape[-1]))
-    qtype = GGMLQuantizationType(ref.dtype.gguf)
-    for i in range(0, rows, step):
-        part = blocks[i * row_bytes:min(rows, i + step) * row_bytes].reshape(-1, row_bytes)
-        out[i:i + len(part)] = dequantize(part, qtype)
-    return out.reshape(ref.shape)
+    return quants.dequantize(ref.read_raw().reshape(rows, -1), ref.dtype, rows_per_chunk=step).reshape(ref.shape)
 
 
 def _loader(arch, ref: TensorRef, dtype: dtypes.DType):

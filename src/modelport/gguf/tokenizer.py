@@ -29,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from ..core import protobuf as pb
 from ..core.errors import FormatError, UnsupportedError
 from ..core.source import read_json
+from .pre_tokenizer_hashes import KNOWN_PRE_HASHES
 
 # token types (llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -311,8 +313,6 @@ def _spm_space_prefix(tj: dict) -> bool:
 
 
 def _from_sentencepiece(model_path: Path, tj: dict | None) -> Vocab:
-    from ..core import protobuf as pb
-
     data = model_path.read_bytes()
     if len(data) > 512 * 1024 * 1024:
         raise FormatError("tokenizer.model is too large", model_path)
@@ -371,8 +371,6 @@ def chkhsh(tokenizer_json: Path) -> str | None:
 
 def pre_tokenizer(tj: dict, path: Path | None) -> tuple[str, str]:
     """(tokenizer.ggml.pre, "hash" | "structure") for a byte-level BPE tokenizer.json."""
-    from ._pre_hashes import KNOWN_PRE_HASHES
-
     if path is not None:
         h = chkhsh(path)
         if h is not None and h in KNOWN_PRE_HASHES:

@@ -24,6 +24,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from ..formats import onnx as onnx_format
+from ..formats import tf as tf_format
 from . import formats, pickle_vm
 from .findings import DANGEROUS, SUSPICIOUS, FileReport, Finding
 
@@ -36,16 +38,6 @@ _UNOPENABLE = {b"7z\xbc\xaf\x27\x1c": "7z", b"Rar!\x1a\x07": "RAR", b"MSCF": "CA
                b"\xed\xab\xee\xdb": "RPM", b"070707": "cpio", b"070701": "cpio", b"\x04\x22\x4d\x18": "LZ4",
                b"LZIP": "lzip", b"\x89LZO": "LZO", b"\x28\xb5\x2f\xfd": "zstd"}
 _COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
-
-
-def _onnx(path: Path, head: bytes) -> bool:
-    from ..formats import onnx as onnx_format
-    return onnx_format.detect(path, head)
-
-
-def _tf_graph(head: bytes) -> bool:
-    from ..formats import tf
-    return tf._looks_like_graphdef(head)
 
 
 class _SliceIO(io.RawIOBase):
@@ -118,11 +110,11 @@ class Scanner:
                 self.report.kind = "tf-savedmodel"
                 formats.check_tf_graph(path, self._emitter(None), saved_model=True)
                 return self.report
-            if name.endswith(".pb") and _tf_graph(head):
+            if name.endswith(".pb") and tf_format.looks_like_graphdef(head):
                 self.report.kind = "tf-graphdef"
                 formats.check_tf_graph(path, self._emitter(None), saved_model=False)
                 return self.report
-            if name.endswith(".onnx") or _onnx(path, head):
+            if name.endswith(".onnx") or onnx_format.detect(path, head):
                 self.report.kind = "onnx"
                 formats.check_onnx(path, self._emitter(None), self.reader_checks)
                 return self.report
@@ -199,7 +191,7 @@ class Scanner:
             return "data"   # torch never unpickles its storage members; only a real protocol-2+ pickle there is news
         if is_data or not (buf[start] == 0x80 or name.endswith((".pkl", ".pickle"))):
             # weak evidence (a protocol 0/1 lookalike, a torch data member): only a stream that decodes to STOP is a pickle
-            if not pickle_vm._walks_to_stop(buf, start, end):
+            if not pickle_vm.decodes_as_pickle(buf, start, end):
                 return "data"
         first = pickle_vm.scan_stream(buf, start, end, emit, max_pickles=1)
         r = first[0] if first else None

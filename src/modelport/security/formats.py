@@ -14,14 +14,17 @@ import os
 import re
 from pathlib import Path
 
+from ..core import protobuf as pb
 from ..core.errors import ModelportError
+from ..formats import gguf, hdf5
+from ..formats import onnx as onnx_format
+from ..formats import safetensors as st
 from .findings import DANGEROUS, SUSPICIOUS
 
 _HARM = "a reader that trusts this header would read or allocate out of bounds"
 
 
 def check_safetensors(path: Path, emit, reader_checks: bool = True) -> None:
-    from ..formats import safetensors as st
     if not reader_checks:  # every finding here is a malformed header, which the reader refuses itself
         return
     try:
@@ -32,7 +35,6 @@ def check_safetensors(path: Path, emit, reader_checks: bool = True) -> None:
 
 
 def check_gguf(path: Path, emit) -> None:
-    from ..formats import gguf
     try:
         header = gguf.read_header(path)
     except ModelportError as exc:
@@ -71,7 +73,6 @@ def check_tf_graph(path: Path, emit, saved_model: bool) -> None:
     """Every op of every graph and function in a SavedModel `saved_model.pb` (SavedModel > MetaGraphDef >
     GraphDef) or a frozen GraphDef `.pb`: GraphDef > NodeDef.op and FunctionDefLibrary > FunctionDef >
     NodeDef.op, read with the core's bounds-checked protobuf walker."""
-    from ..core import protobuf as pb
     buf = path.read_bytes()
     seen: dict[str, int] = {}
 
@@ -109,10 +110,9 @@ def check_tf_graph(path: Path, emit, saved_model: bool) -> None:
 
 def check_keras_config(config, emit, member: str | None) -> None:
     """Lambda layers (marshalled bytecode) and entries naming code outside Keras, in a model config."""
-    from ..formats.hdf5 import keras_summary
     if not isinstance(config, dict):
         return
-    for entry in keras_summary(config)["flagged"]:
+    for entry in hdf5.keras_summary(config)["flagged"]:
         if entry.startswith("Lambda"):
             emit(DANGEROUS, entry, "a Lambda layer stores Python bytecode that Keras runs when the model is "
                  "loaded or called.", None, member)
@@ -122,9 +122,8 @@ def check_keras_config(config, emit, member: str | None) -> None:
 
 
 def check_hdf5(path: Path, emit, reader_checks: bool = True) -> None:
-    from ..formats import hdf5
     try:
-        h5py = hdf5._h5py()
+        h5py = hdf5.safe_h5py()
         with h5py.File(path, "r") as f:
             for key in ("model_config", "training_config"):
                 raw = f.attrs.get(key)
@@ -158,7 +157,6 @@ def check_hdf5(path: Path, emit, reader_checks: bool = True) -> None:
 def check_onnx(path: Path, emit, reader_checks: bool = True) -> None:
     """External-data entries of an ONNX model: paths that leave the folder, symlinks, ranges past the file
     (graded here, from the core reader's own protobuf walk), then the core reader's checks."""
-    from ..formats import onnx as onnx_format
     found: list = []
 
     def report(*args, **kwargs):

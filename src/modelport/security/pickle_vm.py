@@ -361,7 +361,7 @@ def scan_stream(buf, start: int, end: int, emit: Emit, *, depth: int = 0, where:
                 # only follow on when the next bytes really start a pickle
                 if rest[:1] != b"\x80":
                     break
-            elif rest[:1] != b"\x80" and not _walks_to_stop(buf, pos, end, opened=opened):
+            elif rest[:1] != b"\x80" and not decodes_as_pickle(buf, pos, end, opened=opened):
                 emit(SUSPICIOUS, "data after the pickle",
                      f"{end - pos} bytes follow the pickle's STOP and are not a pickle; a second load() on the "
                      "same stream, or another tool, may read them.", pos, where)
@@ -374,8 +374,9 @@ def scan_stream(buf, start: int, end: int, emit: Emit, *, depth: int = 0, where:
     return results
 
 
-def _walks_to_stop(buf, start: int, end: int, max_ops: int = 1_000_000, opened=None) -> bool:
-    """Whether buf[start:] decodes as a pickle up to STOP (tells a pickle from other bytes).
+def decodes_as_pickle(buf, start: int, end: int, max_ops: int = 1_000_000, opened=None) -> bool:
+    """Whether buf[start:] decodes as a pickle up to STOP: the test that tells a pickle from other bytes where
+    the first bytes are weak evidence (protocol 0/1 lookalikes, data after a pickle, torch data members).
 
     A stream still decoding after `max_ops` opcodes counts as a pickle, so the full walk reports it."""
     try:
