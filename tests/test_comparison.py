@@ -48,3 +48,24 @@ def test_missing_and_shape_and_dtype_changes(tmp_path, cli):
     statuses = {t.name: t.status for t in modelport.diff(a, b).tensors}
     assert statuses == {"a": "shape", "b": "dtype"}
     assert cli("diff", a, b).code == 1
+
+
+def test_hf_folder_against_the_gguf_made_from_it(tmp_path, cli):
+    """Different naming schemes (HF ↔ GGUF), Q/K permutation undone: the same weights are equal, exit 0."""
+    from tests.gguf.hf_models import make_model
+
+    folder = make_model(tmp_path / "hf", "llama", "gpt2", hidden=64, ffn=128, heads=4, kv_heads=2)
+    modelport.convert(folder, tmp_path / "f32.gguf", quant="F32")
+    report = modelport.diff(folder, tmp_path / "f32.gguf")
+    assert report.equal and report.renamed == "b" and len(report.tensors) == 2 * 9 + 3   # layers, embedding, final norm, lm_head
+    assert all(t.status == "equal" for t in report.tensors)
+    result = cli("diff", tmp_path / "f32.gguf", folder)
+    assert result.code == 0 and "(A read in B's Hugging Face naming)" in result.stdout
+
+    modelport.convert(folder, tmp_path / "q8.gguf", quant="Q8_0")
+    result = cli("diff", folder, tmp_path / "q8.gguf")       # piped: one plain line per differing tensor
+    assert result.code == 1
+    lines = [line.split("\t") for line in result.stdout.splitlines() if not line.startswith("#")]
+    assert lines[0][:2] == ["tensor", "status"]
+    assert "model.layers.0.self_attn.q_proj.weight" in {row[0] for row in lines[1:]}   # whole names, not cut
+    assert cli("diff", folder, tmp_path / "q8.gguf", "--rtol", "0.5", "--atol", "0.05").code == 0

@@ -1,6 +1,9 @@
 """`diff`: two models, any formats, tensor by tensor.
 
 Values are compared in float64 in chunks, so memory stays about one tensor whatever the model.
+A GGUF compared with a model in Hugging Face naming (an HF folder, safetensors, a .bin) is first read
+back the way `convert --to hf` would write it (names, Q/K order, norm offsets undone by its family),
+so an HF folder and the GGUF made from it compare tensor by tensor.
 """
 
 from __future__ import annotations
@@ -10,6 +13,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .core import dtypes
+from .core.source import ModelSource
+from .core.tensor import TensorRef
+from .gguf import to_hf
 from .opening import open as open_model
 
 CHUNK = 1 << 22   # elements compared at a time
@@ -35,6 +42,7 @@ class DiffReport:
     only_in_a: list[str] = field(default_factory=list)
     only_in_b: list[str] = field(default_factory=list)
     tensors: list[TensorDiff] = field(default_factory=list)
+    renamed: str | None = None     # "b" when B (a GGUF) was read in A's Hugging Face naming, "a" the other way
 
     @property
     def equal(self) -> bool:
@@ -75,20 +83,60 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tu
     return identical, max_abs, max_rel, bad
 
 
+class Named:
+    """What `diff` compares: tensors by name, plus the names a file dropped as aliases of others."""
+
+    def __init__(self, tensors: dict[str, TensorRef], aliases: dict[str, str]):
+        self.tensors, self.aliases = tensors, aliases
+
+    @classmethod
+    def of(cls, source: ModelSource) -> "Named":
+        return cls(source.tensors, source.aliases)
+
+    def names(self) -> list[str]:
+        return list(self.tensors) + [n for n in self.aliases if n not in self.tensors]
+
+    def get(self, name: str) -> TensorRef:
+        return self.tensors[name] if name in self.tensors else self.tensors[self.aliases[name]]
+
+
+def in_hf_naming(gguf: ModelSource, other: ModelSource) -> Named:
+    """The GGUF's tensors as `convert --to hf` writes them, in the float type the other model mostly uses."""
+    kinds = [r.dtype for r in other.tensors.values() if r.dtype.is_float and len(r.shape) >= 2]
+    dtype = max(set(kinds), key=kinds.count) if kinds else None
+    if dtype is not None and dtype.name not in dtypes.HF_DTYPE_NAMES:
+        dtype = None
+    _, refs, _ = to_hf.plan(gguf, dtype)
+    return Named({r.name: r for r in refs}, {})
+
+
+def naming_bridge(sa: ModelSource, sb: ModelSource) -> tuple[Named, Named, str | None]:
+    """A GGUF against a model in HF naming that shares few names with it: read the GGUF in HF naming."""
+    na, nb = Named.of(sa), Named.of(sb)
+    if (sa.format == "gguf") == (sb.format == "gguf"):
+        return na, nb, None
+    common = len(set(na.names()) & set(nb.names()))
+    if common * 2 >= min(len(na.names()), len(nb.names())):
+        return na, nb, None
+    if sb.format == "gguf":
+        return na, in_hf_naming(sb, sa), "b"
+    return in_hf_naming(sa, sb), nb, "a"
+
+
 def diff(a: str | os.PathLike, b: str | os.PathLike, *, atol: float = 0.0, rtol: float = 0.0,
          trust: bool = False) -> DiffReport:
     """Compare every tensor of `a` with the same-named tensor of `b` (exact unless atol/rtol given)."""
     with open_model(a, trust=trust) as sa, open_model(b, trust=trust) as sb:
-        report = DiffReport(str(a), str(b))
-        names_a = list(sa.keys()) + [n for n in sa.aliases if n not in sa.tensors]
-        names_b = set(sb.keys()) | set(sb.aliases)
+        na, nb, renamed = naming_bridge(sa, sb)
+        report = DiffReport(str(a), str(b), renamed=renamed)
+        names_a = na.names()
+        names_b = set(nb.names())
         report.only_in_a = [n for n in names_a if n not in names_b]
         report.only_in_b = sorted(n for n in names_b if n not in set(names_a))
         for name in names_a:
             if name not in names_b:
                 continue
-            ra = sa.tensors[sa.aliases.get(name, name)] if name not in sa.tensors else sa.tensors[name]
-            rb = sb.tensors[name] if name in sb.tensors else sb.tensors[sb.aliases[name]]
+            ra, rb = na.get(name), nb.get(name)
             row = TensorDiff(name, "equal", list(ra.shape), list(rb.shape), ra.dtype.name, rb.dtype.name)
             if ra.shape != rb.shape:
                 row.status = "shape"
