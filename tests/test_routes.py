@@ -169,3 +169,21 @@ def test_quantize_refuses_a_non_gguf_name(hf_dir, tmp_path):
 def test_shard_size_on_a_single_file_output_is_refused(tmp_path):
     with pytest.raises(UnsupportedError, match="--shard-size needs a folder"):
         modelport.save({"a": np.ones(3, np.float32)}, tmp_path / "a.safetensors", format="safetensors", shard_size="1MB")
+
+
+def test_a_sentence_transformers_folder_keeps_its_side_folders(tmp_path):
+    """modules.json names 1_Pooling/ and 2_Normalize/: a converted folder keeps them, and every other side file."""
+    folder = tmp_path / "st"
+    modelport.save({"embeddings.word_embeddings.weight": np.ones((8, 4), np.float32)}, folder)
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    (folder / "modules.json").write_text('[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.'
+                                         'Transformer"}, {"idx": 1, "name": "1", "path": "1_Pooling", "type": '
+                                         '"sentence_transformers.models.Pooling"}]')
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    (folder / "2_Normalize").mkdir()
+    with modelport.open(folder) as source:
+        assert {"config.json", "modules.json", "1_Pooling/config.json"} <= set(source.side_files)
+    modelport.convert(folder, tmp_path / "out", dtype="f16")
+    assert (tmp_path / "out" / "1_Pooling" / "config.json").read_text() == '{"pooling_mode_mean_tokens": true}'
+    assert (tmp_path / "out" / "modules.json").is_file()

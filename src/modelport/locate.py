@@ -426,22 +426,3 @@ def _quantization(source: ModelSource) -> str | None:
     for ref in source:
         weight[ref.dtype.name] = weight.get(ref.dtype.name, 0) + ref.numel
     return max(weight, key=weight.get) if weight else None
-
-
-def cache_side_files(source: ModelSource) -> ModelSource:
-    """Add the side files (config.json, tokenizer files) of a Hugging Face cache snapshot to `source`.
-
-    `registry.open_folder` leaves symlinked side files out, and in the cache every file is a link into
-    the repo's `blobs/`; the ones `cache_link` accepts are the snapshot's own files, so they count.
-    """
-    folder = source.path
-    if not folder.is_dir():
-        return source
-    used = {f.resolve() for f in (*source.files, *registry.weight_files(folder))}
-    for p in sorted(folder.iterdir()):
-        if cache_link(p) and p.is_file() and not p.name.startswith(".") and p.resolve() not in used:
-            source.side_files[p.name] = p
-    source.side_files = dict(sorted(source.side_files.items()))
-    if "config.json" in source.side_files and source.config is None:
-        source.config = read_json(source.side_files["config.json"])
-    return source

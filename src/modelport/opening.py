@@ -28,5 +28,5 @@ def open(path: str | os.PathLike, *, format: str | None = None, trust: bool = Fa
         path = locate.require(os.fspath(path))
     guard(path, trust=trust)
     if path.is_dir():
-        return locate.cache_side_files(registry.open_folder(path))
+        return registry.open_folder(path)
     return registry.open_file(path, format=format)

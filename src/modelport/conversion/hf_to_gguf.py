@@ -14,7 +14,7 @@ import numpy as np
 from ..core import dtypes
 from ..core.atomic import atomic_file
 from ..core.errors import UnsupportedError
-from ..core.source import ModelSource
+from ..core.source import ModelSource, cache_link
 from ..formats.gguf import write_gguf
 from ..gguf.convert import load_config, parse_ftype, plan_hf, to_refs, verify_gguf
 from ..gguf.modelfile import modelfile_path, write_modelfile
@@ -35,7 +35,7 @@ def model_config(source: ModelSource, config_path: Path | None) -> tuple[dict | 
         return source.config, side
     folder = Path(config_path).parent
     for name in TOKENIZER_FILES:
-        if name not in side and (folder / name).is_file() and not (folder / name).is_symlink():
+        if name not in side and (folder / name).is_file() and (cache_link(folder / name) or not (folder / name).is_symlink()):
             side[name] = folder / name
     return load_config(config_path), side
 

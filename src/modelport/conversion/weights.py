@@ -53,6 +53,7 @@ def copy_side_files(source: ModelSource, folder: Path, target_dtype: dtypes.DTyp
             config.pop("torch_dtype", None)
             (folder / name).write_text(json.dumps(config, indent=2) + "\n")
         else:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)    # side folders: 1_Pooling/config.json
             shutil.copyfile(path, folder / name)
 
 

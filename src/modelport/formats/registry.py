@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..core.errors import FormatError, ModelportError, UnsupportedError
-from ..core.source import ModelSource, read_json, safe_member
+from ..core.source import ModelSource, cache_link, read_json, safe_member
 from ..core.tensor import TensorRef
 
 HEAD_BYTES = 4096
@@ -171,6 +171,32 @@ def weight_files(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _WEIGHT_SUFFIXES)
 
 
+SIDE_FILES_CAP = 1000   # files kept beside the weights; a folder with more is not one model's folder
+SIDE_DEPTH = 2          # sentence-transformers' 1_Pooling/config.json, 2_Dense/… sit one level down
+
+
+def side_files(folder: Path, used: set[Path]) -> dict[str, Path]:
+    """Everything in a model folder that is not its weights, by path relative to the folder ('1_Pooling/config.json'):
+    config, tokenizer, and the side folders a sentence-transformers model lists in modules.json. Hidden files and
+    links are left out, except a Hugging Face cache snapshot's links into its own repo (`cache_link`)."""
+    found: dict[str, Path] = {}
+
+    def walk(directory: Path, prefix: str, depth: int) -> None:
+        for p in sorted(directory.iterdir()):
+            if p.name.startswith(".") or (p.is_symlink() and not cache_link(p)):
+                continue
+            if p.is_dir() and depth < SIDE_DEPTH:
+                walk(p, f"{prefix}{p.name}/", depth + 1)
+            elif p.is_file() and p.resolve() not in used:
+                if len(found) >= SIDE_FILES_CAP:
+                    raise FormatError(f"more than {SIDE_FILES_CAP} files beside the weights; open the weights file itself",
+                                      folder)
+                found[prefix + p.name] = p
+
+    walk(folder, "", 1)
+    return found
+
+
 def open_folder(folder: Path) -> ModelSource:
     for spec in formats():
         if spec.detect_folder and spec.detect_folder(folder):
@@ -190,8 +216,7 @@ def open_folder(folder: Path) -> ModelSource:
         source = merge(folder, sources)
     source.path = folder
     used = {f.resolve() for f in source.files} | {f.resolve() for f in files}
-    source.side_files = {p.name: p for p in sorted(folder.iterdir())
-                         if p.is_file() and not p.is_symlink() and not p.name.startswith(".") and p.resolve() not in used}
+    source.side_files = side_files(folder, used)
     if "config.json" in source.side_files and source.config is None:
         source.config = read_json(source.side_files["config.json"])
     return source
