@@ -187,3 +187,26 @@ def test_a_sentence_transformers_folder_keeps_its_side_folders(tmp_path):
     modelport.convert(folder, tmp_path / "out", dtype="f16")
     assert (tmp_path / "out" / "1_Pooling" / "config.json").read_text() == '{"pooling_mode_mean_tokens": true}'
     assert (tmp_path / "out" / "modules.json").is_file()
+
+
+def test_api_errors_name_the_keyword_and_the_cli_prints_the_option(tmp_path, capsys):
+    from modelport.cli.main import main
+
+    modelport.save({"a": np.zeros(3, np.float32)}, tmp_path / "a.safetensors")
+    with pytest.raises(modelport.ModelportError) as caught:
+        modelport.save({"a": np.zeros(3, np.float32)}, tmp_path / "a.safetensors")
+    assert "use --force (force=True) to replace it" in str(caught.value)
+    with pytest.raises(SystemExit) as exited:
+        main(["convert", str(tmp_path / "a.safetensors"), str(tmp_path / "a.safetensors.copy.safetensors")])
+    with pytest.raises(SystemExit) as exited:
+        main(["convert", str(tmp_path / "a.safetensors"), str(tmp_path / "a.safetensors.copy.safetensors")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("already exists; use --force to replace it") and "force=True" not in err
+
+
+def test_model_source_repr_is_short(tmp_path):
+    modelport.save({f"w{i}": np.zeros((4, 4), np.float32) for i in range(500)}, tmp_path / "many.safetensors")
+    with modelport.open(tmp_path / "many.safetensors") as source:
+        text = repr(source)
+    assert text.startswith("<ModelSource safetensors") and "500 tensors, 8,000 parameters" in text and len(text) < 200

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     except ModelportError as exc:
         if debug:
             raise
-        print(f"modelport: {exc}", file=sys.stderr)
+        print(f"modelport: {exc.cli_text()}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

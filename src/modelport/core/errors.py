@@ -7,10 +7,25 @@ Every error modelport raises on bad input is a `ModelportError`: the CLI prints 
 from __future__ import annotations
 
 import os
+import re
+
+#: Options that are switches: `--force` is `force=True` in the Python API; the others take a value.
+SWITCHES = {"force", "verify", "dequantize", "trust", "raw", "debug"}
+
+
+def with_keywords(text: str) -> str:
+    """`use --force` → `use --force (force=True)`: a message about an option, in the API's words too."""
+    def keyword(match: re.Match) -> str:
+        name = match.group(1).replace("-", "_")
+        return f"{match.group(0)} ({name}=True)" if name in SWITCHES else f"{match.group(0)} ({name}=…)"
+    return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)\b(?![\w-])", keyword, text)
 
 
 class ModelportError(Exception):
-    """Bad input or usage: one line for a person, exit code 2."""
+    """Bad input or usage: one line for a person, exit code 2.
+
+    Messages name options the CLI way (`--force`); `str()` adds the keyword argument for Python callers
+    (`--force (force=True)`), `cli_text()` is the line the CLI prints."""
 
     exit_code = 2
 
@@ -19,8 +34,12 @@ class ModelportError(Exception):
         self.message = message
         self.path = os.fspath(path) if path is not None else None
 
-    def __str__(self) -> str:
+    def cli_text(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+    def __str__(self) -> str:
+        message = with_keywords(self.message)
+        return f"{self.path}: {message}" if self.path else message
 
 
 class FormatError(ModelportError):

@@ -33,6 +33,10 @@ class ModelSource:
     details: dict[str, Any] = field(default_factory=dict)      # format-specific facts for `inspect`
     closers: list = field(default_factory=list, repr=False)   # called by close(): unmap, release caches
 
+    def __repr__(self) -> str:
+        return (f"<ModelSource {self.format} {str(self.path)!r}: {len(self.tensors)} tensors, "
+                f"{self.parameter_count:,} parameters>")
+
     def __iter__(self) -> Iterator[TensorRef]:
         return iter(self.tensors.values())
 
