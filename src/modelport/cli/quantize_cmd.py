@@ -7,8 +7,7 @@ from pathlib import Path
 import typer
 
 from ..core.errors import ModelportError
-from .convert_cmd import verified_line
-from .output import byte_progress, console, human_bytes, print_json, trust_option
+from .output import byte_progress, console, human_bytes, print_json, trust_option, verified_line
 
 
 def register(app: typer.Typer) -> None:
