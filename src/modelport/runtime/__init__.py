@@ -4,7 +4,7 @@
     with runtime.load("model.gguf") as engine:                 # llama.cpp for GGUF, transformers otherwise
         ids = engine.chat_ids([{"role": "user", "content": "Hi"}])
         print(engine.complete(ids, max_tokens=32).text)
-        chat = runtime.Conversation(engine, system="Be brief.", on_text=print)   # history, stop strings, streaming
+        chat = runtime.Conversation(engine, system="Be brief.", on_text=lambda piece: print(piece, end=""))
         chat.send("What is the capital of France?")
 """
 
