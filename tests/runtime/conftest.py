@@ -14,6 +14,11 @@ from pathlib import Path
 
 import pytest
 
+import modelport
+
+# The subprocess runs the modelport under test (a worktree's src/ first on the path), not whichever is installed.
+SOURCE_ROOT = str(Path(modelport.__file__).resolve().parents[1])
+
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
@@ -114,7 +119,7 @@ def run_cli(*args, stdin: str | None = None, env_extra: dict | None = None, pre:
     """The real CLI in a subprocess; `pre` is Python run first (e.g. to make a package unimportable)."""
     code = f"{pre}\nfrom modelport.cli.main import main\nmain()"
     env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": "/tmp", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_VERBOSITY": "error", **(env_extra or {})}
+           "TRANSFORMERS_VERBOSITY": "error", "PYTHONPATH": SOURCE_ROOT, **(env_extra or {})}
     proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], input=stdin, capture_output=True,
                           text=True, timeout=timeout, env=env)
     return Run(proc.returncode, proc.stdout, proc.stderr)

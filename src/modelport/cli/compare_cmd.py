@@ -8,7 +8,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from .. import runtime
 from ..core.errors import ModelportError
+from ..runtime.evaluate import compare
+from .options import quiet_libraries, read_text
 from .output import console, print_json, trust_option
 
 SAMPLE_TEXT = (
@@ -19,17 +22,6 @@ SAMPLE_TEXT = (
     "compared editions, scientists published their results, and reformers spread pamphlets to a growing "
     "public of readers. Many historians regard the press as one of the inventions that shaped the modern world."
 )
-
-
-def read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelportError(f"cannot read ({exc.strerror})", path) from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ModelportError("the text is not UTF-8", path) from None
 
 
 def register(app: typer.Typer) -> None:
@@ -46,10 +38,7 @@ def register(app: typer.Typer) -> None:
         trust: bool = trust_option(),
     ) -> None:
         """Feed the same token ids to A and B; report argmax agreement, KL divergence, top-1 gap, perplexity."""
-        from .run_cmd import quiet_libraries
         quiet_libraries()
-        from .. import runtime
-        from ..runtime.evaluate import compare
         text = read_text(prompt_file) if prompt_file else SAMPLE_TEXT
         if tokens < 2:
             raise ModelportError(f"--tokens must be at least 2, not {tokens}")

@@ -8,15 +8,7 @@ import typer
 
 from ..conversion import convert
 from ..opening import open as open_model
-from .output import byte_progress, console, err_console, human_bytes, print_json, trust_option
-
-
-def verified_line(result) -> str:
-    if not result.errors:
-        return "[green]verified[/green]: every tensor matches the source"
-    worst = ", ".join(f"{t} {e:.3f}" for t, e in sorted(result.errors.items(), key=lambda kv: -kv[1]))
-    return (f"[green]verified[/green]: every tensor within its type's error bound "
-            f"(worst relative RMS error against the source: {worst})")
+from .output import byte_progress, console, err_console, human_bytes, print_json, trust_option, verified_line
 
 
 def register(app: typer.Typer) -> None:

@@ -7,15 +7,17 @@ failed check); anything else is a bug and says so in one line unless `--debug` s
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
 
 from ..core.errors import ModelportError
+from . import (chat_cmd, compare_cmd, convert_cmd, diff_cmd, estimate_cmd, inspect_cmd, list_cmd, perplexity_cmd,
+               quantize_cmd, recommend_cmd, run_cmd, scan_cmd)
 
 # Command modules, in the order `--help` lists them.
-COMMANDS = ("list", "inspect", "scan", "convert", "quantize", "diff", "estimate", "recommend", "run", "chat", "compare", "perplexity")
+COMMANDS = (list_cmd, inspect_cmd, scan_cmd, convert_cmd, quantize_cmd, diff_cmd, estimate_cmd, recommend_cmd, run_cmd,
+            chat_cmd, compare_cmd, perplexity_cmd)
 
 app = typer.Typer(
     name="modelport",
@@ -38,8 +40,8 @@ def register_commands() -> None:
     """Add every command to `app` (once; in-process callers such as tests call it too)."""
     if app.registered_commands:
         return
-    for name in COMMANDS:
-        importlib.import_module(f"modelport.cli.{name}_cmd").register(app)
+    for command in COMMANDS:
+        command.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Shared rendering: rich consoles, sizes for people, JSON output, and progress bars."""
+"""Shared rendering: rich consoles, sizes for people, JSON output, streamed text, and progress bars."""
 
 from __future__ import annotations
 
@@ -33,6 +33,21 @@ def human_count(n: int) -> str:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write(piece: str) -> None:
+    """Streamed text: on stdout at once, not when the line ends."""
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def verified_line(result) -> str:
+    """What `--verify` found, for a conversion or quantization result with per-type `errors`."""
+    if not result.errors:
+        return "[green]verified[/green]: every tensor matches the source"
+    worst = ", ".join(f"{t} {e:.3f}" for t, e in sorted(result.errors.items(), key=lambda kv: -kv[1]))
+    return (f"[green]verified[/green]: every tensor within its type's error bound "
+            f"(worst relative RMS error against the source: {worst})")
 
 
 @contextlib.contextmanager

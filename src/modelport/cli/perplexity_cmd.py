@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
-from .compare_cmd import read_text
+from .. import runtime
+from ..runtime.evaluate import perplexity
+from .options import engine_option, quiet_libraries, read_text
 from .output import console, print_json, trust_option
-from .run_cmd import engine_option, quiet_libraries
 
 
 def register(app: typer.Typer) -> None:
@@ -23,8 +24,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Perplexity over windows of --ctx tokens, scoring the second half of each (as llama-perplexity does)."""
         quiet_libraries()
-        from .. import runtime
-        from ..runtime.evaluate import perplexity
         content = read_text(text)
         with runtime.load(model, engine=engine, ctx=max(ctx, 4), trust=trust) as eng:
             result = perplexity(eng, content, ctx)

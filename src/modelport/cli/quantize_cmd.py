@@ -8,8 +8,7 @@ import typer
 
 from ..conversion.gguf_requantize import requantize
 from ..opening import open as open_model
-from .convert_cmd import verified_line
-from .output import byte_progress, console, human_bytes, print_json, trust_option
+from .output import byte_progress, console, human_bytes, print_json, trust_option, verified_line
 
 
 def register(app: typer.Typer) -> None:

@@ -4,6 +4,8 @@
     with runtime.load("model.gguf") as engine:                 # llama.cpp for GGUF, transformers otherwise
         ids = engine.chat_ids([{"role": "user", "content": "Hi"}])
         print(engine.complete(ids, max_tokens=32).text)
+        chat = runtime.Conversation(engine, system="Be brief.", on_text=lambda piece: print(piece, end=""))
+        chat.send("What is the capital of France?")
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from ..core.errors import UnsupportedError
 from ..opening import open as open_model
 from .base import Engine, Generation, Sampler, Sampling, TextStream
 from .chat_template import ChatTemplate, template_for
+from .conversation import ContextFullError, Conversation, GenerationSettings, stream_answer
+from .hf_engine import HFEngine
+from .llama_engine import LlamaEngine
 
 ENGINES = ("auto", "llama", "hf")
 
@@ -31,12 +36,11 @@ def load(path: str | os.PathLike, engine: str = "auto", ctx: int | None = None, 
         if ctx is not None and isinstance(trained, int) and ctx > trained:
             raise UnsupportedError(f"--ctx {ctx} is larger than the {trained} positions the model was trained for", path)
         if engine == "llama" or (engine == "auto" and source.format == "gguf"):
-            from .llama_engine import LlamaEngine
             return LlamaEngine(source, ctx=ctx, threads=threads)
-        from .hf_engine import HFEngine
         return HFEngine(source, ctx=ctx)
     finally:
         source.close()
 
 
-__all__ = ["load", "Engine", "Generation", "Sampler", "Sampling", "TextStream", "ChatTemplate", "template_for", "ENGINES"]
+__all__ = ["load", "Engine", "Generation", "Sampler", "Sampling", "TextStream", "ChatTemplate", "template_for", "ENGINES",
+           "Conversation", "ContextFullError", "GenerationSettings", "stream_answer", "HFEngine", "LlamaEngine"]

@@ -10,9 +10,10 @@ splits a UTF-8 character or a word's leading space.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -22,7 +23,10 @@ from .chat_template import ChatTemplate
 
 @dataclass
 class Sampling:
-    """How to choose the next token. temperature 0 is greedy (argmax)."""
+    """How to choose the next token. temperature 0 is greedy (argmax).
+
+    Checked when made, so a bad value (from the CLI or any other caller) is one clear error before a model
+    is loaded, never a NumPy error in the middle of sampling."""
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -30,12 +34,25 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self):
+        if not (is_number(self.temperature) and math.isfinite(self.temperature)):
+            raise UnsupportedError(f"temperature must be a finite number, not {self.temperature}")
         if self.temperature < 0:
             raise UnsupportedError(f"temperature must be >= 0, not {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if not (is_number(self.top_p) and 0 < self.top_p <= 1):
             raise UnsupportedError(f"top-p must be in (0, 1], not {self.top_p}")
-        if self.top_k < 0:
+        if not (is_integer(self.top_k) and self.top_k >= 0):
             raise UnsupportedError(f"top-k must be >= 0, not {self.top_k}")
+        if self.seed is not None and not (is_integer(self.seed) and self.seed >= 0):
+            raise UnsupportedError(f"seed must be a whole number >= 0, not {self.seed}")
+
+
+def is_integer(value: Any) -> bool:
+    """An int that is not a bool (True is an int to Python, not a count to a person)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return is_integer(value) or isinstance(value, float)
 
 
 class Sampler:
@@ -106,39 +123,6 @@ class TextStream:
         after = self.detokenize(self.ids[self.prefix:])
         self.prefix = self.read = len(self.ids)
         return after[len(before):]
-
-
-class StopText:
-    """Text that ends at the first stop string: `feed` returns what is safe to show (never the start of a stop
-    string that may still complete), `hit` says one appeared, `text` is the answer so far without it."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = stops
-        self.text = ""               # everything received, up to a stop string once one is found
-        self.shown = 0
-        self.hit = False
-
-    def feed(self, piece: str) -> str:
-        if not self.stops or self.hit:
-            return piece
-        self.text += piece
-        start = max(0, self.shown - max(map(len, self.stops)) + 1)
-        found = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
-        if found:
-            self.hit = True
-            self.text = self.text[:min(found)]
-            return self._show(len(self.text))
-        held = max((n for s in self.stops for n in range(1, len(s)) if self.text.endswith(s[:n])), default=0)
-        return self._show(len(self.text) - held)
-
-    def release(self) -> str:
-        """At the end: what was held back was not a stop string after all."""
-        return self._show(len(self.text)) if self.stops else ""
-
-    def _show(self, upto: int) -> str:
-        piece = self.text[self.shown:upto]
-        self.shown = max(self.shown, upto)
-        return piece
 
 
 @dataclass
@@ -300,28 +284,12 @@ class Engine:
         finally:
             result.generation_seconds = time.perf_counter() - prompt_done
 
-    def complete(self, ids: list[int], on_text: Callable[[str], None] | None = None,
-                 stop: Iterable[str] = (), **kwargs) -> Generation:
-        """Run `generate` to the end, streaming text to `on_text`; the full result.
-
-        `stop` strings end the answer where one first appears (it is not part of the text). While the
-        text ends with the start of one, that part is held back, so nothing streamed is ever taken back."""
+    def complete(self, ids: list[int], **kwargs) -> Generation:
+        """Run `generate` to the end; the full result (text unstreamed: see `conversation.stream_answer`)."""
         result = Generation()
-        stream = TextStream(self.detokenize)
-        cut = StopText([s for s in stop if s])
-        for token in self.generate(ids, result=result, **kwargs):
-            piece = cut.feed(stream.push(token))
-            if piece and on_text:
-                on_text(piece)
-            if cut.hit:
-                break
-        if not cut.hit:
-            piece = cut.feed(stream.flush()) + cut.release()
-            if piece and on_text:
-                on_text(piece)
-        if cut.hit:
-            result.stop_reason = "stop"
-        result.text = cut.text if cut.stops else self.detokenize(result.tokens)
+        for _ in self.generate(ids, result=result, **kwargs):
+            pass
+        result.text = self.detokenize(result.tokens)
         return result
 
     def __enter__(self):

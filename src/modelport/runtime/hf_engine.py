@@ -17,7 +17,7 @@ import numpy as np
 from ..core.errors import FormatError, MissingDependencyError
 from ..core.source import ModelSource, safe_member
 from .base import Engine
-from .chat_template import folder_of, template_for
+from .chat_template import ChatTemplate, folder_of, template_for
 
 
 def _import():
@@ -66,7 +66,6 @@ class HFEngine(Engine):
         self.stop_ids = frozenset(int(s) for s in stops)
         self.template = template_for(source)
         if self.template is None and source.format != "gguf" and isinstance(self.tokenizer.chat_template, str):
-            from .chat_template import ChatTemplate
             self.template = ChatTemplate(self.tokenizer.chat_template, origin=str(path))
         if self.template is not None:
             self.template.special_tokens = dict(self.tokenizer.special_tokens_map)
