@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         quiet_libraries()
         settings = generation_settings(max_tokens, temperature, top_p, top_k, seed, stop)
         interactive = sys.stdin.isatty()
-        with runtime.load(model, engine=engine, ctx=ctx, trust=trust) as eng:
+        with runtime.load(model, engine=engine, ctx=ctx, trust=trust, needs_template=True) as eng:
             if eng.template is None:
                 raise UnsupportedError("this model has no chat template; use 'modelport run --raw'", model)
             conversation = runtime.Conversation(eng, settings, system=system, on_text=write)

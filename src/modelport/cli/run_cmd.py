@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
             if sys.stdin.isatty():
                 raise UnsupportedError("give a prompt with -p, or pipe it on stdin")
             prompt = sys.stdin.read()
-        with runtime.load(model, engine=engine, ctx=ctx, trust=trust) as eng:
+        with runtime.load(model, engine=engine, ctx=ctx, trust=trust, needs_template=not raw) as eng:
             if raw:
                 if system is not None:
                     raise UnsupportedError("--system needs the chat template; leave out --raw")
