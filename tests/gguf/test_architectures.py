@@ -1,4 +1,4 @@
-"""Architecture registry: names both ways, the Q/K permutation and its inverse, metadata types."""
+"""Family registry: names both ways, the Q/K permutation and its inverse, metadata types."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from modelport.core.errors import UnsupportedError
-from modelport.gguf import architectures as A
+from modelport import families as A
 
 torch = pytest.importorskip("torch")  # dev dependency; the oracles below are transformers' own modules
 transformers = pytest.importorskip("transformers")
