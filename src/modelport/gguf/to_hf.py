@@ -20,6 +20,7 @@ from ..core import dtypes
 from ..core.errors import FormatError, UnsupportedError
 from ..core.tensor import TensorRef
 from .. import families
+from . import hf_tokenizer
 
 HF_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
@@ -42,8 +43,6 @@ def default_dtype(source) -> dtypes.DType:
 
 def plan(source, dtype: dtypes.DType | None = None) -> tuple[dict[str, Any], list[TensorRef], Any]:
     """(config.json, lazy HF tensors, HFTokenizer or None) for an opened GGUF; raises before anything is written."""
-    from . import hf_tokenizer
-
     meta = source.metadata
     arch_name = meta.get("general.architecture")
     if not isinstance(arch_name, str):
