@@ -235,12 +235,6 @@ class Family:
         self._back = [(_template_regex(gg), hf) for hf, gg in self.tensors]
         self._ignore = [re.compile(p) for p in self.ignore]
 
-    @classmethod
-    def claims(cls, config: dict) -> bool:
-        """Whether a config.json is of this family (by `architectures`, then `model_type`)."""
-        return any(a in cls.hf_architectures for a in config.get("architectures") or []) \
-            or config.get("model_type") in cls.model_types
-
     # --- names and values -----------------------------------------------------------------------
 
     def gguf_name(self, hf_name: str) -> str | None:
