@@ -72,11 +72,11 @@ class Transform(enum.Enum):
         """True when the transform does arithmetic (so it must run in float32), not just a reordering."""
         return self is Transform.NORM_PLUS_ONE
 
-    def heads(self, family: "Family") -> int | None:
+    def heads(self, family: Family) -> int | None:
         """The head count a permutation works per (None for the other transforms)."""
         return {Transform.PERMUTE_Q: family.n_head, Transform.PERMUTE_K: family.n_head_kv}.get(self)
 
-    def to_gguf(self, w: np.ndarray, family: "Family") -> np.ndarray:
+    def to_gguf(self, w: np.ndarray, family: Family) -> np.ndarray:
         if self in (Transform.PERMUTE_Q, Transform.PERMUTE_K):
             return permute_qk(w, self.heads(family))
         if self is Transform.TRANSPOSE:
@@ -85,7 +85,7 @@ class Transform(enum.Enum):
             return w + np.float32(1)
         return w
 
-    def to_hf(self, w: np.ndarray, family: "Family") -> np.ndarray:
+    def to_hf(self, w: np.ndarray, family: Family) -> np.ndarray:
         if self in (Transform.PERMUTE_Q, Transform.PERMUTE_K):
             return unpermute_qk(w, self.heads(family))
         if self is Transform.NORM_PLUS_ONE:
@@ -128,7 +128,7 @@ QK_NORM_TENSORS = (("model.layers.{bid}.self_attn.q_norm.weight", "blk.{bid}.att
 ROTARY_BUFFERS = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"model\.rotary_emb\.inv_freq")
 
 
-def check_layers(family: "Family", gguf_names, path=None) -> None:
+def check_layers(family: Family, gguf_names, path=None) -> None:
     """The `blk.N.` layers present must be exactly the config's `n_layer` (both conversion directions)."""
     layers = {int(m.group(1)) for n in gguf_names if (m := re.match(r"blk\.(\d+)\.", n))}
     if family.n_layer and layers != set(range(family.n_layer)):

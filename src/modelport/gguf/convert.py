@@ -22,11 +22,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import families
 from ..core import dtypes
 from ..core.errors import FormatError, ModelportError, UnsupportedError
 from ..core.source import ModelSource, read_json
 from ..core.tensor import TensorRef
-from .. import families
 from . import mixes, quants
 from .tokenizer import TOKENIZER_FILES, Vocab, load_vocab
 

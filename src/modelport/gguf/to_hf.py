@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import families
 from ..core import dtypes
 from ..core.errors import FormatError, UnsupportedError
 from ..core.tensor import TensorRef
-from .. import families
 from . import hf_tokenizer
 
 HF_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
