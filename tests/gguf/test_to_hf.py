@@ -199,6 +199,7 @@ MODELS = {  # name: (arch, tokenizer style, options)
     "gemma2": ("gemma2", "gemma", dict()),
     "gemma3": ("gemma3", "gemma", dict()),
     "smollm3": ("smollm3", "llama3", dict(chat_template=CHATML)),
+    "olmo2": ("olmo2", "gpt2", dict(chat_template=CHATML)),
 }
 
 
