@@ -184,7 +184,7 @@ def test_gguf_kv_cache_from_metadata(gguf_files):
 
 @pytest.mark.parametrize("arch,style,long", [("llama", "spm", False), ("qwen2", "llama3", False), ("gpt2", "gpt2", False),
                                              ("qwen3", "qwen2", False), ("gemma3", "gemma", False), ("smollm3", "llama3", False),
-                                             ("phi3", "spm", True)])
+                                             ("phi3", "spm", True), ("olmo2", "gpt2", False)])
 def test_estimate_matches_modelports_converter(tmp_path, arch, style, long):
     """HF folder -> GGUF at every row of the table, by modelport's converter (K-mixes included): the estimate made
     from the HF folder before converting is within 1 % of each file (header from the converter's own metadata plan)."""
@@ -204,6 +204,28 @@ def test_estimate_matches_modelports_converter(tmp_path, arch, style, long):
         size = out.stat().st_size
         assert abs(predicted[ftype]["bytes"] / size - 1) < 0.01, (ftype, predicted[ftype]["bytes"], size)
         assert predicted[ftype]["tensor_bytes"] == size - GGUFReader(out).data_offset, ftype
+
+
+def test_olmo2_estimate_is_the_converted_file_to_the_byte(tmp_path):
+    """A family added as one file (OLMo 2) is laid out, typed and sized exactly as the converter writes it."""
+    import modelport
+    from modelport.gguf.convert import hf_to_gguf
+    from tests.gguf.hf_models import make_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = make_model(tmp_path / "olmo2", "olmo2", "gpt2", hidden=256, ffn=512)
+    predicted = estimate(folder)["weights"]
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_bytes((folder / "config.json").read_bytes())
+    from_config = estimate(bare)["weights"]
+    for ftype in ("F32", "F16", "Q8_0", "Q4_K_M", "Q2_K"):
+        out = tmp_path / f"{ftype}.gguf"
+        with modelport.open(folder) as source:
+            hf_to_gguf(source, out, ftype)
+        assert predicted[ftype]["bytes"] == out.stat().st_size, ftype
+        assert from_config[ftype]["tensor_bytes"] == predicted[ftype]["tensor_bytes"], ftype
 
 
 def test_estimate_matches_modelport_quantize(tmp_path):
@@ -258,6 +280,7 @@ FAMILIES = {
                           "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                           "original_max_position_embeddings": 8192})),
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=64, n_layer=3, n_head=4, n_positions=128)),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict(pad_token_id=0)),
 }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.errors import UnsupportedError
+from .formats import registry
 from .estimate import (LADDER, Device, ModelView, device_for, estimate_view, load_view, training_memory)
 
 GOALS = ("train", "serve-gpu", "cpu", "mobile", "cross-platform", "share")
@@ -40,7 +41,6 @@ def _stem(model: str, view: ModelView) -> str:
 
 
 def _writes(fmt: str) -> bool:
-    from .formats import registry
 
     try:
         return registry.get(fmt).write is not None

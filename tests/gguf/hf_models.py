@@ -171,7 +171,7 @@ def make_model(folder: Path, arch: str, style: str, *, hidden: int = 256, layers
                kv_heads: int = 2, ffn: int = 512, tied: bool = False, vocab_pad: int = 0, chat_template: str | None = None,
                seed: int = 0, dtype=None, rope_theta: float = 10000.0, init: float = 0.05,
                rope_scaling: dict | None = None, max_positions: int = 512) -> Path:
-    """Save a random transformers model of `arch` (llama, qwen2, qwen3, gpt2, phi3, gemma, gemma2) with a `style`
+    """Save a random transformers model of `arch` (llama, qwen2, qwen3, gpt2, phi3, gemma, gemma2, olmo2) with a `style`
     tokenizer in `folder`."""
     import torch
     import transformers
@@ -234,6 +234,12 @@ def make_model(folder: Path, arch: str, style: str, *, hidden: int = 256, layers
                              "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
             **{**common, "tie_word_embeddings": True})
         cls = transformers.Gemma3ForCausalLM
+    elif arch == "olmo2":   # post-norms only, Q/K norms over the whole projection
+        cfg = transformers.Olmo2Config(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                                       num_attention_heads=heads, num_key_value_heads=kv_heads,
+                                       max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=rope_theta,
+                                       pad_token_id=eos, **common)
+        cls = transformers.Olmo2ForCausalLM
     else:
         raise ValueError(arch)
     torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Architecture registry: names both ways, the Q/K permutation and its inverse, metadata types."""
+"""Family registry: names both ways, the Q/K permutation and its inverse, metadata types."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from modelport.core.errors import UnsupportedError
-from modelport.gguf import architectures as A
+from modelport import families as A
 
 torch = pytest.importorskip("torch")  # dev dependency; the oracles below are transformers' own modules
 transformers = pytest.importorskip("transformers")
@@ -42,10 +42,14 @@ def _tiny(arch: str, **kw):
         return transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
             hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
             query_pre_attn_scalar=8, pad_token_id=0, **common, **kw))
+    if arch == "olmo2":
+        return transformers.Olmo2ForCausalLM(transformers.Olmo2Config(
+            hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
+            **common, **kw))
     raise ValueError(arch)
 
 
-ARCHS = ["llama", "smollm3", "qwen2", "qwen3", "gpt2", "phi3", "gemma", "gemma2", "gemma3"]
+ARCHS = ["llama", "smollm3", "qwen2", "qwen3", "gpt2", "phi3", "gemma", "gemma2", "gemma3", "olmo2"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -192,3 +196,21 @@ def test_gemma3_configs_llama_cpp_cannot_run_are_refused():
         A.for_config(dict(config, rope_parameters=rope)).hparams()
     with pytest.raises(UnsupportedError, match="query_pre_attn_scalar"):
         A.for_config(dict(config, query_pre_attn_scalar=99)).hparams()
+
+
+def test_olmo2_has_post_norms_full_projection_qk_norms_and_refuses_what_llama_cpp_cannot_load():
+    model = _tiny("olmo2")
+    fam = A.for_config(model.config.to_dict())
+    assert fam.name == "olmo2"
+    mapped = {fam.gguf_name(n) for n in model.state_dict()} - {None}
+    assert "blk.0.post_attention_norm.weight" in mapped and "blk.0.post_ffw_norm.weight" in mapped
+    assert not any(n.endswith(("attn_norm.weight", "ffn_norm.weight")) for n in mapped)
+    shapes = fam.tensor_shapes()
+    assert shapes["blk.1.attn_q_norm.weight"] == (32,) and shapes["blk.1.attn_k_norm.weight"] == (16,)
+    state = model.state_dict()
+    assert {n: tuple(t.shape) for n, t in state.items()} == {fam.hf_name(g): s for g, s in shapes.items()}
+    w = np.arange(32 * 32, dtype=np.float32).reshape(32, 32)
+    assert np.array_equal(fam.to_gguf("blk.0.attn_q.weight", w), w)     # NEOX RoPE: no permutation
+    for bad in (dict(tie_word_embeddings=True), dict(attention_bias=True)):
+        with pytest.raises(UnsupportedError, match="OLMo 2"):
+            A.for_config(_tiny("olmo2", **bad).config.to_dict()).hparams()

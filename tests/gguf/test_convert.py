@@ -36,6 +36,7 @@ MODELS = {  # name: (arch, tokenizer style, options)
     "gemma2": ("gemma2", "gemma", dict()),
     "gemma3": ("gemma3", "gemma", dict()),
     "smollm3": ("smollm3", "llama3", dict(chat_template=CHATML)),
+    "olmo2": ("olmo2", "gpt2", dict(chat_template=CHATML)),
 }
 
 
@@ -149,7 +150,8 @@ def _assert_same_as_llama_quantize(ours: Path, f32: Path, ftype: str, tmp_path: 
 @pytest.mark.parametrize("name,quants", [("llama", QUANTS), ("qwen2", ["Q4_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q6_K"]),
                                          ("gpt2", ["Q8_0", "Q5_1", "Q4_K_M", "Q5_K_M"]), ("phi3", ["Q4_K_S", "Q3_K_L"]),
                                          ("gemma2", ["Q4_K_M", "Q5_K_S"]), ("qwen3", ["Q4_K_M", "Q3_K_S"]),
-                                         ("gemma3", ["Q4_K_M", "Q6_K"]), ("smollm3", ["Q4_K_M"])])
+                                         ("gemma3", ["Q4_K_M", "Q6_K"]), ("smollm3", ["Q4_K_M"]),
+                                         ("olmo2", ["Q4_K_M", "Q5_K_S", "Q3_K_M", "Q8_0"])])
 def test_quantized_files_are_byte_identical_to_llama_quantize(models, tmp_path, name, quants):
     folder = models(name)
     f32 = tmp_path / "f32.gguf"

@@ -19,7 +19,8 @@ import pytest
 
 from modelport.conversion import convert
 from modelport.formats.gguf import open_gguf
-from modelport.gguf import architectures
+from modelport import families as architectures
+from modelport.families.llama import Llama
 from modelport.gguf.hf_tokenizer import from_gguf
 from tests.conftest import assert_one_line_error
 from tests.gguf.hf_models import CHATML, LLAMA3, PHI3, TEST_TEXT, long_rope, make_model
@@ -198,6 +199,7 @@ MODELS = {  # name: (arch, tokenizer style, options)
     "gemma2": ("gemma2", "gemma", dict()),
     "gemma3": ("gemma3", "gemma", dict()),
     "smollm3": ("smollm3", "llama3", dict(chat_template=CHATML)),
+    "olmo2": ("olmo2", "gpt2", dict(chat_template=CHATML)),
 }
 
 
@@ -360,9 +362,9 @@ def test_rope_scaling_comes_back(rope):
     fam = architectures.for_config(cfg)
     meta = {"general.architecture": "llama", **fam.hparams()}
     tensors = {name: TensorRef(name, dtypes.F32, v.shape, lambda v=v: v) for name, v in fam.extra_tensors().items()}
-    back = architectures.Llama.config_from_gguf(meta, tensors)
+    back = Llama.config_from_gguf(meta, tensors)
     assert back["rope_parameters"] == {"rope_theta": 500000.0, **rope}
-    assert architectures.Llama(back).hparams() == fam.hparams()
+    assert Llama(back).hparams() == fam.hparams()
     again = transformers.LlamaConfig(**back)
     assert again.rope_parameters["rope_type"] == rope["rope_type"]
 

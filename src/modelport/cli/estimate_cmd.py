@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..estimate import DEVICES, LORA_TARGETS, estimate
+from ..estimate import DEVICES, estimate
 from .output import console, human_bytes, human_count, print_json
 
 
@@ -75,8 +75,9 @@ def register(app: typer.Typer) -> None:
         kv_type: str = typer.Option("f16", "--kv-type", help="KV cache type: f16, q8_0, q4_0, f32, ..."),
         method: str = typer.Option(None, "--method", help="Also estimate training: full, lora or qlora."),
         lora_r: int = typer.Option(8, "--lora-r", help="LoRA rank."),
-        lora_targets: str = typer.Option(",".join(LORA_TARGETS), "--lora-targets",
-                                         help="LoRA target modules (comma-separated), or all-linear."),
+        lora_targets: str = typer.Option(None, "--lora-targets",
+                                         help="LoRA target modules (comma-separated), or all-linear "
+                                              "(default: the model family's attention and MLP projections)."),
         seq_len: int = typer.Option(512, "--seq-len", help="Training sequence length."),
         optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adamw8bit or sgd."),
         grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward."),
@@ -86,7 +87,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """How much memory a model needs: GGUF size at each quantization, KV cache, training, what fits a device."""
         report = estimate(model, ctx=ctx, batch=batch, kv_type=kv_type, method=method, lora_r=lora_r,
-                          lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()], seq_len=seq_len,
+                          lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
+                          seq_len=seq_len,
                           optimizer=optimizer, grad_checkpointing=grad_checkpointing, device=device, memory=memory)
         if as_json:
             print_json(report)

@@ -22,12 +22,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import families
 from ..core import dtypes
 from ..core.errors import CheckFailed, FormatError, ModelportError, UnsupportedError
 from ..core.source import ModelSource, read_json
 from ..core.tensor import TensorRef
 from ..formats.gguf import open_gguf, write_gguf
-from . import architectures, mixes, quants
+from . import mixes, quants
 from .tokenizer import TOKENIZER_FILES, Vocab, load_vocab
 
 FLOAT_FTYPES = ("F32", "F16", "BF16")
@@ -109,7 +110,7 @@ def file_metadata(ftype: str, quantized: bool) -> dict[str, Any]:
 
 @dataclass
 class Plan:
-    arch: architectures.Architecture
+    arch: families.Family
     vocab: Vocab
     tensors: list[Planned]
     metadata: dict[str, Any]
@@ -130,27 +131,28 @@ def _naming(path):
 def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_files: dict[str, Path] | None = None) -> Plan:
     """Everything about the output, from headers and side files only; raises before anything is written."""
     config = config if config is not None else source.config
-    arch = architectures.for_config(config, source.path)
-    planned: list[Planned] = []
-    seen: dict[str, str] = {}
+    arch = families.for_config(config, source.path)
+    groups: dict[str, list[TensorRef]] = {}     # output name -> the HF tensors it is made of (the family's n -> 1)
     for ref in source:
         gname = arch.gguf_name(ref.name)
         if gname is None:
             continue
-        if gname in seen:
-            raise FormatError(f"tensors {seen[gname]!r} and {ref.name!r} both map to {gname!r}", source.path)
-        seen[gname] = ref.name
         if not (ref.dtype.is_float or ref.dtype.is_quantized):
             raise UnsupportedError(f"tensor {ref.name!r} is {ref.dtype.name}, not a float tensor", source.path)
-        planned.append(Planned(gname, arch.gguf_shape(gname, ref.shape), _loader(arch, gname, ref)))
-    with _naming(source.path):    # config checks in the architecture know no file: name the model
+        groups.setdefault(gname, []).append(ref)
+    planned: list[Planned] = []
+    with _naming(source.path):    # config checks in the family know no file: name the model
+        for gname, refs in groups.items():
+            for name, part in arch.split_tensor(gname, arch.merge_tensors(gname, refs)):
+                planned.append(Planned(name, arch.gguf_shape(name, part.shape), _loader(arch, name, part)))
         extra = arch.extra_tensors()
         hparams = arch.hparams()
+    seen = {p.name for p in planned}
     planned[0:0] = [Planned(name, values.shape, lambda v=values: v) for name, values in extra.items()]
     if "token_embd.weight" not in seen:
         raise FormatError(f"no token embedding among the tensors (expected {arch.hf_name('token_embd.weight')!r})",
                           source.path)
-    _check_layers(arch, seen, source.path)
+    families.check_layers(arch, seen, source.path)
     n_rows = next(p.shape[0] for p in planned if p.name == "token_embd.weight")
     files = dict(side_files if side_files is not None else source.side_files)
     files = {k: v for k, v in files.items() if k in TOKENIZER_FILES}
@@ -170,13 +172,6 @@ def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_fi
     meta.update(file_metadata(ftype, ftype not in FLOAT_FTYPES))
     meta.update(vocab.metadata())
     return Plan(arch, vocab, planned, meta, ftype)
-
-
-def _check_layers(arch, seen: dict[str, str], path) -> None:
-    import re
-    layers = {int(m.group(1)) for n in seen if (m := re.match(r"blk\.(\d+)\.", n))}
-    if arch.n_layer and layers != set(range(arch.n_layer)):
-        raise FormatError(f"config says {arch.n_layer} layers but the weights have layers {sorted(layers)[:8]}...", path)
 
 
 def _loader(arch, gname: str, ref: TensorRef) -> Callable[[], np.ndarray]:

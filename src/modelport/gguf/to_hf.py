@@ -1,9 +1,9 @@
 """GGUF -> Hugging Face folder: the GGUF export (`convert.py`) run backwards, one tensor at a time.
 
 Every tensor is dequantized on read (gguf-py, any type it knows: legacy, K-quants, IQ), put back in HF
-row order (the inverse transforms of `architectures`: Q/K un-permuted, Conv1D transposed, Gemma's norm
-offset removed), renamed through the same registry tables, cast, and streamed into (sharded) safetensors.
-config.json comes from the `<arch>.*` keys (`Architecture.config_from_gguf`, the inverse of `hparams`), the
+row order (the inverse transforms of `modelport.families`: Q/K un-permuted, Conv1D transposed, Gemma's norm
+offset removed), renamed through the same family tables, cast, and streamed into (sharded) safetensors.
+config.json comes from the `<arch>.*` keys (`Family.config_from_gguf`, the inverse of `hparams`), the
 tokenizer from `tokenizer.ggml.*` (`hf_tokenizer`). Peak memory is about one tensor in float32 plus its cast.
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import families
 from ..core import dtypes
 from ..core.errors import FormatError, UnsupportedError
 from ..core.tensor import TensorRef
-from . import architectures, quants
-from .convert import _check_layers
+from . import hf_tokenizer, quants
 
 HF_DTYPES = dtypes.HF_DTYPE_NAMES
 
@@ -30,35 +30,31 @@ def default_dtype(source) -> dtypes.DType:
 
 def plan(source, dtype: dtypes.DType | None = None) -> tuple[dict[str, Any], list[TensorRef], Any]:
     """(config.json, lazy HF tensors, HFTokenizer or None) for an opened GGUF; raises before anything is written."""
-    from . import hf_tokenizer
-
     meta = source.metadata
     arch_name = meta.get("general.architecture")
     if not isinstance(arch_name, str):
         raise FormatError("no general.architecture in the GGUF metadata", source.path)
-    family = architectures.gguf_family(arch_name)
+    family = families.for_gguf_arch(arch_name)
     tensors = source.tensors
     if "token_embd.weight" not in tensors:
         raise FormatError("no token_embd.weight in the GGUF", source.path)
     config = family.config_from_gguf(meta, tensors)
     arch = family(config)
-    _check_layers(arch, {n: n for n in tensors}, source.path)
+    families.check_layers(arch, tensors, source.path)
 
     dtype = dtype or default_dtype(source)
     if not dtype.is_float or dtype.name not in HF_DTYPES:
         raise UnsupportedError(f"--dtype must be f32, f16 or bf16 for Hugging Face output, not {dtype.name}")
-    refs = []
+    groups: dict[str, list[TensorRef]] = {}     # HF name -> its GGUF tensors in HF orientation (the family's n -> 1)
     for ref in source:
-        if ref.name in architectures.COMPUTED_TENSORS:
+        if ref.name in families.COMPUTED_TENSORS:
             continue        # folded into rope_parameters by config_from_gguf
-        hf_name = arch.hf_name(ref.name)
-        shape = arch.gguf_shape(ref.name, ref.shape)    # the transpose is its own inverse
-        transform = arch._transform(ref.name)
-        if transform in ("permute_q", "permute_k"):
-            n = arch.n_head if transform == "permute_q" else arch.n_head_kv
-            if not n or ref.shape[0] % (2 * n):
-                raise FormatError(f"{ref.name} has {ref.shape[0]} rows, not a multiple of 2 x {n} heads", source.path)
-        refs.append(TensorRef(hf_name, dtype, shape, _loader(arch, ref, dtype)))
+        heads = arch.transform_of(ref.name).heads(arch)
+        if heads is not None and (not heads or ref.shape[0] % (2 * heads)):
+            raise FormatError(f"{ref.name} has {ref.shape[0]} rows, not a multiple of 2 x {heads} heads", source.path)
+        groups.setdefault(arch.hf_name(ref.name), []).append(_in_hf_order(arch, ref))
+    refs = [TensorRef(name, dtype, part.shape, _cast(part, dtype)) for hf_name, parts in groups.items()
+            for name, part in arch.split_tensor(hf_name, arch.merge_tensors(hf_name, parts))]
 
     tok = None
     if meta.get("tokenizer.ggml.model") is not None:
@@ -90,14 +86,23 @@ def read_float(ref: TensorRef) -> np.ndarray:
     return quants.dequantize(ref.read_raw().reshape(rows, -1), ref.dtype, rows_per_chunk=step).reshape(ref.shape)
 
 
-def _loader(arch, ref: TensorRef, dtype: dtypes.DType):
-    target = dtype.numpy
+def _in_hf_order(arch, ref: TensorRef) -> TensorRef:
+    """`ref` lazily put back in HF values and shape (the inverse transform; arithmetic ones in float32)."""
+    transform = arch.transform_of(ref.name)
 
     def load() -> np.ndarray:
         data = read_float(ref)
-        if arch._transform(ref.name) == "norm_plus_one" and data.dtype != np.float32:
+        if transform.changes_values and data.dtype != np.float32:
             data = data.astype(np.float32)
-        return np.ascontiguousarray(arch.to_hf(ref.name, data)).astype(target, copy=False)
+        return np.ascontiguousarray(transform.to_hf(data, arch))
+    return ref.derive(load, shape=transform.shape(ref.shape), extra={})
+
+
+def _cast(ref: TensorRef, dtype: dtypes.DType):
+    target = dtype.numpy
+
+    def load() -> np.ndarray:
+        return np.asarray(ref.read()).astype(target, copy=False)
     return load
 
 

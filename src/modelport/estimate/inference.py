@@ -1,0 +1,93 @@
+"""Inference memory: the GGUF file at each quantization (llama-quantize's own per-tensor rules), KV cache, compute.
+
+A GGUF file is not a multiple of a parameter count: llama-quantize gives each tensor its own type (Q4_K_M keeps half
+the attn_v/ffn_down at Q6_K, the output at Q6_K, norms at F32), a type may fall back when a row does not split into
+blocks, and every tensor is padded to the file's alignment. So the sizes walk the tensors one by one with the
+quantizer's rules (`modelport.gguf.mixes`) and the ggml block geometry (`DTYPES[...]`).
+
+- KV cache (llama.cpp's): per layer and token, one K and one V row of n_head_kv * head_dim elements of the
+  KV type; times ctx * batch (batch = independent sequences, each with the full context). GQA-aware by construction.
+- Compute buffer (approximation of llama.cpp's graph at n_ubatch = 512, no flash attention): F32 logits and the
+  attention score matrix dominate: 4 * ubatch * (n_vocab + n_head * ctx) bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from ..core.dtypes import DTYPES
+from ..core.errors import UnsupportedError
+from ..gguf.mixes import BASE_TYPE, ModelShape, choose_types
+from .model import Hyper, ModelView, kv_bytes, tensor_infos_bytes
+
+#: The rows of the size table: (label, llama.cpp ftype). F16 stands for BF16 too (same size).
+ROWS = ("F32", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
+#: Best first: what "the best quantization that fits" walks down (F32 is never better than F16 for inference).
+LADDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
+KV_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
+UBATCH = 512
+
+
+def _model_shape(view: ModelView) -> ModelShape:
+    hp = view.hyper
+    if hp is None:
+        layers = {m.group(1) for n in view.tensors for m in [re.match(r"blk\.(\d+)\.", n)] if m}
+        return ModelShape(max(1, len(layers)), 1, 1)
+    return ModelShape(hp.n_layer, hp.n_head, hp.n_head_kv, hp.n_expert, hp.arch)
+
+
+def header_bytes(view: ModelView, quantized: bool = False) -> int:
+    """Bytes before the tensor data: known for a GGUF input and for what the converter would write; otherwise tensor
+    infos (exact) plus metadata (estimated: 4 KiB of hyperparameters, about 24 bytes per vocabulary token).
+    A quantized file also gets `general.quantization_version`."""
+    if view.header is not None:
+        raw = int(view.header)
+    else:
+        raw = 24 + 4096 + 24 * (view.hyper.n_vocab if view.hyper else 0) + tensor_infos_bytes(view.tensors)
+    if quantized and not view.quant_version:
+        raw += kv_bytes("general.quantization_version", np.uint32(2))
+    return -(-raw // view.alignment) * view.alignment
+
+
+def gguf_types(view: ModelView, ftype: str) -> dict[str, str]:
+    """The type each tensor gets in a `ftype` GGUF (llama-quantize's rules, `modelport.gguf.mixes`)."""
+    # For F32/F16/BF16 this is also what the converter writes: 1-D tensors and norms F32, other matrices the outtype.
+    return choose_types(view.tensors, ftype, _model_shape(view))
+
+
+def weight_sizes(view: ModelView, rows=ROWS) -> dict[str, dict[str, Any]]:
+    """For each file type: the GGUF file's bytes (header + aligned tensor data) and its tensor types."""
+    out = {}
+    for ftype in rows:
+        head = header_bytes(view, DTYPES[BASE_TYPE[ftype]].is_quantized)
+        types = gguf_types(view, ftype)
+        data, counts = 0, {}
+        for name, qtype in types.items():
+            shape = view.tensors[name][0]
+            n = DTYPES[qtype].nbytes(math.prod(shape))
+            data += -(-n // view.alignment) * view.alignment
+            counts[qtype] = counts.get(qtype, 0) + 1
+        numel = sum(math.prod(shape) for shape, _ in view.tensors.values())
+        out[ftype] = {"bytes": head + data, "tensor_bytes": data,
+                      "bits_per_weight": round(data * 8 / numel, 3) if numel else None,
+                      "tensor_types": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
+    return out
+
+
+def kv_cache_bytes(hp: Hyper, ctx: int, batch: int = 1, kv_type: str = "F16") -> int:
+    """llama.cpp's KV cache: n_layer * (K row + V row) per token, rows of n_head_kv * head_dim elements."""
+    dt = DTYPES[kv_type.upper()]
+    row = hp.n_head_kv * hp.head_dim
+    if row % dt.block_size:
+        raise UnsupportedError(f"a KV row of {row} values does not split into {dt.name} blocks of {dt.block_size}")
+    return 2 * hp.n_layer * dt.nbytes(row) * ctx * batch
+
+
+def compute_buffer_bytes(hp: Hyper, ctx: int, batch: int = 1) -> int:
+    """Approximation (see the module docstring): F32 logits and attention scores of one micro-batch."""
+    ub = min(UBATCH, ctx * batch)
+    return 4 * ub * (hp.n_vocab + hp.n_head * ctx)

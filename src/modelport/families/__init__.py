@@ -1,0 +1,83 @@
+"""The model families modelport knows, one module each; this registry finds them by itself.
+
+Every module of this package other than `base` defines `FAMILY`, its `Family` subclass; adding a family is adding
+one file. Lookups: by an HF config (`for_config`, what conversion to GGUF accepts), by llama.cpp's arch name
+(`for_gguf_arch`, the way back), and leniently for `estimate` (`find`, None when unknown).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from ..core.errors import UnsupportedError
+from .base import COMPUTED_TENSORS, Dims, Family, Transform, check_layers, permute_qk, unpermute_qk
+
+
+def _discover() -> tuple[type[Family], ...]:
+    found = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name == "base" or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        family = getattr(module, "FAMILY", None)
+        if not (isinstance(family, type) and issubclass(family, Family)):
+            raise TypeError(f"{module.__name__} defines no FAMILY (a Family subclass)")
+        found.append(family)
+    return tuple(found)
+
+
+#: Every family, in module-name order.
+REGISTRY: tuple[type[Family], ...] = _discover()
+
+
+def supported() -> list[str]:
+    """The HF architectures conversion accepts."""
+    return sorted({a for cls in REGISTRY for a in cls.hf_architectures})
+
+
+def for_config(config: dict | None, path=None) -> Family:
+    """The family of an HF config (by `architectures`, then `model_type`), or UnsupportedError naming the supported ones."""
+    if not config:
+        raise UnsupportedError("no config.json: converting to GGUF needs the model's Hugging Face config "
+                               "(put config.json beside the weights or pass --config)", path)
+    archs = config.get("architectures") or []
+    for cls in REGISTRY:
+        if any(a in cls.hf_architectures for a in archs):
+            return cls(config)
+    for cls in REGISTRY:
+        if config.get("model_type") in cls.model_types:
+            return cls(config)
+    what = archs[0] if archs else config.get("model_type") or "unknown"
+    raise UnsupportedError(f"architecture {what!r} is not supported for GGUF conversion; supported: "
+                           f"{', '.join(supported())}", path)
+
+
+def for_gguf_arch(arch_name: str) -> type[Family]:
+    """The family for a GGUF `general.architecture` (the reverse direction)."""
+    for cls in REGISTRY:
+        if cls.name == arch_name:
+            return cls
+    raise UnsupportedError(f"GGUF architecture {arch_name!r} is not supported; supported: "
+                           f"{', '.join(c.name for c in REGISTRY)}")
+
+
+def find(config: dict | None) -> Family | None:
+    """The family that can lay out a config's tensors (what conversion accepts, plus each family's
+    `layout_model_types`; a GGUF's config names llama.cpp's arch as its model_type); None when unknown."""
+    if not config:
+        return None
+    try:
+        return for_config(config)
+    except UnsupportedError:
+        pass
+    model_type = config.get("model_type")
+    gguf = not config.get("architectures")
+    for cls in REGISTRY:
+        if model_type in cls.layout_model_types or (gguf and model_type == cls.name):
+            return cls(config)
+    return None
+
+
+__all__ = ["REGISTRY", "COMPUTED_TENSORS", "Dims", "Family", "Transform", "check_layers", "find", "for_config",
+           "for_gguf_arch", "permute_qk", "supported", "unpermute_qk"]
