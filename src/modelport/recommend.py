@@ -41,7 +41,6 @@ def _stem(model: str, view: ModelView) -> str:
 
 
 def _writes(fmt: str) -> bool:
-
     try:
         return registry.get(fmt).write is not None
     except UnsupportedError:
