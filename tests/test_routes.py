@@ -210,3 +210,14 @@ def test_model_source_repr_is_short(tmp_path):
     with modelport.open(tmp_path / "many.safetensors") as source:
         text = repr(source)
     assert text.startswith("<ModelSource safetensors") and "500 tensors, 8,000 parameters" in text and len(text) < 200
+
+
+def test_model_source_is_a_mapping_of_names(tmp_path):
+    tensors = {"b": np.ones(2, np.float32), "a": np.zeros(3, np.float32)}
+    modelport.save(tensors, tmp_path / "m.safetensors")
+    with modelport.open(tmp_path / "m.safetensors") as src:
+        assert sorted(src) == ["a", "b"] and len(src) == 2 and "a" in src and "c" not in src
+        for name in src:
+            assert np.array_equal(src[name].read(), tensors[name])
+        assert {n: r.shape for n, r in src.items()} == {"a": (3,), "b": (2,)}
+        assert src.get("c") is None and all(r.dtype.name == "F32" for r in src.values())

@@ -33,7 +33,7 @@ CONFIG_FIELDS = {
 def weights_size(source: ModelSource, precision: str) -> int:
     dtype = DTYPES[precision]
     total = 0
-    for ref in source:
+    for ref in source.values():
         if dtype.is_quantized and (len(ref.shape) < 2 or ref.shape[-1] % dtype.block_size):
             total += DTYPES["F32"].nbytes(ref.numel) if ref.dtype.is_float or ref.dtype.is_quantized else ref.nbytes
         elif ref.dtype.is_float or ref.dtype.is_quantized:
@@ -63,7 +63,7 @@ def inspect(path: str | os.PathLike, *, tensors: bool = False, trust: bool = Fal
     """A JSON-able description of a model: format, files, counts, dtypes, config, sizes per precision."""
     with open_model(path, trust=trust) as source:
         by_dtype: dict[str, dict[str, int]] = {}
-        for ref in source:
+        for ref in source.values():
             row = by_dtype.setdefault(ref.dtype.name, {"tensors": 0, "parameters": 0, "bytes": 0})
             row["tensors"] += 1
             row["parameters"] += ref.numel
@@ -87,6 +87,6 @@ def inspect(path: str | os.PathLike, *, tensors: bool = False, trust: bool = Fal
             report["tensors"] = [
                 {"name": r.name, "dtype": r.dtype.name, "shape": list(r.shape), "parameters": r.numel, "bytes": r.nbytes,
                  **({"offset": r.offset} if r.offset is not None else {})}
-                for r in source
+                for r in source.values()
             ]
         return report

@@ -423,6 +423,6 @@ def _quantization(source: ModelSource) -> str | None:
     if source.format == "gguf" and source.details.get("file_type"):
         return str(source.details["file_type"])
     weight: dict[str, int] = {}
-    for ref in source:
+    for ref in source.values():
         weight[ref.dtype.name] = weight.get(ref.dtype.name, 0) + ref.numel
     return max(weight, key=weight.get) if weight else None

@@ -163,7 +163,7 @@ def test_config_and_details(fixture_file):
     assert d["tensor_types"] == {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 1, "Q4_0": 1, "I32": 1, "I8": 1, "F64": 1}
     assert d["file_type"] == "Q8_0"
     json.dumps(d)                                            # printable as is by `inspect`
-    total_bits = sum(ref.nbytes for ref in src) * 8
+    total_bits = sum(ref.nbytes for ref in src.values()) * 8
     assert d["bits_per_weight"] == round(total_bits / src.parameter_count, 3)
 
 
@@ -339,7 +339,7 @@ def test_every_truncation_is_a_format_error(fixture_file, tmp_path):
     data = fixture_file.read_bytes()
     src = open_gguf(fixture_file)
     header_end = src.details["tensor_data_offset"]
-    last = list(src)[-1]
+    last = list(src.values())[-1]
     cuts = sorted(set(range(0, header_end, max(1, header_end // 60))) | {last.offset + last.nbytes - 1})
     for cut in cuts:
         path = tmp_path / "cut.gguf"

@@ -218,7 +218,7 @@ def test_truncated_and_garbage_files(tmp_path, cli):
         bad.write_bytes(data[:cut])
         with pytest.raises(FormatError):
             src = modelport.open(bad)
-            for ref in src:
+            for ref in src.values():
                 ref.read()
     assert_one_line_error(cli("inspect", tmp_path / f"cut{len(data) // 2}.h5"), "HDF5")
 

@@ -71,7 +71,7 @@ def test_writer_is_byte_identical_to_the_official_writer(tmp_path, every_dtype):
     path, tensors = every_dtype
     src = modelport.open(path)
     out = tmp_path / "ours.safetensors"
-    write_safetensors(list(src), out, metadata=src.metadata)
+    write_safetensors(list(src.values()), out, metadata=src.metadata)
     assert out.read_bytes() == path.read_bytes()
 
 

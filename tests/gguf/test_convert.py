@@ -265,7 +265,7 @@ def test_streaming_reads_each_tensor_once(models, tmp_path):
 
     reads: dict[str, int] = {}
     with open_model(models("gpt2")) as source:
-        for ref in source:
+        for ref in source.values():
             orig = ref.loader
 
             def counted(orig=orig, name=ref.name):

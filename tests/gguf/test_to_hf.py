@@ -334,11 +334,11 @@ def test_k_quant_gguf_to_hf(tmp_path):
     back = tmp_path / "back"
     convert(q, back, to="hf", dtype="f16")
     src = open_gguf(q)
-    assert {r.dtype.name for r in src} >= {"Q4_K", "Q6_K"}
+    assert {r.dtype.name for r in src.values()} >= {"Q4_K", "Q6_K"}
     fam = architectures.for_config(json.loads((back / "config.json").read_text()))
     got = safetensors_numpy.load_file(back / "model.safetensors")
     assert len(got) == len(src.tensors)
-    for ref in src:
+    for ref in src.values():
         want = fam.to_hf(ref.name, np.asarray(ref.read(), np.float32)).astype(np.float16)
         assert np.array_equal(got[fam.hf_name(ref.name)], want), ref.name
 

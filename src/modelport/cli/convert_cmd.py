@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Convert a model between formats (safetensors, PyTorch, NumPy, ... and HF folders)."""
         with open_model(src, trust=trust) as source:   # opened (and scanned) once: convert() takes the source
-            total = sum(r.nbytes for r in source)
+            total = sum(r.nbytes for r in source.values())
             with byte_progress(total, f"converting {src.name}", enabled=not quiet and not as_json) as advance:
                 result = convert(source, dst, to=to, dtype=dtype, shard_size=shard_size, force=force, verify=verify,
                                  dequantize=dequantize, progress=lambda ref: advance(ref.nbytes), quant=quant,

@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Quantize a GGUF model (same per-tensor types and bytes as llama.cpp's llama-quantize)."""
         with open_model(src, trust=trust) as source:   # opened (and scanned) once; requantize checks it is GGUF
-            total = sum(t.nbytes for t in source)
+            total = sum(t.nbytes for t in source.values())
             with byte_progress(total, f"quantizing {src.name}", enabled=not quiet and not as_json) as advance:
                 result = requantize(source, dst, qtype, force=force, progress=lambda ref: advance(ref.nbytes),
                                     verify=verify)

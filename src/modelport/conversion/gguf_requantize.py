@@ -43,7 +43,7 @@ def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qty
             raise UnsupportedError(f"quantize takes a GGUF file; this is {source.format} "
                                    "(use 'modelport convert' for HF models)", source.path)
         planned = []
-        for ref in source:
+        for ref in source.values():
             if ref.dtype.is_quantized or not ref.dtype.is_float:
                 if mixes.allows_quantization(ref.name, ref.shape):
                     raise UnsupportedError(f"tensor {ref.name!r} is already {ref.dtype.name}; re-quantizing a quantized "

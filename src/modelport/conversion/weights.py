@@ -24,7 +24,7 @@ from .route import HF_TARGETS, Request
 def plan_refs(source: ModelSource, dtype: dtypes.DType | None, dequantize: bool, spec: FormatSpec) -> list[TensorRef]:
     """The source's tensors after the requested transforms (still lazy)."""
     out = []
-    for ref in source:
+    for ref in source.values():
         if ref.dtype.is_quantized and (dequantize or not spec.options.get("quantized")):
             if not dequantize:
                 raise UnsupportedError(f"tensor {ref.name!r} is {ref.dtype.name}-quantized and {spec.name} cannot hold it; "

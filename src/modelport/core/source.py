@@ -20,7 +20,7 @@ CONFIG_CAP = 16 * 1024 * 1024   # config.json larger than this is not a config
 
 @dataclass
 class ModelSource:
-    """What `open()` returns: tensors in file order plus everything that describes them."""
+    """What `open()` returns: tensors by name, in file order, plus everything that describes them."""
 
     path: Path
     format: str                                   # "safetensors", "pytorch", "numpy", "gguf", ...
@@ -37,8 +37,10 @@ class ModelSource:
         return (f"<ModelSource {self.format} {str(self.path)!r}: {len(self.tensors)} tensors, "
                 f"{self.parameter_count:,} parameters>")
 
-    def __iter__(self) -> Iterator[TensorRef]:
-        return iter(self.tensors.values())
+    # A mapping from tensor name to TensorRef, as a dict or safetensors' `safe_open` reads:
+    # `for name in src: src[name].read()`, `len(src)`, `name in src`, `src.items()`.
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
 
     def __len__(self) -> int:
         return len(self.tensors)
@@ -46,8 +48,20 @@ class ModelSource:
     def __getitem__(self, name: str) -> TensorRef:
         return self.tensors[name]
 
+    def __contains__(self, name: object) -> bool:
+        return name in self.tensors
+
     def keys(self):
         return self.tensors.keys()
+
+    def values(self):
+        return self.tensors.values()
+
+    def items(self):
+        return self.tensors.items()
+
+    def get(self, name: str, default: TensorRef | None = None) -> TensorRef | None:
+        return self.tensors.get(name, default)
 
     @property
     def parameter_count(self) -> int:

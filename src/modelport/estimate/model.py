@@ -190,7 +190,7 @@ def _converter_view(source: ModelSource, hp: Hyper | None) -> ModelView | None:
     for name, values in family.extra_tensors().items():
         tensors[name] = (tuple(values.shape), "F32")
     groups: dict[str, list] = {}
-    for ref in source:
+    for ref in source.values():
         try:
             gname = family.gguf_name(ref.name)
         except ModelportError:                          # unknown to the converter (it would refuse): gguf-py's name
@@ -226,7 +226,7 @@ def view_of_source(source: ModelSource) -> ModelView:
     hp = hyper_from_config(source.config)
     family = _family_class(source.config)
     if source.format == "gguf":
-        tensors = {r.name: (tuple(r.shape), r.dtype.name) for r in source}
+        tensors = {r.name: (tuple(r.shape), r.dtype.name) for r in source.values()}
         if hp is not None:
             hp = Hyper(**{**asdict(hp), "tied": "output.weight" not in tensors})
         return ModelView(tensors, hp, "gguf", "gguf", source.file_size, source.details.get("tensor_data_offset"),
@@ -239,7 +239,7 @@ def view_of_source(source: ModelSource) -> ModelView:
     names = _name_map(hp, source)
     tensors, original = {}, {}
     experts: dict[str, list] = {}
-    for ref in source:
+    for ref in source.values():
         if ref.name.endswith("rotary_emb.inv_freq"):
             continue                                   # a buffer, not a weight: the converter drops it
         m = _EXPERT.match(ref.name)

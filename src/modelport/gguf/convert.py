@@ -133,7 +133,7 @@ def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_fi
     config = config if config is not None else source.config
     arch = families.for_config(config, source.path)
     groups: dict[str, list[TensorRef]] = {}     # output name -> the HF tensors it is made of (the family's n -> 1)
-    for ref in source:
+    for ref in source.values():
         gname = arch.gguf_name(ref.name)
         if gname is None:
             continue

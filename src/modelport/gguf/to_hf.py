@@ -24,7 +24,7 @@ HF_DTYPES = dtypes.HF_DTYPE_NAMES
 
 def default_dtype(source) -> dtypes.DType:
     """The GGUF's own float type for its weights (F16 / BF16 files stay so); quantized or mixed -> F32."""
-    kinds = {ref.dtype.name for ref in source if len(ref.shape) >= 2}
+    kinds = {ref.dtype.name for ref in source.values() if len(ref.shape) >= 2}
     return dtypes.DTYPES[kinds.pop()] if len(kinds) == 1 and kinds <= {"F16", "BF16"} else dtypes.F32
 
 
@@ -46,7 +46,7 @@ def plan(source, dtype: dtypes.DType | None = None) -> tuple[dict[str, Any], lis
     if not dtype.is_float or dtype.name not in HF_DTYPES:
         raise UnsupportedError(f"--dtype must be f32, f16 or bf16 for Hugging Face output, not {dtype.name}")
     groups: dict[str, list[TensorRef]] = {}     # HF name -> its GGUF tensors in HF orientation (the family's n -> 1)
-    for ref in source:
+    for ref in source.values():
         if ref.name in families.COMPUTED_TENSORS:
             continue        # folded into rope_parameters by config_from_gguf
         heads = arch.transform_of(ref.name).heads(arch)
