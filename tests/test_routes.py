@@ -221,3 +221,10 @@ def test_model_source_is_a_mapping_of_names(tmp_path):
             assert np.array_equal(src[name].read(), tensors[name])
         assert {n: r.shape for n, r in src.items()} == {"a": (3,), "b": (2,)}
         assert src.get("c") is None and all(r.dtype.name == "F32" for r in src.values())
+
+
+def test_a_folder_of_several_ggufs_is_not_one_model(hf_dir, tmp_path):
+    for quant in ("Q8_0", "Q4_0"):
+        modelport.convert(hf_dir, tmp_path / "ggufs" / f"tiny-{quant}.gguf", quant=quant)
+    with pytest.raises(modelport.FormatError, match="2 GGUF files .*open one of them"):
+        modelport.open(tmp_path / "ggufs")

@@ -197,3 +197,13 @@ def test_guard_leaves_layout_checks_to_the_reader(tmp_path):
     assert scan(path, reader_checks=False).files[0].findings == []
     with pytest.raises(UnsafeFileError, match="external link"):
         modelport.open(path)
+
+
+def test_cli_scan_of_a_big_tree_lists_only_flagged_files(tmp_path, cli):
+    for i in range(30):
+        (tmp_path / f"ok{i}.pkl").write_bytes(pickle.dumps({"a": i}))
+    (tmp_path / "bad.pkl").write_bytes(EVIL)
+    r = cli("scan", tmp_path)
+    assert r.code == 1 and "bad.pkl" in r.stdout and "ok3.pkl" not in r.stdout
+    assert "30 safe ones not listed" in r.stdout
+    assert "ok3.pkl" in cli("scan", tmp_path, "--all").stdout

@@ -17,6 +17,7 @@ from .output import console, print_json
 
 _STYLE = {SAFE: "green", SUSPICIOUS: "yellow", DANGEROUS: "bold red"}
 _LEVELS = {"suspicious": (SUSPICIOUS, DANGEROUS), "dangerous": (DANGEROUS,)}
+LIST_ALL_UP_TO = 20   # a small scan lists every file; a big tree lists the flagged ones and counts the rest
 
 
 def register(app: typer.Typer) -> None:
@@ -25,6 +26,8 @@ def register(app: typer.Typer) -> None:
         paths: List[Path] = typer.Argument(..., help="Files or folders (scanned recursively)."),
         as_json: bool = typer.Option(False, "--json", help="Print verdicts and findings as JSON."),
         severity: str = typer.Option("suspicious", "--severity", help="Show findings at or above: suspicious|dangerous."),
+        show_all: bool = typer.Option(False, "--all", help=f"List every file (by default past {LIST_ALL_UP_TO} files "
+                                                           "only the flagged ones)."),
     ) -> None:
         """Find pickled code, loader gadgets and lying headers without loading anything.
 
@@ -55,8 +58,12 @@ def register(app: typer.Typer) -> None:
                 table.add_row(f"[{_STYLE[f.severity]}]{f.severity}[/]", escape(f.what), escape(where), escape(f.why))
             if n:
                 console.print(table)
-            for r in report.files:
+            listed = report.files if show_all or len(report.files) <= LIST_ALL_UP_TO else \
+                [r for r in report.files if r.verdict != SAFE]
+            for r in listed:
                 console.print(f"[{_STYLE[r.verdict]}]{r.verdict:>10}[/]  {escape(r.path)}  [dim]({r.kind})[/dim]")
-            console.print(f"verdict: [{_STYLE[report.verdict]}]{report.verdict}[/] ({len(report.files)} files)")
+            quiet = len(report.files) - len(listed)
+            console.print(f"verdict: [{_STYLE[report.verdict]}]{report.verdict}[/] ({len(report.files)} files"
+                          + (f"; {quiet} safe ones not listed, --all lists them" if quiet else "") + ")")
         if any(f.severity in shown for f in report.findings):
             sys.exit(1)  # not typer.Exit: with standalone_mode=False click returns its code instead of exiting

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 
-#: Options that are switches: `--force` is `force=True` in the Python API; the others take a value.
+#: Switches a message may tell the user to add: `--force` is `force=True` in the Python API.
 SWITCHES = {"force", "verify", "dequantize", "trust", "raw", "debug"}
 
 
@@ -17,7 +17,7 @@ def with_keywords(text: str) -> str:
     """`use --force` → `use --force (force=True)`: a message about an option, in the API's words too."""
     def keyword(match: re.Match) -> str:
         name = match.group(1).replace("-", "_")
-        return f"{match.group(0)} ({name}=True)" if name in SWITCHES else f"{match.group(0)} ({name}=…)"
+        return f"{match.group(0)} ({name}=True)" if name in SWITCHES else match.group(0)
     return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)\b(?![\w-])", keyword, text)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .errors import FormatError
 from .tensor import TensorRef
@@ -140,3 +140,8 @@ def cache_link(path: Path) -> bool:
         return path.resolve(strict=True).is_relative_to(repo)
     except (OSError, RuntimeError):   # dangling or looping link
         return False
+
+
+def tensor_list(tensors: ModelSource | Iterable[TensorRef]) -> list[TensorRef]:
+    """What a writer takes: an opened source (its TensorRefs, in order) or any iterable of TensorRefs."""
+    return list(tensors.values()) if isinstance(tensors, ModelSource) else list(tensors)

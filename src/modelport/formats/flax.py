@@ -25,7 +25,7 @@ import numpy as np
 
 from ..core import dtypes
 from ..core.errors import FormatError, UnsupportedError, require
-from ..core.source import ModelSource
+from ..core.source import ModelSource, tensor_list
 from ..core.tensor import TensorRef
 from .registry import FormatSpec
 
@@ -336,7 +336,7 @@ def _write_leaf(f, arr: np.ndarray) -> None:
 
 def write_flax(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = None,
                aliases: dict | None = None, progress=None) -> None:
-    refs = list(tensors)
+    refs = tensor_list(tensors)
     tree: dict = {}
     for ref in refs:
         if ref.dtype.is_quantized or ref.dtype.numpy is None:

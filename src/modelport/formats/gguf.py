@@ -36,7 +36,7 @@ import numpy as np
 
 from ..core import dtypes
 from ..core.errors import FormatError, UnsupportedError, require
-from ..core.source import ModelSource
+from ..core.source import ModelSource, tensor_list
 from ..core.tensor import TensorRef
 from .registry import FormatSpec
 
@@ -529,7 +529,7 @@ def write_gguf(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = 
     """
     from gguf.constants import GGMLQuantizationType, GGUFValueType
 
-    refs = list(tensors)
+    refs = tensor_list(tensors)
     meta = dict(metadata or {})
     plan = []
     for ref in refs:

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..core import dtypes
 from ..core.errors import FormatError, UnsafeFileError, UnsupportedError, require
-from ..core.source import ModelSource
+from ..core.source import ModelSource, tensor_list
 from ..core.tensor import TensorRef
 from .registry import FormatSpec
 
@@ -540,7 +540,7 @@ def _h5_name(name: str) -> str:
 def write_hdf5(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = None,
                aliases: dict | None = None, progress=None) -> None:
     h5py = safe_h5py()
-    refs = list(tensors)
+    refs = tensor_list(tensors)
     for ref in refs:
         if ref.dtype.is_quantized:
             raise UnsupportedError(f"tensor {ref.name!r}: HDF5 has no {ref.dtype.name}; use --dequantize", dst)

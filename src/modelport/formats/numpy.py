@@ -22,7 +22,7 @@ import numpy as np
 
 from ..core import dtypes
 from ..core.errors import FormatError, UnsafeFileError, UnsupportedError, require
-from ..core.source import ModelSource
+from ..core.source import ModelSource, tensor_list
 from ..core.tensor import TensorRef, map_bytes
 from .registry import FormatSpec
 
@@ -207,7 +207,7 @@ def write_npz(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = N
     """An uncompressed `.npz`, streamed member by member; `np.load` reads it back."""
     real = {}
     with zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for ref in tensors:
+        for ref in tensor_list(tensors):
             if ref.dtype.numpy is None:
                 raise UnsupportedError(f"tensor {ref.name!r}: NumPy has no {ref.dtype.name}; use --dequantize", dst)
             arr = np.asarray(ref.read(), dtype=ref.dtype.numpy, order="C")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from ..core.errors import FormatError, ModelportError, UnsupportedError
 from ..core.source import ModelSource, cache_link, read_json, safe_member
@@ -207,6 +207,9 @@ def open_folder(folder: Path) -> ModelSource:
     if files[0].name.endswith(".index.json"):
         source = open_index(files[0])
     else:
+        if len(files) > 1 and all(f.suffix.lower() == ".gguf" for f in files):
+            raise FormatError(f"{len(files)} GGUF files ({', '.join(f.name for f in files[:4])}"
+                              f"{', …' if len(files) > 4 else ''}): each is a whole model; open one of them", folder)
         sources = [open_file(f) for f in files]
         kinds = {s.format for s in sources}
         if len(kinds) > 1:
@@ -220,7 +223,3 @@ def open_folder(folder: Path) -> ModelSource:
     if "config.json" in source.side_files and source.config is None:
         source.config = read_json(source.side_files["config.json"])
     return source
-
-
-def iter_refs(source: ModelSource | Iterable[TensorRef]) -> list[TensorRef]:
-    return list(source.tensors.values()) if isinstance(source, ModelSource) else list(source)

@@ -23,7 +23,7 @@ import numpy as np
 from ..core import dtypes
 from ..core.errors import FormatError, UnsupportedError, require
 from ..core.packing import pack_nibbles, unpack_nibbles
-from ..core.source import ModelSource
+from ..core.source import ModelSource, tensor_list
 from ..core.tensor import TensorRef, map_bytes
 from .registry import FormatSpec
 
@@ -157,7 +157,7 @@ def _tensor_bytes(ref: TensorRef, arr: np.ndarray) -> np.ndarray:
 
 def write_safetensors(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = None,
                       aliases: dict | None = None, progress=None) -> None:
-    refs = list(tensors)
+    refs = tensor_list(tensors)
     for ref in refs:
         if ref.dtype.safetensors is None:
             raise UnsupportedError(f"tensor {ref.name!r}: safetensors has no dtype {ref.dtype.name}"

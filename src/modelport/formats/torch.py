@@ -31,7 +31,7 @@ import numpy as np
 
 from ..core import dtypes
 from ..core.errors import FormatError, ModelportError, UnsupportedError, require
-from ..core.source import ModelSource
+from ..core.source import ModelSource, tensor_list
 from ..core.tensor import TensorRef, map_bytes
 from . import torch_pickle
 from .registry import FormatSpec
@@ -457,7 +457,7 @@ def write_torch(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None =
     """Write a flat state_dict zip; `metadata` is not stored (a state_dict holds tensors only)."""
     if sys.byteorder != "little":
         raise UnsupportedError("writing torch files is implemented for little-endian hosts only", dst)
-    refs = list(tensors)
+    refs = tensor_list(tensors)
     for ref in refs:
         _check_writable(ref, dst)
     by_name = {ref.name: ref for ref in refs}
