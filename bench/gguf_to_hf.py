@@ -68,7 +68,7 @@ def main() -> None:
 
 def _refs(path):
     from modelport.formats.gguf import open_gguf
-    return list(open_gguf(path))
+    return list(open_gguf(path).values())
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def main() -> None:
     rows = [
         ("modelport .bin", measure("import modelport", f"""
 s = 0
-for ref in modelport.open({str(bin_path)!r}):
+for ref in modelport.open({str(bin_path)!r}).values():
     a = ref.read(); {TOUCH}""")),
         ("torch.load(weights_only=True) .bin", measure("import torch", f"""
 s = 0
@@ -31,7 +31,7 @@ for a in torch.load({str(bin_path)!r}, weights_only=True, mmap=True).values():
     a = a.numpy(); {TOUCH}""")),
         ("modelport .safetensors", measure("import modelport", f"""
 s = 0
-for ref in modelport.open({str(st_path)!r}):
+for ref in modelport.open({str(st_path)!r}).values():
     a = ref.read(); {TOUCH}""")),
         ("safetensors safe_open(np) .safetensors", measure("from safetensors import safe_open", f"""
 s = 0

@@ -93,7 +93,7 @@ def test_truncated_index_and_graph(tmp_path):
             path = tmp_path / "cut"
             path.write_bytes(data[:cut])
             with pytest.raises(FormatError):
-                for ref in modelport.open(path, format="tf"):
+                for ref in modelport.open(path, format="tf").values():
                     ref.read()
 
 

@@ -123,7 +123,7 @@ def test_truncated_and_corrupted_files_never_crash(tmp_path):
     for cut in range(8, len(data), 37):
         path.write_bytes(data[:cut])
         with pytest.raises(FormatError):
-            for ref in modelport.open(path, format="tflite"):
+            for ref in modelport.open(path, format="tflite").values():
                 ref.read()
     rng = random.Random(0)
     for _ in range(300):  # random byte flips: open either succeeds or says why, nothing else escapes
@@ -132,7 +132,7 @@ def test_truncated_and_corrupted_files_never_crash(tmp_path):
             blob[rng.randrange(8, len(blob))] = rng.randrange(256)
         path.write_bytes(bytes(blob))
         try:
-            for ref in modelport.open(path, format="tflite"):
+            for ref in modelport.open(path, format="tflite").values():
                 ref.read()
         except FormatError:
             pass
