@@ -19,7 +19,7 @@ from modelport.runtime import Sampling  # noqa: E402
 from modelport.runtime.evaluate import compare, log_softmax, perplexity  # noqa: E402
 from modelport.samples import smollm2_gguf  # noqa: E402
 
-from .conftest import run_cli  # noqa: E402
+from .conftest import run_cli, run_cli_process  # noqa: E402
 
 FRANCE = "What is the capital of France? Answer in one sentence."
 CTX = 512
@@ -83,7 +83,7 @@ def test_france_answer_is_paris(gguf):
 
 def test_chat_and_reset(gguf):
     turns = f"{FRANCE}\nAnd of Italy?\n/reset\n{FRANCE}\n"
-    result = run_cli("chat", gguf, "--ctx", CTX, "--max-tokens", "24", "--stats", stdin=turns)
+    result = run_cli_process("chat", gguf, "--ctx", CTX, "--max-tokens", "24", "--stats", stdin=turns)
     assert result.code == 0, result.stderr
     answers = result.stdout.splitlines()
     assert "Paris" in answers[0] and answers[0] == answers[2]
