@@ -1,7 +1,7 @@
 """Shared test helpers: the CLI as a user runs it, in this process by default, in a fresh one where that is the point.
 
 `run_cli` (and the `cli` fixture) calls `modelport.cli.main.main(argv)`, the entry point's own error handling
-included, inside click's `CliRunner`, which swaps stdin/stdout/stderr: same exit codes and output as the
+included, inside typer's `CliRunner` isolation (stdin/stdout/stderr swapped): same exit codes and output as the
 `modelport` command, without paying the interpreter start and the torch/transformers imports (1-3 s) per call.
 `run_cli_process` spawns `python` for what only a real process shows: the exit status the shell sees, what
 reaches the real stderr (tracebacks, library chatter), signals, environment read at start-up, modules made
@@ -32,36 +32,34 @@ class CliResult:
     stderr: str
 
 
-class _Entry:
-    """The `modelport` console script (`main`) in the shape CliRunner invokes: `.main(args=..., prog_name=...)`."""
-
-    @staticmethod
-    def main(args, prog_name):
-        from modelport.cli.main import main
-
-        main(list(args))
-
-
 def run_cli(*args, stdin: str | None = None, env_extra: dict | None = None, pre: str = "",
             timeout: float = 600) -> CliResult:
     """`modelport ARGS` in this process (stdin from `stdin`); `env_extra` or `pre` need a fresh interpreter
     and so run `run_cli_process`."""
     if env_extra or pre:
         return run_cli_process(*args, stdin=stdin, env_extra=env_extra, pre=pre, timeout=timeout)
-    from click.testing import CliRunner
+    from typer.testing import CliRunner
 
-    from modelport.cli.main import app
+    from modelport.cli.main import app, main
 
     registered = list(app.registered_commands)      # main() registers the commands on each call: undo it after
-    try:
-        result = CliRunner().invoke(_Entry, [str(a) for a in args], input=stdin, prog_name="modelport")
-    finally:
-        app.registered_commands[:] = registered
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        # escaped main() (--debug re-raises): the interpreter would print the traceback and exit 1
-        stderr += "".join(traceback.format_exception(*result.exc_info))
-    return CliResult(result.exit_code, result.stdout, stderr)
+    with CliRunner().isolation(input=stdin) as (out, err, _):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:                   # what the interpreter makes of it
+            code = 0 if exc.code is None else exc.code
+            if not isinstance(code, int):
+                print(code, file=sys.stderr)
+                code = 1
+        except Exception:                           # escaped main() (--debug re-raises): traceback, exit 1
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            app.registered_commands[:] = registered
+        return CliResult(code, out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace"))
 
 
 def cli_process(*args, env_extra: dict | None = None, pre: str = "") -> tuple[list[str], dict]:
