@@ -19,10 +19,21 @@ from pathlib import Path
 
 import pytest
 
-# What the subprocess environment gives the CLI, set before modelport's rich consoles are made (they read
-# COLUMNS once) and before transformers is imported (it reads these once): in-process output matches it.
+# The environment the subprocess gives the CLI, set here too: before modelport's rich consoles are made (they
+# read COLUMNS once) and before transformers and tqdm are imported (they read their variables once).
 SUBPROCESS_ENV = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
 os.environ.update(SUBPROCESS_ENV)
+
+
+def _quiet_libraries_as_the_cli_does() -> None:
+    """`run`/`chat` silence the engines' progress bars by setting variables before the engines are imported; in
+    this process the tests import them first, so the variables are set at start-up, as a fresh CLI process has them."""
+    from modelport.cli.run_cmd import quiet_libraries
+
+    quiet_libraries()
+
+
+_quiet_libraries_as_the_cli_does()
 
 
 @dataclass
