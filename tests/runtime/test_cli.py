@@ -21,7 +21,7 @@ def one_line_error(result, *needles):
 
 
 def test_run_streams_the_same_text_json_reports(tiny):
-    streamed = run_cli_process("run", tiny, "-p", QUESTION, "--max-tokens", "16", "--ignore-eos")
+    streamed = run_cli_process("run", tiny, "-p", QUESTION, "--max-tokens", "16", "--ignore-eos")   # the real stderr
     assert streamed.code == 0, streamed.stderr
     assert streamed.stderr == ""                       # no library chatter
     result = run_cli("run", tiny, "-p", QUESTION, "--max-tokens", "16", "--ignore-eos", "--json")

@@ -74,7 +74,7 @@ def test_greedy_equals_llama_cpp_generate(engine, direct):
 
 
 def test_france_answer_is_paris(gguf):
-    result = run_cli("run", gguf, "-p", FRANCE, "--ctx", CTX)
+    result = run_cli_process("run", gguf, "-p", FRANCE, "--ctx", CTX)     # the real stderr: no llama.cpp logs
     assert result.code == 0, result.stderr
     assert "Paris" in result.stdout and result.stderr == ""
     data = json.loads(run_cli("run", gguf, "-p", FRANCE, "--ctx", CTX, "--json").stdout)
