@@ -4,7 +4,7 @@ It lives in `tests/` (not in the shipped `modelport` package, which must not car
 module: pytest puts the repo root on sys.path (`pythonpath = ["."]`), and `bench/*.py` and `scripts/demo.py`
 add the repo root themselves, so all three import it as `tests.factory`.
 
-Three layers, each used by the next:
+Three parts, the last built from the first two:
 - `random_model(arch, seed, **config)`: a transformers model of a family with exactly these config fields
   (library defaults for the rest), initialised after `torch.manual_seed(seed)`; `save_model` writes it.
 - Tokenizers trained with `tokenizers` on small corpora: `train_tokenizer` in five styles (GPT-2 byte-level
