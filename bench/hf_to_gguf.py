@@ -37,18 +37,17 @@ def make_folder(layers: int) -> Path:
     if (folder / "model.safetensors").exists():
         return folder
     import torch
-    import transformers
     from safetensors.torch import save_file
-    from tests.gguf.hf_models import save_tokenizer, train_tokenizer
+    from tests.factory import config, save_tokenizer, train_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer("spm", vocab_size=2000)
     save_tokenizer(tok, "spm", folder)
     vocab = tok.get_vocab_size()
-    cfg = transformers.LlamaConfig(hidden_size=HIDDEN, intermediate_size=MLP, num_attention_heads=HEADS,
-                                   num_key_value_heads=KV_HEADS, num_hidden_layers=layers, vocab_size=vocab,
-                                   max_position_embeddings=2048, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
-                                   tie_word_embeddings=False, dtype="float16", architectures=["LlamaForCausalLM"])
+    cfg = config("llama", hidden_size=HIDDEN, intermediate_size=MLP, num_attention_heads=HEADS,
+                 num_key_value_heads=KV_HEADS, num_hidden_layers=layers, vocab_size=vocab,
+                 max_position_embeddings=2048, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+                 tie_word_embeddings=False, dtype="float16", architectures=["LlamaForCausalLM"])
     cfg.save_pretrained(folder)
     g = torch.Generator().manual_seed(0)
     shapes = llama_shapes(layers, HIDDEN, MLP, HIDDEN // HEADS * KV_HEADS, vocab)

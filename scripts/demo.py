@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "demo-out"
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "demo-out"
 PY = sys.executable
 
 
@@ -26,15 +27,13 @@ def step(title: str, *args, expect: int = 0) -> None:
 def make_models() -> tuple[Path, Path]:
     """A tiny random Llama as a PyTorch .bin folder (config + weights), and a pickle that would run code."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+    sys.path.insert(0, str(ROOT))   # the tests' model factory (tests/factory.py), shared with the demo and bench
+    from tests.factory import random_model, save_model
+
+    model = random_model("llama", vocab_size=512, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    folder = OUT / "tiny-llama"
-    folder.mkdir(parents=True)
-    config.save_pretrained(folder)
-    torch.save(LlamaForCausalLM(config).state_dict(), folder / "pytorch_model.bin")
+    folder = save_model(model, OUT / "tiny-llama", weights="bin")
 
     class Payload:  # what a malicious checkpoint does: run a shell command on load (here: harmless)
         def __reduce__(self):

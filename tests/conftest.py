@@ -1,12 +1,39 @@
-"""Shared test helpers: run the real CLI in a subprocess, as a user would."""
+"""Shared test helpers: the CLI as a user runs it, in this process by default, in a fresh one where that is the point.
+
+`run_cli` (and the `cli` fixture) calls `modelport.cli.main.main(argv)`, the entry point's own error handling
+included, inside typer's `CliRunner` isolation (stdin/stdout/stderr swapped): same exit codes and output as the
+`modelport` command, without paying the interpreter start and the torch/transformers imports (1-3 s) per call.
+`run_cli_process` spawns `python` for what only a real process shows: the exit status the shell sees, what
+reaches the real stderr (tracebacks, library chatter), signals, environment read at start-up, modules made
+unimportable before modelport starts (`pre`).
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+# The environment the subprocess gives the CLI, set here too: before modelport's rich consoles are made (they
+# read COLUMNS once) and before transformers and tqdm are imported (they read their variables once).
+SUBPROCESS_ENV = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+os.environ.update(SUBPROCESS_ENV)
+
+
+def _quiet_libraries_as_the_cli_does() -> None:
+    """`run`/`chat` silence the engines' progress bars by setting variables before the engines are imported; in
+    this process the tests import them first, so the variables are set at start-up, as a fresh CLI process has them."""
+    from modelport.cli.run_cmd import quiet_libraries
+
+    quiet_libraries()
+
+
+_quiet_libraries_as_the_cli_does()
 
 
 @dataclass
@@ -16,9 +43,52 @@ class CliResult:
     stderr: str
 
 
-def run_cli(*args: str, cwd=None, timeout: float = 300) -> CliResult:
-    proc = subprocess.run([sys.executable, "-m", "modelport", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+def run_cli(*args, stdin: str | None = None, env_extra: dict | None = None, pre: str = "",
+            timeout: float = 600) -> CliResult:
+    """`modelport ARGS` in this process (stdin from `stdin`); `env_extra` or `pre` need a fresh interpreter
+    and so run `run_cli_process`."""
+    if env_extra or pre:
+        return run_cli_process(*args, stdin=stdin, env_extra=env_extra, pre=pre, timeout=timeout)
+    from typer.testing import CliRunner
+
+    from modelport.cli.main import app, main
+
+    registered = list(app.registered_commands)      # main() registers the commands on each call: undo it after
+    with CliRunner().isolation(input=stdin) as (out, err, _):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:                   # what the interpreter makes of it
+            code = 0 if exc.code is None else exc.code
+            if not isinstance(code, int):
+                print(code, file=sys.stderr)
+                code = 1
+        except Exception:                           # escaped main() (--debug re-raises): traceback, exit 1
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            app.registered_commands[:] = registered
+        return CliResult(code, out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace"))
+
+
+def cli_process(*args, env_extra: dict | None = None, pre: str = "") -> tuple[list[str], dict]:
+    """argv and environment of `modelport ARGS` in a fresh interpreter: a bare environment (plus `env_extra`) and
+    the same modelport source as this process; `pre` is Python run first (e.g. to make a package unimportable)."""
+    import modelport
+
+    code = f"{pre}\nfrom modelport.cli.main import main\nmain()"
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": str(Path(modelport.__file__).parents[1]),
+           **SUBPROCESS_ENV, **(env_extra or {})}
+    return [sys.executable, "-c", code, *map(str, args)], env
+
+
+def run_cli_process(*args, stdin: str | None = None, env_extra: dict | None = None, pre: str = "",
+                    timeout: float = 600) -> CliResult:
+    """`modelport ARGS` run to the end in a fresh interpreter (see `cli_process`)."""
+    argv, env = cli_process(*args, env_extra=env_extra, pre=pre)
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, env=env)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 

@@ -52,7 +52,7 @@ def test_missing_and_shape_and_dtype_changes(tmp_path, cli):
 
 def test_hf_folder_against_the_gguf_made_from_it(tmp_path, cli):
     """Different naming schemes (HF ↔ GGUF), Q/K permutation undone: the same weights are equal, exit 0."""
-    from tests.gguf.hf_models import make_model
+    from tests.factory import make_model
 
     folder = make_model(tmp_path / "hf", "llama", "gpt2", hidden=64, ffn=128, heads=4, kv_heads=2)
     modelport.convert(folder, tmp_path / "f32.gguf", quant="F32")

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import modelport
 from tests.conftest import assert_one_line_error
+from tests.factory import random_model, save_model
 
 
 def _digest(path) -> str:
@@ -22,14 +23,9 @@ def _digest(path) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+    model = random_model("llama", vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = LlamaForCausalLM(config).eval()
-    folder = tmp_path_factory.mktemp("llama") / "tiny"
-    model.save_pretrained(folder)
+    folder = save_model(model, tmp_path_factory.mktemp("llama") / "tiny")
     (folder / "tokenizer_config.json").write_text('{"model_max_length": 64}')
     return folder, model
 

@@ -10,8 +10,6 @@ import warnings
 import numpy as np
 import peft
 import pytest
-import torch
-import transformers
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 from gguf import quants as gq
 
@@ -21,6 +19,7 @@ from modelport.estimate import (LORA_TARGETS, ROWS, estimate, load_view, lora_pa
 from modelport.gguf import quants
 from modelport.gguf.mixes import FTYPES, ModelShape, choose_types
 from tests.conftest import assert_one_line_error
+from tests.factory import long_rope, make_model, random_model, save_model
 
 # Llama-2-7B's published hyperparameters (meta-llama/Llama-2-7b-hf config.json).
 LLAMA2_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
@@ -190,7 +189,6 @@ def test_estimate_matches_modelports_converter(tmp_path, arch, style, long):
     from the HF folder before converting is within 1 % of each file (header from the converter's own metadata plan)."""
     import modelport
     from modelport.gguf.convert import hf_to_gguf
-    from tests.gguf.hf_models import long_rope, make_model
 
     opts = dict(rope_scaling=long_rope(64), max_positions=4096) if long else {}   # + the rope factor tensors
     with warnings.catch_warnings():
@@ -210,7 +208,7 @@ def test_olmo2_estimate_is_the_converted_file_to_the_byte(tmp_path):
     """A family added as one file (OLMo 2) is laid out, typed and sized exactly as the converter writes it."""
     import modelport
     from modelport.gguf.convert import hf_to_gguf
-    from tests.gguf.hf_models import make_model
+    from tests.factory import make_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -233,7 +231,6 @@ def test_estimate_matches_modelport_quantize(tmp_path):
     import modelport
     from modelport.conversion.gguf_requantize import requantize
     from modelport.gguf.convert import hf_to_gguf
-    from tests.gguf.hf_models import make_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -249,45 +246,26 @@ def test_estimate_matches_modelport_quantize(tmp_path):
 
 # ------------------------------------------------------------------------------ transformers models and peft
 
-def _tiny(tmp_path, config_cls, model_cls, name, **extra):
+def _tiny(tmp_path, arch, name, **extra):
     kw = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
               num_key_value_heads=2, vocab_size=300)
-    if config_cls is transformers.GPT2Config:
+    if arch == "gpt2":
         kw = dict(vocab_size=300, bos_token_id=0, eos_token_id=0)
-    config = config_cls(**{**kw, **extra})
-    torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = model_cls(config)
-        model.save_pretrained(tmp_path / name)
-    return model, tmp_path / name
+        model = random_model(arch, **{**kw, **extra})
+        return model, save_model(model, tmp_path / name)
 
 
-FAMILIES = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
-    "llama-tied-bias": ("LlamaConfig", "LlamaForCausalLM",
-                        dict(tie_word_embeddings=True, attention_bias=True, mlp_bias=True, head_dim=32)),
-    "mistral": ("MistralConfig", "MistralForCausalLM", {}),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=32)),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(head_dim=16)),
-    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(head_dim=16, num_hidden_layers=6)),
-    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", dict(pad_token_id=0, num_hidden_layers=4)),
-    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(pad_token_id=0, bos_token_id=1, eos_token_id=1)),
-    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(num_local_experts=4, num_experts_per_tok=2)),
-    "llama3.1-rope": ("LlamaConfig", "LlamaForCausalLM",
-                      dict(max_position_embeddings=16384, rope_scaling={
-                          "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                          "original_max_position_embeddings": 8192})),
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=64, n_layer=3, n_head=4, n_positions=128)),
-    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict(pad_token_id=0)),
+    from modelport.conversion.gguf_requantize import requantize
+    from modelport.gguf.convert import hf_to_gguf
 }
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_config_alone_gives_the_real_tensors(tmp_path, family):
-    cfg_name, model_name, extra = FAMILIES[family]
-    model, folder = _tiny(tmp_path, getattr(transformers, cfg_name), getattr(transformers, model_name), family, **extra)
+    arch, extra = FAMILIES[family]
+    model, folder = _tiny(tmp_path, arch, family, **extra)
     real = load_view(folder)                        # the saved weights, renamed to GGUF by gguf-py's name map
     synthesized = tensors_from_config(json.loads((folder / "config.json").read_text()))
     assert real.kind == "weights" and real.tensors == synthesized
@@ -302,7 +280,7 @@ def test_config_alone_gives_the_real_tensors(tmp_path, family):
 
 @pytest.mark.parametrize("targets,r", [(list(LORA_TARGETS), 8), (["q_proj", "v_proj"], 16), ("all-linear", 4)])
 def test_lora_trainable_parameters_equal_peft(tmp_path, targets, r):
-    model, folder = _tiny(tmp_path, transformers.LlamaConfig, transformers.LlamaForCausalLM, "llama")
+    model, folder = _tiny(tmp_path, "llama", "llama")
     base = model.num_parameters()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -24,10 +24,7 @@ from modelport.cli.main import app, main, register_commands
 from modelport.core.errors import FormatError, ModelportError, UnsafeFileError
 from modelport.core.source import cache_link, safe_member
 
-try:   # the tiny-model factory moves to tests/factory.py
-    from tests.factory import CHATML, make_model
-except ImportError:
-    from tests.gguf.hf_models import CHATML, make_model
+from tests.factory import CHATML, make_model
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 OLD = "fedcba9876543210fedcba9876543210fedcba98"

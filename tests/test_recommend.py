@@ -9,25 +9,22 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
-import transformers
 from gguf import GGUFWriter
 
 from modelport.estimate import estimate
 from modelport.recommend import GOALS, recommend
 from tests.conftest import assert_one_line_error
+from tests.factory import random_model, save_model
 from tests.test_estimate import LLAMA2_7B, _tensors, _write_gguf, llama2_config  # noqa: F401 - a fixture
 
 
 @pytest.fixture
 def tiny_hf(tmp_path):
-    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, vocab_size=300)
-    torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
-    return tmp_path / "tiny"
+        model = random_model("llama", hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=300)
+        return save_model(model, tmp_path / "tiny")
 
 
 def test_cpu_picks_the_best_quantization_that_fits(llama2_config):

@@ -17,7 +17,7 @@ from modelport.cli.main import app, register_commands
 from modelport.conversion import ROUTES, Request
 from modelport.core.errors import UnsupportedError
 from modelport.formats import registry
-from tests.gguf.hf_models import make_model
+from tests.factory import make_model
 
 
 @pytest.fixture(scope="module")

@@ -62,11 +62,6 @@ def test_shard_index_cannot_escape_the_folder(tmp_path, cli):
     assert_one_line_error(cli("inspect", inner), "outside the model folder")
 
 
-def test_debug_shows_the_traceback(tmp_path, cli):
-    result = cli("--debug", "inspect", tmp_path / "nope")
-    assert result.code != 0 and "Traceback" in result.stderr
-
-
 def test_usage_error_exit_code(cli):
     result = cli("convert")
     assert result.code == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import modelport
-from tests.gguf.hf_models import CHATML, make_model
+from tests.factory import CHATML, make_model
 
 SOURCE_ROOT = str(Path(modelport.__file__).resolve().parents[1])
 

@@ -11,8 +11,6 @@ import os
 import pickle
 import re
 import struct
-import subprocess
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -25,8 +23,6 @@ import modelport
 from modelport.formats.registry import open_file as read_only_reader  # the reader alone, without the scanner in front
 from modelport.core.errors import FormatError, UnsafeFileError, UnsupportedError
 from modelport.formats import torch as torchfmt
-
-PYTHON = sys.executable
 
 
 def raw_bytes(t: torch.Tensor) -> np.ndarray:
@@ -239,11 +235,11 @@ def test_malicious_pickle_refused_in_legacy_and_protocol_4(tmp_path):
     assert not marker.exists()
 
 
-def test_malicious_pickle_refused_by_cli(tmp_path):
+def test_malicious_pickle_refused_by_cli(tmp_path, cli):
     path, marker = _malicious(tmp_path)
     for args in (["inspect", str(path)], ["convert", str(path), str(tmp_path / "out.safetensors")]):
-        run = subprocess.run([PYTHON, "-m", "modelport.cli.main", *args], capture_output=True, text=True, timeout=120)
-        assert run.returncode == 2, run.stderr
+        run = cli(*args)
+        assert run.code == 2, run.stderr
         assert "dangerous" in run.stderr and "posix.system at byte" in run.stderr
         assert "Traceback" not in run.stderr
     assert not marker.exists()

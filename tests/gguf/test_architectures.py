@@ -7,46 +7,31 @@ import pytest
 
 from modelport.core.errors import UnsupportedError
 from modelport import families as A
+from tests.factory import random_model
 
 torch = pytest.importorskip("torch")  # dev dependency; the oracles below are transformers' own modules
 transformers = pytest.importorskip("transformers")
 
 
 def _tiny(arch: str, **kw):
+    """An unseeded random model of `arch`, hidden 32 (in memory: the tests read its state dict and config)."""
     common = dict(vocab_size=96, num_hidden_layers=kw.pop("num_hidden_layers", 2))
-    if arch == "llama":
-        return transformers.LlamaForCausalLM(transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                                                                      num_key_value_heads=2, **common, **kw))
-    if arch == "qwen2":
-        return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                                                                      num_key_value_heads=2, **common, **kw))
-    if arch == "qwen3":
-        return transformers.Qwen3ForCausalLM(transformers.Qwen3Config(hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                                                                      num_key_value_heads=2, head_dim=16, **common, **kw))
+    geometry = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
     if arch == "gpt2":
-        return transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=96, **kw))
+        return random_model("gpt2", None, n_embd=32, n_layer=2, n_head=4, vocab_size=96, **kw)
     if arch == "phi3":
-        return transformers.Phi3ForCausalLM(transformers.Phi3Config(hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                                                                    num_key_value_heads=4, pad_token_id=0, **common, **kw))
-    if arch in ("gemma", "gemma2"):
-        cfg_cls = transformers.GemmaConfig if arch == "gemma" else transformers.Gemma2Config
-        model_cls = transformers.GemmaForCausalLM if arch == "gemma" else transformers.Gemma2ForCausalLM
-        if arch == "gemma2":
+        return random_model("phi3", None, **geometry | dict(num_key_value_heads=4), pad_token_id=0, **common, **kw)
+    if arch == "qwen3":
+        return random_model("qwen3", None, **geometry, head_dim=16, **common, **kw)
+    if arch in ("gemma", "gemma2", "gemma3"):
+        if arch != "gemma":
             kw.setdefault("query_pre_attn_scalar", 8)
-        return model_cls(cfg_cls(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
-                                 head_dim=8, pad_token_id=0, **common, **kw))
+        return random_model(arch, None, **geometry, head_dim=8, pad_token_id=0, **common, **kw)
     if arch == "smollm3":
-        return transformers.SmolLM3ForCausalLM(transformers.SmolLM3Config(
-            hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, **common, **kw))
-    if arch == "gemma3":
-        return transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
-            hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-            query_pre_attn_scalar=8, pad_token_id=0, **common, **kw))
+        return random_model(arch, None, **geometry, pad_token_id=0, **common, **kw)
     if arch == "olmo2":
-        return transformers.Olmo2ForCausalLM(transformers.Olmo2Config(
-            hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
-            **common, **kw))
-    raise ValueError(arch)
+        return random_model(arch, None, **geometry, pad_token_id=0, **common, **kw)
+    return random_model(arch, None, **geometry, **common, **kw)
 
 
 ARCHS = ["llama", "smollm3", "qwen2", "qwen3", "gpt2", "phi3", "gemma", "gemma2", "gemma3", "olmo2"]

@@ -17,7 +17,7 @@ import pytest
 from modelport.conversion import convert
 from modelport.formats.gguf import open_gguf, read_header
 from tests.conftest import assert_one_line_error
-from tests.gguf.hf_models import CHATML, LLAMA3, PHI3, TEST_TEXT, long_rope, make_model
+from tests.factory import CHATML, LLAMA3, PHI3, TEST_TEXT, long_rope, make_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -19,7 +19,7 @@ from modelport import families
 from modelport.families.llama import Llama
 from modelport.gguf import to_hf
 from modelport.gguf.convert import hf_to_gguf, plan_hf
-from tests.gguf.hf_models import make_model
+from tests.factory import make_model
 
 torch = pytest.importorskip("torch")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from modelport.gguf import modelfile as M
-from tests.gguf.hf_models import CHATML, LLAMA3, PHI3
+from tests.factory import CHATML, LLAMA3, PHI3
 
 LLAMA2 = ("{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
           "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}{% endif %}{% endfor %}")

@@ -23,7 +23,7 @@ from modelport import families as architectures
 from modelport.families.llama import Llama
 from modelport.gguf.hf_tokenizer import from_gguf
 from tests.conftest import assert_one_line_error
-from tests.gguf.hf_models import CHATML, LLAMA3, PHI3, TEST_TEXT, long_rope, make_model
+from tests.factory import CHATML, LLAMA3, PHI3, TEST_TEXT, long_rope, make_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -377,7 +377,7 @@ def test_sentencepiece_scores_tokenize_like_llama_cpp(tmp_path):
     llama_cpp = _llama_cpp()
     import gguf
     from modelport.gguf.tokenizer import load_vocab
-    from tests.gguf.hf_models import CORPUS
+    from tests.factory import CORPUS
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS * 30), model_writer=buf, vocab_size=700,

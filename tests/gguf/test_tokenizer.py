@@ -10,7 +10,7 @@ import pytest
 
 from modelport.core.errors import FormatError, UnsupportedError
 from modelport.gguf import tokenizer as T
-from tests.gguf.hf_models import CHATML, LLAMA3, TEST_TEXT, save_tokenizer, train_tokenizer
+from tests.factory import CHATML, LLAMA3, TEST_TEXT, save_tokenizer, train_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -145,7 +145,7 @@ def test_sentencepiece_model_file_tokenizes_like_sentencepiece(tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp")  # optional heavy dependency (compiled llama.cpp)
     import numpy as np
     from modelport.formats.gguf import write_gguf
-    from tests.gguf.hf_models import CORPUS
+    from tests.factory import CORPUS
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(CORPUS * 20), encoding="utf-8")

@@ -1,4 +1,5 @@
-"""`modelport run/chat/compare/perplexity` as a user runs them (subprocess), on the tiny llama."""
+"""`modelport run/chat/compare/perplexity` as a user runs them, on the tiny llama (in this process; chat on piped stdin,
+the real stderr and missing packages in a fresh one)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 from modelport.samples import smollm2_gguf
 
-from .conftest import make_model, run_cli
+from .conftest import make_model, run_cli, run_cli_process
 
 QUESTION = "What is the capital of France?"
 
@@ -20,7 +21,7 @@ def one_line_error(result, *needles):
 
 
 def test_run_streams_the_same_text_json_reports(tiny):
-    streamed = run_cli("run", tiny, "-p", QUESTION, "--max-tokens", "16", "--ignore-eos")
+    streamed = run_cli_process("run", tiny, "-p", QUESTION, "--max-tokens", "16", "--ignore-eos")   # the real stderr
     assert streamed.code == 0, streamed.stderr
     assert streamed.stderr == ""                       # no library chatter
     result = run_cli("run", tiny, "-p", QUESTION, "--max-tokens", "16", "--ignore-eos", "--json")
@@ -64,7 +65,7 @@ def test_run_seed_reproducible(tiny):
 
 def test_chat_keeps_the_conversation_and_resets(tiny):
     turns = f"{QUESTION}\n{QUESTION}\n/reset\n{QUESTION}\n/system Be brief.\n{QUESTION}\n/exit\nnot read\n"
-    result = run_cli("chat", tiny, "--max-tokens", "6", "--stats", stdin=turns)
+    result = run_cli_process("chat", tiny, "--max-tokens", "6", "--stats", stdin=turns)
     assert result.code == 0, result.stderr
     stats = [line for line in result.stderr.splitlines() if line.startswith("[prompt ")]
     prompts = [int(line.split()[1]) for line in stats]
@@ -77,7 +78,7 @@ def test_chat_keeps_the_conversation_and_resets(tiny):
 
 
 def test_chat_unknown_command_and_eof(tiny):
-    result = run_cli("chat", tiny, "--max-tokens", "2", stdin="/nope\n")
+    result = run_cli_process("chat", tiny, "--max-tokens", "2", stdin="/nope\n")
     assert result.code == 0 and "unknown command" in result.stderr and result.stdout == ""
 
 
@@ -97,10 +98,10 @@ def test_bad_paths_and_options(tmp_path, tiny):
 
 def test_missing_engines_name_the_extra(tiny):
     no_llama = "import sys; sys.modules['llama_cpp'] = None"
-    one_line_error(run_cli("run", smollm2_gguf(), "-p", "x", pre=no_llama), "llama-cpp-python", "modelport[llama]")
+    one_line_error(run_cli_process("run", smollm2_gguf(), "-p", "x", pre=no_llama), "llama-cpp-python", "modelport[llama]")
     no_hf = "import sys; sys.modules['transformers'] = None"
-    one_line_error(run_cli("run", tiny, "-p", "x", pre=no_hf), "transformers", "modelport[torch]")
-    one_line_error(run_cli("chat", tiny, pre="import sys; sys.modules['torch'] = None", stdin=""), "modelport[torch]")
+    one_line_error(run_cli_process("run", tiny, "-p", "x", pre=no_hf), "transformers", "modelport[torch]")
+    one_line_error(run_cli_process("chat", tiny, pre="import sys; sys.modules['torch'] = None", stdin=""), "modelport[torch]")
 
 
 def test_compare_and_perplexity_cli(tmp_path, tiny):

@@ -19,7 +19,7 @@ from modelport.runtime import Sampling  # noqa: E402
 from modelport.runtime.evaluate import compare, log_softmax, perplexity  # noqa: E402
 from modelport.samples import smollm2_gguf  # noqa: E402
 
-from .conftest import run_cli  # noqa: E402
+from .conftest import run_cli, run_cli_process  # noqa: E402
 
 FRANCE = "What is the capital of France? Answer in one sentence."
 CTX = 512
@@ -74,7 +74,7 @@ def test_greedy_equals_llama_cpp_generate(engine, direct):
 
 
 def test_france_answer_is_paris(gguf):
-    result = run_cli("run", gguf, "-p", FRANCE, "--ctx", CTX)
+    result = run_cli_process("run", gguf, "-p", FRANCE, "--ctx", CTX)     # the real stderr: no llama.cpp logs
     assert result.code == 0, result.stderr
     assert "Paris" in result.stdout and result.stderr == ""
     data = json.loads(run_cli("run", gguf, "-p", FRANCE, "--ctx", CTX, "--json").stdout)
@@ -83,7 +83,7 @@ def test_france_answer_is_paris(gguf):
 
 def test_chat_and_reset(gguf):
     turns = f"{FRANCE}\nAnd of Italy?\n/reset\n{FRANCE}\n"
-    result = run_cli("chat", gguf, "--ctx", CTX, "--max-tokens", "24", "--stats", stdin=turns)
+    result = run_cli_process("chat", gguf, "--ctx", CTX, "--max-tokens", "24", "--stats", stdin=turns)
     assert result.code == 0, result.stderr
     answers = result.stdout.splitlines()
     assert "Paris" in answers[0] and answers[0] == answers[2]

@@ -9,6 +9,7 @@ from gguf import GGUFWriter
 import modelport
 from modelport import runtime
 from modelport.core.errors import UnsupportedError
+from tests.factory import chat_model
 
 
 def forbid_engines(monkeypatch) -> None:
@@ -48,9 +49,7 @@ def test_a_vocabulary_only_gguf_is_refused(tmp_path, no_engine_starts):
 
 
 def test_a_gguf_without_template_is_refused_for_chat_before_loading(tmp_path, monkeypatch):
-    from tests.runtime.conftest import make_model
-
-    folder = make_model(tmp_path / "notemplate", template=None)
+    folder = chat_model(tmp_path / "notemplate", template=None)
     modelport.convert(folder, tmp_path / "nt.gguf", quant="F16")
     forbid_engines(monkeypatch)
     with pytest.raises(UnsupportedError, match="no chat template.*run --raw"):

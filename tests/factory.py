@@ -1,16 +1,77 @@
-"""Tiny Hugging Face models with real tokenizers, built offline at test time (no network).
+"""The one place tests, bench and the demo get tiny Hugging Face models: built offline, seeded, by the real libraries.
 
-Tokenizers are trained with the `tokenizers` library on a small multilingual corpus, in three styles:
-GPT-2 byte-level BPE, Llama 3 (split regex + byte-level BPE, BOS added) and a SentencePiece-style BPE
-(byte fallback, Metaspace, <0xNN> byte tokens) like Llama 2's tokenizer.json. Models are random
-transformers models saved with save_pretrained (safetensors + config.json + tokenizer files).
+It lives in `tests/` (not in the shipped `modelport` package, which must not carry test helpers) as a plain
+module: pytest puts the repo root on sys.path (`pythonpath = ["."]`), and `bench/*.py` and `scripts/demo.py`
+add the repo root themselves, so all three import it as `tests.factory`.
+
+Three parts, the last built from the first two:
+- `random_model(arch, seed, **config)`: a transformers model of a family with exactly these config fields
+  (library defaults for the rest), initialised after `torch.manual_seed(seed)`; `save_model` writes it.
+- Tokenizers trained with `tokenizers` on small corpora: `train_tokenizer` in five styles (GPT-2 byte-level
+  BPE, Llama 3, Qwen2, SentencePiece-style like Llama 2's tokenizer.json, Gemma) and `chat_tokenizer`, a
+  small byte-level BPE with a chat template, for the runtime tests.
+- Whole folders: `make_model` (a family + a tokenizer style, norms perturbed so mistakes show in the
+  logits: the GGUF tests) and `chat_model` (the runtime tests' tiny llama with a chat template).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+
+# family -> (config class, model class) in transformers
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM"),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM"),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM"),
+}
+
+
+def config(arch: str, **fields):
+    """The transformers config of family `arch` with exactly these fields."""
+    import transformers
+
+    return getattr(transformers, FAMILIES[arch][0])(**fields)
+
+
+def random_model(arch: str, seed: int | None = 0, **fields):
+    """A random model of family `arch` (config fields as given), in eval mode; `seed=None` leaves the RNG alone."""
+    import torch
+    import transformers
+
+    cfg = config(arch, **fields)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return getattr(transformers, FAMILIES[arch][1])(cfg).eval()
+
+
+def save_model(model, folder: Path, weights: str = "safetensors") -> Path:
+    """`save_pretrained` (safetensors + config.json), or with weights="bin" a PyTorch pickle folder as older
+    checkpoints ship: config.json + pytorch_model.bin (a torch.save of the state dict)."""
+    folder = Path(folder)
+    if weights == "safetensors":
+        model.save_pretrained(folder)
+    elif weights == "bin":
+        import torch
+
+        folder.mkdir(parents=True, exist_ok=True)
+        model.config.save_pretrained(folder)
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    else:
+        raise ValueError(weights)
+    return folder
+
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. I've been told he's there, you're sure? We'll see.",
@@ -167,14 +228,56 @@ def long_rope(head_dim: int, seed: int = 1) -> dict:
             "long_factor": [round(float(v), 4) for v in rng.uniform(1.0, 30.0, half)]}
 
 
+def _family_fields(arch: str, *, hidden: int, layers: int, heads: int, kv_heads: int, ffn: int, eos: int,
+                   rope_theta: float, rope_scaling: dict | None, max_positions: int, common: dict) -> dict:
+    """Config fields of `make_model`'s models, family by family (each one's own norm eps, head dim, windows)."""
+    geometry = dict(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=heads,
+                    num_key_value_heads=kv_heads)
+    if arch == "llama":
+        return dict(geometry, max_position_embeddings=max_positions, rms_norm_eps=1e-5, rope_theta=rope_theta, **common)
+    if arch == "smollm3":   # four layers: the fourth has no RoPE
+        return dict(geometry, num_hidden_layers=max(layers, 4), max_position_embeddings=max_positions, rms_norm_eps=1e-6,
+                    rope_theta=rope_theta, pad_token_id=eos, **common)
+    if arch == "qwen2":
+        return dict(geometry, max_position_embeddings=max_positions, rms_norm_eps=1e-6, rope_theta=rope_theta, **common)
+    if arch == "qwen3":     # head_dim 32 with hidden 256 / 4 heads: llama.cpp must read attention.key_length
+        return dict(geometry, head_dim=hidden // heads // 2, max_position_embeddings=max_positions, rms_norm_eps=1e-6,
+                    rope_theta=rope_theta, **common)
+    if arch == "gpt2":
+        return dict(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions,
+                    **{k: v for k, v in common.items() if k != "tie_word_embeddings"})
+    if arch == "phi3":
+        rope = {"rope_theta": rope_theta, **(rope_scaling or {})}
+        if rope_scaling:    # long rope: the factors are relative to the pretraining context, 512 here
+            rope["original_max_position_embeddings"] = 512
+        return dict(geometry, max_position_embeddings=max_positions, original_max_position_embeddings=512,
+                    pad_token_id=eos, sliding_window=None, rms_norm_eps=1e-5, rope_parameters=rope, **common)
+    if arch in ("gemma", "gemma2"):
+        extra = dict(query_pre_attn_scalar=hidden // heads, sliding_window=256) if arch == "gemma2" else {}
+        return dict(geometry, head_dim=hidden // heads, max_position_embeddings=max_positions, rms_norm_eps=1e-6,
+                    pad_token_id=0, **{**common, "tie_word_embeddings": True}, **extra)
+    if arch == "gemma3":    # six layers (the sixth is global), a window the test text overflows, linear RoPE scaling
+        return dict(geometry, num_hidden_layers=max(layers, 6), head_dim=hidden // heads,
+                    query_pre_attn_scalar=hidden // heads, max_position_embeddings=max_positions, rms_norm_eps=1e-6,
+                    pad_token_id=0, sliding_window=32,
+                    rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+                    **{**common, "tie_word_embeddings": True})
+    if arch == "olmo2":     # post-norms only, Q/K norms over the whole projection
+        return dict(geometry, max_position_embeddings=max_positions, rms_norm_eps=1e-6, rope_theta=rope_theta,
+                    pad_token_id=eos, **common)
+    raise ValueError(arch)
+
+
 def make_model(folder: Path, arch: str, style: str, *, hidden: int = 256, layers: int = 2, heads: int = 4,
                kv_heads: int = 2, ffn: int = 512, tied: bool = False, vocab_pad: int = 0, chat_template: str | None = None,
                seed: int = 0, dtype=None, rope_theta: float = 10000.0, init: float = 0.05,
                rope_scaling: dict | None = None, max_positions: int = 512) -> Path:
-    """Save a random transformers model of `arch` (llama, qwen2, qwen3, gpt2, phi3, gemma, gemma2, olmo2) with a `style`
-    tokenizer in `folder`."""
+    """Save a random transformers model of `arch` (llama, smollm3, qwen2, qwen3, gpt2, phi3, gemma, gemma2, gemma3,
+    olmo2)
+    with a `style` tokenizer in `folder`, its 1-D weights (norms, biases) moved away from their init.
+    (`max_positions` sets every family's context; phi3's long rope stays relative to 512.)"""
     import torch
-    import transformers
 
     folder.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer(style, extra_specials=PHI3_SPECIALS if arch == "phi3" else None)
@@ -183,72 +286,70 @@ def make_model(folder: Path, arch: str, style: str, *, hidden: int = 256, layers
     bos = tok.token_to_id(_TOKENIZER_SPECIALS[style]["bos_token"] or _TOKENIZER_SPECIALS[style]["eos_token"])
     eos = tok.token_to_id(_TOKENIZER_SPECIALS[style]["eos_token"])
     common = dict(vocab_size=n_vocab, bos_token_id=bos, eos_token_id=eos, tie_word_embeddings=tied, initializer_range=init)
-    if arch == "llama":
-        cfg = transformers.LlamaConfig(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                                       num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
-                                       rms_norm_eps=1e-5, rope_theta=rope_theta, **common)
-        cls = transformers.LlamaForCausalLM
-    elif arch == "smollm3":  # four layers: the fourth has no RoPE
-        cfg = transformers.SmolLM3Config(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=max(layers, 4),
-                                         num_attention_heads=heads, num_key_value_heads=kv_heads,
-                                         max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=rope_theta,
-                                         pad_token_id=eos, **common)
-        cls = transformers.SmolLM3ForCausalLM
-    elif arch == "qwen2":
-        cfg = transformers.Qwen2Config(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                                       num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
-                                       rms_norm_eps=1e-6, rope_theta=rope_theta, **common)
-        cls = transformers.Qwen2ForCausalLM
-    elif arch == "qwen3":   # head_dim 32 with hidden 256 / 4 heads: llama.cpp must read attention.key_length
-        cfg = transformers.Qwen3Config(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                                       num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads // 2,
-                                       max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=rope_theta, **common)
-        cls = transformers.Qwen3ForCausalLM
-    elif arch == "gpt2":
-        cfg = transformers.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=512,
-                                      **{k: v for k, v in common.items() if k != "tie_word_embeddings"})
-        cls = transformers.GPT2LMHeadModel
-    elif arch == "phi3":
-        rope = {"rope_theta": rope_theta, **(rope_scaling or {})}
-        if rope_scaling:   # long rope: the factors are relative to the pretraining context, 512 here
-            rope["original_max_position_embeddings"] = 512
-        cfg = transformers.Phi3Config(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                                      num_attention_heads=heads, num_key_value_heads=kv_heads,
-                                      max_position_embeddings=max_positions, original_max_position_embeddings=512,
-                                      pad_token_id=eos, sliding_window=None, rms_norm_eps=1e-5, rope_parameters=rope,
-                                      **common)
-        cls = transformers.Phi3ForCausalLM
-    elif arch in ("gemma", "gemma2"):
-        extra = dict(query_pre_attn_scalar=hidden // heads, sliding_window=256) if arch == "gemma2" else {}
-        cls_cfg = transformers.Gemma2Config if arch == "gemma2" else transformers.GemmaConfig
-        cfg = cls_cfg(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=heads,
-                      num_key_value_heads=kv_heads, head_dim=hidden // heads, max_position_embeddings=512,
-                      rms_norm_eps=1e-6, pad_token_id=0, **{**common, "tie_word_embeddings": True}, **extra)
-        cls = transformers.Gemma2ForCausalLM if arch == "gemma2" else transformers.GemmaForCausalLM
-    elif arch == "gemma3":   # six layers (the sixth is global), a window the test text overflows, linear RoPE scaling
-        cfg = transformers.Gemma3TextConfig(
-            hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=max(layers, 6), num_attention_heads=heads,
-            num_key_value_heads=kv_heads, head_dim=hidden // heads, query_pre_attn_scalar=hidden // heads,
-            max_position_embeddings=512, rms_norm_eps=1e-6, pad_token_id=0, sliding_window=32,
-            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},
-                             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
-            **{**common, "tie_word_embeddings": True})
-        cls = transformers.Gemma3ForCausalLM
-    elif arch == "olmo2":   # post-norms only, Q/K norms over the whole projection
-        cfg = transformers.Olmo2Config(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                                       num_attention_heads=heads, num_key_value_heads=kv_heads,
-                                       max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=rope_theta,
-                                       pad_token_id=eos, **common)
-        cls = transformers.Olmo2ForCausalLM
-    else:
-        raise ValueError(arch)
-    torch.manual_seed(seed)
-    model = cls(cfg).eval()
+    fields = _family_fields(arch, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, ffn=ffn, eos=eos,
+                            rope_theta=rope_theta, rope_scaling=rope_scaling, max_positions=max_positions, common=common)
+    model = random_model(arch, seed, **fields)
     with torch.no_grad():   # norms away from 1 so that a wrong norm or missing tensor shows in the logits
         for name, p in model.named_parameters():
             if p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     if dtype is not None:
         model = model.to(dtype)
-    model.save_pretrained(folder)
-    return folder
+    return save_model(model, folder)
+
+
+# ------------------------------------------------------------------ the runtime tests' chat model
+
+CHAT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>", "</s>", "<|start_header_id|>",
+                 "<|end_header_id|>", "<|eot_id|>", "[INST]", "[/INST]"]
+
+CHAT_CORPUS = [
+    "The capital of France is Paris. The capital of Italy is Rome.",
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+    "What is the capital of France? Tell me a story about a dragon and a knight.",
+    "system user assistant Be brief. Hello, how are you today? I am fine, thank you!",
+    "Ünïcödé tëxt: café, naïve, 東京, emoji 🙂 and numbers 12345.",
+] * 4
+
+
+def chat_tokenizer(folder: Path, template: str | None, bos: str = "<|im_start|>", eos: str = "<|im_end|>",
+                   add_bos: bool = False) -> int:
+    """A byte-level BPE (vocab 400, every chat family's specials) saved as tokenizer.json + a hand-written
+    tokenizer_config.json carrying `template`; returns the vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=CHAT_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CHAT_CORPUS, trainer)
+    if add_bos:
+        bos_id = tok.token_to_id(bos)
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, bos_id)])
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": eos,
+              "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "model_max_length": 512}
+    if template is not None:
+        config["chat_template"] = template
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return tok.get_vocab_size()
+
+
+def chat_model(folder: Path, template: str | None = CHATML, seed: int = 0, **tok_kwargs) -> Path:
+    """The runtime tests' tiny llama (hidden 32, 2 layers, 256 positions) with `chat_tokenizer`; its lm_head
+    scaled up so that sampled text varies with the seed."""
+    import torch
+    from tokenizers import Tokenizer
+
+    vocab = chat_tokenizer(folder, template, **tok_kwargs)
+    t = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    model = random_model("llama", seed, vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=t.token_to_id(tok_kwargs.get("bos", "<|im_start|>")),
+                         eos_token_id=t.token_to_id(tok_kwargs.get("eos", "<|im_end|>")), tie_word_embeddings=False)
+    with torch.no_grad():   # sharper logits than the tiny init, so sampled text varies with the seed
+        model.lm_head.weight.mul_(40)
+    return save_model(model, folder)
