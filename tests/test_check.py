@@ -214,21 +214,18 @@ def test_pickle_is_slow_to_load(models, tmp_path):
     assert found["pickle"][0].fix.endswith("model.safetensors")
 
 
-def test_gguf_metadata_against_tensors(models, tmp_path):
-    """A GGUF whose block_count says more layers than its tensors have."""
+def _gguf_with_block_count(model, tmp_path, out, block_count: int) -> None:
+    """The model converted to GGUF, rewritten by gguf-py with another block_count."""
     import gguf
 
-    src = tmp_path / "llama.gguf"
-    convert(models["llama"], src)
+    src = tmp_path / "good.gguf"
+    convert(model, src)
     reader = gguf.GGUFReader(src)
-    out = tmp_path / "bad.gguf"
     writer = gguf.GGUFWriter(out, arch="llama")
     for field in reader.fields.values():
         if field.name.startswith("GGUF.") or field.name == "general.architecture":
             continue
-        value = field.contents()
-        if field.name == "llama.block_count":
-            value = 4
+        value = block_count if field.name == "llama.block_count" else field.contents()
         vtype = field.types[0]
         writer.add_key_value(field.name, value, vtype, sub_type=field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None)
     for t in reader.tensors:
@@ -237,6 +234,12 @@ def test_gguf_metadata_against_tensors(models, tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def test_gguf_metadata_against_tensors(models, tmp_path):
+    """A GGUF whose block_count says more layers than its tensors have."""
+    out = tmp_path / "bad.gguf"
+    _gguf_with_block_count(models["llama"], tmp_path, out, 4)
     found = kinds(check(out))
     assert list(found) == ["config-size"], found
     assert "llama.block_count = 4 but the weights have 3 layers" in found["config-size"][0].what
@@ -248,3 +251,28 @@ def test_unreadable_input_exits_2(tmp_path, capsys):
     assert cli("check", bad) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("modelport: ")
+
+
+def test_run_says_why_loading_failed(models, tmp_path):
+    """transformers raises a size-mismatch RuntimeError; `runtime.load` turns it into check's one-line diagnosis."""
+    from modelport import runtime
+    from modelport.core.errors import ModelportError
+
+    folder = copy(models["llama"], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 256}))
+    with pytest.raises(ModelportError) as info:
+        runtime.load(folder, engine="hf")
+    text = info.value.cli_text()
+    assert "\n" not in text and "intermediate_size = 256" in text and "another model size" in text
+    assert not isinstance(info.value.__cause__, ModelportError)
+
+
+def test_llama_cpp_load_failure_names_the_layer_count(models, tmp_path):
+    from modelport import runtime
+    from modelport.core.errors import ModelportError
+
+    bad = tmp_path / "bad.gguf"
+    _gguf_with_block_count(models["llama"], tmp_path, bad, 4)
+    with pytest.raises(ModelportError, match="block_count = 4 but the weights have 3 layers"):
+        runtime.load(bad, engine="llama")

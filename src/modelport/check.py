@@ -95,6 +95,22 @@ def check(path: str | os.PathLike, *, trust: bool = False, memory: bool = True) 
     return report
 
 
+def load_failure(path: str | os.PathLike, exc: BaseException, *, trust: bool = False) -> ModelportError:
+    """The one-line error for an engine that failed to load `path`: `check`'s first error with its cause, else the
+    library's own message (its first line)."""
+    try:
+        report = check(path, trust=trust, memory=False)
+    except ModelportError:
+        report = None
+    first = next((f for f in report.findings if f.severity == ERROR), None) if report else None
+    if first is None:
+        if isinstance(exc, ModelportError):
+            return exc
+        text = (str(exc).strip().splitlines() or [""])[0]
+        return ModelportError(f"could not load: {type(exc).__name__}: {text}", path)
+    return ModelportError(f"could not load: {first.what}: {first.cause}; fix: {first.fix}".replace("\n", " "), path)
+
+
 # --- LoRA adapters -------------------------------------------------------------------------------
 
 def _adapter(source: ModelSource, report: CheckReport) -> bool:
