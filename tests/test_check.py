@@ -276,3 +276,42 @@ def test_llama_cpp_load_failure_names_the_layer_count(models, tmp_path):
     _gguf_with_block_count(models["llama"], tmp_path, bad, 4)
     with pytest.raises(ModelportError, match="block_count = 4 but the weights have 3 layers"):
         runtime.load(bad, engine="llama")
+
+
+# ------------------------------------------------------------------------------------------------ recommend's commands
+
+def test_recommend_withholds_a_gguf_command_for_an_unsupported_architecture(tmp_path):
+    import torch
+    import transformers
+
+    from modelport.recommend import recommend
+
+    config = transformers.GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, vocab_size=300)
+    torch.manual_seed(0)
+    transformers.GPTNeoXForCausalLM(config).save_pretrained(tmp_path / "neox")
+    r = recommend(tmp_path / "neox", "cpu", memory="8GB")
+    assert r["format"] == "GGUF" and r["command"] is None
+    assert "GPTNeoXForCausalLM" in r["missing"]["gguf"] and "not supported" in r["why"][-1]
+
+
+def test_recommend_prints_commands_that_run(models, tmp_path):
+    """The command recommend prints for a complete model runs as printed."""
+    import shlex
+
+    from modelport.recommend import recommend
+
+    r = recommend(models["qwen2"], "cpu", memory="8GB")
+    assert "missing" not in r and r["command"].startswith("modelport convert")
+    args = shlex.split(r["command"])[1:]
+    args[2] = str(tmp_path / args[2])
+    assert cli(*args) == 0 and (tmp_path / f"qwen2-{r['precision']}.gguf").is_file()
+
+
+def test_recommend_says_the_tokenizer_is_missing(models, tmp_path):
+    from modelport.recommend import recommend
+
+    folder = copy(models["llama"], tmp_path)
+    (folder / "tokenizer.json").unlink()
+    r = recommend(folder, "cpu", memory="8GB")
+    assert "tokenizer.json" in r["missing"]["tokenizer"] and r["missing"]["tokenizer"] in r["why"]
