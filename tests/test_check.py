@@ -315,3 +315,10 @@ def test_recommend_says_the_tokenizer_is_missing(models, tmp_path):
     (folder / "tokenizer.json").unlink()
     r = recommend(folder, "cpu", memory="8GB")
     assert "tokenizer.json" in r["missing"]["tokenizer"] and r["missing"]["tokenizer"] in r["why"]
+
+
+def test_folder_without_config(models, tmp_path):
+    folder = copy(models["llama"], tmp_path)
+    (folder / "config.json").unlink()
+    found = kinds(check(folder), WARNING)
+    assert list(found) == ["config"] and "config.json" in found["config"][0].fix

@@ -133,8 +133,8 @@ def _adapter(source: ModelSource, report: CheckReport) -> bool:
 
 def _tensors_hf(source: ModelSource, report: CheckReport) -> None:
     config = source.config
-    if not config:
-        report.add(WARNING, "config", "no config.json beside the weights",
+    if not config:   # a folder is meant to be loaded as a model; a lone weights file may be anything
+        report.add(WARNING if source.path.is_dir() else NOTE, "config", "no config.json beside the weights",
                    "transformers builds the model from config.json; without it the weights cannot be checked or loaded",
                    "copy config.json from the model's original folder next to the weights")
         return
