@@ -5,6 +5,10 @@ mobile -> TFLite/ONNX Runtime. Here the answer also names the precision or quant
 sizes (`modelport.estimate`) against the memory given, the command that produces the file, and what it costs.
 Where today's practice differs from the guide, the answer says so in `why` (e.g. safetensors rather than a
 pickled .pt for training, and GGUF for an LLM on a phone).
+
+A command is printed only once it has been checked to run on this model: the architecture is one modelport converts
+(`families`), the tokenizer GGUF needs is there, the output format is writable; otherwise the answer says what is
+missing in its place (`missing`) and in `why`.
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from .core.errors import UnsupportedError
+from . import families
+from .conversion.hf_to_gguf import model_config
+from .core.errors import ModelportError, UnsupportedError
 from .formats import registry
+from .gguf.tokenizer import TOKENIZER_FILES
+from .opening import open as open_model
 from .estimate import (LADDER, Device, ModelView, device_for, estimate_view, load_view, training_memory)
 
 GOALS = ("train", "serve-gpu", "cpu", "mobile", "cross-platform", "share")
@@ -47,10 +55,43 @@ def _writes(fmt: str) -> bool:
         return False
 
 
-def _gguf_command(model: str, view: ModelView, ftype: str, out: str) -> tuple[str | None, str | None]:
+def blockers(model: str, view: ModelView) -> dict[str, str]:
+    """What would stop a command on this model, by output ("gguf", "hf"): {} when every command would run."""
+    out: dict[str, str] = {}
+    if not _writes("gguf"):
+        out["gguf"] = "modelport cannot write GGUF in this installation"
+    if not _writes("safetensors"):
+        out["hf"] = "modelport cannot write safetensors in this installation"
+    if view.kind == "gguf":
+        if view.family is None:
+            arch = view.hyper.arch if view.hyper else "unknown"
+            out.setdefault("hf", f"GGUF architecture {arch!r} has no Hugging Face conversion; supported: "
+                                 f"{', '.join(c.name for c in families.REGISTRY)}")
+    elif view.kind == "weights" and "gguf" not in out:
+        try:
+            with open_model(model) as source:
+                config, side = model_config(source, None)
+        except ModelportError as exc:
+            out["gguf"] = exc.message
+            return out
+        try:
+            families.for_config(config)
+        except UnsupportedError as exc:
+            out["gguf"] = exc.message
+            return out
+        if not any(name in side for name in TOKENIZER_FILES[:2]):
+            out["tokenizer"] = ("no tokenizer.json or tokenizer.model beside the weights: the GGUF command fails "
+                                "without the tokenizer (copy it from the original model)")
+    return out
+
+
+def _gguf_command(model: str, view: ModelView, ftype: str, out: str,
+                  blocked: dict[str, str] | None = None) -> tuple[str | None, str | None]:
     """The command that makes a `ftype` GGUF, or (None, why not)."""
     if view.kind == "config":
         return None, "a config.json has no weights: run this on the model folder"
+    if blocked and "gguf" in blocked:
+        return None, f"no GGUF command: {blocked['gguf']}"
     if view.kind == "gguf":
         if view.file_type == ftype:
             return None, f"the file is already {ftype}"
@@ -61,9 +102,12 @@ def _gguf_command(model: str, view: ModelView, ftype: str, out: str) -> tuple[st
     return f"modelport convert {shlex.quote(model)} {shlex.quote(out)} --quant {ftype}", None
 
 
-def _hf_command(model: str, view: ModelView, out: str, extra: str = "") -> tuple[str | None, str | None]:
+def _hf_command(model: str, view: ModelView, out: str, extra: str = "",
+                blocked: dict[str, str] | None = None) -> tuple[str | None, str | None]:
     if view.kind == "config":
         return None, "a config.json has no weights: run this on the model folder"
+    if blocked and "hf" in blocked:
+        return None, f"no conversion command: {blocked['hf']}"
     if view.source_format == "safetensors" and view.kind == "weights" and not extra:
         return None, "the model is already in safetensors"
     return f"modelport convert {shlex.quote(model)} {shlex.quote(out)} --to hf{extra}", None
@@ -88,6 +132,7 @@ def recommend(model: str | os.PathLike, goal: str, *, device: str | None = None,
     bf16, f32 = 2 * view.parameter_count, 4 * view.parameter_count      # safetensors / ONNX: every tensor at 2 / 4 bytes
     totals = report["inference"]["total"] if report["inference"] else sizes
     stem = _stem(model, view)
+    blocked = blockers(model, view)
     llm = view.hyper is not None
     why: list[str] = []
     out: dict[str, Any] = {"model": model, "goal": goal, "guide_says": GUIDE[goal], "parameters": view.parameter_count,
@@ -96,6 +141,10 @@ def recommend(model: str | os.PathLike, goal: str, *, device: str | None = None,
     def answer(fmt, precision, size, need, command, note, **extra):
         if note:
             why.append(note)
+        if blocked.get("tokenizer") and fmt == "GGUF" and command and command.startswith("modelport convert"):
+            why.append(blocked["tokenizer"])
+        if blocked:
+            extra["missing"] = blocked
         out.update({"format": fmt, "precision": precision, "size": size, "memory_needed": need,
                     "fits": None if dev is None or need is None else need <= dev.usable,
                     "command": command, "why": why, **extra})
@@ -115,7 +164,7 @@ def recommend(model: str | os.PathLike, goal: str, *, device: str | None = None,
                         "lora": "full fine-tuning does not fit; LoRA (r=8 on q/k/v/o/gate/up/down) on a BF16 base does",
                         "qlora": "only QLoRA fits: a 4-bit NF4 base with LoRA adapters (r=8) trained on top"}[method]
                        + f" on {dev.description}")
-        command, note = _hf_command(model, view, f"{stem}-hf", " --dtype bf16" if view.kind == "gguf" else "")
+        command, note = _hf_command(model, view, f"{stem}-hf", " --dtype bf16" if view.kind == "gguf" else "", blocked)
         return answer("safetensors (Hugging Face folder)", "BF16", bf16, methods[method]["total"], command,
                       note, method=method, trainable_parameters=methods[method]["trainable_parameters"],
                       training=methods)
@@ -123,7 +172,7 @@ def recommend(model: str | os.PathLike, goal: str, *, device: str | None = None,
     if goal == "share":
         why.append("safetensors cannot run code when loaded, maps lazily, and is the Hugging Face Hub's default; "
                    "5 GB shards are the Hub's convention")
-        command, note = _hf_command(model, view, f"{stem}-hf", " --shard-size 5GB --dtype bf16")
+        command, note = _hf_command(model, view, f"{stem}-hf", " --shard-size 5GB --dtype bf16", blocked)
         return answer("safetensors (sharded Hugging Face folder)", "BF16", bf16, None, command, note)
 
     if goal == "cross-platform" or (goal == "mobile" and not llm):
@@ -140,7 +189,7 @@ def recommend(model: str | os.PathLike, goal: str, *, device: str | None = None,
         if totals["F16"] <= dev.usable:
             why.append(f"BF16 weights, KV cache and compute ({totals['F16'] / 1e9:.2f} GB) fit {dev.description}: "
                        "serve unquantized with transformers/vLLM from safetensors, as the guide says")
-            command, note = _hf_command(model, view, f"{stem}-hf", " --dtype bf16" if view.kind == "gguf" else "")
+            command, note = _hf_command(model, view, f"{stem}-hf", " --dtype bf16" if view.kind == "gguf" else "", blocked)
             return answer("safetensors (Hugging Face folder)", "BF16", bf16, totals["F16"], command, note)
         ftype = _pick(report, LADDER[1:], dev)
         if ftype is None:
@@ -149,7 +198,7 @@ def recommend(model: str | os.PathLike, goal: str, *, device: str | None = None,
         else:
             why.append(f"BF16 needs {totals['F16'] / 1e9:.2f} GB, more than {dev.description} offers; {ftype} is the "
                        "best quantization that fits, served by llama.cpp with every layer on the GPU")
-        command, note = _gguf_command(model, view, ftype, f"{stem}-{ftype}.gguf")
+        command, note = _gguf_command(model, view, ftype, f"{stem}-{ftype}.gguf", blocked)
         return answer("GGUF", ftype, sizes[ftype], totals[ftype], command, note)
 
     # cpu and mobile (LLM): GGUF
@@ -173,5 +222,5 @@ def recommend(model: str | os.PathLike, goal: str, *, device: str | None = None,
     else:
         why.append(f"{ftype} is the {'highest-quality' if goal == 'cpu' else 'phone-friendly'} type whose weights, "
                    f"KV cache and compute ({totals[ftype] / 1e9:.2f} GB) fit {dev.description}")
-    command, note = _gguf_command(model, view, ftype, f"{stem}-{ftype}.gguf")
+    command, note = _gguf_command(model, view, ftype, f"{stem}-{ftype}.gguf", blocked)
     return answer("GGUF", ftype, sizes[ftype], totals[ftype], command, note)

@@ -12,11 +12,11 @@ import sys
 import typer
 
 from ..core.errors import ModelportError
-from . import (chat_cmd, compare_cmd, convert_cmd, diff_cmd, estimate_cmd, inspect_cmd, list_cmd, perplexity_cmd,
+from . import (chat_cmd, check_cmd, compare_cmd, convert_cmd, diff_cmd, estimate_cmd, inspect_cmd, list_cmd, perplexity_cmd,
                quantize_cmd, recommend_cmd, run_cmd, scan_cmd)
 
 # Command modules, in the order `--help` lists them.
-COMMANDS = (list_cmd, inspect_cmd, scan_cmd, convert_cmd, quantize_cmd, diff_cmd, estimate_cmd, recommend_cmd, run_cmd,
+COMMANDS = (list_cmd, inspect_cmd, scan_cmd, check_cmd, convert_cmd, quantize_cmd, diff_cmd, estimate_cmd, recommend_cmd, run_cmd,
             chat_cmd, compare_cmd, perplexity_cmd)
 
 app = typer.Typer(

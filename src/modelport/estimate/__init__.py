@@ -15,8 +15,8 @@ from typing import Any
 
 from ..core.errors import UnsupportedError
 from .devices import DEVICES, Device, device_for, fits, parse_memory
-from .inference import (KV_TYPES, LADDER, ROWS, UBATCH, compute_buffer_bytes, gguf_types, header_bytes,
-                        kv_cache_bytes, weight_sizes)
+from .inference import (KV_TYPES, LADDER, ROWS, RUNTIME_BYTES, UBATCH, compute_buffer_bytes, default_ctx, gguf_types,
+                        header_bytes, hf_activation_bytes, kv_cache_bytes, running_memory_of_view, weight_sizes)
 from .model import Hyper, ModelView, hyper_from_config, load_view, tensors_from_config, view_of_source
 from .training import (LORA_TARGETS, METHODS, NF4_BYTES, OPTIMIZERS, activation_bytes, default_lora_targets,
                        lora_parameter_count, training_memory)
@@ -32,6 +32,12 @@ def estimate(model: str | os.PathLike, *, ctx: int | None = None, batch: int = 1
     return estimate_view(view, model=str(model), ctx=ctx, batch=batch, kv_type=kv_type, method=method,
                          lora_r=lora_r, lora_targets=lora_targets, seq_len=seq_len, train_batch=train_batch,
                          optimizer=optimizer, grad_checkpointing=grad_checkpointing, device=device, memory=memory)
+
+
+def running_memory(model: str | os.PathLike, engine: str = "llama", ctx: int | None = None, batch: int = 1,
+                   kv_type: str = "F16", ftype: str | None = None) -> dict[str, Any] | None:
+    """Peak resident memory of `modelport run` on `model` with `engine` ("llama" or "hf"); see `inference`."""
+    return running_memory_of_view(load_view(model), engine=engine, ctx=ctx, batch=batch, kv_type=kv_type, ftype=ftype)
 
 
 def estimate_view(view: ModelView, *, model: str = "", ctx: int | None = None, batch: int = 1, kv_type: str = "f16",
@@ -55,9 +61,10 @@ def estimate_view(view: ModelView, *, model: str = "", ctx: int | None = None, b
         ctx = ctx or min(hp.n_ctx_train or 4096, 4096)
         kv = kv_cache_bytes(hp, ctx, batch, kv_type)
         compute = compute_buffer_bytes(hp, ctx, batch)
+        runtime = RUNTIME_BYTES["llama"]
         report["inference"] = {
-            "ctx": ctx, "batch": batch, "kv_type": kv_type, "kv_cache": kv, "compute_buffer": compute,
-            "total": {f: row["bytes"] + kv + compute for f, row in sizes.items()},
+            "ctx": ctx, "batch": batch, "kv_type": kv_type, "kv_cache": kv, "compute_buffer": compute, "runtime": runtime,
+            "total": {f: row["bytes"] + kv + compute + runtime for f, row in sizes.items()},
         }
     else:
         report["inference"] = None
@@ -75,7 +82,8 @@ def estimate_view(view: ModelView, *, model: str = "", ctx: int | None = None, b
     return report
 
 
-__all__ = ["DEVICES", "KV_TYPES", "LADDER", "LORA_TARGETS", "METHODS", "NF4_BYTES", "OPTIMIZERS", "ROWS", "UBATCH",
+__all__ = ["DEVICES", "KV_TYPES", "LADDER", "LORA_TARGETS", "METHODS", "NF4_BYTES", "OPTIMIZERS", "ROWS", "RUNTIME_BYTES",
+           "UBATCH", "default_ctx", "hf_activation_bytes", "running_memory", "running_memory_of_view",
            "Device", "Hyper", "ModelView", "activation_bytes", "compute_buffer_bytes", "default_lora_targets",
            "device_for", "estimate", "estimate_view", "fits", "gguf_types", "header_bytes", "hyper_from_config",
            "kv_cache_bytes", "load_view", "lora_parameter_count", "parse_memory", "tensors_from_config",

@@ -7,8 +7,15 @@ quantizer's rules (`modelport.gguf.mixes`) and the ggml block geometry (`DTYPES[
 
 - KV cache (llama.cpp's): per layer and token, one K and one V row of n_head_kv * head_dim elements of the
   KV type; times ctx * batch (batch = independent sequences, each with the full context). GQA-aware by construction.
-- Compute buffer (approximation of llama.cpp's graph at n_ubatch = 512, no flash attention): F32 logits and the
-  attention score matrix dominate: 4 * ubatch * (n_vocab + n_head * ctx) bytes.
+- Compute buffer (llama.cpp's CPU graph at n_ubatch = 512, no flash attention), as the process really holds it while
+  generating: llama.cpp reserves 4 * ubatch * (max(n_vocab, n_head * ctx) + 3 * n_embd) bytes (99.38 MiB for SmolLM2
+  at ctx 2048, its own log to the byte), but the logits part is written for the last token only (`run` asks for no
+  other), so the pages touched are one micro-batch's F32 attention scores and hidden states plus one row of logits:
+  4 * ubatch * (n_head * ctx + 3 * n_embd) + 4 * n_vocab. Counting the reserved logits made the SmolLM2 estimate 50 %
+  high against `run`'s measured peak RSS (bench/run_memory.py).
+- Runtime: what the process holds before any model (Python, modelport and the engine's libraries), measured.
+- transformers (`running_memory(..., engine="hf")`): the runtime with torch, every weight in F32 (modelport's HF engine
+  loads float32), a F32 KV cache for the context and one prompt chunk's F32 activations.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ ROWS = ("F32", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_
 LADDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
 KV_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
 UBATCH = 512
+#: Peak RSS of the process before a model loads: Python, modelport and the engine's libraries (measured on Linux
+#: x86-64, CPU builds: `import llama_cpp, modelport.cli.main` 65 MB; with torch + transformers instead, 455 MB).
+RUNTIME_BYTES = {"llama": 65 * 10**6, "hf": 455 * 10**6}
 
 
 def _model_shape(view: ModelView) -> ModelShape:
@@ -88,6 +98,41 @@ def kv_cache_bytes(hp: Hyper, ctx: int, batch: int = 1, kv_type: str = "F16") ->
 
 
 def compute_buffer_bytes(hp: Hyper, ctx: int, batch: int = 1) -> int:
-    """Approximation (see the module docstring): F32 logits and attention scores of one micro-batch."""
+    """llama.cpp's compute memory while generating (see the module docstring): one micro-batch's attention scores and
+    hidden states, and the last token's logits per sequence."""
     ub = min(UBATCH, ctx * batch)
-    return 4 * ub * (hp.n_vocab + hp.n_head * ctx)
+    return 4 * ub * (hp.n_head * ctx + 3 * hp.n_embd) + 4 * hp.n_vocab * batch
+
+
+def hf_activation_bytes(hp: Hyper, ctx: int, batch: int = 1) -> int:
+    """transformers' F32 working set for one prompt chunk: hidden states, MLP intermediates, attention scores."""
+    ub = min(UBATCH, ctx)
+    return 4 * batch * ub * (2 * hp.n_embd + 2 * hp.n_ff + hp.n_head * ub) + 4 * hp.n_vocab * batch
+
+
+def default_ctx(hp: Hyper) -> int:
+    """The context `run` opens when none is given: the trained length (4096 when unknown)."""
+    return int(hp.n_ctx_train or 4096)
+
+
+def running_memory_of_view(view: ModelView, engine: str = "llama", ctx: int | None = None, batch: int = 1,
+                           kv_type: str = "F16", ftype: str | None = None) -> dict[str, Any] | None:
+    """Peak resident memory of `modelport run` on this model: {engine, ctx, parts, total}; None without a config.
+    `engine`: "llama" (llama.cpp on the GGUF: the file itself, or the `ftype` one) or "hf" (transformers, F32).
+    Calibrated against measured peak RSS (bench/run_memory.py)."""
+    hp = view.hyper
+    if hp is None:
+        return None
+    ctx = ctx or default_ctx(hp)
+    if engine == "hf":
+        parts = {"runtime": RUNTIME_BYTES["hf"], "weights": 4 * view.parameter_count,
+                 "kv_cache": kv_cache_bytes(hp, ctx, batch, "F32"), "activations": hf_activation_bytes(hp, ctx, batch)}
+    else:
+        if ftype is not None:
+            weights = weight_sizes(view, (ftype,))[ftype]["bytes"]
+        else:
+            weights = view.file_size if view.kind == "gguf" else weight_sizes(view, ("F16",))["F16"]["bytes"]
+        parts = {"runtime": RUNTIME_BYTES["llama"], "weights": weights, "kv_cache": kv_cache_bytes(hp, ctx, batch, kv_type),
+                 "compute_buffer": compute_buffer_bytes(hp, ctx, batch)}
+    return {"engine": "transformers" if engine == "hf" else "llama.cpp", "ctx": ctx, "parts": parts,
+            "total": sum(parts.values())}

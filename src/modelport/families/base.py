@@ -474,6 +474,16 @@ class Family:
                 out[template.format(bid=i)] = shape
         return out
 
+    def hf_tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """HF name -> shape of every parameter a checkpoint of this config holds (`tensor_shapes` mapped back through
+        `hf_name` and `gguf_shape`, tensors the converter computes left out): what `check` compares weights with."""
+        return {self.hf_name(name): self.gguf_shape(name, shape) for name, shape in self.tensor_shapes().items()
+                if name not in COMPUTED_TENSORS}
+
+    def is_ignored(self, hf_name: str) -> bool:
+        """Whether an HF tensor is one the family knows carries nothing llama.cpp uses (rotary buffers, ...)."""
+        return any(rx.fullmatch(hf_name) for rx in self._ignore)
+
     @classmethod
     def lora_gguf_kinds(cls, targets) -> set[str]:
         """The GGUF tensor kinds (`attn_q`, ...) of the HF modules named in `targets`, from the family's table."""

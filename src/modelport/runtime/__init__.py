@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 
-from ..core.errors import UnsupportedError
+from ..check import load_failure
+from ..core.errors import FormatError, ModelportError, UnsupportedError
 from ..core.source import ModelSource
 from ..opening import open as open_model
 from .base import Engine, Generation, Sampler, Sampling, TextStream
@@ -65,9 +66,14 @@ def load(path: str | os.PathLike, engine: str = "auto", ctx: int | None = None, 
         trained = (source.config or {}).get("max_position_embeddings")
         if ctx is not None and isinstance(trained, int) and ctx > trained:
             raise UnsupportedError(f"--ctx {ctx} is larger than the {trained} positions the model was trained for", path)
-        if engine == "llama" or (engine == "auto" and source.format == "gguf"):
-            return LlamaEngine(source, ctx=ctx, threads=threads)
-        return HFEngine(source, ctx=ctx)
+        try:
+            if engine == "llama" or (engine == "auto" and source.format == "gguf"):
+                return LlamaEngine(source, ctx=ctx, threads=threads)
+            return HFEngine(source, ctx=ctx)
+        except Exception as exc:   # the library's traceback or "could not load": say why, from `check`
+            if isinstance(exc, ModelportError) and not isinstance(exc, FormatError):
+                raise
+            raise load_failure(path, exc, trust=trust) from exc
     finally:
         source.close()
 
