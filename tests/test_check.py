@@ -14,10 +14,7 @@ from modelport import convert
 from modelport.check import ERROR, NOTE, WARNING, check
 from modelport.cli.main import main
 
-try:
-    from tests.factory import make_model
-except ImportError:
-    from tests.gguf.hf_models import make_model
+from tests.factory import make_model
 
 SMALL = dict(hidden=64, layers=3, heads=4, kv_heads=2, ffn=128)
 STYLE = {"llama": "llama3", "qwen2": "qwen2", "gemma": "spm", "gpt2": "gpt2", "phi3": "llama3"}
