@@ -24,7 +24,7 @@ def render(r: dict) -> None:
     for col in ("type", "file size", "GiB", "bpw"):
         table.add_column(col, justify="left" if col == "type" else "right", no_wrap=True)
     if inf:
-        table.add_column("+KV+compute", justify="right", no_wrap=True)
+        table.add_column("running", justify="right", no_wrap=True)   # + runtime, KV cache, compute buffer
     if dev:
         table.add_column(f"fits {dev['name']}", justify="center", no_wrap=True)
     table.add_column("tensor types")
@@ -40,7 +40,8 @@ def render(r: dict) -> None:
     console.print(table)
     if inf:
         console.print(f"KV cache: {human_bytes(inf['kv_cache'])} ({inf['kv_type']}, ctx {inf['ctx']}, batch {inf['batch']}); "
-                      f"compute buffer ≈ {human_bytes(inf['compute_buffer'])}")
+                      f"compute buffer ≈ {human_bytes(inf['compute_buffer'])}; llama.cpp runtime ≈ {human_bytes(inf['runtime'])}"
+                      " (running = weights + these)")
     else:
         console.print("KV cache: unknown (no config with layers and heads)")
     t = r.get("training")
