@@ -257,8 +257,22 @@ def _tiny(tmp_path, arch, name, **extra):
         return model, save_model(model, tmp_path / name)
 
 
-    from modelport.conversion.gguf_requantize import requantize
-    from modelport.gguf.convert import hf_to_gguf
+FAMILIES = {   # name -> (tests.factory family, config fields)
+    "llama": ("llama", {}),
+    "llama-tied-bias": ("llama", dict(tie_word_embeddings=True, attention_bias=True, mlp_bias=True, head_dim=32)),
+    "mistral": ("mistral", {}),
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", dict(head_dim=32)),
+    "gemma2": ("gemma2", dict(head_dim=16)),
+    "gemma3": ("gemma3", dict(head_dim=16, num_hidden_layers=6)),
+    "smollm3": ("smollm3", dict(pad_token_id=0, num_hidden_layers=4)),
+    "phi3": ("phi3", dict(pad_token_id=0, bos_token_id=1, eos_token_id=1)),
+    "mixtral": ("mixtral", dict(num_local_experts=4, num_experts_per_tok=2)),
+    "llama3.1-rope": ("llama", dict(max_position_embeddings=16384, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192})),
+    "gpt2": ("gpt2", dict(n_embd=64, n_layer=3, n_head=4, n_positions=128)),
+    "olmo2": ("olmo2", dict(pad_token_id=0)),
 }
 
 

@@ -14,7 +14,7 @@ from gguf import GGUFWriter
 from modelport.estimate import estimate
 from modelport.recommend import GOALS, recommend
 from tests.conftest import assert_one_line_error
-from tests.factory import random_model, save_model
+from tests.factory import random_model, save_model, save_tokenizer, train_tokenizer
 from tests.test_estimate import LLAMA2_7B, _tensors, _write_gguf, llama2_config  # noqa: F401 - a fixture
 
 
@@ -24,7 +24,16 @@ def tiny_hf(tmp_path):
         warnings.simplefilter("ignore")
         model = random_model("llama", hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                              num_key_value_heads=2, vocab_size=300)
-        return save_model(model, tmp_path / "tiny")
+        folder = save_model(model, tmp_path / "tiny")
+    save_tokenizer(train_tokenizer("gpt2", vocab_size=300), "gpt2", folder)     # what a GGUF command needs
+    return folder
+
+
+def test_no_command_that_would_fail_without_a_tokenizer(tiny_hf):
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tiny_hf / name).unlink()
+    cpu = recommend(tiny_hf, "cpu")
+    assert cpu["command"] is None and "tokenizer" in cpu["missing"] and "tokenizer" in " ".join(cpu["why"])
 
 
 def test_cpu_picks_the_best_quantization_that_fits(llama2_config):

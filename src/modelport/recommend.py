@@ -143,6 +143,7 @@ def recommend(model: str | os.PathLike, goal: str, *, device: str | None = None,
             why.append(note)
         if blocked.get("tokenizer") and fmt == "GGUF" and command and command.startswith("modelport convert"):
             why.append(blocked["tokenizer"])
+            command = None          # it would fail: only commands that would run are printed
         if blocked:
             extra["missing"] = blocked
         out.update({"format": fmt, "precision": precision, "size": size, "memory_needed": need,
