@@ -142,7 +142,7 @@ def test_progress_done_never_passes_total(folder, gguf, tmp_path, dst, options):
     convert(gguf if dst == "back" else folder, tmp_path / dst, verify=True, progress=counted, **options)
     names = [p[0] for p in counted.phases]
     assert names == ["quantizing" if options.get("quant") else "writing", "verifying"], counted.phases
-    for name, total, done in counted.phases:
+    for _name, total, done in counted.phases:
         assert total is None or done == total, counted.phases
     assert counted.phases[0][1] > 0
 

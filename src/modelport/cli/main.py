@@ -2,7 +2,8 @@
 
 Each command lives in its own module under `modelport.cli` and exposes `register(app)`.
 `--debug` and `-v/--verbose` are taken before or after the command name (`modelport inspect X --debug`),
-and `--json` before it too (`modelport --json inspect X`). Errors: a `ModelportError` prints one line and exits with its code (2 bad input, 1 a finding or a
+and `--json` before it too (`modelport --json inspect X`).
+Errors: a `ModelportError` prints one line and exits with its code (2 bad input, 1 a finding or a
 failed check); anything else is a bug and says so in one line unless `--debug` shows the traceback.
 """
 
@@ -15,9 +16,9 @@ import typer
 
 from .. import __version__
 from ..core.errors import ModelportError
-from .options import show_library_logs
 from . import (chat_cmd, compare_cmd, convert_cmd, diff_cmd, estimate_cmd, inspect_cmd, list_cmd, perplexity_cmd,
                quantize_cmd, recommend_cmd, run_cmd, scan_cmd)
+from .options import show_library_logs
 
 # Command modules, in the order `--help` lists them.
 COMMANDS = (list_cmd, inspect_cmd, scan_cmd, convert_cmd, quantize_cmd, diff_cmd, estimate_cmd, recommend_cmd, run_cmd,

@@ -69,7 +69,7 @@ class TensorProgress:
         self._lock = threading.Lock()
         self._shown = False
 
-    def __enter__(self) -> "TensorProgress":
+    def __enter__(self) -> TensorProgress:
         if self.enabled:
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
                                       TimeElapsedColumn(), console=err_console, transient=True)
