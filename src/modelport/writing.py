@@ -30,6 +30,14 @@ FOLDER_DEFAULT_SHARD = 5_000_000_000   # huggingface_hub's default max shard siz
 
 Progress = Callable[[TensorRef], None]
 
+
+def report_phase(progress: Progress | None, name: str, total: int | None = None) -> None:
+    """Tell `progress` what comes next ("writing", "quantizing", "verifying") and how many calls it will get
+    (None: unknown), when it has a `phase(name, total)` method; a plain callable is only called per tensor."""
+    phase = getattr(progress, "phase", None)
+    if phase is not None:
+        phase(name, total)
+
 #: Extensions that say "binary data", not a format: `--to` may write any format under them.
 GENERIC_SUFFIXES = (".bin", ".pb")
 
@@ -130,6 +138,7 @@ def write_tensors(refs: list[TensorRef], dst: Path, spec: FormatSpec, *, folder:
                   fill_folder: Callable[[Path], None] | None = None) -> list[str]:
     """Write `refs` atomically to the file `dst`, or to the folder `dst` (shards + index, then `fill_folder`
     adds side files). Returns the written paths, weights first."""
+    report_phase(progress, "writing", len(refs))
     if folder:
         with atomic_dir(dst, force) as tmp:
             written = write_set(spec, refs, tmp, max_size or FOLDER_DEFAULT_SHARD, metadata=metadata,
@@ -152,8 +161,10 @@ def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a.view(np.uint8), b.view(np.uint8))
 
 
-def verify_written(dst: Path, expected: list[TensorRef]) -> None:
-    """Re-open the output and check every tensor against what it was written from, bit for bit."""
+def verify_written(dst: Path, expected: list[TensorRef], progress: Progress | None = None) -> None:
+    """Re-open the output and check every tensor against what it was written from, bit for bit
+    (`progress` is called after each)."""
+    report_phase(progress, "verifying", len(expected))
     with open_model(dst) as out:
         for ref in expected:
             name = ref.name if ref.name in out.tensors else out.aliases.get(ref.name)
@@ -165,6 +176,8 @@ def verify_written(dst: Path, expected: list[TensorRef]) -> None:
                                   f"expected {ref.dtype}{list(ref.shape)}", dst)
             if not same_bytes(ref.read(), got.read()):
                 raise CheckFailed(f"verify: tensor {ref.name!r} differs after conversion", dst)
+            if progress is not None:
+                progress(ref)
 
 
 def as_refs(tensors: Mapping[str, object] | Iterable[TensorRef]) -> list[TensorRef]:

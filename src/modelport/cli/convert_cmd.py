@@ -8,7 +8,7 @@ import typer
 
 from ..conversion import convert
 from ..opening import open as open_model
-from .output import byte_progress, console, err_console, human_bytes, print_json, trust_option, verified_line
+from .output import TensorProgress, console, err_console, human_bytes, print_json, trust_option, verified_line
 
 
 def register(app: typer.Typer) -> None:
@@ -30,12 +30,11 @@ def register(app: typer.Typer) -> None:
         trust: bool = trust_option(),
     ) -> None:
         """Convert a model between formats (safetensors, PyTorch, NumPy, ... and HF folders)."""
-        with open_model(src, trust=trust) as source:   # opened (and scanned) once: convert() takes the source
-            total = sum(r.nbytes for r in source.values())
-            with byte_progress(total, f"converting {src.name}", enabled=not quiet and not as_json) as advance:
+        with TensorProgress(f"converting {src.name}", enabled=not quiet and not as_json) as progress:
+            progress.phase("reading")
+            with open_model(src, trust=trust) as source:   # opened (and scanned) once: convert() takes the source
                 result = convert(source, dst, to=to, dtype=dtype, shard_size=shard_size, force=force, verify=verify,
-                                 dequantize=dequantize, progress=lambda ref: advance(ref.nbytes), quant=quant,
-                                 config=config)
+                                 dequantize=dequantize, progress=progress, quant=quant, config=config)
         if as_json:
             print_json(result.__dict__)
             return

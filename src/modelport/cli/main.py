@@ -1,19 +1,24 @@
 """`modelport` entry point: the app, global flags, and the one place errors become exit codes.
 
 Each command lives in its own module under `modelport.cli` and exposes `register(app)`.
+`--debug` and `-v/--verbose` are taken before or after the command name (`modelport inspect X --debug`),
+and `--json` before it too (`modelport --json inspect X`).
 Errors: a `ModelportError` prints one line and exits with its code (2 bad input, 1 a finding or a
 failed check); anything else is a bug and says so in one line unless `--debug` shows the traceback.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import typer
 
+from .. import __version__
 from ..core.errors import ModelportError
 from . import (chat_cmd, check_cmd, compare_cmd, convert_cmd, diff_cmd, estimate_cmd, inspect_cmd, list_cmd, perplexity_cmd,
                quantize_cmd, recommend_cmd, run_cmd, scan_cmd)
+from .options import show_library_logs
 
 # Command modules, in the order `--help` lists them.
 COMMANDS = (list_cmd, inspect_cmd, scan_cmd, check_cmd, convert_cmd, quantize_cmd, diff_cmd, estimate_cmd, recommend_cmd, run_cmd,
@@ -23,17 +28,37 @@ app = typer.Typer(
     name="modelport",
     help="One tool for LLM model files: inspect, scan, convert, quantize, run, train.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_state = {"debug": False}
+_state = {"debug": False, "verbose": False}
+
+
+def _set_flag(ctx: typer.Context, param: typer.CallbackParam, value: bool) -> None:
+    """`--debug` / `--verbose` wherever given: either one lets the libraries' own logs through."""
+    if value:
+        _state[param.name] = True
+        show_library_logs(True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"modelport {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
-    _state["debug"] = debug
+def _root(
+    debug: bool = typer.Option(False, "--debug", callback=_set_flag, is_eager=True,
+                               help="Show full tracebacks on errors, and the libraries' own logs."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", callback=_set_flag, is_eager=True,
+                                 help="Show the libraries' own logs (llama.cpp, transformers)."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    pass
 
 
 def register_commands() -> None:
@@ -44,13 +69,42 @@ def register_commands() -> None:
         command.register(app)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build():
+    """The click command for `app`, with `--debug` and `-v/--verbose` accepted after each command name too."""
     register_commands()
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    group = typer.main.get_command(app)
+    flags = []
+    for param in group.params:   # the root's own --debug and --verbose, as typer built them
+        if param.name in _state:
+            flag = copy.copy(param)
+            flag.expose_value = False   # commands do not take them as arguments: the callback records them
+            flags.append(flag)
+    for command in group.commands.values():
+        command.params += flags
+    return group
+
+
+def hoist_json(argv: list[str]) -> list[str]:
+    """`modelport --json CMD ...` as `modelport CMD --json ...`: every global option is a flag, so the command
+    is the first word that does not start with a dash."""
+    lead = 0
+    while lead < len(argv) and argv[lead].startswith("-"):
+        lead += 1
+    if "--json" not in argv[:lead] or lead == len(argv):
+        return argv
+    before = [a for a in argv[:lead] if a != "--json"]
+    return [*before, argv[lead], "--json", *argv[lead + 1:]]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = hoist_json(list(argv if argv is not None else sys.argv[1:]))
+    command = build()
+    _state.update(debug=False, verbose=False)
+    show_library_logs(False)
     try:
-        code = app(args=argv, prog_name="modelport", standalone_mode=False)
+        code = command(args=argv, prog_name="modelport", standalone_mode=False)
     except ModelportError as exc:
-        if debug:
+        if _state["debug"]:
             raise
         print(f"modelport: {exc.cli_text()}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -66,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors (typer vendors click)
             exc.show()
             sys.exit(exc.exit_code)
-        if debug:
+        if _state["debug"]:
             raise
         print(f"modelport: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         sys.exit(3)

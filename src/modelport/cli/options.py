@@ -9,7 +9,17 @@ from typing import Optional
 import typer
 
 from ..core.errors import ModelportError
-from ..runtime import GenerationSettings, Sampling
+from ..runtime import GenerationSettings, Sampling, hf_engine, llama_engine
+
+# Set once by `main` from `--debug` / `-v` (before the command runs): the libraries' own logs go through.
+_library_logs = {"show": False}
+
+
+def show_library_logs(show: bool) -> None:
+    """`--verbose`/`--debug`: let llama.cpp's, transformers' and tokenizers' own logs and warnings through."""
+    _library_logs["show"] = show
+    llama_engine.show_logs(show)
+    hf_engine.show_logs(show)
 
 
 def engine_option():
@@ -52,10 +62,14 @@ def generation_settings(max_tokens: int, temperature: float, top_p: float, top_k
 
 
 def quiet_libraries() -> None:
-    """Keep the engines' own progress bars and warnings off the terminal (set before they are imported)."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    """Keep the engines' own progress bars, logs and warnings off the terminal (set before they are imported),
+    unless `--verbose`/`--debug` asked for them."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")   # else tokenizers warns when a process forks
+    if not _library_logs["show"]:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def read_text(path: Path) -> str:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from typing import Any, Iterator
+import threading
+from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console()
 err_console = Console(stderr=True)
@@ -50,16 +50,64 @@ def verified_line(result) -> str:
             f"(worst relative RMS error against the source: {worst})")
 
 
-@contextlib.contextmanager
-def byte_progress(total: int, description: str, enabled: bool = True) -> Iterator[Any]:
-    """A progress bar over bytes on stderr; yields `advance(nbytes)`. Hidden when not a terminal or disabled."""
-    if not enabled or not err_console.is_terminal:
-        yield lambda n: None
-        return
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=err_console, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+class TensorProgress:
+    """A progress bar on stderr counted in tensors, with the phase named (reading, writing, quantizing, verifying).
+
+    Pass it as a library call's `progress`: it is called once per tensor done, and its `phase(name, total)`
+    says what comes next (`total` None: no count, the bar only pulses). It shows nothing for work that ends
+    within `delay` seconds, nothing when stderr is not a terminal or it is disabled, and is gone when done."""
+
+    def __init__(self, label: str, enabled: bool = True, delay: float = 1.0):
+        self.label = label
+        self.enabled = enabled and err_console.is_terminal
+        self.delay = delay
+        self.done = 0
+        self.total: int | None = None
+        self._progress: Progress | None = None
+        self._task = None
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._shown = False
+
+    def __enter__(self) -> TensorProgress:
+        if self.enabled:
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
+                                      TimeElapsedColumn(), console=err_console, transient=True)
+            self._task = self._progress.add_task(self.label, total=None, count="")
+            self._timer = threading.Timer(self.delay, self._show)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def _show(self) -> None:
+        with self._lock:
+            if self._progress is not None and not self._shown:
+                self._shown = True
+                self._progress.start()
+
+    def __exit__(self, *exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        with self._lock:
+            if self._shown:
+                self._progress.stop()
+            self._progress = None
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        """Start counting `name` from zero, out of `total` tensors (None: unknown)."""
+        self.done, self.total = 0, total
+        self._update(description=f"{self.label}: {name}", total=total, completed=0)
+
+    def __call__(self, ref: Any = None) -> None:
+        """One tensor done."""
+        self.done += 1
+        self._update(completed=self.done)
+
+    def _update(self, **fields) -> None:
+        if self._progress is None:
+            return
+        count = f"{self.done}/{self.total} tensors" if self.total is not None else ""
+        self._progress.update(self._task, count=count, **fields)
 
 
 def trust_option():

@@ -8,7 +8,7 @@ import typer
 
 from ..conversion.gguf_requantize import requantize
 from ..opening import open as open_model
-from .output import byte_progress, console, human_bytes, print_json, trust_option, verified_line
+from .output import TensorProgress, console, human_bytes, print_json, trust_option, verified_line
 
 
 def register(app: typer.Typer) -> None:
@@ -27,11 +27,10 @@ def register(app: typer.Typer) -> None:
         trust: bool = trust_option(),
     ) -> None:
         """Quantize a GGUF model (same per-tensor types and bytes as llama.cpp's llama-quantize)."""
-        with open_model(src, trust=trust) as source:   # opened (and scanned) once; requantize checks it is GGUF
-            total = sum(t.nbytes for t in source.values())
-            with byte_progress(total, f"quantizing {src.name}", enabled=not quiet and not as_json) as advance:
-                result = requantize(source, dst, qtype, force=force, progress=lambda ref: advance(ref.nbytes),
-                                    verify=verify)
+        with TensorProgress(f"quantizing {src.name}", enabled=not quiet and not as_json) as progress:
+            progress.phase("reading")
+            with open_model(src, trust=trust) as source:   # opened (and scanned) once; requantize checks it is GGUF
+                result = requantize(source, dst, qtype, force=force, progress=progress, verify=verify)
         if as_json:
             print_json(result.__dict__)
             return

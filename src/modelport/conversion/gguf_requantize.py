@@ -20,8 +20,8 @@ from ..formats.gguf import write_gguf
 from ..gguf import mixes
 from ..gguf.convert import FLOAT_FTYPES, Planned, file_metadata, model_shape, parse_ftype, to_refs, verify_gguf
 from ..gguf.modelfile import modelfile_path, write_modelfile
-from ..writing import ConvertResult, check_output_name
-from .route import Request, opened
+from ..writing import ConvertResult, check_output_name, report_phase
+from .route import Request, opened, writing_phase
 
 
 def as_float32(ref: TensorRef):
@@ -64,7 +64,10 @@ def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qty
                 p.load = source.tensors[p.name].read
         meta.update(file_metadata(ftype, ftype not in FLOAT_FTYPES))
         with atomic_file(dst, force) as tmp:
+            report_phase(progress, writing_phase(planned), len(planned))
             write_gguf(to_refs(planned), tmp, metadata=meta, progress=progress)
+            if verify:
+                report_phase(progress, "verifying")
             errors = verify_gguf(planned, tmp) if verify else {}
         files = [str(dst)]
         if modelfile:

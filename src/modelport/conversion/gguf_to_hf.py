@@ -35,7 +35,7 @@ def write_gguf_as_hf(source: ModelSource, dst: Path, *, dtype: str | None = None
         if tok is not None:
             tok.save(folder)
         if verify:
-            verify_written(folder, refs)
+            verify_written(folder, refs, progress)
 
     files = write_tensors(refs, dst, registry.get("safetensors"), folder=True, max_size=parse_size(shard_size),
                           metadata={"format": "pt"}, force=force, progress=progress, fill_folder=side_files)

@@ -19,8 +19,8 @@ from ..formats.gguf import write_gguf
 from ..gguf.convert import load_config, parse_ftype, plan_hf, to_refs, verify_gguf
 from ..gguf.modelfile import modelfile_path, write_modelfile
 from ..gguf.tokenizer import TOKENIZER_FILES
-from ..writing import ConvertResult, check_output_name
-from .route import Request
+from ..writing import ConvertResult, check_output_name, report_phase
+from .route import Request, writing_phase
 
 
 def model_config(source: ModelSource, config_path: Path | None) -> tuple[dict | None, dict[str, Path]]:
@@ -50,7 +50,10 @@ def write_hf_as_gguf(source: ModelSource, dst: Path, *, quant: str | None = None
     check_output_name(dst, "gguf")
     plan = plan_hf(source, parse_ftype(quant), config, side)
     with atomic_file(dst, force) as tmp:
+        report_phase(progress, writing_phase(plan.tensors), len(plan.tensors))
         write_gguf(to_refs(plan.tensors), tmp, metadata=plan.metadata, progress=progress)
+        if verify:
+            report_phase(progress, "verifying")
         errors = verify_gguf(plan.tensors, tmp) if verify else {}
     files = [str(dst)]
     if modelfile:

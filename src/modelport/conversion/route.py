@@ -14,11 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ..core import dtypes
 from ..core.source import ModelSource
 from ..opening import open as open_model
 from ..writing import ConvertResult, Progress
 
 HF_TARGETS = ("hf", "huggingface")
+
+
+def writing_phase(planned) -> str:
+    """The progress phase for writing GGUF tensors planned with llama.cpp types: "quantizing" when any is quantized."""
+    return "quantizing" if any(dtypes.DTYPES[p.type].is_quantized for p in planned) else "writing"
 
 
 @dataclass

@@ -86,6 +86,6 @@ class WeightsRoute:
         result = ConvertResult(str(source.path), str(dst), spec.name, files, len(refs), sum(r.nbytes for r in refs),
                                aliases)
         if request.verify:
-            verify_written(dst, plan_refs(source, target_dtype, request.dequantize, spec))
+            verify_written(dst, plan_refs(source, target_dtype, request.dequantize, spec), request.progress)
             result.verified = True
         return result

@@ -15,6 +15,7 @@ from ..core.errors import UnsupportedError
 from .base import Engine, Generation, Sampling, TextStream, is_integer
 
 OnText = Callable[[str], None]
+Cancel = Callable[[], bool]      # asked after each token: True ends the answer there (a UI's Ctrl-C, a closed socket)
 
 
 @dataclass
@@ -78,14 +79,15 @@ class StopText:
 
 
 def stream_answer(engine: Engine, ids: list[int], settings: GenerationSettings,
-                  on_text: OnText | None = None) -> Generation:
+                  on_text: OnText | None = None, cancel: Cancel | None = None) -> Generation:
     """Generate the answer to the prompt `ids`, streaming its text to `on_text`; the full result.
 
     It ends at a stop token, a stop string (`result.stop_reason` "stop" for both), `max_tokens`
-    ("length") or a full context ("context")."""
+    ("length"), a full context ("context") or when `cancel()` says so ("cancelled": the text so far)."""
     result = Generation()
     stream = TextStream(engine.detokenize)
     cut = StopText(settings.stop)
+    cancelled = False
 
     def emit(piece: str) -> None:
         if piece and on_text:
@@ -96,10 +98,15 @@ def stream_answer(engine: Engine, ids: list[int], settings: GenerationSettings,
         emit(cut.feed(stream.push(token)))
         if cut.hit:
             break
+        if cancel is not None and cancel():
+            cancelled = True
+            break
     if not cut.hit:
         emit(cut.feed(stream.flush()) + cut.release())
     if cut.hit:
         result.stop_reason = "stop"
+    elif cancelled:
+        result.stop_reason = "cancelled"
     result.text = cut.text if cut.stops else engine.detokenize(result.tokens)
     return result
 
@@ -127,14 +134,15 @@ class Conversation:
             messages.append({"role": "user", "content": user_text})
         return messages
 
-    def send(self, text: str) -> Generation:
-        """Answer `text` as the next user turn (streamed to `on_text`) and remember both turns."""
+    def send(self, text: str, cancel: Cancel | None = None) -> Generation:
+        """Answer `text` as the next user turn (streamed to `on_text`) and remember both turns; an answer
+        cut short by `cancel` is remembered as far as it went (what the user saw)."""
         ids = self.engine.chat_ids(self.messages(text))
         room = self.engine.n_ctx - len(ids)
         if room < 1:
             raise ContextFullError(len(ids), self.engine.n_ctx)
         settings = replace(self.settings, max_tokens=min(self.settings.max_tokens, room))
-        result = stream_answer(self.engine, ids, settings, self.on_text)
+        result = stream_answer(self.engine, ids, settings, self.on_text, cancel)
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": result.text}]
         return result
 

@@ -10,7 +10,9 @@ CPU (bf16 matmuls are slow there and round differently).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import warnings
 
 import numpy as np
 
@@ -18,6 +20,29 @@ from ..core.errors import FormatError, MissingDependencyError
 from ..core.source import ModelSource, safe_member
 from .base import Engine
 from .chat_template import ChatTemplate, folder_of, template_for
+
+
+# transformers' and tokenizers' own warnings (deprecations, generation-config notes) stay off stderr unless
+# `show_logs(True)` (the CLI's `--verbose`/`--debug`).
+_logs = {"show": False}
+
+
+def show_logs(show: bool) -> None:
+    """Let transformers' logging and Python warnings from loading a model through (or keep them quiet: default)."""
+    _logs["show"] = show
+
+
+@contextlib.contextmanager
+def _library_logs(transformers):
+    """transformers at warning level with Python warnings shown when `show_logs(True)`, else errors only."""
+    if _logs["show"]:
+        transformers.logging.set_verbosity_warning()
+    else:
+        transformers.logging.set_verbosity_error()
+    with warnings.catch_warnings():
+        if not _logs["show"]:
+            warnings.simplefilter("ignore")
+        yield
 
 
 def _import():
@@ -38,22 +63,8 @@ class HFEngine(Engine):
         self._torch = torch
         path = source.path
         common = dict(local_files_only=True, trust_remote_code=False)
-        try:
-            if source.format == "gguf":
-                self.tokenizer = tf.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, **common)
-                self.model = tf.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                                     dtype=torch.float32, **common)
-            else:
-                folder = folder_of(source)
-                if not safe_member(folder, "config.json", "config").is_file():
-                    raise FormatError("transformers needs config.json beside the weights", folder)
-                self.tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), **common)
-                if path.is_dir() and source.format == "safetensors":
-                    self.model = tf.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **common)
-                else:
-                    self.model = self._from_tensors(tf, torch, source, folder, common)
-        except (OSError, ValueError, KeyError) as exc:
-            raise FormatError(f"transformers could not load this model ({str(exc).splitlines()[0]})", path) from None
+        with _library_logs(tf):
+            self._load(tf, torch, source, common)
         self.model.eval()
         config = self.model.config
         self.n_vocab = int(self.model.get_output_embeddings().weight.shape[0])
@@ -73,6 +84,25 @@ class HFEngine(Engine):
         self._has_logits_to_keep = "logits_to_keep" in params
         self._cache_arg = "cache" if "cache" in params else "past_key_values"   # renamed in transformers 5.x
         self._cache = None
+
+    def _load(self, tf, torch, source: ModelSource, common: dict) -> None:
+        path = source.path
+        try:
+            if source.format == "gguf":
+                self.tokenizer = tf.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, **common)
+                self.model = tf.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                                     dtype=torch.float32, **common)
+            else:
+                folder = folder_of(source)
+                if not safe_member(folder, "config.json", "config").is_file():
+                    raise FormatError("transformers needs config.json beside the weights", folder)
+                self.tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), **common)
+                if path.is_dir() and source.format == "safetensors":
+                    self.model = tf.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **common)
+                else:
+                    self.model = self._from_tensors(tf, torch, source, folder, common)
+        except (OSError, ValueError, KeyError) as exc:
+            raise FormatError(f"transformers could not load this model ({str(exc).splitlines()[0]})", path) from None
 
     @staticmethod
     def _from_tensors(tf, torch, source: ModelSource, folder, common):

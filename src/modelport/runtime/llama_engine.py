@@ -10,7 +10,9 @@ the model's own length.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 
 import numpy as np
 
@@ -18,6 +20,29 @@ from ..core.errors import FormatError, MissingDependencyError, UnsupportedError
 from ..core.source import ModelSource
 from .base import Engine
 from .chat_template import gguf_special_tokens, template_for
+
+
+# llama.cpp logs from C (model loading, cache notes such as "llama_kv_cache_iswa: using full-size SWA cache"),
+# some of them past llama-cpp-python's `verbose=False`: our own callback drops them unless `show_logs(True)`.
+_logs = {"show": False, "callback": None}
+
+
+def show_logs(show: bool) -> None:
+    """Let llama.cpp's own log lines through to stderr (the CLI's `--verbose`/`--debug`), or drop them (default)."""
+    _logs["show"] = show
+
+
+def _forward_log(level: int, text: bytes, user_data) -> None:
+    if _logs["show"] and text:
+        sys.stderr.write(text.decode("utf-8", errors="replace"))
+        sys.stderr.flush()
+
+
+def _install_log_callback(llama_cpp) -> None:
+    """Route llama.cpp's logging through `_forward_log` (the ctypes callback is kept alive here)."""
+    if _logs["callback"] is None:
+        _logs["callback"] = llama_cpp.llama_log_callback(_forward_log)
+    llama_cpp.llama_log_set(_logs["callback"], ctypes.c_void_p(0))
 
 
 def cores() -> int:
@@ -40,12 +65,13 @@ class LlamaEngine(Engine):
         except ImportError:
             raise MissingDependencyError("llama-cpp-python", "llama", "running a GGUF with llama.cpp") from None
         self._lib = llama_cpp
+        _install_log_callback(llama_cpp)
         config = source.config or {}
         n_ctx = int(ctx or config.get("max_position_embeddings") or 4096)
         threads = threads or cores()
         try:
             self.llm = llama_cpp.Llama(model_path=str(source.path), n_ctx=n_ctx, n_batch=min(512, n_ctx),
-                                       n_threads=threads, n_threads_batch=threads, verbose=False)
+                                       n_threads=threads, n_threads_batch=threads, verbose=_logs["show"])
         except ValueError as exc:
             raise FormatError(f"llama.cpp could not load this file ({exc})", source.path) from None
         self.threads = threads
