@@ -28,7 +28,7 @@ from modelport.conversion import convert
 from modelport.conversion.gguf_requantize import requantize
 from modelport.core.errors import ModelportError
 from modelport.samples import smollm2_gguf
-from tests.gguf.hf_models import make_model
+from tests.factory import make_model
 
 SOURCE_ROOT = str(Path(modelport.__file__).resolve().parents[1])
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
