@@ -38,6 +38,7 @@ def make_folder(layers: int) -> Path:
         return folder
     import torch
     from safetensors.torch import save_file
+
     from tests.factory import config, save_tokenizer, train_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from _harness import OUT, measure
 
 MODELPORT = "from modelport.inspection import inspect"

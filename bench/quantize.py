@@ -83,9 +83,9 @@ def main() -> None:
     for name in args.types.split(","):
         t_ours = t_ggml = float("inf")
         for _ in range(args.repeat):            # interleaved, so that both sides see the same machine load
-            t, ours = _best(lambda: quants.quantize(x, name, threads=args.threads), 1, clock)
+            t, ours = _best(lambda name=name: quants.quantize(x, name, threads=args.threads), 1, clock)
             t_ours = min(t_ours, t)
-            t, ref = _best(lambda: ggml_quantize(lib, x, name, args.threads), 1, clock)
+            t, ref = _best(lambda name=name: ggml_quantize(lib, x, name, args.threads), 1, clock)
             t_ggml = min(t_ggml, t)
         same = "equal" if np.array_equal(ours, ref) else "DIFFER"
         print(f"{name:6} {mw / t_ours:14.2f} {mw / t_ggml:10.2f} {t_ggml / t_ours:7.2f}  {same}", flush=True)

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from modelport import runtime                                          # noqa: E402
-from modelport.runtime import TextStream                               # noqa: E402
-from modelport.runtime.llama_engine import cores                       # noqa: E402
-from modelport.samples import smollm2_gguf                             # noqa: E402
+from modelport import runtime  # noqa: E402
+from modelport.runtime import TextStream  # noqa: E402
+from modelport.runtime.llama_engine import cores  # noqa: E402
+from modelport.samples import smollm2_gguf  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a short poem about the sea."}]
 CTX = 512

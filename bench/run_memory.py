@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from modelport.estimate import running_memory           # noqa: E402
-from modelport.samples import smollm2_gguf                # noqa: E402
+from modelport.estimate import running_memory  # noqa: E402
+from modelport.samples import smollm2_gguf  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 PROMPT = "Write a short poem about the sea, then explain what a metaphor is."

@@ -5,7 +5,6 @@ Each step prints the command, then runs it exactly as a user would type it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess

@@ -290,7 +290,7 @@ def make_model(folder: Path, arch: str, style: str, *, hidden: int = 256, layers
                             rope_theta=rope_theta, rope_scaling=rope_scaling, max_positions=max_positions, common=common)
     model = random_model(arch, seed, **fields)
     with torch.no_grad():   # norms away from 1 so that a wrong norm or missing tensor shows in the logits
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     if dtype is not None:

@@ -11,9 +11,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from modelport import convert
-from modelport.check import ERROR, NOTE, WARNING, check
+from modelport.check import NOTE, WARNING, check
 from modelport.cli.main import main
-
 from tests.factory import make_model
 
 SMALL = dict(hidden=64, layers=3, heads=4, kv_heads=2, ffn=128)

@@ -10,12 +10,10 @@ import warnings
 import numpy as np
 import peft
 import pytest
+
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 from gguf import quants as gq
-
-from modelport.core.dtypes import DTYPES
-from modelport.estimate import (LORA_TARGETS, ROWS, estimate, load_view, lora_parameter_count, tensors_from_config,
-                                training_memory)
+from modelport.estimate import LORA_TARGETS, ROWS, estimate, load_view, lora_parameter_count, tensors_from_config, training_memory
 from modelport.gguf import quants
 from modelport.gguf.mixes import FTYPES, ModelShape, choose_types
 from tests.conftest import assert_one_line_error

@@ -23,7 +23,6 @@ from modelport.cli import list_cmd
 from modelport.cli.main import app, main, register_commands
 from modelport.core.errors import FormatError, ModelportError, UnsafeFileError
 from modelport.core.source import cache_link, safe_member
-
 from tests.factory import CHATML, make_model
 
 REV = "0123456789abcdef0123456789abcdef01234567"

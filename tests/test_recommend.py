@@ -9,8 +9,8 @@ import warnings
 
 import numpy as np
 import pytest
-from gguf import GGUFWriter
 
+from gguf import GGUFWriter
 from modelport.estimate import estimate
 from modelport.recommend import GOALS, recommend
 from tests.conftest import assert_one_line_error

@@ -9,18 +9,18 @@ The Python API mirrors the CLI:
     modelport.diff("a.safetensors", "b.pt")
 """
 
+from .comparison import diff
+from .conversion import convert
 from .core.dtypes import DTYPES, DType
 from .core.errors import CheckFailed, FormatError, ModelportError, UnsafeFileError, UnsupportedError
 from .core.source import ModelSource
-from .opening import open
 from .core.tensor import TensorRef
-from .conversion import convert
-from .writing import save
-from .comparison import diff
-from .inspection import inspect
-from .security import scan
 from .estimate import estimate
+from .inspection import inspect
+from .opening import open
 from .recommend import recommend
+from .security import scan
+from .writing import save
 
 __all__ = ["open", "save", "convert", "diff", "inspect", "scan", "estimate", "recommend", "ModelSource", "TensorRef", "DType",
            "DTYPES", "ModelportError", "FormatError", "UnsafeFileError", "UnsupportedError", "CheckFailed"]

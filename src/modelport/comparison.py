@@ -90,7 +90,7 @@ class Named:
         self.tensors, self.aliases = tensors, aliases
 
     @classmethod
-    def of(cls, source: ModelSource) -> "Named":
+    def of(cls, source: ModelSource) -> Named:
         return cls(source.tensors, source.aliases)
 
     def names(self) -> list[str]:

@@ -21,10 +21,10 @@ from typing import Any
 from . import families
 from .conversion.hf_to_gguf import model_config
 from .core.errors import ModelportError, UnsupportedError
+from .estimate import LADDER, Device, ModelView, device_for, estimate_view, load_view, training_memory
 from .formats import registry
 from .gguf.tokenizer import TOKENIZER_FILES
 from .opening import open as open_model
-from .estimate import (LADDER, Device, ModelView, device_for, estimate_view, load_view, training_memory)
 
 GOALS = ("train", "serve-gpu", "cpu", "mobile", "cross-platform", "share")
 

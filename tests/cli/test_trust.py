@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 import torch
-from gguf import GGUFWriter
 
+from gguf import GGUFWriter
 from tests.conftest import assert_one_line_error
 
 

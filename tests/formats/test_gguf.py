@@ -10,11 +10,11 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as Q
-from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from gguf.quants import dequantize, quantize
 
 import modelport
+from gguf import GGMLQuantizationType as Q
+from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from modelport.core import dtypes
 from modelport.core.errors import FormatError, UnsupportedError
 from modelport.core.tensor import TensorRef

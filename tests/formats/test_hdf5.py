@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 import modelport
-from tests.fixtures.expected import fixture, load_expected
 from modelport.core import dtypes
 from modelport.core.errors import FormatError, UnsafeFileError
 from modelport.core.tensor import TensorRef
 from modelport.formats.hdf5 import write_hdf5
 from tests.conftest import measure_cost
+from tests.fixtures.expected import fixture, load_expected
 
 
 def _same(a, b):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-
 import ml_dtypes
 import numpy as np
 import pytest

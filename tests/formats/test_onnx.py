@@ -246,7 +246,7 @@ def test_lying_lengths_are_format_errors(tmp_path):
     cases["no data"] = _model([nodata])
     dup = _model([tensor, tensor])
     cases["duplicate names"] = dup
-    for what, model in cases.items():
+    for model in cases.values():
         path = tmp_path / "bad.onnx"
         path.write_bytes(model.SerializeToString())
         with pytest.raises(FormatError):

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 import modelport
-from modelport.formats.registry import open_file as read_only_reader  # the reader alone, without the scanner in front
 from modelport.core.errors import FormatError, UnsafeFileError, UnsupportedError
 from modelport.formats import torch as torchfmt
+from modelport.formats.registry import open_file as read_only_reader  # the reader alone, without the scanner in front
 
 
 def raw_bytes(t: torch.Tensor) -> np.ndarray:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modelport.core.errors import UnsupportedError
 from modelport import families as A
+from modelport.core.errors import UnsupportedError
 from tests.factory import random_model
 
 torch = pytest.importorskip("torch")  # dev dependency; the oracles below are transformers' own modules

@@ -260,8 +260,8 @@ def test_single_safetensors_file_with_config(models, tmp_path, cli):
 
 def test_streaming_reads_each_tensor_once(models, tmp_path):
     """The writer pulls tensors one at a time; each source tensor is read exactly once."""
-    from modelport.opening import open as open_model
     from modelport.gguf.convert import hf_to_gguf
+    from modelport.opening import open as open_model
 
     reads: dict[str, int] = {}
     with open_model(models("gpt2")) as source:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gguf import GGUFReader, GGUFWriter
 
+from gguf import GGUFReader, GGUFWriter
 from modelport.gguf import quants
 from modelport.gguf.mixes import FTYPES, ModelShape, allows_quantization, choose_types
 

@@ -9,7 +9,6 @@ and a second HF -> GGUF gives the same tokenizer metadata).
 from __future__ import annotations
 
 import json
-
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelport.conversion import convert
-from modelport.formats.gguf import open_gguf
 from modelport import families as architectures
+from modelport.conversion import convert
 from modelport.families.llama import Llama
+from modelport.formats.gguf import open_gguf
 from modelport.gguf.hf_tokenizer import from_gguf
 from tests.conftest import assert_one_line_error
 from tests.factory import CHATML, LLAMA3, PHI3, TEST_TEXT, long_rope, make_model

@@ -116,8 +116,9 @@ def test_chat_template_from_tokenizer_config_and_named_templates(tmp_path):
 @pytest.mark.parametrize("style", ["gpt2", "llama3", "qwen2", "spm"])
 def test_llama_cpp_tokenizes_like_hf(tmp_path, style):
     llama_cpp = pytest.importorskip("llama_cpp")  # optional heavy dependency (compiled llama.cpp)
-    from modelport.formats.gguf import write_gguf
     import numpy as np
+
+    from modelport.formats.gguf import write_gguf
 
     d = _folder(tmp_path, style)
     hf = transformers.AutoTokenizer.from_pretrained(d)
@@ -144,6 +145,7 @@ def test_sentencepiece_model_file_tokenizes_like_sentencepiece(tmp_path):
     spm = pytest.importorskip("sentencepiece")  # optional: only makes the fixture (not a modelport dependency)
     llama_cpp = pytest.importorskip("llama_cpp")  # optional heavy dependency (compiled llama.cpp)
     import numpy as np
+
     from modelport.formats.gguf import write_gguf
     from tests.factory import CORPUS
 

@@ -95,7 +95,7 @@ def test_streaming_pieces_add_up_and_arrive_early(engine, oracle):
 
 
 def test_stream_never_splits_utf8():
-    tok_bytes = {1: "caf".encode(), 2: "é".encode()[:1], 3: "é".encode()[1:], 4: " 東".encode()[:2], 5: " 東".encode()[2:]}
+    tok_bytes = {1: b"caf", 2: "é".encode()[:1], 3: "é".encode()[1:], 4: " 東".encode()[:2], 5: " 東".encode()[2:]}
 
     def detok(ids):
         return b"".join(tok_bytes[i] for i in ids).decode("utf-8", errors="replace")

@@ -4,9 +4,9 @@ and (for chat) a model without a chat template."""
 from __future__ import annotations
 
 import pytest
-from gguf import GGUFWriter
 
 import modelport
+from gguf import GGUFWriter
 from modelport import runtime
 from modelport.core.errors import UnsupportedError
 from tests.factory import chat_model

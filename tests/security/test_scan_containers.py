@@ -86,9 +86,10 @@ def test_benign_tar_and_nested_zip_are_clean(tmp_path):
 
 
 def test_safetensors_trailing_bytes_and_gguf_trailing(tmp_path):
-    import gguf
     import numpy as np
     from safetensors.numpy import save_file
+
+    import gguf
     save_file({"x": np.ones(4, np.float32)}, str(tmp_path / "a.safetensors"))
     assert scan(tmp_path / "a.safetensors").verdict == SAFE
     with open(tmp_path / "a.safetensors", "ab") as f:

@@ -6,7 +6,6 @@ onnx and h5py make the benign files); samples are only ever handed to the scanne
 
 from __future__ import annotations
 
-
 import pytest
 
 from modelport.security import DANGEROUS, SAFE, scan

@@ -15,15 +15,24 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
 
 from .. import runtime
 from ..core.errors import UnsupportedError
-from .options import (ctx_option, engine_option, generation_settings, max_tokens_option, quiet_libraries, seed_option,
-                      stop_option, temperature_option, top_k_option, top_p_option)
+from .options import (
+    ctx_option,
+    engine_option,
+    generation_settings,
+    max_tokens_option,
+    quiet_libraries,
+    seed_option,
+    stop_option,
+    temperature_option,
+    top_k_option,
+    top_p_option,
+)
 from .output import err_console, trust_option, write
 
 EXIT_COMMANDS = ("/exit", "/quit", "/bye")
@@ -41,15 +50,15 @@ def register(app: typer.Typer) -> None:
     @app.command("chat")
     def chat_cmd(
         model: Path = typer.Argument(..., help="GGUF file, Hugging Face folder, or weights file with a config beside it."),
-        system: Optional[str] = typer.Option(None, "--system", help="System message (else the template's own default)."),
+        system: str | None = typer.Option(None, "--system", help="System message (else the template's own default)."),
         max_tokens: int = max_tokens_option(512, "Most tokens per answer."),
         temperature: float = temperature_option(),
         top_p: float = top_p_option(),
         top_k: int = top_k_option(),
-        seed: Optional[int] = seed_option(),
+        seed: int | None = seed_option(),
         engine: str = engine_option(),
-        ctx: Optional[int] = ctx_option(),
-        stop: Optional[list[str]] = stop_option(),
+        ctx: int | None = ctx_option(),
+        stop: list[str] | None = stop_option(),
         stats: bool = typer.Option(False, "--stats", help="After each answer, print token counts and speed on stderr."),
         trust: bool = trust_option(),
     ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -29,11 +28,11 @@ def register(app: typer.Typer) -> None:
     def compare_cmd(
         a: Path = typer.Argument(..., help="Model A (its tokenizer is used)."),
         b: Path = typer.Argument(..., help="Model B (may be the same file in another engine)."),
-        prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="UTF-8 text to score (default: a built-in paragraph)."),
+        prompt_file: Path | None = typer.Option(None, "--prompt-file", help="UTF-8 text to score (default: a built-in paragraph)."),
         tokens: int = typer.Option(256, "--tokens", help="Compare on the first N tokens of the text."),
         engine_a: str = typer.Option("auto", "--engine-a", help="Engine for A: auto, llama or hf."),
         engine_b: str = typer.Option("auto", "--engine-b", help="Engine for B: auto, llama or hf."),
-        ctx: Optional[int] = typer.Option(None, "--ctx", help="Context length for both engines."),
+        ctx: int | None = typer.Option(None, "--ctx", help="Context length for both engines."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
         trust: bool = trust_option(),
     ) -> None:

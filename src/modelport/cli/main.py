@@ -16,8 +16,21 @@ import typer
 
 from .. import __version__
 from ..core.errors import ModelportError
-from . import (chat_cmd, check_cmd, compare_cmd, convert_cmd, diff_cmd, estimate_cmd, inspect_cmd, list_cmd, perplexity_cmd,
-               quantize_cmd, recommend_cmd, run_cmd, scan_cmd)
+from . import (
+    chat_cmd,
+    check_cmd,
+    compare_cmd,
+    convert_cmd,
+    diff_cmd,
+    estimate_cmd,
+    inspect_cmd,
+    list_cmd,
+    perplexity_cmd,
+    quantize_cmd,
+    recommend_cmd,
+    run_cmd,
+    scan_cmd,
+)
 from .options import show_library_logs
 
 # Command modules, in the order `--help` lists them.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -54,8 +53,8 @@ def stop_option():
     return typer.Option(None, "--stop", help="End the answer where this text appears (repeatable; not printed).")
 
 
-def generation_settings(max_tokens: int, temperature: float, top_p: float, top_k: int, seed: Optional[int],
-                        stop: Optional[list[str]], ignore_eos: bool = False) -> GenerationSettings:
+def generation_settings(max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None,
+                        stop: list[str] | None, ignore_eos: bool = False) -> GenerationSettings:
     """The options above as the runtime takes them; the runtime checks the values (a bad one exits 2)."""
     sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     return GenerationSettings(max_tokens=max_tokens, sampling=sampling, stop=tuple(stop or ()), ignore_eos=ignore_eos)

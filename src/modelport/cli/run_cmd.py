@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from .. import runtime
 from ..core.errors import UnsupportedError
-from .options import (ctx_option, engine_option, generation_settings, max_tokens_option, quiet_libraries, seed_option,
-                      stop_option, temperature_option, top_k_option, top_p_option)
+from .options import (
+    ctx_option,
+    engine_option,
+    generation_settings,
+    max_tokens_option,
+    quiet_libraries,
+    seed_option,
+    stop_option,
+    temperature_option,
+    top_k_option,
+    top_p_option,
+)
 from .output import print_json, trust_option, write
 
 
@@ -19,18 +28,18 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
         model: Path = typer.Argument(..., help="GGUF file, Hugging Face folder, or weights file with a config beside it."),
-        prompt: Optional[str] = typer.Option(None, "-p", "--prompt", help="The prompt (read from stdin when left out)."),
-        system: Optional[str] = typer.Option(None, "--system", help="System message (else the template's own default)."),
+        prompt: str | None = typer.Option(None, "-p", "--prompt", help="The prompt (read from stdin when left out)."),
+        system: str | None = typer.Option(None, "--system", help="System message (else the template's own default)."),
         max_tokens: int = max_tokens_option(256, "Most tokens to generate."),
         temperature: float = temperature_option(),
         top_p: float = top_p_option(),
         top_k: int = top_k_option(),
-        seed: Optional[int] = seed_option(),
+        seed: int | None = seed_option(),
         engine: str = engine_option(),
-        ctx: Optional[int] = ctx_option(),
+        ctx: int | None = ctx_option(),
         raw: bool = typer.Option(False, "--raw", help="Send the prompt as plain text, without the chat template."),
         ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Do not stop at end-of-turn tokens (benchmarks)."),
-        stop: Optional[list[str]] = stop_option(),
+        stop: list[str] | None = stop_option(),
         as_json: bool = typer.Option(False, "--json", help="Print the full result (text, token counts, timings) as JSON."),
         trust: bool = trust_option(),
     ) -> None:

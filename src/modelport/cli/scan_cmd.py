@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List
 
 import typer
 from rich.markup import escape
@@ -23,7 +22,7 @@ LIST_ALL_UP_TO = 20   # a small scan lists every file; a big tree lists the flag
 def register(app: typer.Typer) -> None:
     @app.command("scan")
     def scan_cmd(
-        paths: List[Path] = typer.Argument(..., help="Files or folders (scanned recursively)."),
+        paths: list[Path] = typer.Argument(..., help="Files or folders (scanned recursively)."),
         as_json: bool = typer.Option(False, "--json", help="Print verdicts and findings as JSON."),
         severity: str = typer.Option("suspicious", "--severity", help="Show findings at or above: suspicious|dangerous."),
         show_all: bool = typer.Option(False, "--all", help=f"List every file (by default past {LIST_ALL_UP_TO} files "

@@ -76,7 +76,7 @@ class ModelSource:
             closer()
         self.closers.clear()
 
-    def __enter__(self) -> "ModelSource":
+    def __enter__(self) -> ModelSource:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -73,7 +73,7 @@ class TensorRef:
             raise UnsupportedError(f"tensor {self.name!r}: {self.dtype.name} tensor without its raw blocks", self.file)
         return self.raw_loader()
 
-    def derive(self, loader: Callable[[], np.ndarray], **changes) -> "TensorRef":
+    def derive(self, loader: Callable[[], np.ndarray], **changes) -> TensorRef:
         """A new lazy ref computed from this one (new loader; dtype/shape/name as changed).
 
         The raw blocks stay only while the dtype does: a ref cast or dequantized to another type has none."""

@@ -15,11 +15,32 @@ from typing import Any
 
 from ..core.errors import UnsupportedError
 from .devices import DEVICES, Device, device_for, fits, parse_memory
-from .inference import (KV_TYPES, LADDER, ROWS, RUNTIME_BYTES, UBATCH, compute_buffer_bytes, default_ctx, gguf_types,
-                        header_bytes, hf_activation_bytes, kv_cache_bytes, running_memory_of_view, weight_sizes)
+from .inference import (
+    KV_TYPES,
+    LADDER,
+    ROWS,
+    RUNTIME_BYTES,
+    UBATCH,
+    compute_buffer_bytes,
+    default_ctx,
+    gguf_types,
+    header_bytes,
+    hf_activation_bytes,
+    kv_cache_bytes,
+    running_memory_of_view,
+    weight_sizes,
+)
 from .model import Hyper, ModelView, hyper_from_config, load_view, tensors_from_config, view_of_source
-from .training import (LORA_TARGETS, METHODS, NF4_BYTES, OPTIMIZERS, activation_bytes, default_lora_targets,
-                       lora_parameter_count, training_memory)
+from .training import (
+    LORA_TARGETS,
+    METHODS,
+    NF4_BYTES,
+    OPTIMIZERS,
+    activation_bytes,
+    default_lora_targets,
+    lora_parameter_count,
+    training_memory,
+)
 
 
 def estimate(model: str | os.PathLike, *, ctx: int | None = None, batch: int = 1, kv_type: str = "f16",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.sizes import parse_size
 from ..core.errors import UnsupportedError
+from ..core.sizes import parse_size
 
 GiB = 1 << 30
 

@@ -27,7 +27,6 @@ import numpy as np
 from ..core.errors import FormatError, UnsupportedError
 from ..core.tensor import TensorRef
 
-
 # --- typed metadata values ----------------------------------------------------------------------
 
 def u32(v) -> np.uint32:

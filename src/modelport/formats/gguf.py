@@ -572,7 +572,7 @@ def write_gguf(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = 
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for ref, qtype, nbytes in plan:
+        for ref, _qtype, nbytes in plan:
             if ref.dtype.is_quantized:
                 data = np.ascontiguousarray(np.asarray(ref.read_raw()).view(np.uint8)).reshape(-1)
             else:

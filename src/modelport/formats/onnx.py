@@ -27,11 +27,11 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core import dtypes
+from ..core import protobuf as pb
 from ..core.errors import FormatError, UnsupportedError, require
 from ..core.packing import unpack_nibbles
 from ..core.source import ModelSource, safe_member
 from ..core.tensor import TensorRef
-from ..core import protobuf as pb
 from .registry import FormatSpec
 
 MAX_GRAPH_DEPTH = 32
@@ -432,7 +432,7 @@ def _external_file(folder: Path, info: dict[str, str], name: str, path: Path) ->
     return target, offset, length
 
 
-def _scan(path: Path) -> "_Scan":
+def _scan(path: Path) -> _Scan:
     """Walk the model's protobuf once (bounds-checked, nothing copied but small typed fields)."""
     size = path.stat().st_size
     require(size > 0, "empty file", path)

@@ -56,7 +56,7 @@ class _Flat:
         self.check(pos, struct.calcsize(fmt), what)
         return struct.unpack_from("<" + fmt, self.buf, pos)[0]
 
-    def table(self, pos: int, what: str) -> "_Table":
+    def table(self, pos: int, what: str) -> _Table:
         self.check(pos, 4, what)
         vt = pos - self.u("i", pos, what)
         vt_size = self.u("H", vt, f"{what} vtable")
@@ -112,7 +112,7 @@ class _Table:
         start, n = self.fb.vector(at, struct.calcsize(fmt), f"{self.what} vector")
         return np.frombuffer(self.fb.buf, dtype=np.dtype("<" + fmt), count=n, offset=start)
 
-    def tables(self, slot: int, what: str) -> list["_Table"]:
+    def tables(self, slot: int, what: str) -> list[_Table]:
         at = self.ref(slot)
         if at is None:
             return []

@@ -113,7 +113,7 @@ class Storage(_Frozen):
     stype: StorageType
     numel: int
     location: str
-    root: "Storage | None" = None
+    root: Storage | None = None
     elem_offset: int = 0
 
 

@@ -46,7 +46,8 @@ _PAD = re.compile(r"\[PAD(\d+)\]")
 
 
 def _pre_tokenizer(group: str):
-    from tokenizers import Regex, pre_tokenizers as pt
+    from tokenizers import Regex
+    from tokenizers import pre_tokenizers as pt
 
     if group == "gpt2":
         return pt.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)

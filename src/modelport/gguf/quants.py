@@ -624,8 +624,8 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None) -> np.ndarray:
     n = data.shape[-1]
     lead = data.shape[:-1]
     if name in ("F32", "F16", "BF16"):
-        from gguf.quants import quantize as gq
         from gguf.constants import GGMLQuantizationType
+        from gguf.quants import quantize as gq
         res = gq(np.ascontiguousarray(data, dtype=_F), GGMLQuantizationType[name])
         return np.ascontiguousarray(res).view(np.uint8).reshape(*lead, -1)
     dt = DTYPES[name]

@@ -334,7 +334,7 @@ def _from_sentencepiece(model_path: Path, tj: dict | None) -> Vocab:
             scores.append(score)
             types.append(ptype if ptype in (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE) else NORMAL)
         elif fnum == 3 and wire == pb.LEN:   # normalizer_spec
-            for f2, w2, a2, b2 in pb.fields(data, a, b, model_path):
+            for f2, w2, a2, _ in pb.fields(data, a, b, model_path):
                 if f2 == 3 and w2 == pb.VARINT:
                     add_dummy_prefix = bool(a2)
     if not tokens:

@@ -21,7 +21,6 @@ from ..core.source import ModelSource, safe_member
 from .base import Engine
 from .chat_template import ChatTemplate, folder_of, template_for
 
-
 # transformers' and tokenizers' own warnings (deprecations, generation-config notes) stay off stderr unless
 # `show_logs(True)` (the CLI's `--verbose`/`--debug`).
 _logs = {"show": False}

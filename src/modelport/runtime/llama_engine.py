@@ -21,7 +21,6 @@ from ..core.source import ModelSource
 from .base import Engine
 from .chat_template import gguf_special_tokens, template_for
 
-
 # llama.cpp logs from C (model loading, cache notes such as "llama_kv_cache_iswa: using full-size SWA cache"),
 # some of them past llama-cpp-python's `verbose=False`: our own callback drops them unless `show_logs(True)`.
 _logs = {"show": False, "callback": None}
