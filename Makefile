@@ -1,4 +1,4 @@
-# Two commands for a fresh machine: `make demo` (set up .venv, run the demo) and `make test`.
+# Two commands for a fresh machine: `make demo` (set up .venv, run the demo) and `make test` (ruff, then pytest).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -25,6 +25,7 @@ demo: setup
 	$(PY) scripts/demo.py
 
 test: setup
+	$(PY) -m ruff check src tests bench scripts
 	$(PY) -m pytest
 
 # Anchor tools for the side-by-side benches (not needed by the tests). modelscan pins rich<15; it runs fine on 15.

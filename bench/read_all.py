@@ -45,7 +45,8 @@ for a in load_file({str(st_path)!r}).values():
     ]
     table(f"Read all tensors of a {size:.2f} GB f16 model (warm cache, best of 3)", rows, "torch.load(weights_only=True) .bin")
     d = dict(rows)
-    print(f"\nmodelport .bin vs torch.load: {d['torch.load(weights_only=True) .bin']['seconds'] / d['modelport .bin']['seconds']:.1f}x faster (target >= 5x)")
+    speedup = d["torch.load(weights_only=True) .bin"]["seconds"] / d["modelport .bin"]["seconds"]
+    print(f"\nmodelport .bin vs torch.load: {speedup:.1f}x faster (target >= 5x)")
     fastest = min(d["safetensors safe_open(np) .safetensors"]["seconds"], d["safetensors load_file(pt) .safetensors"]["seconds"])
     print(f"modelport .bin vs the safetensors library's fastest path on the same weights: "
           f"{d['modelport .bin']['seconds'] / fastest:.2f}x its time (target <= 1.5x)")

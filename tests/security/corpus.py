@@ -155,7 +155,7 @@ def _keras_config(lambda_layer: bool) -> dict:
               {"class_name": "Dense", "config": {"name": "d", "units": 2, "activation": "relu"}}]
     if lambda_layer:
         layers.append({"class_name": "Lambda", "config": {
-            "name": "lam", "function": ["4wEAAAAAAAAAAAAAAAEAAAACAAAAQwAAAHMIAAAAdABkAYMBUwApAk7aAmlkKQHaBGV4ZWMpAdoBeKkAcgQAAAD6AHIFAAAAAQAAAHMAAAAA", None, None],
+            "name": "lam", "function": ["4wEAAAAAAAAAAAAAAAEAAAACAAAAQwAAAHMIAAAAdABkAYMBUwApAk7aAmlkKQHaBGV4ZWMpAdoBeKkAcgQAAAD6AHIFAAAAAQAAAHMAAAAA", None, None],  # noqa: E501 - a real Keras Lambda payload
             "function_type": "lambda", "module": "__main__"}})
     return {"class_name": "Sequential", "config": {"name": "seq", "layers": layers}, "keras_version": "2.15.0",
             "backend": "tensorflow"}

@@ -314,7 +314,9 @@ def _write_ndarray(f, arr: np.ndarray) -> None:
     shape = b"".join(_int(d) for d in arr.shape)
     head = b"\x93" + _container(arr.ndim, 0x90, 0xDC, 0xDD) + shape + _str(arr.dtype.name) + _sized(arr.nbytes, 0xC4, 0xC5, 0xC6)
     length = len(head) + arr.nbytes
-    f.write(_sized(length, 0xC7, 0xC8, 0xC9) + b"\x01" if length not in (1, 2, 4, 8, 16) else bytes([0xD4 + (1, 2, 4, 8, 16).index(length)]) + b"\x01")
+    fixed = (1, 2, 4, 8, 16)
+    ext = bytes([0xD4 + fixed.index(length)]) if length in fixed else _sized(length, 0xC7, 0xC8, 0xC9)
+    f.write(ext + b"\x01")
     f.write(head)
     f.write(memoryview(np.ascontiguousarray(arr.reshape(-1)).view(np.uint8)))
 

@@ -351,7 +351,8 @@ def _loader(state: dict, name: str, h5name: str, dtype: dtypes.DType, stored: np
         if stored.byteorder == ">":
             arr = arr.astype(stored.newbyteorder("="))
         if arr.dtype != dtype.numpy:
-            arr = arr.view(dtype.numpy) if arr.dtype.itemsize == dtype.numpy.itemsize and arr.dtype.kind in "uiV" else arr.astype(dtype.numpy)
+            same_bits = arr.dtype.itemsize == dtype.numpy.itemsize and arr.dtype.kind in "uiV"
+            arr = arr.view(dtype.numpy) if same_bits else arr.astype(dtype.numpy)
         return arr
     return load
 

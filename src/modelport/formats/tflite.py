@@ -180,7 +180,9 @@ def open_tflite(path: Path) -> ModelSource:
         if name and index < len(buffers):
             start, n = buffer_range(index)
             raw = bytes(data[start:start + min(n, 256)])
-            metadata[name] = raw.decode("ascii").rstrip("\0") if n <= 256 and raw.rstrip(b"\0").isascii() and raw.rstrip(b"\0").decode("ascii").isprintable() else f"<{n} bytes>"
+            text = raw.rstrip(b"\0")
+            printable = n <= 256 and text.isascii() and text.decode("ascii").isprintable()
+            metadata[name] = raw.decode("ascii").rstrip("\0") if printable else f"<{n} bytes>"
 
     cache: list = [data]
 

@@ -78,5 +78,5 @@ def load(path: str | os.PathLike, engine: str = "auto", ctx: int | None = None, 
         source.close()
 
 
-__all__ = ["load", "check_generates", "Engine", "Generation", "Sampler", "Sampling", "TextStream", "ChatTemplate", "template_for", "ENGINES",
-           "Conversation", "ContextFullError", "GenerationSettings", "stream_answer", "HFEngine", "LlamaEngine"]
+__all__ = ["load", "check_generates", "Engine", "Generation", "Sampler", "Sampling", "TextStream", "ChatTemplate",
+           "template_for", "ENGINES", "Conversation", "ContextFullError", "GenerationSettings", "stream_answer", "HFEngine", "LlamaEngine"]
