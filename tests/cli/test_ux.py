@@ -143,7 +143,7 @@ def test_progress_done_never_passes_total(folder, gguf, tmp_path, dst, options):
     names = [p[0] for p in counted.phases]
     assert names == ["quantizing" if options.get("quant") else "writing", "verifying"], counted.phases
     for _name, total, done in counted.phases:
-        assert total is None or done == total, counted.phases
+        assert total is not None and done == total, counted.phases
     assert counted.phases[0][1] > 0
 
 
@@ -153,7 +153,7 @@ def test_progress_requantize(folder, tmp_path):
     counted = Counted()
     requantize(f32, tmp_path / "q.gguf", "Q4_K_M", verify=True, progress=counted)
     assert counted.phases[0][0] == "quantizing" and counted.phases[0][1] == counted.phases[0][2] > 0
-    assert counted.phases[1][0] == "verifying"
+    assert counted.phases[1][0] == "verifying" and counted.phases[1][1] == counted.phases[1][2] > 0   # counted per tensor
 
 
 def test_plain_callable_progress_still_works(folder, tmp_path):

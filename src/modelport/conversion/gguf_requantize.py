@@ -67,8 +67,8 @@ def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qty
             report_phase(progress, writing_phase(planned), len(planned))
             write_gguf(to_refs(planned), tmp, metadata=meta, progress=progress)
             if verify:
-                report_phase(progress, "verifying")
-            errors = verify_gguf(planned, tmp) if verify else {}
+                report_phase(progress, "verifying", len(planned))
+            errors = verify_gguf(planned, tmp, progress) if verify else {}
         files = [str(dst)]
         if modelfile:
             mf = modelfile_path(dst)

@@ -53,8 +53,8 @@ def write_hf_as_gguf(source: ModelSource, dst: Path, *, quant: str | None = None
         report_phase(progress, writing_phase(plan.tensors), len(plan.tensors))
         write_gguf(to_refs(plan.tensors), tmp, metadata=plan.metadata, progress=progress)
         if verify:
-            report_phase(progress, "verifying")
-        errors = verify_gguf(plan.tensors, tmp) if verify else {}
+            report_phase(progress, "verifying", len(plan.tensors))
+        errors = verify_gguf(plan.tensors, tmp, progress) if verify else {}
     files = [str(dst)]
     if modelfile:
         mf = modelfile_path(dst)

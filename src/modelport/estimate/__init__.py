@@ -79,7 +79,7 @@ def estimate_view(view: ModelView, *, model: str = "", ctx: int | None = None, b
         "hyperparameters": asdict(hp) if hp else None, "weights": sizes,
     }
     if hp is not None:
-        ctx = ctx or min(hp.n_ctx_train or 4096, 4096)
+        ctx = ctx or min(hp.n_ctx or 4096, 4096)
         kv = kv_cache_bytes(hp, ctx, batch, kv_type)
         compute = compute_buffer_bytes(hp, ctx, batch)
         runtime = RUNTIME_BYTES["llama"]

@@ -112,7 +112,7 @@ def hf_activation_bytes(hp: Hyper, ctx: int, batch: int = 1) -> int:
 
 def default_ctx(hp: Hyper) -> int:
     """The context `run` opens when none is given: the trained length (4096 when unknown)."""
-    return int(hp.n_ctx_train or 4096)
+    return int(hp.n_ctx or 4096)
 
 
 def running_memory_of_view(view: ModelView, engine: str = "llama", ctx: int | None = None, batch: int = 1,

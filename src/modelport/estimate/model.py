@@ -17,6 +17,7 @@ from pathlib import Path
 from .. import families
 from ..core.errors import FormatError, ModelportError, UnsupportedError
 from ..core.source import ModelSource, read_json
+from ..families import Dims
 from ..formats.gguf import encode_metadata_value
 from ..formats.registry import weight_files
 from ..gguf.convert import plan_hf
@@ -26,20 +27,10 @@ from ..opening import open as open_model
 
 
 @dataclass(frozen=True)
-class Hyper:
-    """What the memory formulas need from a config (HF keys, or the GGUF equivalents `open()` maps to them)."""
-    arch: str
-    n_layer: int
-    n_embd: int
-    n_head: int
-    n_head_kv: int
-    head_dim: int
-    n_ff: int
-    n_vocab: int
-    tied: bool
-    n_ctx_train: int | None = None
-    n_expert: int = 0
-    n_ff_expert: int = 0
+class Hyper(Dims):
+    """What the memory formulas need from a config: the family's `Dims` (from HF keys, or the GGUF equivalents
+    `open()` maps to them) and the llama.cpp arch they are for, also for models no family claims."""
+    arch: str = "llama"
 
 
 def _get(config: dict, *names, default=None):
@@ -84,7 +75,7 @@ def hyper_from_config(config: dict | None) -> Hyper | None:
     n_ff = s.get("intermediate_size") or 4 * h
     return Hyper(arch=arch, n_layer=s["layers"], n_embd=h, n_head=n_head, n_head_kv=kv, head_dim=int(head_dim),
                  n_ff=n_ff if isinstance(n_ff, int) else max(n_ff), n_vocab=s["vocab_size"], tied=bool(tied),
-                 n_ctx_train=s.get("context_length"), n_expert=n_expert,
+                 n_ctx=s.get("context_length"), n_expert=n_expert,
                  n_ff_expert=int(_get(config, "moe_intermediate_size", default=0) or 0) or (n_ff if n_expert else 0))
 
 

@@ -199,13 +199,16 @@ VERIFY_BOUNDS = {"Q8_0": 0.02, "Q6_K": 0.06, "Q5_K": 0.12, "Q5_0": 0.15, "Q5_1":
                  "Q4_0": 0.3, "Q4_1": 0.3, "Q3_K": 0.5, "Q2_K": 0.9}
 
 
-def verify_gguf(planned: list[Planned], dst: Path) -> dict[str, float]:
+def verify_gguf(planned: list[Planned], dst: Path, progress: Callable[[TensorRef], None] | None = None) -> dict[str, float]:
     """Re-open a written GGUF and compare every tensor with what it was made from, one at a time: float types
-    bit for bit, quantized ones within `VERIFY_BOUNDS`. Returns the worst relative RMS error per quantized type."""
+    bit for bit, quantized ones within `VERIFY_BOUNDS`. Returns the worst relative RMS error per quantized type.
+    `progress` is called with each output tensor once it is checked."""
     worst: dict[str, float] = {}
     with open_gguf(dst) as out:
         for p in planned:
             got = out.tensors.get(p.name)
+            if progress is not None and got is not None:
+                progress(got)
             if got is None or got.dtype.name != p.type or tuple(got.shape) != tuple(p.shape):
                 found = "missing" if got is None else f"{got.dtype.name}{list(got.shape)}"
                 raise CheckFailed(f"verify: tensor {p.name!r} is {found}, expected {p.type}{list(p.shape)}", dst)
