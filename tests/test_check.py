@@ -318,3 +318,15 @@ def test_folder_without_config(models, tmp_path):
     (folder / "config.json").unlink()
     found = kinds(check(folder), WARNING)
     assert list(found) == ["config"] and "config.json" in found["config"][0].fix
+
+
+def test_piped_output_is_findings_then_summary_lines(models, tmp_path, capsys):
+    broken = copy(models["llama"], tmp_path, "prefixed")
+    rewrite(broken, lambda t: {"module." + k: v for k, v in t.items()})
+    assert cli("check", broken) == 1
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split("\t") for line in lines if not line.startswith("# ")]
+    assert rows and all(len(r) == 5 for r in rows) and any(r[1] == "prefix" for r in rows)
+    assert lines[-1].startswith("# ") and "finding" in lines[-1]
+    assert cli("check", models["llama"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"# ok: nothing wrong with {models['llama']}"

@@ -31,9 +31,11 @@ def register(app: typer.Typer) -> None:
             print_json(report.to_dict())
         elif console.is_terminal:
             _table(report)
-        else:   # piped: one finding per line, tab-separated
+        else:   # piped: one finding per line, tab-separated; the memory and the verdict as '#' lines
             for f in report.findings:
                 sys.stdout.write("\t".join((f.severity, f.kind, f.what, f.cause, f.fix)) + "\n")
+            for line in _summary(report):
+                sys.stdout.write(f"# {line}\n")
         if not report.ok:
             sys.exit(1)  # not typer.Exit: with standalone_mode=False click returns its code instead of exiting
 
@@ -46,10 +48,18 @@ def _table(report) -> None:
         for f in report.findings:
             table.add_row(f"[{_STYLE[f.severity]}]{f.severity}[/]", escape(f.what), escape(f.cause), escape(f.fix))
         console.print(table)
+    for line in _summary(report):
+        console.print(escape(line))
+
+
+def _summary(report) -> list[str]:
+    """The memory needed against what is free, and the verdict, one line each."""
+    lines = []
     mem = report.memory
     if mem:
-        console.print(f"memory: {human_bytes(mem['need'])} to run ({mem['engine']}, ctx {mem['ctx']}), "
-                      f"{human_bytes(mem['available'])} available")
+        lines.append(f"memory: {human_bytes(mem['need'])} to run ({mem['engine']}, ctx {mem['ctx']}), "
+                     f"{human_bytes(mem['available'])} available")
     n = len(report.problems)
-    console.print(f"[green]ok[/green]: nothing wrong with {escape(report.path)}" if not n else
-                  f"[red]{n} finding{'s' if n > 1 else ''}[/red] in {escape(report.path)}")
+    lines.append(f"ok: nothing wrong with {report.path}" if not n else
+                 f"{n} finding{'s' if n > 1 else ''} in {report.path}")
+    return lines
