@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..training import Settings, plan, train
-from .output import console, err_console, human_bytes, human_count, print_json
+from .output import console, human_bytes, human_count, print_json
 
 
 def render_plan(p: dict) -> None:
@@ -91,7 +91,5 @@ def register(app: typer.Typer) -> None:
             p = plan(model, data, out, method=method, export=export or [], settings=settings)
             print_json(p) if as_json else render_plan(p)
             return
-        if not as_json:
-            err_console.print(f"training {model} ({method}) on {data} → {out}", markup=False)
         r = train(model, data, out, method=method, export=export or [], force=force, settings=settings)
         print_json(r) if as_json else render_summary(r)

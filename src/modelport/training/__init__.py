@@ -95,7 +95,7 @@ def plan(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLi
     return {"model": str(model), "format": fmt, "data": str(data), "out": str(out), "method": s.method,
             "examples": len(dataset), "data_kind": dataset.kind, "tokens_per_epoch": dataset.tokens,
             "trained_tokens_per_epoch": dataset.trained_tokens, "steps": steps,
-            "epochs": round(steps * per_step / max(1, len(dataset)), 3),
+            "epochs": round(steps * per_step / max(1, len(dataset)), 3) if s.max_steps and s.max_steps > 0 else s.epochs,
             "trainable_parameters": trainable, "total_parameters": view.parameter_count,
             "lora_targets": targets if s.method == "lora" else None, "memory": memory,
             "learning_rate": s.learning_rate(), "batch": s.batch, "grad_accum": s.grad_accum, "seq_len": s.seq_len,
