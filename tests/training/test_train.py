@@ -163,3 +163,45 @@ def test_resume_ends_with_the_uninterrupted_weights(tiny, tmp_path):
     assert a.keys() == b.keys()
     for name in a:   # bit for bit: Trainer restores the optimizer, scheduler, RNG and data order
         assert (a[name] == b[name]).all(), name
+
+
+def test_a_gguf_trains_through_the_hf_route_with_an_eval_split(tiny, tmp_path):
+    """GGUF in (converted by modelport's GGUF → HF route), eval loss logged, Q4_K_M out."""
+    import modelport
+
+    gguf = tmp_path / "tiny.gguf"
+    modelport.convert(tiny, gguf)
+    data = write_jsonl(tmp_path / "fact.jsonl", PAIRS * 2)
+    out = tmp_path / "from-gguf"
+    summary = modelport.train(gguf, data, out, method="lora", max_steps=12, lr=1e-2, save_steps=0, logging_steps=4,
+                              eval_split=0.34, export=["gguf:q4_k_m"], quiet=True)
+    assert summary["format"] == "gguf" and summary["steps"] == 12 and summary["eval_loss"] is not None
+    assert summary["final_loss"] < summary["first_loss"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_loss" in r for r in rows)
+    assert (out / "model-Q4_K_M.gguf").is_file()
+    with modelport.open(out / "model-Q4_K_M.gguf") as src:
+        assert src.format == "gguf" and src.metadata["general.file_type"] == 15     # LLAMA_FTYPE_MOSTLY_Q4_K_M
+
+
+def test_output_folder_and_resume_are_checked_first(tiny, tmp_path):
+    data = write_jsonl(tmp_path / "fact.jsonl", PAIRS)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    assert_one_line_error(run_cli("train", tiny, data, "--out", busy, "--max-steps", "2"), str(busy), "--resume", "--force")
+    empty = tmp_path / "fresh"
+    empty.mkdir()
+    assert_one_line_error(run_cli("train", tiny, data, "--out", empty, "--resume"), "no checkpoint")
+    assert_one_line_error(run_cli("train", tiny, data, "--out", empty, "--export", "onnx"), "--export 'onnx'")
+    assert list(empty.iterdir()) == [] and (busy / "notes.txt").read_text() == "mine"
+
+
+def test_precision_follows_the_cpu_flags(tmp_path):
+    from modelport.training.trainer import cpu_has_fast_bf16
+
+    with_bf16, without = tmp_path / "a", tmp_path / "b"
+    with_bf16.write_text("flags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n")
+    without.write_text("flags\t\t: fpu sse avx2 avx512f avx512bw\n")
+    assert cpu_has_fast_bf16(str(with_bf16)) and not cpu_has_fast_bf16(str(without))
+    assert not cpu_has_fast_bf16(str(tmp_path / "missing"))

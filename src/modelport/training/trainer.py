@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,9 @@ def wrap_lora(model, s: Settings, targets: list[str]):
     config = LoraConfig(r=s.lora_r, lora_alpha=s.alpha(), lora_dropout=s.lora_dropout, target_modules=targets,
                         bias="none", task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():     # peft asks transformers a deprecated question; not the user's concern
+            warnings.simplefilter("ignore", FutureWarning)
+            return get_peft_model(model, config)
     except ValueError as exc:
         raise UnsupportedError(f"LoRA targets {', '.join(targets)}: {exc}".splitlines()[0]) from None
 
@@ -263,6 +266,7 @@ def fit(folder: Path, tokenizer, data: Dataset, out: Path, s: Settings, targets:
             "tokens_per_s_logged": rates[-1] if rates else None,
             "trainable_parameters": trainable, "total_parameters": total, "bf16": bf16,
             "resumed_from": str(resume_from) if resume_from else None, "saved": str(saved),
+            "main_process": trainer.is_world_process_zero(),
             "rows": watcher.rows, "settings": {k: v for k, v in asdict(s).items() if k != "extra"}}
 
 
@@ -306,7 +310,9 @@ def merge_lora(base_folder: Path, adapter: Path, dst: Path, tokenizer) -> Path:
     from peft import PeftModel
 
     base = load_model(base_folder, "float32")
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    with warnings.catch_warnings():     # peft asks transformers a deprecated question; not the user's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
     merged.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
