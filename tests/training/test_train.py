@@ -121,6 +121,7 @@ def test_bad_data_is_one_line_before_training(tiny, tmp_path, name, rows, line, 
     assert not out.exists()
 
 
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")   # peft asks transformers
 @pytest.mark.parametrize("targets", [None, "q_proj,v_proj"])
 def test_dry_run_trainable_parameters_equal_peft(tiny, tmp_path, targets):
     import torch

@@ -92,4 +92,6 @@ def register(app: typer.Typer) -> None:
             print_json(p) if as_json else render_plan(p)
             return
         r = train(model, data, out, method=method, export=export or [], force=force, settings=settings)
+        if not r["main_process"]:   # another rank of a multi-process run: rank 0 reports
+            return
         print_json(r) if as_json else render_summary(r)

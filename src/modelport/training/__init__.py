@@ -129,7 +129,7 @@ def train(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathL
             (out / "metrics.jsonl").unlink(missing_ok=True)
         summary = fit(folder, tokenizer, dataset, out, s, targets)
         rows = summary.pop("rows")
-        if not summary.pop("main_process"):     # under accelerate/torchrun: rank 0 plots, merges and exports
+        if not summary["main_process"]:     # under accelerate/torchrun: rank 0 plots, merges, exports and reports
             return summary
         png = plot_loss(_all_rows(out, rows), out / "loss.png")
         merged = Path(summary["saved"]) if s.method == "full" else None

@@ -159,7 +159,7 @@ def tokenize(path: str | Path, tokenizer, template: ChatTemplate | None, seq_len
     kind, records = read_records(path)
     eos = tokenizer.eos_token_id
     if kind == "txt":
-        ids = tokenizer(records[0][1], add_special_tokens=True)["input_ids"]
+        ids = tokenizer(records[0][1], add_special_tokens=True, verbose=False)["input_ids"]  # packed below: long is fine
         if eos is not None:
             ids = [*ids, eos]
         if len(ids) < 2:

@@ -142,7 +142,8 @@ class Watcher:
                 watcher.started = watcher.last[0]
 
             def on_log(self, args, state, control, logs=None, **kwargs):
-                watcher.log(state, logs or {})
+                if state.is_world_process_zero:     # one writer for metrics.jsonl and the screen
+                    watcher.log(state, logs or {})
 
         return _Callback()
 
