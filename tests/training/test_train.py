@@ -206,3 +206,18 @@ def test_precision_follows_the_cpu_flags(tmp_path):
     without.write_text("flags\t\t: fpu sse avx2 avx512f avx512bw\n")
     assert cpu_has_fast_bf16(str(with_bf16)) and not cpu_has_fast_bf16(str(without))
     assert not cpu_has_fast_bf16(str(tmp_path / "missing"))
+
+
+def test_instruction_and_text_records(tiny, tmp_path):
+    """instruction/input/output is a user turn (instruction, blank line, input) and an answer; text trains on all."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    rows = [{"instruction": "Translate", "input": "Hallo", "output": "Hello"}, {"instruction": "Greet", "output": "Hi"}]
+    d = tokenize(write_jsonl(tmp_path / "inst.jsonl", rows), tok, ChatTemplate(CHATML), seq_len=256)
+    assert d.kind == "pairs" and len(d) == 2
+    assert tok.decode(d.examples[0]["input_ids"]).startswith("<|im_start|>user\nTranslate\n\nHallo<|im_end|>")
+    assert [tok.decode([t for t in e["labels"] if t != IGNORE]) for e in d.examples] == ["Hello<|im_end|>\n", "Hi<|im_end|>\n"]
+    t = tokenize(write_jsonl(tmp_path / "text.jsonl", [{"text": "Hello world"}]), tok, None, seq_len=256)
+    assert t.kind == "text" and t.examples[0]["labels"] == t.examples[0]["input_ids"]
+    assert tok.decode(t.examples[0]["input_ids"]) == "Hello world<|im_end|>"
