@@ -7,6 +7,7 @@ The Python API mirrors the CLI:
     modelport.save({"w": array}, "out.safetensors")
     modelport.convert("model.bin", "model.safetensors", verify=True)
     modelport.diff("a.safetensors", "b.pt")
+    modelport.train("hf_folder", "data.jsonl", "out", method="lora", max_steps=100, export=["gguf:q8_0"])
 """
 
 from .comparison import diff
@@ -20,8 +21,9 @@ from .inspection import inspect
 from .opening import open
 from .recommend import recommend
 from .security import scan
+from .training import train
 from .writing import save
 
-__all__ = ["open", "save", "convert", "diff", "inspect", "scan", "estimate", "recommend", "ModelSource", "TensorRef", "DType",
+__all__ = ["open", "save", "convert", "diff", "inspect", "scan", "estimate", "recommend", "train", "ModelSource", "TensorRef", "DType",
            "DTYPES", "ModelportError", "FormatError", "UnsafeFileError", "UnsupportedError", "CheckFailed"]
 __version__ = "0.1.0"

@@ -1,0 +1,97 @@
+"""`modelport train MODEL DATA --out DIR`: full or LoRA fine-tuning, watched step by step, exported to GGUF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..training import Settings, plan, train
+from .output import console, human_bytes, human_count, print_json
+
+
+def render_plan(p: dict) -> None:
+    console.print(f"[bold]Plan[/bold]: {p['method']} fine-tuning of {p['model']} on {p['data']} "
+                  f"({p['examples']} examples, {p['data_kind']})")
+    table = Table(show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    share = 100 * p["trainable_parameters"] / max(1, p["total_parameters"])
+    table.add_row("trainable parameters", f"{p['trainable_parameters']:,} of {human_count(p['total_parameters'])} ({share:.3f} %)")
+    if p["lora_targets"]:
+        table.add_row("LoRA targets", ", ".join(p["lora_targets"]))
+    table.add_row("tokens per epoch", f"{p['tokens_per_epoch']:,} ({p['trained_tokens_per_epoch']:,} in the loss)")
+    table.add_row("steps", f"{p['steps']:,} (batch {p['batch']} x grad-accum {p['grad_accum']}, ≈ {p['epochs']} epochs)")
+    table.add_row("learning rate", f"{p['learning_rate']:g}")
+    m = p["memory"]
+    for key in ("weights", "lora_parameters", "gradients", "optimizer_states", "activations", "total"):
+        if m.get(key):
+            table.add_row(f"memory: {key.replace('_', ' ')}", human_bytes(m[key]))
+    if p["export"]:
+        table.add_row("exports", ", ".join(p["export"]))
+    console.print(table)
+    console.print("More processes (DDP through accelerate):")
+    console.print(p["accelerate"], markup=False, soft_wrap=True)
+
+
+def render_summary(r: dict) -> None:
+    first, last = r["first_loss"], r["final_loss"]
+    loss = f"loss {first:.4f} → {last:.4f}" if first is not None and last is not None else "no loss logged"
+    rate = f", {r['tokens_per_s']:,.0f} tokens/s" if r.get("tokens_per_s") else ""
+    console.print(f"[bold]Trained[/bold] {r['method']}: {r['steps_run']} steps in {r['seconds']:.1f} s{rate}, {loss}"
+                  + (f", eval loss {r['eval_loss']:.4f}" if r.get("eval_loss") is not None else ""))
+    console.print(f"saved {r['saved']}; metrics {r['metrics']}" + (f"; loss curve {r['loss_plot']}" if r["loss_plot"] else ""),
+                  markup=False, soft_wrap=True)
+    for e in r["exports"]:
+        console.print(f"{e['export']}: {e['path']}", markup=False, soft_wrap=True)
+        console.print(f"  {e['run']}", markup=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_cmd(
+        model: Path = typer.Argument(..., help="Hugging Face folder (or a GGUF, converted to one first)."),
+        data: Path = typer.Argument(..., help=".txt (continued pre-training) or .jsonl (text, prompt/response, "
+                                                "instruction/input/output, or chat messages)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder: checkpoints, metrics, model, exports."),
+        method: str = typer.Option("lora", "--method", help="full or lora."),
+        max_steps: int = typer.Option(-1, "--max-steps", help="Stop after this many optimizer steps (overrides --epochs)."),
+        epochs: float = typer.Option(1.0, "--epochs", help="Passes over the data."),
+        lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 2e-5 full, 2e-4 LoRA)."),
+        batch: int = typer.Option(4, "--batch", help="Sequences per step and process."),
+        grad_accum: int = typer.Option(1, "--grad-accum", help="Steps whose gradients add up before each update."),
+        seq_len: int = typer.Option(512, "--seq-len", help="Tokens per sequence (.txt is packed into blocks this long)."),
+        lora_r: int = typer.Option(8, "--lora-r", help="LoRA rank."),
+        lora_alpha: int | None = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 x rank)."),
+        lora_dropout: float = typer.Option(0.0, "--lora-dropout", help="LoRA dropout."),
+        target_modules: str | None = typer.Option(None, "--target-modules",
+                                                  help="LoRA target modules, comma-separated (default: the family's)."),
+        seed: int = typer.Option(0, "--seed", help="Seed for initialisation, shuffling and dropout."),
+        bf16: bool | None = typer.Option(None, "--bf16/--fp32",
+                                         help="Precision (default: bf16 only where the CPU has avx512_bf16/amx_bf16, or CUDA)."),
+        eval_split: float = typer.Option(0.0, "--eval-split", help="Fraction of examples held out for evaluation."),
+        save_steps: int = typer.Option(500, "--save-steps", help="Checkpoint every N steps (0: only the final model)."),
+        logging_steps: int | None = typer.Option(None, "--logging-steps", help="Log every N steps (default: ~50 lines a run)."),
+        warmup_steps: int = typer.Option(0, "--warmup-steps", help="Linear learning-rate warm-up steps."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+        export: list[str] | None = typer.Option(None, "--export",
+                                                help="Export the result: safetensors, gguf, gguf:q8_0, gguf:q4_k_m, ... (repeatable)."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (parameters, memory, tokens, steps) and stop."),
+        force: bool = typer.Option(False, "--force", help="Start over in a non-empty --out."),
+        as_json: bool = typer.Option(False, "--json", help="Print the plan or the summary as JSON."),
+    ) -> None:
+        """Fine-tune a model (full or LoRA) on a text or JSONL file, and export it to GGUF."""
+        settings = Settings(max_steps=max_steps, epochs=epochs, lr=lr, batch=batch, grad_accum=grad_accum, seq_len=seq_len,
+                            lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                            target_modules=[t.strip() for t in target_modules.split(",") if t.strip()] if target_modules else None,
+                            seed=seed, bf16=bf16, eval_split=eval_split, save_steps=save_steps, logging_steps=logging_steps,
+                            warmup_steps=warmup_steps, resume=resume, quiet=as_json)
+        if dry_run:
+            p = plan(model, data, out, method=method, export=export or [], settings=settings)
+            print_json(p) if as_json else render_plan(p)
+            return
+        r = train(model, data, out, method=method, export=export or [], force=force, settings=settings)
+        if not r["main_process"]:   # another rank of a multi-process run: rank 0 reports
+            return
+        print_json(r) if as_json else render_summary(r)

@@ -1,0 +1,48 @@
+"""`--export FORMAT[:QUANT]`: the trained model as files people run, through modelport's own conversion routes.
+
+The merged HF folder (`DIR/model/`) is the source of every export: `safetensors` is that folder itself,
+`gguf[:QUANT]` goes through the HF → GGUF route (byte-identical to llama.cpp's converter and quantizer).
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..conversion import convert
+from ..core.errors import UnsupportedError
+
+FORMATS = ("safetensors", "hf", "gguf")
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    format: str
+    quant: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.format + (f":{self.quant}" if self.quant else "")
+
+
+def parse_export(text: str) -> ExportSpec:
+    """`gguf:q4_k_m` → ExportSpec("gguf", "Q4_K_M"); `safetensors` → ExportSpec("safetensors")."""
+    fmt, _, quant = text.strip().partition(":")
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise UnsupportedError(f"--export {text!r}: use safetensors, gguf or gguf:QUANT (gguf:q8_0, gguf:q4_k_m, ...)")
+    if quant and fmt != "gguf":
+        raise UnsupportedError(f"--export {text!r}: only gguf takes a quantization")
+    return ExportSpec("safetensors" if fmt == "hf" else fmt, quant.upper() or None)
+
+
+def write_export(folder: Path, out: Path, spec: ExportSpec) -> dict:
+    """Write one export of the merged HF `folder` into `out`; the result's path and the command that runs it."""
+    if spec.format == "safetensors":
+        path = folder
+    else:
+        quant = spec.quant or "F16"
+        path = out / f"model-{quant}.gguf"
+        convert(folder, path, quant=quant, force=True)
+    return {"export": spec.label, "path": str(path), "run": f"modelport run {shlex.quote(str(path))} -p 'Hello'"}
