@@ -1,4 +1,4 @@
-"""`modelport train MODEL DATA --out DIR`: full or LoRA fine-tuning, watched step by step, exported to GGUF."""
+"""`modelport train MODEL DATA --out DIR`: full, LoRA or QLoRA fine-tuning, watched step by step, exported to GGUF."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Argument(..., help=".txt (continued pre-training) or .jsonl (text, prompt/response, "
                                                 "instruction/input/output, or chat messages)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: checkpoints, metrics, model, exports."),
-        method: str = typer.Option("lora", "--method", help="full or lora."),
+        method: str = typer.Option("lora", "--method", help="full, lora, or qlora (LoRA on a 4-bit NF4 base; needs bitsandbytes)."),
         max_steps: int = typer.Option(-1, "--max-steps", help="Stop after this many optimizer steps (overrides --epochs)."),
         epochs: float = typer.Option(1.0, "--epochs", help="Passes over the data."),
         lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 2e-5 full, 2e-4 LoRA)."),
@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Start over in a non-empty --out."),
         as_json: bool = typer.Option(False, "--json", help="Print the plan or the summary as JSON."),
     ) -> None:
-        """Fine-tune a model (full or LoRA) on a text or JSONL file, and export it to GGUF."""
+        """Fine-tune a model (full, LoRA or QLoRA) on a text or JSONL file, and export it to GGUF."""
         settings = Settings(max_steps=max_steps, epochs=epochs, lr=lr, batch=batch, grad_accum=grad_accum, seq_len=seq_len,
                             lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                             target_modules=[t.strip() for t in target_modules.split(",") if t.strip()] if target_modules else None,

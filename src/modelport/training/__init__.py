@@ -24,7 +24,7 @@ from ..opening import open as open_model
 from ..runtime.chat_template import folder_of, template_for
 from .data import Dataset, tokenize
 from .export import ExportSpec, parse_export, write_export
-from .trainer import METHODS, Settings, fit, load_tokenizer, merge_lora, plot_loss, steps_for
+from .trainer import METHODS, Settings, bitsandbytes_or_error, fit, load_tokenizer, merge_lora, plot_loss, steps_for
 
 __all__ = ["train", "plan", "Settings", "METHODS", "parse_export"]
 
@@ -73,7 +73,7 @@ def launch_line(model, data, out, s: Settings, exports: list[str], processes: in
             "--method", s.method, "--out", str(out), "--batch", str(s.batch), "--grad-accum", str(s.grad_accum),
             "--seq-len", str(s.seq_len), "--lr", str(s.learning_rate()), "--seed", str(s.seed)]
     args += ["--max-steps", str(s.max_steps)] if s.max_steps and s.max_steps > 0 else ["--epochs", str(s.epochs)]
-    if s.method == "lora":
+    if s.method in ("lora", "qlora"):
         args += ["--lora-r", str(s.lora_r), "--lora-alpha", str(s.alpha()), "--lora-dropout", str(s.lora_dropout)]
     for e in exports:
         args += ["--export", e]
@@ -89,7 +89,7 @@ def plan(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLi
     with tempfile.TemporaryDirectory(prefix="modelport-train-") as scratch:
         folder, fmt, view, targets, tokenizer, dataset = _prepare(model, data, s, Path(scratch))
     memory = training_memory(view, s.method, lora_r=s.lora_r, targets=targets, seq_len=s.seq_len, batch=s.batch)
-    trainable = lora_parameter_count(view, s.lora_r, targets) if s.method == "lora" else view.parameter_count
+    trainable = lora_parameter_count(view, s.lora_r, targets) if s.method != "full" else view.parameter_count
     steps = steps_for(len(dataset), s)
     per_step = s.batch * s.grad_accum
     return {"model": str(model), "format": fmt, "data": str(data), "out": str(out), "method": s.method,
@@ -97,7 +97,7 @@ def plan(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLi
             "trained_tokens_per_epoch": dataset.trained_tokens, "steps": steps,
             "epochs": round(steps * per_step / max(1, len(dataset)), 3) if s.max_steps and s.max_steps > 0 else s.epochs,
             "trainable_parameters": trainable, "total_parameters": view.parameter_count,
-            "lora_targets": targets if s.method == "lora" else None, "memory": memory,
+            "lora_targets": targets if s.method != "full" else None, "memory": memory,
             "learning_rate": s.learning_rate(), "batch": s.batch, "grad_accum": s.grad_accum, "seq_len": s.seq_len,
             "export": [sp.label for sp in specs], "accelerate": launch_line(model, data, out, s, list(export))}
 
@@ -122,6 +122,8 @@ def train(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathL
     specs: list[ExportSpec] = [parse_export(e) for e in export]
     out = Path(out)
     _check_out(out, s.resume, force)
+    if s.method == "qlora":
+        bitsandbytes_or_error()     # before anything is converted or written
     with tempfile.TemporaryDirectory(prefix="modelport-train-") as scratch:
         folder, fmt, view, targets, tokenizer, dataset = _prepare(model, data, s, Path(scratch))
         out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +143,7 @@ def train(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathL
     summary.update(model=str(model), format=fmt, data=str(data), out=str(out), examples=len(dataset),
                    tokens_per_epoch=dataset.tokens, metrics=str(out / "metrics.jsonl"),
                    loss_plot=str(png) if png else None, merged=str(merged) if merged else None, exports=exports,
-                   lora_targets=targets if s.method == "lora" else None)
+                   lora_targets=targets if s.method != "full" else None)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

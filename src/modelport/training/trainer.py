@@ -21,7 +21,7 @@ from typing import Any
 from ..core.errors import ModelportError, UnsupportedError
 from .data import Dataset, collate
 
-METHODS = ("full", "lora")
+METHODS = ("full", "lora", "qlora")
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Settings:
     method: str = "lora"
     max_steps: int = -1
     epochs: float = 1.0
-    lr: float | None = None                 # None: 2e-5 full, 2e-4 LoRA
+    lr: float | None = None                 # None: 2e-5 full, 2e-4 LoRA and QLoRA
     batch: int = 4
     grad_accum: int = 1
     seq_len: int = 512
@@ -105,6 +105,50 @@ def load_model(folder: Path, dtype: str = "float32"):
         return AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype))
     except Exception as exc:
         raise UnsupportedError(f"transformers cannot load the model: {exc}".splitlines()[0], folder) from None
+
+
+def bitsandbytes_or_error():
+    """bitsandbytes, importable and able to quantize on this machine, or one line saying why QLoRA cannot run."""
+    try:
+        import bitsandbytes as bnb
+    except Exception as exc:    # missing, or a build that cannot load its library
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise ModelportError(f"--method qlora needs bitsandbytes (pip install bitsandbytes==0.50.2): {why}") from None
+    return bnb
+
+
+def load_quantized(folder: Path, bf16: bool = False):
+    """The model with every Linear (but the output layer) in 4-bit NF4 with double quantization, ready for LoRA:
+    `prepare_model_for_kbit_training` (the other weights in fp32, input gradients on), and the CPU fix below."""
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    bnb = bitsandbytes_or_error()
+    compute = torch.bfloat16 if bf16 else torch.float32
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=compute)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), quantization_config=config, dtype=torch.float32)
+    except Exception as exc:
+        raise ModelportError(f"4-bit (bitsandbytes NF4) loading failed: {exc}".splitlines()[0], folder) from None
+    cpu_gradient_fix(model, bnb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def cpu_gradient_fix(model, bnb=None) -> int:
+    """The silent-wrong-gradient trap (training notes): on a CPU with AVX512-BF16, the first eval-mode forward
+    repacks the 4-bit weights for `gemv_4bit`, which has no autograd, so later LoRA gradients are wrong. Turning
+    the repack off on every `Linear4bit` is harmless elsewhere, so it is done always. Returns the layers fixed."""
+    bnb = bnb or bitsandbytes_or_error()
+    fixed = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            fixed += 1
+    return fixed
 
 
 def wrap_lora(model, s: Settings, targets: list[str]):
@@ -209,7 +253,7 @@ def last_checkpoint(out: Path) -> Path | None:
 
 
 def fit(folder: Path, tokenizer, data: Dataset, out: Path, s: Settings, targets: list[str]) -> dict[str, Any]:
-    """Train and save: DIR/model (full) or DIR/adapter (LoRA); returns the run's figures."""
+    """Train and save: DIR/model (full) or DIR/adapter (LoRA, QLoRA); returns the run's figures."""
     import torch
     from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
     from transformers.utils import logging as hf_logging
@@ -225,8 +269,8 @@ def fit(folder: Path, tokenizer, data: Dataset, out: Path, s: Settings, targets:
             raise ModelportError("--resume: no checkpoint-N folder to resume from", out)
     bf16 = choose_bf16(s.bf16)
     set_seed(s.seed)
-    model = load_model(folder)
-    if s.method == "lora":
+    model = load_quantized(folder, bf16) if s.method == "qlora" else load_model(folder)
+    if s.method in ("lora", "qlora"):
         model = wrap_lora(model, s, targets)
     trainable, total = count_parameters(model)
     train_set, eval_set = split(data, s.eval_split, s.seed)
