@@ -38,6 +38,7 @@ def report_phase(progress: Progress | None, name: str, total: int | None = None)
     if phase is not None:
         phase(name, total)
 
+
 #: Extensions that say "binary data", not a format: `--to` may write any format under them.
 GENERIC_SUFFIXES = (".bin", ".pb")
 

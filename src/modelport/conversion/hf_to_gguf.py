@@ -14,7 +14,7 @@ import numpy as np
 from ..core import dtypes
 from ..core.atomic import atomic_file
 from ..core.errors import UnsupportedError
-from ..core.source import ModelSource, cache_link
+from ..core.source import ModelSource, own_file
 from ..formats.gguf import write_gguf
 from ..gguf.convert import load_config, parse_ftype, plan_hf, to_refs, verify_gguf
 from ..gguf.modelfile import modelfile_path, write_modelfile
@@ -22,20 +22,28 @@ from ..gguf.tokenizer import TOKENIZER_FILES
 from ..writing import ConvertResult, check_output_name, report_phase
 from .route import Request, writing_phase
 
+NEEDS_CONFIG = "converting to GGUF needs the model's config.json (beside the weights, or --config)"
+
+
+def config_file(source: ModelSource, config_path: Path | None) -> Path | None:
+    """Where a config comes from when the source has none of its own: `--config`, or config.json beside a bare
+    weights file (found, not read)."""
+    if config_path is not None or source.config is not None or not source.path.is_file():
+        return config_path
+    beside = source.path.parent / "config.json"
+    return beside if beside.is_file() else None
+
 
 def model_config(source: ModelSource, config_path: Path | None) -> tuple[dict | None, dict[str, Path]]:
     """The config and tokenizer files for a GGUF: `--config` (and the tokenizer beside it), the source's own,
     or the config.json beside a bare weights file."""
-    if config_path is None and source.config is None and source.path.is_file():
-        beside = source.path.parent / "config.json"
-        if beside.is_file():
-            config_path = beside
+    config_path = config_file(source, config_path)
     side = dict(source.side_files)
     if config_path is None:
         return source.config, side
     folder = Path(config_path).parent
     for name in TOKENIZER_FILES:
-        if name not in side and (folder / name).is_file() and (cache_link(folder / name) or not (folder / name).is_symlink()):
+        if name not in side and own_file(folder / name):
             side[name] = folder / name
     return load_config(config_path), side
 
@@ -45,8 +53,7 @@ def write_hf_as_gguf(source: ModelSource, dst: Path, *, quant: str | None = None
     """`source` (an opened HF model) as the GGUF file `dst`, `quant` (default F16), with a Modelfile beside it."""
     config, side = model_config(source, config_path)
     if config is None:
-        raise UnsupportedError("converting to GGUF needs the model's config.json (beside the weights, or --config)",
-                               source.path)
+        raise UnsupportedError(NEEDS_CONFIG, source.path)
     check_output_name(dst, "gguf")
     plan = plan_hf(source, parse_ftype(quant), config, side)
     with atomic_file(dst, force) as tmp:
@@ -73,11 +80,10 @@ class HfToGguf:
     def matches(self, source: ModelSource, request: Request) -> bool:
         if source.format == "gguf" or not request.wants_gguf:
             return False
-        config, _ = model_config(source, request.config)
-        if config is None and request.quant is not None:
-            raise UnsupportedError("converting to GGUF needs the model's config.json (beside the weights, or --config)",
-                                   source.path)
-        return config is not None
+        has_config = source.config is not None or config_file(source, request.config) is not None
+        if not has_config and request.quant is not None:
+            raise UnsupportedError(NEEDS_CONFIG, source.path)
+        return has_config
 
     def run(self, source: ModelSource, request: Request) -> ConvertResult:
         return write_hf_as_gguf(source, request.dst, quant=request.quant if request.quant is not None else request.dtype,

@@ -119,6 +119,11 @@ def safe_member(folder: Path, name: str, what: str) -> Path:
     return path
 
 
+def own_file(path: Path) -> bool:
+    """A regular file a model folder may use: not a link, or a Hugging Face cache link into its own repo."""
+    return path.is_file() and (not path.is_symlink() or cache_link(path))
+
+
 def cache_link(path: Path) -> bool:
     """Whether `path` is a Hugging Face cache snapshot link that stays inside its own repo folder.
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.errors import FormatError, ModelportError, UnsupportedError
-from ..core.source import ModelSource, cache_link, read_json, safe_member
+from ..core.source import ModelSource, cache_link, own_file, read_json, safe_member
 from ..core.tensor import TensorRef
 
 HEAD_BYTES = 4096
@@ -187,7 +187,7 @@ def side_files(folder: Path, used: set[Path]) -> dict[str, Path]:
                 continue
             if p.is_dir() and depth < SIDE_DEPTH:
                 walk(p, f"{prefix}{p.name}/", depth + 1)
-            elif p.is_file() and p.resolve() not in used:
+            elif own_file(p) and p.resolve() not in used:
                 if len(found) >= SIDE_FILES_CAP:
                     raise FormatError(f"more than {SIDE_FILES_CAP} files beside the weights; open the weights file itself",
                                       folder)
