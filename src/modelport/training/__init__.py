@@ -31,13 +31,12 @@ __all__ = ["train", "plan", "Settings", "METHODS", "parse_export"]
 
 def model_folder(model: str | os.PathLike, scratch: Path) -> tuple[Path, str]:
     """The HF folder transformers loads: the model's own, or, for a GGUF, one converted into `scratch`."""
-    with open_model(model) as source:
-        fmt, path, folder = source.format, source.path, folder_of(source)
-    if fmt == "gguf":
+    with open_model(model) as source:      # scanned once; a GGUF is converted from this same opened source
+        if source.format != "gguf":
+            return folder_of(source), source.format
         hf = scratch / "hf"
-        convert(path, hf, to="hf")
-        return hf, fmt
-    return folder, fmt
+        convert(source, hf, to="hf")
+        return hf, "gguf"
 
 
 def _prepare(model, data, s: Settings, scratch: Path):
