@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 import weakref
 from typing import Any
 
@@ -148,7 +149,9 @@ def _build_tokenizer(engine: Engine):
         from llguidance.llamacpp import lltokenizer_from_vocab
 
         vocab = llama_cpp.llama_model_get_vocab(engine.llm.model)
-        return lltokenizer_from_vocab(vocab, n_vocab=engine.n_vocab, eos_token=eos)
+        with warnings.catch_warnings():      # it asks each token's attributes by a name llama-cpp-python deprecates
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return lltokenizer_from_vocab(vocab, n_vocab=engine.n_vocab, eos_token=eos)
     hf_tokenizer = getattr(engine, "tokenizer", None)
     if hf_tokenizer is not None and getattr(hf_tokenizer, "is_fast", False):
         _llguidance()
