@@ -4,9 +4,9 @@ A `Constraint` masks the logits before modelport's own sampler picks a token: ev
 forbids at this point gets -inf, so whichever engine produced the logits (llama.cpp, transformers) and
 whatever the temperature, the text can only be a prefix of valid JSON, and end-of-turn is allowed only
 once the JSON is complete. The grammar and the mask come from llguidance (Rust, no torch): it compiles
-the schema and walks a trie of the engine's vocabulary (token bytes) for each mask, about a third of a
-millisecond per token on a 49k vocabulary. The vocabulary is built once per engine and kept while the
-engine lives.
+the schema and walks a trie of the engine's vocabulary (token bytes) for each mask, under a millisecond
+per token at the median on a 49k vocabulary (bench/structured.py). The vocabulary is built once per
+engine (about a second) and kept while the engine lives.
 
     constraint = json_constraint(engine, schema)        # schema None: any JSON object
     for token in engine.generate(ids, constraint=constraint): ...
