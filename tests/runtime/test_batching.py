@@ -14,10 +14,10 @@ import pytest
 
 import modelport
 from modelport import runtime
+from modelport.core.errors import UnsupportedError
 from modelport.runtime import Sampling
 from modelport.runtime.batching import Batcher, Job, PromptTooLongError
 from modelport.runtime.conversation import ContextFullError
-from modelport.core.errors import UnsupportedError
 from modelport.samples import smollm2_gguf
 from tests.factory import chat_model
 
