@@ -75,10 +75,17 @@ def test_four_prompts_together_equal_each_alone(smol):
         assert jobs[i].result.prompt_seconds > 0 and jobs[i].result.generation_seconds > 0
     assert "Paris" in smol.detokenize(jobs[0].result.tokens)
     assert batcher.free() == 4 and batcher.active() == 0
-    # the slots are reused: the same prompt again in a slot that held another gives the same tokens
+    # a freed slot keeps its cache: the same prompt again starts from it (no token run) and gets the same
+    # tokens; the next chat turn runs only what follows the cached part
     again = Job(prompts[2], N, Sampling())
-    run_all(batcher, {0: [again, Job(prompts[0], 4, Sampling())]})
-    assert again.result.tokens == alone[2]
+    answer = smol.detokenize(alone[0])
+    turn = smol.chat_ids([{"role": "user", "content": QUESTIONS[0]}, {"role": "assistant", "content": answer},
+                          {"role": "user", "content": "And of Italy?"}])
+    follow = Job(turn, N, Sampling())
+    run_all(batcher, {0: [again, follow]})
+    assert again.cached_tokens == len(prompts[2]) and again.result.tokens == alone[2]
+    assert len(prompts[0]) <= follow.cached_tokens < len(turn)
+    assert follow.result.tokens == smol.complete(turn, max_tokens=N).tokens
     # and the engine's own single-sequence path is untouched by the second context
     assert smol.complete(prompts[0], max_tokens=N).tokens == alone[0]
     batcher.close()
