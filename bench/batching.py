@@ -79,6 +79,7 @@ def main() -> None:
             rates["one at a time"].append(one_at_a_time(engine, prompts, args.tokens))
             for p, batcher in batchers.items():
                 rates[f"parallel {p}"].append(batched(batcher, prompts, args.tokens))
+            print("run:", ", ".join(f"{name} {values[-1]:.1f}" for name, values in rates.items()), flush=True)
         print(f"SmolLM2-135M Q4_1, {args.jobs} jobs x {args.tokens} tokens, ctx {CTX} per slot, "
               f"{engine.threads} threads, median of {args.repeat}")
         base = statistics.median(rates["one at a time"])

@@ -59,6 +59,7 @@ def smol():
         yield engine
 
 
+@pytest.mark.slow
 def test_four_prompts_together_equal_each_alone(smol):
     prompts = [smol.chat_ids([{"role": "user", "content": q}]) for q in QUESTIONS]
     alone = [smol.complete(ids, max_tokens=N).tokens for ids in prompts]
@@ -91,6 +92,7 @@ def test_four_prompts_together_equal_each_alone(smol):
     batcher.close()
 
 
+@pytest.mark.slow
 def test_a_seed_gives_the_same_tokens_alone_or_beside_others(smol):
     ids = smol.chat_ids([{"role": "user", "content": "Tell me a story about a cat."}])
     other = smol.chat_ids([{"role": "user", "content": QUESTIONS[1]}])
@@ -131,8 +133,31 @@ def test_refusals_take_no_slot(smol):
     events = batcher.step()
     assert (jobs[0], None) in events and jobs[0].result.stop_reason == "cancelled" and jobs[0].result.tokens == []
     assert batcher.free() == 1
-    with pytest.raises(UnsupportedError, match="Parallel must be at least 1|parallel must be at least 1"):
+    with pytest.raises(UnsupportedError, match="parallel must be at least 1"):
         Batcher(smol, parallel=0)
+    batcher.close()
+
+
+class Broken:
+    """A constraint that fails (as a grammar library might): the batcher must not be left holding slots."""
+
+    def apply(self, logits):
+        raise ValueError("grammar state corrupt")
+
+
+def test_a_failure_inside_a_step_ends_every_job_and_frees_the_slots(smol):
+    ids = smol.chat_ids([{"role": "user", "content": QUESTIONS[2]}])
+    batcher = Batcher(smol, parallel=2)
+    jobs = [Job(ids, 4, Sampling()), Job(ids, 4, Sampling(), constraint=Broken())]
+    for job in jobs:
+        batcher.add(job)
+    with pytest.raises(ValueError, match="grammar state corrupt"):
+        batcher.step()
+    assert all(job.done and job.result.stop_reason == "error" for job in jobs)
+    assert batcher.free() == 2 and batcher.active() == 0
+    after = Job(ids, 4, Sampling())
+    run_all(batcher, {0: [after]})
+    assert after.cached_tokens == 0 and after.result.tokens == smol.complete(ids, max_tokens=4).tokens
     batcher.close()
 
 

@@ -152,16 +152,26 @@ class Batcher:
 
     def step(self) -> list[tuple[Job, int | None]]:
         """One tick: (job, token) for each new token, then (job, None) for each job that ended this tick
-        (result.stop_reason "stop", "length", "context" or "cancelled")."""
+        (result.stop_reason "stop", "length", "context" or "cancelled").
+
+        Should the engine fail (llama.cpp refusing a batch, a constraint raising), every job it held ends with
+        stop_reason "error" and done, all slots are free, and the exception propagates."""
         events: list[tuple[Job, int | None]] = []
         for slot in [s for s in self._slots if s.cancelled]:
             self._finish(slot, "cancelled", events)
-        if self.batched:
-            self._tick_batched()
-        else:
-            self._tick_serialized()
-        for slot in [s for s in self._slots if s.logits is not None]:
-            self._sample(slot, events)
+        try:
+            if self.batched:
+                self._tick_batched()
+            else:
+                self._tick_serialized()
+            for slot in [s for s in self._slots if s.logits is not None]:
+                self._sample(slot, events)
+        except BaseException:
+            for slot in list(self._slots):
+                self._finish(slot, "error", events)
+            self._held.clear()               # what the cache holds is unknown now: every prompt starts afresh
+            self._prompt_logits.clear()
+            raise
         return events
 
     def close(self) -> None:

@@ -130,7 +130,7 @@ class LlamaEngine(Engine):
         """A second llama.cpp context on the same loaded weights that holds `parallel` independent sequences,
         each with this engine's context length (for `runtime.batching.Batcher`). run/chat keep the first one."""
         sequences = LlamaSequences(self, parallel)
-        self._sequences.append(sequences)
+        self._sequences = [s for s in self._sequences if s.ctx] + [sequences]
         return sequences
 
     def close(self) -> None:
