@@ -50,7 +50,7 @@ def check_events(seen: dict[Job, list]) -> None:
     """Every job streamed exactly its result's tokens, then one None, and is done."""
     for job, events in seen.items():
         assert events == job.result.tokens + [None], job.result.stop_reason
-        assert job.done and job.result.stop_reason in {"stop", "length", "context", "cancelled"}
+        assert job.done and job.result.stop_reason in {"stop", "length", "context", "cancelled", "error"}
 
 
 @pytest.fixture(scope="module")
@@ -139,25 +139,47 @@ def test_refusals_take_no_slot(smol):
 
 
 class Broken:
-    """A constraint that fails (as a grammar library might): the batcher must not be left holding slots."""
+    """A constraint that fails after two tokens (as a grammar library might)."""
+
+    def __init__(self):
+        self.seen = 0
 
     def apply(self, logits):
-        raise ValueError("grammar state corrupt")
+        if self.seen == 2:
+            raise ValueError("grammar state corrupt")
+
+    def accept(self, token):
+        self.seen += 1
+
+    def finished(self):
+        return False
 
 
-def test_a_failure_inside_a_step_ends_every_job_and_frees_the_slots(smol):
+def test_a_failing_job_ends_alone_and_an_engine_failure_ends_all(smol, monkeypatch):
     ids = smol.chat_ids([{"role": "user", "content": QUESTIONS[2]}])
+    reference = smol.complete(ids, max_tokens=5).tokens
     batcher = Batcher(smol, parallel=2)
-    jobs = [Job(ids, 4, Sampling()), Job(ids, 4, Sampling(), constraint=Broken())]
+    jobs = [Job(ids, 5, Sampling()), Job(ids, 5, Sampling(), constraint=Broken())]
+    check_events(run_all(batcher, {0: jobs}))
+    assert jobs[1].result.stop_reason == "error" and str(jobs[1].error) == "grammar state corrupt"
+    assert jobs[1].result.tokens == reference[:2] and jobs[0].result.tokens == reference and jobs[0].error is None
+    # llama.cpp refusing a batch (a position that does not follow the sequence's last): every job ends, the slots
+    # are free, the error propagates, and the batcher works afterwards
+    jobs = [Job(ids, 5, Sampling()), Job(ids, 5, Sampling())]
     for job in jobs:
         batcher.add(job)
-    with pytest.raises(ValueError, match="grammar state corrupt"):
+    batcher.step()
+    sequences = batcher._sequences
+    decode = sequences.decode
+    monkeypatch.setattr(sequences, "decode", lambda rows: decode([(seq, token, pos + 7) for seq, token, pos in rows]))
+    with pytest.raises(UnsupportedError, match="llama.cpp failed to run the batch"):
         batcher.step()
+    monkeypatch.undo()
     assert all(job.done and job.result.stop_reason == "error" for job in jobs)
     assert batcher.free() == 2 and batcher.active() == 0
-    after = Job(ids, 4, Sampling())
+    after = Job(ids, 5, Sampling())
     run_all(batcher, {0: [after]})
-    assert after.cached_tokens == 0 and after.result.tokens == smol.complete(ids, max_tokens=4).tokens
+    assert after.cached_tokens == 0 and after.result.tokens == reference
     batcher.close()
 
 

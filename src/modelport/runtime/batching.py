@@ -9,7 +9,11 @@ Two ways, chosen by the engine:
 - batched (llama.cpp, `LlamaEngine.open_sequences`): every slot is a sequence of one multi-sequence context;
   a tick is one `llama_decode` holding one token per active job (decoding one token is memory-bound on a
   CPU: the weights are read once for all rows). A new prompt is prefilled in chunks of n_batch tokens, one
-  chunk per tick in a decode of its own, so a long prompt delays the others by one chunk at a time.
+  chunk per tick in a decode of its own, so a long prompt delays the others by one chunk at a time. (In
+  the same decode as the others' tokens would gain little: with one KV stream per sequence llama.cpp splits
+  a batch into equal-length parts per sequence anyway.) A freed slot keeps its cache: the next prompt goes
+  to the free slot holding its longest start (a system prompt, a conversation's earlier turns) and only the
+  rest runs, as llama.cpp's server does (`Job.cached_tokens`).
 - serialized (every other engine: transformers, onnxruntime): `parallel` slots are accepted, but jobs run
   one after another, each to its end, through the engine's own `prefill`/`step`; the others wait in their
   slot. Correct and simple; `batched` is False so the server can say so.
@@ -59,6 +63,7 @@ class Job:
     done: bool = False
     cached_tokens: int = 0                # prompt tokens found in the slot's cache, not run again (OpenAI's
                                           # usage.prompt_tokens_details.cached_tokens)
+    error: Exception | None = None        # why it ended with stop_reason "error" (its constraint or sampler failed)
 
 
 class _Slot:
@@ -138,7 +143,7 @@ class Batcher:
             raise UnsupportedError("this job is already running")
         stops = set(job.stop_ids or ()) | (set() if job.ignore_eos else set(self.engine.stop_ids))
         job.result.engine, job.result.prompt_tokens = self.engine.name, len(ids)
-        job.done, job.cached_tokens = False, 0
+        job.done, job.cached_tokens, job.error = False, 0, None
         # the free sequence that already holds the longest start of this prompt (a system prompt, earlier turns)
         seq = max(self._free_seqs, key=lambda s: shared_prefix(self._held.get(s, []), ids))
         self._free_seqs.remove(seq)
@@ -154,8 +159,9 @@ class Batcher:
         """One tick: (job, token) for each new token, then (job, None) for each job that ended this tick
         (result.stop_reason "stop", "length", "context" or "cancelled").
 
-        Should the engine fail (llama.cpp refusing a batch, a constraint raising), every job it held ends with
-        stop_reason "error" and done, all slots are free, and the exception propagates."""
+        A job whose own sampling fails (its constraint raises, or masks every token) ends alone with
+        stop_reason "error" and `job.error` set; its neighbours go on. Should the engine itself fail (llama.cpp
+        refusing a batch), every job ends with "error", all slots are free, and the exception propagates."""
         events: list[tuple[Job, int | None]] = []
         for slot in [s for s in self._slots if s.cancelled]:
             self._finish(slot, "cancelled", events)
@@ -164,14 +170,19 @@ class Batcher:
                 self._tick_batched()
             else:
                 self._tick_serialized()
-            for slot in [s for s in self._slots if s.logits is not None]:
-                self._sample(slot, events)
         except BaseException:
             for slot in list(self._slots):
                 self._finish(slot, "error", events)
             self._held.clear()               # what the cache holds is unknown now: every prompt starts afresh
             self._prompt_logits.clear()
             raise
+        for slot in [s for s in self._slots if s.logits is not None]:
+            try:
+                self._sample(slot, events)
+            except Exception as exc:          # this job's constraint or sampler: the others are not concerned
+                slot.job.error = exc
+                slot.pending = None
+                self._finish(slot, "error", events)
         return events
 
     def close(self) -> None:
@@ -256,7 +267,7 @@ class Batcher:
                 return self._finish(slot, "stop", events)
         if len(result.tokens) >= job.max_tokens:
             return self._finish(slot, "length", events)
-        if slot.cached + 1 > self.n_ctx:
+        if slot.cached >= self.n_ctx:           # no room for this token's keys and values
             return self._finish(slot, "context", events)
         slot.pending = token
 
