@@ -8,7 +8,7 @@ a Batcher, adding the next prompt as soon as a slot frees. Throughput = all gene
 ceiling of what batching can give. Runs alternate; median of `--repeat` (other load on the machine
 disturbs a single run). Target: parallel 4 >= 1.5x one at a time.
 
-    .venv/bin/python bench/batching.py [--tokens 32] [--jobs 8] [--repeat 3]
+    .venv/bin/python bench/batching.py [--tokens 32] [--jobs 8] [--repeat 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: every core)")
     args = parser.parse_args()
-    with runtime.load(smollm2_gguf(), ctx=CTX) as engine:
+    with runtime.load(smollm2_gguf(), ctx=CTX, threads=args.threads) as engine:
         prompts = [engine.chat_ids([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}])
                    for i in range(args.jobs)]
         batchers = {p: Batcher(engine, p) for p in (1, 2, 4)}
