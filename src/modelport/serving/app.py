@@ -42,6 +42,7 @@ from .scheduler import Busy, Event, Scheduler, Ticket
 WEB = Path(__file__).parent / "web"
 log = logging.getLogger("modelport.serve")
 POLL = 0.25          # seconds between checks that a waiting client is still there
+MAX_BODY = 16 * 2**20   # a request body larger than this is refused (413) before it is read
 
 
 class Server:
@@ -243,6 +244,9 @@ class Gate:
                 error = ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", type="authentication_error",
                                  code="invalid_api_key")
                 await error_response(path, error)(scope, receive, sending)
+            elif self.too_large(scope):
+                error = ApiError(413, f"the request body is larger than {MAX_BODY // 2**20} MiB", code="request_too_large")
+                await error_response(path, error)(scope, receive, sending)
             else:
                 await self.app(scope, receive, sending)
         finally:
@@ -250,6 +254,11 @@ class Gate:
             client = scope.get("client") or ("-", 0)
             log.info("%s %s %s %s %.1f ms%s", client[0], scope["method"], path, status[0] or "-",
                      (time.perf_counter() - start) * 1000, f" {tokens} tokens" if tokens is not None else "")
+
+    @staticmethod
+    def too_large(scope) -> bool:
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        return length.isdigit() and int(length) > MAX_BODY
 
     def allowed(self, scope) -> bool:
         headers = dict(scope["headers"])

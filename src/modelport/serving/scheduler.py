@@ -56,6 +56,7 @@ class Ticket:
         self.submitted = time.perf_counter()
         self.first_token: float | None = None
         self.cancelled = False
+        self.aborted = False          # ended by the server (shutdown): an error event was sent
         self.parts: list[str] = []
 
     def put(self, event: Event) -> None:
@@ -104,6 +105,7 @@ class Scheduler:
         self.running: dict[int, Ticket] = {}
         self.cancels: list[Ticket] = []
         self.accepting = True
+        self.deadline: float | None = None        # set by drain(): answers still running then are ended
         self.stopping = False
         self.thread = threading.Thread(target=self.run, name="modelport-scheduler", daemon=True)
         self.thread.start()
@@ -130,13 +132,21 @@ class Scheduler:
         with self.cond:
             return {"running": len(self.running), "waiting": len(self.waiting), "parallel": self.parallel, "queue": self.queue}
 
-    def close(self, grace: float = 10.0) -> None:
-        """Stop taking requests, let those in flight finish for up to `grace` seconds, then end the rest."""
+    def drain(self, grace: float) -> None:
+        """Stop taking requests; answers in flight get `grace` seconds to finish, then end with an error event (a
+        client is told the server stopped them, never left with a silently truncated answer)."""
         with self.cond:
             self.accepting = False
-            deadline = time.monotonic() + grace
-            while (self.waiting or self.running) and time.monotonic() < deadline:
-                self.cond.wait(timeout=max(0.0, min(0.1, deadline - time.monotonic())))
+            if self.deadline is None:
+                self.deadline = time.monotonic() + grace
+            self.cond.notify_all()
+
+    def close(self, grace: float = 10.0) -> None:
+        """`drain`, wait for the answers to end, then stop the worker and free the Batcher."""
+        self.drain(grace)
+        with self.cond:
+            while (self.waiting or self.running) and self.thread.is_alive():
+                self.cond.wait(timeout=0.1)
             self.stopping = True
             self.cond.notify_all()
         self.thread.join(timeout=30)
@@ -150,8 +160,9 @@ class Scheduler:
                 while not (self.waiting or self.running or self.cancels or self.stopping):
                     self.cond.wait()
                 if self.stopping:
-                    self.abort_all("the server is shutting down")
                     return
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    self.abort_all("the server is shutting down: this answer was stopped")
                 self.take_cancels()
                 self.admit()
                 if not self.running:
@@ -173,7 +184,7 @@ class Scheduler:
                     continue
                 if token is None:
                     self.finish(ticket)
-                else:
+                elif not ticket.aborted:
                     self.feed(ticket, token)
 
     def take_cancels(self) -> None:
@@ -215,6 +226,11 @@ class Scheduler:
             self.batcher.cancel(ticket.job)
 
     def finish(self, ticket: Ticket) -> None:
+        if ticket.aborted:          # its client already has the error event
+            with self.cond:
+                self.running.pop(id(ticket.job), None)
+                self.cond.notify_all()
+            return
         if not ticket.cut.hit:
             piece = ticket.cut.feed(ticket.stream.flush()) + ticket.cut.release()
             if piece:
@@ -227,11 +243,12 @@ class Scheduler:
         ticket.put(Event("done"))
 
     def abort_all(self, message: str) -> None:
-        for ticket in [*self.waiting, *self.running.values()]:
-            if ticket.cancelled:
-                ticket.finish_reason = "cancelled"
-                ticket.put(Event("done"))
-            else:
-                ticket.put(Event("error", error=Busy(message, retry_after=5)))
+        """End every queued and running answer now with an error event (their jobs are cancelled)."""
+        for ticket in self.waiting:
+            ticket.put(Event("error", error=Busy(message, retry_after=5)))
         self.waiting.clear()
-        self.running.clear()
+        for ticket in self.running.values():
+            if not ticket.aborted:
+                ticket.aborted = True
+                ticket.put(Event("error", error=Busy(message, retry_after=5)))
+                self.batcher.cancel(ticket.job)
