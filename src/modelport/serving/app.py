@@ -311,6 +311,12 @@ def create_app(model: str | os.PathLike | Engine, *, engine: str = "auto", ctx: 
     `model`: a path (loaded here, with the chat template the runtime reads) or an engine already loaded (the caller
     keeps it). `parallel` slots run together; `queue` more requests may wait; beyond that 503. `api_key`: required on
     every route but /health and the page. `grace`: seconds in-flight answers get to finish when the server stops."""
+    if not (isinstance(parallel, int) and parallel >= 1):      # checked before a model loads
+        raise ModelportError(f"--parallel must be at least 1, not {parallel}")
+    if not (isinstance(queue, int) and queue >= 0):
+        raise ModelportError(f"--queue must be 0 or more, not {queue}")
+    if grace < 0:
+        raise ModelportError(f"--grace must be 0 or more, not {grace}")
     if isinstance(model, Engine):
         eng, owns, path = model, False, None
     else:

@@ -90,10 +90,6 @@ class Scheduler:
     """Owns the engine's Batcher in one worker thread; `submit`, `cancel` and `close` are safe from any thread."""
 
     def __init__(self, engine: Engine, parallel: int = 1, queue: int = 16):
-        if parallel < 1:
-            raise ModelportError(f"--parallel must be at least 1, not {parallel}")
-        if queue < 0:
-            raise ModelportError(f"--queue must be 0 or more, not {queue}")
         self.engine = engine
         self.batcher = Batcher(engine, parallel)
         self.parallel = parallel
