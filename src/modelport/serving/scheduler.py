@@ -15,73 +15,12 @@ import asyncio
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from ..core.errors import ModelportError
-from ..runtime import ContextFullError, Engine, Generation, Sampling, TextStream
+from ..runtime import Engine, TextStream
+from ..runtime.batching import Batcher, Job
 from ..runtime.conversation import StopText
-
-
-@dataclass
-class Job:
-    """One generation as the Batcher runs it (the contract of `runtime.batching.Job`)."""
-
-    ids: list[int]
-    max_tokens: int
-    sampling: Sampling
-    stop_ids: set[int] | None = None
-    ignore_eos: bool = False
-    constraint: Any = None
-    result: Generation = field(default_factory=Generation)
-    done: bool = False
-
-
-class OneAtATime:
-    """The Batcher interface over `Engine.generate`, one job at a time (parallel 1): jobs that do not fit
-    the engine's context are refused in `add`, before they take the slot."""
-
-    batched = False
-
-    def __init__(self, engine: Engine, parallel: int = 1):
-        self.engine = engine
-        self.parallel = 1
-        self.job: Job | None = None
-        self.tokens = None
-        self.cancelled = False
-
-    def free(self) -> int:
-        return 0 if self.job else 1
-
-    def active(self) -> int:
-        return 1 if self.job else 0
-
-    def add(self, job: Job) -> None:
-        if len(job.ids) >= self.engine.n_ctx:
-            raise ContextFullError(len(job.ids), self.engine.n_ctx)
-        extra = {"constraint": job.constraint} if job.constraint is not None else {}
-        self.job, self.cancelled = job, False
-        self.tokens = self.engine.generate(job.ids, max_tokens=job.max_tokens, sampling=job.sampling, stop_ids=job.stop_ids,
-                                           ignore_eos=job.ignore_eos, result=job.result, **extra)
-
-    def cancel(self, job: Job) -> None:
-        if job is self.job:
-            self.cancelled = True
-
-    def step(self) -> list[tuple[Job, int | None]]:
-        job = self.job
-        if job is None:
-            return []
-        if not self.cancelled:
-            try:
-                return [(job, next(self.tokens))]
-            except StopIteration:
-                pass
-        else:
-            self.tokens.close()
-            job.result.stop_reason = "cancelled"
-        job.done, self.job, self.tokens = True, None, None
-        return [(job, None)]
 
 
 class Busy(Exception):
@@ -117,6 +56,7 @@ class Ticket:
         self.submitted = time.perf_counter()
         self.first_token: float | None = None
         self.cancelled = False
+        self.aborted = False          # ended by the server (shutdown): an error event was sent
         self.parts: list[str] = []
 
     def put(self, event: Event) -> None:
@@ -149,14 +89,11 @@ class Ticket:
 class Scheduler:
     """Owns the engine's Batcher in one worker thread; `submit`, `cancel` and `close` are safe from any thread."""
 
-    def __init__(self, engine: Engine, parallel: int = 1, queue: int = 16, batcher_class: type = OneAtATime):
-        if parallel < 1:
-            raise ModelportError(f"--parallel must be at least 1, not {parallel}")
-        if queue < 0:
-            raise ModelportError(f"--queue must be 0 or more, not {queue}")
+    def __init__(self, engine: Engine, parallel: int = 1, queue: int = 16):
         self.engine = engine
-        self.batcher = batcher_class(engine, parallel)
-        self.parallel = self.batcher.parallel
+        self.batcher = Batcher(engine, parallel)
+        self.parallel = parallel
+        self.n_ctx = self.batcher.n_ctx          # one slot's context
         self.queue = queue
         self.tokenizer_lock = threading.Lock()      # handlers tokenize while the worker detokenizes
         self.cond = threading.Condition()
@@ -164,6 +101,7 @@ class Scheduler:
         self.running: dict[int, Ticket] = {}
         self.cancels: list[Ticket] = []
         self.accepting = True
+        self.deadline: float | None = None        # set by drain(): answers still running then are ended
         self.stopping = False
         self.thread = threading.Thread(target=self.run, name="modelport-scheduler", daemon=True)
         self.thread.start()
@@ -190,16 +128,26 @@ class Scheduler:
         with self.cond:
             return {"running": len(self.running), "waiting": len(self.waiting), "parallel": self.parallel, "queue": self.queue}
 
-    def close(self, grace: float = 10.0) -> None:
-        """Stop taking requests, let those in flight finish for up to `grace` seconds, then end the rest."""
+    def drain(self, grace: float) -> None:
+        """Stop taking requests; answers in flight get `grace` seconds to finish, then end with an error event (a
+        client is told the server stopped them, never left with a silently truncated answer)."""
         with self.cond:
             self.accepting = False
-            deadline = time.monotonic() + grace
-            while (self.waiting or self.running) and time.monotonic() < deadline:
-                self.cond.wait(timeout=max(0.0, min(0.1, deadline - time.monotonic())))
+            if self.deadline is None:
+                self.deadline = time.monotonic() + grace
+            self.cond.notify_all()
+
+    def close(self, grace: float = 10.0) -> None:
+        """`drain`, wait for the answers to end, then stop the worker and free the Batcher."""
+        self.drain(grace)
+        with self.cond:
+            while (self.waiting or self.running) and self.thread.is_alive():
+                self.cond.wait(timeout=0.1)
             self.stopping = True
             self.cond.notify_all()
         self.thread.join(timeout=30)
+        if not self.thread.is_alive():
+            self.batcher.close()
 
     # --- the worker thread -------------------------------------------------------------------------
     def run(self) -> None:
@@ -208,8 +156,9 @@ class Scheduler:
                 while not (self.waiting or self.running or self.cancels or self.stopping):
                     self.cond.wait()
                 if self.stopping:
-                    self.abort_all("the server is shutting down")
                     return
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    self.abort_all("the server is shutting down: this answer was stopped")
                 self.take_cancels()
                 self.admit()
                 if not self.running:
@@ -221,7 +170,8 @@ class Scheduler:
                     for ticket in self.running.values():
                         ticket.put(Event("error", error=exc))
                     self.running.clear()
-                    self.batcher = type(self.batcher)(self.engine, self.parallel)
+                    self.batcher.close()
+                    self.batcher = Batcher(self.engine, self.parallel)
                     self.cond.notify_all()
                 continue
             for job, token in ticks:
@@ -230,7 +180,7 @@ class Scheduler:
                     continue
                 if token is None:
                     self.finish(ticket)
-                else:
+                elif not ticket.aborted:
                     self.feed(ticket, token)
 
     def take_cancels(self) -> None:
@@ -272,6 +222,11 @@ class Scheduler:
             self.batcher.cancel(ticket.job)
 
     def finish(self, ticket: Ticket) -> None:
+        if ticket.aborted:          # its client already has the error event
+            with self.cond:
+                self.running.pop(id(ticket.job), None)
+                self.cond.notify_all()
+            return
         if not ticket.cut.hit:
             piece = ticket.cut.feed(ticket.stream.flush()) + ticket.cut.release()
             if piece:
@@ -284,11 +239,12 @@ class Scheduler:
         ticket.put(Event("done"))
 
     def abort_all(self, message: str) -> None:
-        for ticket in [*self.waiting, *self.running.values()]:
-            if ticket.cancelled:
-                ticket.finish_reason = "cancelled"
-                ticket.put(Event("done"))
-            else:
-                ticket.put(Event("error", error=Busy(message, retry_after=5)))
+        """End every queued and running answer now with an error event (their jobs are cancelled)."""
+        for ticket in self.waiting:
+            ticket.put(Event("error", error=Busy(message, retry_after=5)))
         self.waiting.clear()
-        self.running.clear()
+        for ticket in self.running.values():
+            if not ticket.aborted:
+                ticket.aborted = True
+                ticket.put(Event("error", error=Busy(message, retry_after=5)))
+                self.batcher.cancel(ticket.job)
