@@ -170,8 +170,12 @@ class Server:
 
     async def constraint(self, schema: dict[str, Any] | None, param: str) -> Constraint:
         """The token mask that makes the answer JSON (valid against `schema` when given), for every engine."""
+        def make() -> Constraint:
+            with self.scheduler.tokenizer_lock:     # the first one reads the engine's whole vocabulary
+                return json_constraint(self.engine, schema)
+
         try:
-            return await run_in_threadpool(json_constraint, self.engine, schema)
+            return await run_in_threadpool(make)
         except ModelportError as exc:
             raise ApiError(400, exc.message, param=param) from None
 
