@@ -191,7 +191,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=4, help="slots of the batched modelport server")
     args = parser.parse_args()
     gguf, threads = str(smollm2_gguf()), cores()
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)    # a log file gets the whole table
     console.print(f"model {Path(gguf).name}, ctx {args.ctx}, {threads} threads, streaming chat, greedy, "
                   f"max_tokens {args.tokens}, {args.requests} requests per level (distinct prompts)")
 
