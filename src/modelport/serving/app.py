@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from contextlib import asynccontextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from .. import __version__, runtime
+from .. import runtime
 from ..core.errors import ModelportError
 from ..inspection import inspect
 from ..runtime import ContextFullError, Engine, Sampling
@@ -40,6 +41,10 @@ from .openai_api import ApiError
 from .scheduler import Busy, Event, Scheduler, Ticket
 
 WEB = Path(__file__).parent / "web"
+try:    # the installed distribution's version (modelport/__init__.py imports this package: no import back up)
+    VERSION = metadata.version("modelport")
+except metadata.PackageNotFoundError:
+    VERSION = "0+unknown"
 log = logging.getLogger("modelport.serve")
 POLL = 0.25          # seconds between checks that a waiting client is still there
 MAX_BODY = 16 * 2**20   # a request body larger than this is refused (413) before it is read
@@ -165,8 +170,12 @@ class Server:
 
     async def constraint(self, schema: dict[str, Any] | None, param: str) -> Constraint:
         """The token mask that makes the answer JSON (valid against `schema` when given), for every engine."""
+        def make() -> Constraint:
+            with self.scheduler.tokenizer_lock:     # the first one reads the engine's whole vocabulary
+                return json_constraint(self.engine, schema)
+
         try:
-            return await run_in_threadpool(json_constraint, self.engine, schema)
+            return await run_in_threadpool(make)
         except ModelportError as exc:
             raise ApiError(400, exc.message, param=param) from None
 
@@ -340,7 +349,7 @@ def create_app(model: str | os.PathLike | Engine, *, engine: str = "auto", ctx: 
         if server.owns_engine:
             eng.close()
 
-    app = FastAPI(title="modelport", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="modelport", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
     add_error_handlers(app)
     add_openai_routes(app, server)
@@ -474,7 +483,7 @@ async def openai_answer(server: Server, job: Job, body, request: Request, chat: 
 def add_ollama_routes(app: FastAPI, server: Server) -> None:
     @app.get("/api/version")
     async def version():
-        return {"version": __version__}
+        return {"version": VERSION}
 
     @app.get("/api/tags")
     async def tags():

@@ -75,7 +75,8 @@ class Ticket:
     def usage(self) -> dict[str, int]:
         r = self.job.result
         return {"prompt_tokens": len(self.job.ids), "completion_tokens": len(r.tokens),
-                "total_tokens": len(self.job.ids) + len(r.tokens)}
+                "total_tokens": len(self.job.ids) + len(r.tokens),
+                "prompt_tokens_details": {"cached_tokens": self.job.cached_tokens}}   # reused from the slot's cache
 
     def timings(self) -> dict[str, float | None]:
         """llama.cpp server's figures: prompt time, generation time and its speed (tokens/s)."""
@@ -165,13 +166,12 @@ class Scheduler:
                     continue
             try:
                 ticks = self.batcher.step()
-            except Exception as exc:   # an engine failure ends the jobs in the batch, not the server
+            except Exception as exc:   # an engine failure ends the jobs in the batch (the Batcher freed their slots), not the server
                 with self.cond:
                     for ticket in self.running.values():
-                        ticket.put(Event("error", error=exc))
+                        if not ticket.aborted:
+                            ticket.put(Event("error", error=exc))
                     self.running.clear()
-                    self.batcher.close()
-                    self.batcher = Batcher(self.engine, self.parallel)
                     self.cond.notify_all()
                 continue
             for job, token in ticks:
