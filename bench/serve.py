@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -191,7 +192,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=4, help="slots of the batched modelport server")
     args = parser.parse_args()
     gguf, threads = str(smollm2_gguf()), cores()
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)    # a log file gets the whole table
     console.print(f"model {Path(gguf).name}, ctx {args.ctx}, {threads} threads, streaming chat, greedy, "
                   f"max_tokens {args.tokens}, {args.requests} requests per level (distinct prompts)")
 
@@ -204,6 +205,8 @@ def main() -> None:
         (f"modelport --parallel {args.parallel}", ["-m", "modelport", "serve", gguf, "--ctx", str(args.ctx),
                                                     "--parallel", str(args.parallel), "--queue", "64"]),
     ]
+    # SIGTERM (a timeout, a CI cancel) unwinds like Ctrl-C, so no server subprocess outlives the bench.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results: dict[str, dict[int, Run]] = {}
     for label, argv in servers:
         console.print(f"[dim]{label}…[/dim]")
@@ -212,6 +215,9 @@ def main() -> None:
             results[label] = measure(server, args.clients, args.requests, args.tokens)
         finally:
             server.stop()
+        for clients, r in results[label].items():       # as each server ends, in case a later one never does
+            console.print(f"[dim]  {clients} clients: {r.count('answered')}/{len(r.outcomes)} answered, "
+                          f"{r.count('empty')} empty, {r.rate():.2f} req/s, TTFT p50 {ms(r.ttft(0.5))} ms[/dim]")
 
     anchor = "llama_cpp.server"
     table = Table(title="streaming chat completions under concurrent clients")

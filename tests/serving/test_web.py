@@ -98,10 +98,16 @@ def last_answer(page) -> str:
 
 def wait_answered(page, timeout_ms: int = 300_000) -> str:
     """The finish reason of the last answer, once the page has marked it done."""
-    box = page.locator(".msg.assistant").last
-    page.wait_for_function("() => { const a = document.querySelectorAll('.msg.assistant');"
-                           " return a.length && a[a.length - 1].dataset.finish; }", timeout=timeout_ms)
-    return box.get_attribute("data-finish")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function("() => { const a = document.querySelectorAll('.msg.assistant');"
+                               " return a.length && a[a.length - 1].dataset.finish; }", timeout=timeout_ms)
+    except PlaywrightTimeout:
+        messages = page.locator(".msg").all_text_contents()
+        raise AssertionError(f"no answer ended; status {page.text_content('#status')!r}, "
+                             f"messages {messages[-3:]!r}") from None
+    return page.locator(".msg.assistant").last.get_attribute("data-finish")
 
 
 def test_streamed_answer_with_model_name_and_speed(page, server, tmp_path):

@@ -7,7 +7,7 @@
 (() => {
   const KEY_STORE = "modelport.apiKey";
   const SETTINGS_STORE = "modelport.settings";
-  const MAX_BUSY_RETRIES = 20;           // 503 answers in a row before the page gives up
+  const MAX_BUSY_RETRIES = 120;          // 503 answers in a row (a few minutes) before the page gives up
   const FINISH_LABELS = {
     stop: "",                            // the model ended its answer: nothing to say
     length: "max tokens reached",
