@@ -165,7 +165,8 @@ def test_gguf_input_goes_through_the_hf_route(chat, tmp_path):
     result = convert(gguf, tmp_path / "onnx", to="onnx")
     verify = result.details["verify"]
     assert verify["max_abs_diff"] <= 1e-4 and verify["greedy_equal"] is True
-    assert (tmp_path / "onnx" / "tokenizer.json").is_file()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        assert (tmp_path / "onnx" / name).is_file(), name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]    # the temporary HF folder is gone
 
 

@@ -17,6 +17,7 @@ adds `model_int8.onnx` (onnxruntime's dynamic quantization) with its agreement w
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import resource
 import tempfile
@@ -178,14 +179,25 @@ def export_folder(source: ModelSource, request: Request, folder: Path, out: Path
         if pooling is not None:
             manifest["pooling"] = {"mode": pooling.mode, "normalize": pooling.normalize}
     pad, eos = special_ids(model)
+    vocab = int(model.config.get_text_config().vocab_size)
+    manifest["parameters"] = sum(p.numel() for p in parameters.values())
+    manifest["tensors"] = len(parameters)
+    reference = None
     if request.verify:
         report_phase(request.progress, "verifying with onnxruntime")
         if kind == "causal-lm":
-            check = graph.verify_causal(model, out / MODEL_FILE, geo, pad, eos)
+            reference = graph.causal_reference(model, geo, pad)
         else:
             wrapper = graph.encoder_wrapper(model, manifest["outputs"], pooling, "token_type_ids" in manifest["inputs"])
-            check = graph.verify_encoder(wrapper, out / MODEL_FILE, manifest["inputs"], manifest["outputs"],
-                                         int(model.config.vocab_size), pad)
+            reference = graph.encoder_reference(wrapper, manifest["inputs"], vocab, pad)
+            del wrapper
+    del model, parameters     # onnxruntime loads the graph's own copy of the weights: the PyTorch one goes first
+    gc.collect()
+    if reference is not None:
+        if kind == "causal-lm":
+            check = graph.check_causal(out / MODEL_FILE, geo, reference, eos)
+        else:
+            check = graph.check_encoder(out / MODEL_FILE, manifest["outputs"], reference)
         manifest["verify"] = verification_record(check)
         if not check.passed:
             raise CheckFailed(f"verify failed: {verify_summary(manifest['verify'])}; nothing written", request.dst)
@@ -196,12 +208,10 @@ def export_folder(source: ModelSource, request: Request, folder: Path, out: Path
             agreement = graph.agreement_causal(out / MODEL_FILE, out / INT8_FILE, geo, pad)
         else:
             agreement = graph.agreement_encoder(out / MODEL_FILE, out / INT8_FILE, manifest["inputs"],
-                                                manifest["outputs"][-1], int(model.config.vocab_size), pad)
+                                                manifest["outputs"][-1], vocab, pad)
         manifest["files"]["int8"] = INT8_FILE
         manifest["int8"] = {"file": INT8_FILE, "bytes": data_bytes(out, INT8_FILE),
                             "float_bytes": data_bytes(out, MODEL_FILE), **agreement}
-    manifest["parameters"] = sum(p.numel() for p in parameters.values())
-    manifest["tensors"] = len(parameters)
     manifest["model_bytes"] = model_bytes
     manifest["peak_rss_bytes"] = peak_rss()
     return manifest
