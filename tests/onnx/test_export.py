@@ -194,6 +194,12 @@ def test_wrong_options_are_one_line_errors(cli, chat, tmp_path, args, needle):
     assert r.code == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+def test_an_onnx_file_name_asks_for_a_folder(cli, chat, tmp_path):
+    r = cli("convert", chat, tmp_path / "model.onnx")
+    assert r.code == 2 and "an ONNX export is a folder" in r.stderr and "--to onnx" in r.stderr, r.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_model_transformers_does_not_know_is_a_one_line_error(cli, tmp_path):
     folder = save_model(random_model("llama", 0, **BASE), tmp_path / "hf")
     config = json.loads((folder / "config.json").read_text())

@@ -243,9 +243,13 @@ class HfToOnnx:
     name = "hf-to-onnx"
 
     def matches(self, source: ModelSource, request: Request) -> bool:
-        return request.to == "onnx"
+        return request.to == "onnx" or (request.to is None and request.dst.suffix.lower() == ".onnx")
 
     def run(self, source: ModelSource, request: Request) -> ConvertResult:
+        if request.to is None:
+            raise UnsupportedError("an ONNX export is a folder (model.onnx, its weights, tokenizer, config): give a "
+                                   f"folder name and --to onnx, e.g. {request.dst.with_suffix('')}-onnx --to onnx",
+                                   request.dst)
         if request.quant is not None or request.shard_size is not None or request.dtype not in (None, "f32", "float32"):
             raise UnsupportedError("ONNX export takes --quantize int8 (not --quant, --dtype or --shard-size)", request.dst)
         if request.quantize not in (None, *QUANTIZE_CHOICES):
