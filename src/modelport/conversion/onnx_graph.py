@@ -176,7 +176,7 @@ def _export(module, args: tuple, dst: Path, input_names, output_names, dynamic_s
     torch = _torch()
     import onnxscript.optimizer
 
-    weights = {f"model.{name}" for name, _ in module.model.named_parameters()}
+    weights = {f"model.{name}" for name, _ in module.model.named_parameters(remove_duplicate=False)}   # tied: both names
 
     def should_fold(node):
         return False if any(v is not None and v.name in weights for v in node.inputs) else None
