@@ -323,8 +323,8 @@ def _until_eos(tokens, eos: set[int]) -> list[int]:
 
 @dataclass
 class Reference:
-    """What PyTorch computed on the verify inputs: kept so that the model can be freed before onnxruntime loads
-    the graph (peak memory: one copy of the model, not two)."""
+    """What PyTorch computed on the verify inputs, kept so that the model can be dropped before onnxruntime loads
+    the graph."""
     batches: list[tuple[dict[str, np.ndarray], list[np.ndarray]]]   # (inputs, expected outputs) per shape
     prompt: tuple[np.ndarray, np.ndarray] | None = None             # greedy decode: ids, mask
     generated: np.ndarray | None = None                             # generate()'s new tokens
