@@ -265,7 +265,7 @@ class HfToOnnx:
             write_chat_template(out)
             (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-            written = (out / f"{MODEL_FILE}.data").stat().st_size     # the weights; the graph is beside them
+            written = data_bytes(out, f"{MODEL_FILE}.data")     # the weights; the graph is beside them
         files = [str(request.dst / n) for n in names]
         details = {k: manifest[k] for k in ("kind", "opset", "model_bytes", "peak_rss_bytes", "verify", "int8")
                    if k in manifest}
