@@ -1,7 +1,7 @@
 """Running models: engines behind one interface, the chat template rendered once.
 
     from modelport import runtime
-    with runtime.load("model.gguf") as engine:                 # llama.cpp for GGUF, transformers otherwise
+    with runtime.load("model.gguf") as engine:     # llama.cpp for GGUF, onnxruntime for ONNX exports, else transformers
         ids = engine.chat_ids([{"role": "user", "content": "Hi"}])
         print(engine.complete(ids, max_tokens=32).text)
         chat = runtime.Conversation(engine, system="Be brief.", on_text=lambda piece: print(piece, end=""))
@@ -17,12 +17,13 @@ from ..core.errors import FormatError, ModelportError, UnsupportedError
 from ..core.source import ModelSource
 from ..opening import open as open_model
 from .base import Engine, Generation, Sampler, Sampling, TextStream
-from .chat_template import ChatTemplate, template_for
+from .chat_template import ChatTemplate, folder_of, template_for
 from .conversation import ContextFullError, Conversation, GenerationSettings, stream_answer
 from .hf_engine import HFEngine
 from .llama_engine import LlamaEngine
+from .onnx_engine import OnnxEngine, export_info, folder_config
 
-ENGINES = ("auto", "llama", "hf")
+ENGINES = ("auto", "llama", "hf", "onnx")
 
 #: Model types and GGUF architectures that encode text into vectors and cannot generate it.
 ENCODERS = {"bert", "nomic-bert", "jina-bert-v2", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet",
@@ -30,14 +31,21 @@ ENCODERS = {"bert", "nomic-bert", "jina-bert-v2", "roberta", "xlm-roberta", "dis
 GENERATOR_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 
+def model_config(source: ModelSource) -> dict:
+    """The model's config.json (an ONNX export's too when its graph file is given alone), or {}."""
+    return folder_config(source) if source.format == "onnx" else source.config or {}
+
+
 def check_generates(source: ModelSource, needs_template: bool) -> None:
     """Refuse, before any engine loads, a model that cannot answer: an encoder, a vocabulary-only GGUF, or
     (when the chat template is asked for) a model without one. Each says what would work instead."""
-    config = source.config or {}
+    config = model_config(source)
     arch = source.metadata.get("general.architecture") if source.format == "gguf" else config.get("model_type")
     names = [a for a in config.get("architectures") or [] if isinstance(a, str)]
     encoder = arch in ENCODERS or (source.format == "gguf" and f"{arch}.pooling_type" in source.metadata)
     if names and not any(n.endswith(GENERATOR_SUFFIXES) for n in names):
+        encoder = True
+    if source.format == "onnx" and export_info(folder_of(source)).get("kind") == "encoder":
         encoder = True
     if encoder:
         kind = names[0] if names else arch
@@ -63,12 +71,14 @@ def load(path: str | os.PathLike, engine: str = "auto", ctx: int | None = None, 
     source = open_model(path, trust=trust)
     try:
         check_generates(source, needs_template)
-        trained = (source.config or {}).get("max_position_embeddings")
+        trained = model_config(source).get("max_position_embeddings")
         if ctx is not None and isinstance(trained, int) and ctx > trained:
             raise UnsupportedError(f"--ctx {ctx} is larger than the {trained} positions the model was trained for", path)
         try:
             if engine == "llama" or (engine == "auto" and source.format == "gguf"):
                 return LlamaEngine(source, ctx=ctx, threads=threads)
+            if engine == "onnx" or (engine == "auto" and source.format == "onnx"):
+                return OnnxEngine(source, ctx=ctx, threads=threads)
             return HFEngine(source, ctx=ctx)
         except Exception as exc:   # the library's traceback or "could not load": say why, from `check`
             if isinstance(exc, ModelportError) and not isinstance(exc, FormatError):
@@ -79,4 +89,5 @@ def load(path: str | os.PathLike, engine: str = "auto", ctx: int | None = None, 
 
 
 __all__ = ["load", "check_generates", "Engine", "Generation", "Sampler", "Sampling", "TextStream", "ChatTemplate",
-           "template_for", "ENGINES", "Conversation", "ContextFullError", "GenerationSettings", "stream_answer", "HFEngine", "LlamaEngine"]
+           "template_for", "ENGINES", "Conversation", "ContextFullError", "GenerationSettings", "stream_answer", "HFEngine", "LlamaEngine",
+           "OnnxEngine"]

@@ -11,14 +11,13 @@ the model's own length.
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 
 import numpy as np
 
 from ..core.errors import FormatError, MissingDependencyError, UnsupportedError
 from ..core.source import ModelSource
-from .base import Engine
+from .base import Engine, cores
 from .chat_template import gguf_special_tokens, template_for
 
 # llama.cpp logs from C (model loading, cache notes such as "llama_kv_cache_iswa: using full-size SWA cache"),
@@ -42,13 +41,6 @@ def _install_log_callback(llama_cpp) -> None:
     if _logs["callback"] is None:
         _logs["callback"] = llama_cpp.llama_log_callback(_forward_log)
     llama_cpp.llama_log_set(_logs["callback"], ctypes.c_void_p(0))
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class LlamaEngine(Engine):
