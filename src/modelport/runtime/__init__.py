@@ -6,6 +6,7 @@
         print(engine.complete(ids, max_tokens=32).text)
         chat = runtime.Conversation(engine, system="Be brief.", on_text=lambda piece: print(piece, end=""))
         chat.send("What is the capital of France?")
+    vectors = runtime.embed("bge-small/", ["a text", "another"]).vectors   # encoders: transformers, onnxruntime, llama.cpp
 """
 
 from __future__ import annotations
@@ -17,38 +18,21 @@ from ..core.errors import FormatError, ModelportError, UnsupportedError
 from ..core.source import ModelSource
 from ..opening import open as open_model
 from .base import Engine, Generation, Sampler, Sampling, TextStream
-from .chat_template import ChatTemplate, folder_of, template_for
+from .chat_template import ChatTemplate, template_for
 from .conversation import ContextFullError, Conversation, GenerationSettings, stream_answer
+from .embedding import Embeddings, architecture, embed, model_config
 from .hf_engine import HFEngine
 from .llama_engine import LlamaEngine
-from .onnx_engine import OnnxEngine, export_info, folder_config
+from .onnx_engine import OnnxEngine
 
 ENGINES = ("auto", "llama", "hf", "onnx")
-
-#: Model types and GGUF architectures that encode text into vectors and cannot generate it.
-ENCODERS = {"bert", "nomic-bert", "jina-bert-v2", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet",
-            "deberta", "deberta-v2", "albert", "camembert", "t5encoder", "modernbert", "new"}
-GENERATOR_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
-
-
-def model_config(source: ModelSource) -> dict:
-    """The model's config.json (an ONNX export's too when its graph file is given alone), or {}."""
-    return folder_config(source) if source.format == "onnx" else source.config or {}
 
 
 def check_generates(source: ModelSource, needs_template: bool) -> None:
     """Refuse, before any engine loads, a model that cannot answer: an encoder, a vocabulary-only GGUF, or
     (when the chat template is asked for) a model without one. Each says what would work instead."""
-    config = model_config(source)
-    arch = source.metadata.get("general.architecture") if source.format == "gguf" else config.get("model_type")
-    names = [a for a in config.get("architectures") or [] if isinstance(a, str)]
-    encoder = arch in ENCODERS or (source.format == "gguf" and f"{arch}.pooling_type" in source.metadata)
-    if names and not any(n.endswith(GENERATOR_SUFFIXES) for n in names):
-        encoder = True
-    if source.format == "onnx" and export_info(folder_of(source)).get("kind") == "encoder":
-        encoder = True
+    kind, encoder = architecture(source)
     if encoder:
-        kind = names[0] if names else arch
         raise UnsupportedError(f"is an encoder ({kind}): it turns text into vectors and does not generate text; "
                                "run and chat need a causal language model", source.path)
     if source.format == "gguf" and not source.tensors:
@@ -90,4 +74,4 @@ def load(path: str | os.PathLike, engine: str = "auto", ctx: int | None = None, 
 
 __all__ = ["load", "check_generates", "Engine", "Generation", "Sampler", "Sampling", "TextStream", "ChatTemplate",
            "template_for", "ENGINES", "Conversation", "ContextFullError", "GenerationSettings", "stream_answer", "HFEngine", "LlamaEngine",
-           "OnnxEngine"]
+           "OnnxEngine", "embed", "Embeddings"]

@@ -36,7 +36,7 @@ def _forward_log(level: int, text: bytes, user_data) -> None:
         sys.stderr.flush()
 
 
-def _install_log_callback(llama_cpp) -> None:
+def install_log_callback(llama_cpp) -> None:
     """Route llama.cpp's logging through `_forward_log` (the ctypes callback is kept alive here)."""
     if _logs["callback"] is None:
         _logs["callback"] = llama_cpp.llama_log_callback(_forward_log)
@@ -56,7 +56,7 @@ class LlamaEngine(Engine):
         except ImportError:
             raise MissingDependencyError("llama-cpp-python", "llama", "running a GGUF with llama.cpp") from None
         self._lib = llama_cpp
-        _install_log_callback(llama_cpp)
+        install_log_callback(llama_cpp)
         config = source.config or {}
         n_ctx = int(ctx or config.get("max_position_embeddings") or 4096)
         threads = threads or cores()
