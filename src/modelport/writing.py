@@ -55,6 +55,7 @@ class ConvertResult:
     aliases: dict[str, str] = field(default_factory=dict)
     verified: bool = False
     errors: dict[str, float] = field(default_factory=dict)   # verified lossy output: worst relative RMS error per type
+    details: dict = field(default_factory=dict)              # what a route adds (ONNX: verify numbers, peak memory)
 
 
 def dedupe(refs: list[TensorRef], known: dict[str, str]) -> tuple[list[TensorRef], dict[str, str]]:

@@ -5,6 +5,7 @@ Routes, in order (each one small object with `matches` and `run`, in its own mod
 - `GgufToHf`       GGUF file → Hugging Face folder (dequantized, config, tokenizer)
 - `GgufRequantize` GGUF → GGUF with `--quant` (llama-quantize's types and bytes)
 - `HfToGguf`       HF model (or weights + config) → GGUF (llama.cpp's converter + quantizer)
+- `HfToOnnx`       HF model, weights + config, or GGUF → ONNX folder (`--to onnx`: KV cache, verified)
 - `WeightsRoute`   anything → any writer, tensor by tensor (matches everything: last)
 
 Adding a route is a module with one class and a line in `ROUTES`.
@@ -21,26 +22,35 @@ from ..writing import ConvertResult, Progress
 from .gguf_requantize import GgufRequantize
 from .gguf_to_hf import GgufToHf
 from .hf_to_gguf import HfToGguf
+from .hf_to_onnx import HfToOnnx
 from .route import Request, Route, opened
 from .weights import WeightsRoute
 
-ROUTES: list[Route] = [GgufToHf(), GgufRequantize(), HfToGguf(), WeightsRoute()]
+ROUTES: list[Route] = [GgufToHf(), GgufRequantize(), HfToGguf(), HfToOnnx(), WeightsRoute()]
 
 __all__ = ["convert", "ConvertResult", "Request", "Route", "ROUTES"]
 
 
 def convert(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, *, to: str | None = None,
-            dtype: str | None = None, shard_size: str | int | None = None, force: bool = False, verify: bool = False,
+            dtype: str | None = None, shard_size: str | int | None = None, force: bool = False, verify: bool | None = None,
             dequantize: bool = False, progress: Progress | None = None, quant: str | None = None,
-            config: str | os.PathLike | None = None, trust: bool = False) -> ConvertResult:
+            config: str | os.PathLike | None = None, trust: bool = False, quantize: str | None = None) -> ConvertResult:
     """Convert a model file or folder (a path, or a source already opened with `modelport.open`); the output
     format comes from `to` or the extension of `dst`.
 
     `quant` (a llama.cpp file type such as Q4_K_M) and `config` (an HF config.json for a bare weights file)
-    apply to GGUF output. `trust` lets a file the scanner finds suspicious (not dangerous) be opened."""
-    request = Request(Path(dst), to=to.lower() if to else None, dtype=dtype, quant=quant,
+    apply to GGUF output; `quantize` ("int8") to ONNX output. `verify` defaults to on for ONNX output (the graph
+    is proved against PyTorch) and off elsewhere. `trust` lets a file the scanner finds suspicious (not dangerous)
+    be opened."""
+    to = to.lower() if to else None
+    if verify is None:
+        verify = to == "onnx"
+    if quantize is not None and to != "onnx":
+        raise UnsupportedError("--quantize applies to ONNX output (--to onnx); GGUF output takes --quant", dst)
+    request = Request(Path(dst), to=to, dtype=dtype, quant=quant,
                       config=Path(config) if config is not None else None, shard_size=shard_size,
-                      dequantize=dequantize, force=force, verify=verify, trust=trust, progress=progress)
+                      dequantize=dequantize, force=force, verify=verify, trust=trust, progress=progress,
+                      quantize=quantize.lower() if quantize else None)
     with opened(src, trust) as source:
         inputs = {source.path.resolve(), *(f.resolve() for f in source.files)}
         if request.dst.resolve() in inputs:

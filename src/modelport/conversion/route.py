@@ -39,6 +39,7 @@ class Request:
     dequantize: bool = False
     force: bool = False
     verify: bool = False
+    quantize: str | None = None           # ONNX output: int8
     trust: bool = False
     progress: Progress | None = None
 
