@@ -21,6 +21,7 @@ import numpy as np
 from ..core.errors import FormatError, MissingDependencyError, UnsupportedError
 from ..core.source import ModelSource, read_json, safe_member
 from ..opening import open as open_model
+from ..pooling import Pooling, declared_pooling, l2_normalize, pool
 from .base import cores
 from .chat_template import folder_of
 from .llama_engine import install_log_callback
@@ -32,8 +33,6 @@ ENCODERS = {"bert", "nomic-bert", "jina-bert-v2", "roberta", "xlm-roberta", "dis
             "deberta", "deberta-v2", "albert", "camembert", "t5encoder", "modernbert", "new"}
 GENERATOR_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 EMBED_ENGINES = ("auto", "hf", "onnx", "llama")
-#: sentence-transformers' pooling modes, in the order its Pooling module concatenates them.
-POOLING_MODES = ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
 #: llama.cpp's LLAMA_POOLING_TYPE_* values.
 GGUF_POOLING = {0: "none", 1: "mean_tokens", 2: "cls_token", 3: "lasttoken", 4: "rank"}
 BATCH = 16   # texts per forward pass: bounds the activations
@@ -56,75 +55,6 @@ def architecture(source: ModelSource) -> tuple[str, bool]:
         kind = export_info(folder_of(source)).get("kind")
         encoder = encoder if kind is None else kind == "encoder"
     return str(names[0] if names else arch), encoder
-
-
-@dataclass
-class Pooling:
-    """How token vectors become one vector: sentence-transformers modes (concatenated), then L2 normalization."""
-
-    modes: tuple[str, ...] = ("mean_tokens",)
-    normalize: bool = False
-    origin: str = "mean of the tokens (no pooling declared)"
-
-    def describe(self) -> str:
-        return "+".join(m.removesuffix("_tokens").removesuffix("_token") for m in self.modes) + (
-            ", normalized" if self.normalize else "")
-
-
-def declared_pooling(source: ModelSource) -> Pooling:
-    """The pooling a sentence-transformers folder declares in modules.json, else mean pooling."""
-    folder = folder_of(source)
-    modules_path = safe_member(folder, "modules.json", "sentence-transformers modules")
-    if not modules_path.is_file():
-        return Pooling()
-    modules = read_json(modules_path)
-    if not isinstance(modules, list):
-        raise FormatError("is not a list of modules", modules_path)
-    pooling = Pooling(origin="modules.json")
-    for module in modules:
-        kind = str(module.get("type", "")).rsplit(".", 1)[-1] if isinstance(module, dict) else ""
-        if kind == "Pooling":
-            config_path = safe_member(folder, f"{module.get('path') or ''}/config.json".lstrip("/"), "pooling config")
-            config = read_json(config_path) if config_path.is_file() else {}
-            modes = tuple(m for m in POOLING_MODES if config.get(f"pooling_mode_{m}"))
-            pooling.modes = modes or ("mean_tokens",)
-            pooling.origin = f"{config_path.relative_to(folder)}"
-        elif kind == "Normalize":
-            pooling.normalize = True
-        elif kind not in ("Transformer", ""):
-            raise UnsupportedError(f"declares a sentence-transformers {kind} module, which embed does not run "
-                                   "(it runs Transformer, Pooling and Normalize)", modules_path)
-    return pooling
-
-
-def pool(hidden: np.ndarray, mask: np.ndarray, modes: tuple[str, ...]) -> np.ndarray:
-    """sentence-transformers' Pooling over token vectors [batch, seq, dim] with attention mask [batch, seq]."""
-    hidden = hidden.astype(np.float32)
-    m = mask.astype(np.float32)[:, :, None]
-    counts = np.maximum(m.sum(axis=1), 1e-9)
-    out = []
-    for mode in modes:
-        if mode == "cls_token":
-            out.append(hidden[:, 0])
-        elif mode == "max_tokens":
-            out.append(np.where(m > 0, hidden, -1e9).max(axis=1))
-        elif mode == "mean_tokens":
-            out.append((hidden * m).sum(axis=1) / counts)
-        elif mode == "mean_sqrt_len_tokens":
-            out.append((hidden * m).sum(axis=1) / np.sqrt(counts))
-        elif mode == "weightedmean_tokens":
-            w = m * np.arange(1, hidden.shape[1] + 1, dtype=np.float32)[None, :, None]
-            out.append((hidden * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-9))
-        elif mode == "lasttoken":
-            last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1] > 0, axis=1)
-            out.append(hidden[np.arange(hidden.shape[0]), last])
-        else:
-            raise UnsupportedError(f"unknown pooling mode {mode!r}")
-    return np.concatenate(out, axis=1)
-
-
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass
@@ -176,7 +106,7 @@ def embed(path: str | os.PathLike, texts: list[str], engine: str = "auto", norma
         if engine == "llama":
             vectors, tokens, pooling = llama_vectors(source, texts, threads)
         else:
-            pooling = declared_pooling(source)
+            pooling = declared_pooling(folder_of(source))
             run = onnx_vectors if engine == "onnx" else hf_vectors
             vectors, tokens, graph_pooled = run(source, texts, pooling, threads)
             if graph_pooled:
