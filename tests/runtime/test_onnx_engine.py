@@ -13,9 +13,9 @@ import modelport
 from modelport import runtime
 from modelport.core.errors import UnsupportedError
 from modelport.samples import smollm2_gguf
+from tests.conftest import assert_one_line_error
 
 from .conftest import make_model, run_cli
-from .test_cli import one_line_error
 
 QUESTION = "What is the capital of France?"
 MESSAGES = [{"role": "user", "content": QUESTION}]
@@ -92,9 +92,9 @@ def test_the_int8_graph_is_picked_by_its_path_and_compared(exported):
 
 
 def test_what_onnxruntime_cannot_run_is_one_line(tiny, exported, tmp_path):
-    one_line_error(run_cli("run", tiny, "-p", "x", "--engine", "onnx"), "onnxruntime runs ONNX exports",
+    assert_one_line_error(run_cli("run", tiny, "-p", "x", "--engine", "onnx"), "onnxruntime runs ONNX exports",
                    "--to onnx")
-    one_line_error(run_cli("run", exported, "-p", "x", "--ctx", "1000"), "larger than the 256 positions")
+    assert_one_line_error(run_cli("run", exported, "-p", "x", "--ctx", "1000"), "larger than the 256 positions")
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in exported.iterdir():
