@@ -353,3 +353,48 @@ def chat_model(folder: Path, template: str | None = CHATML, seed: int = 0, **tok
     with torch.no_grad():   # sharper logits than the tiny init, so sampled text varies with the seed
         model.lm_head.weight.mul_(40)
     return save_model(model, folder)
+
+
+# ------------------------------------------------------------------ a tiny encoder (embed, ONNX encoder export)
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def bert_model(folder: Path, pooling: str | None = "mean", normalize: bool = True, seed: int = 0, hidden: int = 32,
+               layers: int = 2) -> Path:
+    """A random `BertModel` (hidden 32, 2 layers, 128 positions) with a trained WordPiece tokenizer; with `pooling`
+    (a sentence-transformers mode: mean, cls, max, mean_sqrt_len, weightedmean, lasttoken) it is a
+    sentence-transformers folder: modules.json, 1_Pooling/config.json and, with `normalize`, a Normalize module."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(_corpus(5), trainers.WordPieceTrainer(vocab_size=300, special_tokens=BERT_SPECIALS,
+                                                                  show_progress=False))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                         sep_token="[SEP]", mask_token="[MASK]", model_max_length=128
+                                         ).save_pretrained(folder)
+    config = transformers.BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
+                                     num_attention_heads=4, intermediate_size=2 * hidden, max_position_embeddings=128)
+    torch.manual_seed(seed)
+    transformers.BertModel(config).eval().save_pretrained(folder)
+    if pooling is not None:
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        if normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        modes = ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
+        declared = {"word_embedding_dimension": hidden,
+                    **{f"pooling_mode_{m}": m.removesuffix("_tokens").removesuffix("_token") == pooling for m in modes}}
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(declared, indent=2))
+    return folder

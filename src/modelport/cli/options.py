@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from ..core.errors import ModelportError
-from ..runtime import GenerationSettings, Sampling, hf_engine, llama_engine
+from ..runtime import GenerationSettings, Sampling, llama_engine
+from ..runtime.tokenizer import show_logs as show_transformers_logs
 
 # Set once by `main` from `--debug` / `-v` (before the command runs): the libraries' own logs go through.
 _library_logs = {"show": False}
@@ -18,11 +19,12 @@ def show_library_logs(show: bool) -> None:
     """`--verbose`/`--debug`: let llama.cpp's, transformers' and tokenizers' own logs and warnings through."""
     _library_logs["show"] = show
     llama_engine.show_logs(show)
-    hf_engine.show_logs(show)
+    show_transformers_logs(show)
 
 
 def engine_option():
-    return typer.Option("auto", "--engine", help="auto (llama.cpp for GGUF, transformers otherwise), llama or hf.")
+    return typer.Option("auto", "--engine", help="auto (llama.cpp for GGUF, onnxruntime for ONNX exports, transformers "
+                                                 "otherwise), llama, hf or onnx.")
 
 
 def ctx_option():

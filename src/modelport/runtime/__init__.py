@@ -1,11 +1,12 @@
 """Running models: engines behind one interface, the chat template rendered once.
 
     from modelport import runtime
-    with runtime.load("model.gguf") as engine:                 # llama.cpp for GGUF, transformers otherwise
+    with runtime.load("model.gguf") as engine:     # llama.cpp for GGUF, onnxruntime for ONNX exports, else transformers
         ids = engine.chat_ids([{"role": "user", "content": "Hi"}])
         print(engine.complete(ids, max_tokens=32).text)
         chat = runtime.Conversation(engine, system="Be brief.", on_text=lambda piece: print(piece, end=""))
         chat.send("What is the capital of France?")
+    vectors = runtime.embed("bge-small/", ["a text", "another"]).vectors   # encoders: transformers, onnxruntime, llama.cpp
 """
 
 from __future__ import annotations
@@ -19,28 +20,19 @@ from ..opening import open as open_model
 from .base import Engine, Generation, Sampler, Sampling, TextStream
 from .chat_template import ChatTemplate, template_for
 from .conversation import ContextFullError, Conversation, GenerationSettings, stream_answer
+from .embedding import Embeddings, architecture, embed, model_config
 from .hf_engine import HFEngine
 from .llama_engine import LlamaEngine
+from .onnx_engine import OnnxEngine
 
-ENGINES = ("auto", "llama", "hf")
-
-#: Model types and GGUF architectures that encode text into vectors and cannot generate it.
-ENCODERS = {"bert", "nomic-bert", "jina-bert-v2", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet",
-            "deberta", "deberta-v2", "albert", "camembert", "t5encoder", "modernbert", "new"}
-GENERATOR_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+ENGINES = ("auto", "llama", "hf", "onnx")
 
 
 def check_generates(source: ModelSource, needs_template: bool) -> None:
     """Refuse, before any engine loads, a model that cannot answer: an encoder, a vocabulary-only GGUF, or
     (when the chat template is asked for) a model without one. Each says what would work instead."""
-    config = source.config or {}
-    arch = source.metadata.get("general.architecture") if source.format == "gguf" else config.get("model_type")
-    names = [a for a in config.get("architectures") or [] if isinstance(a, str)]
-    encoder = arch in ENCODERS or (source.format == "gguf" and f"{arch}.pooling_type" in source.metadata)
-    if names and not any(n.endswith(GENERATOR_SUFFIXES) for n in names):
-        encoder = True
+    kind, encoder = architecture(source)
     if encoder:
-        kind = names[0] if names else arch
         raise UnsupportedError(f"is an encoder ({kind}): it turns text into vectors and does not generate text; "
                                "run and chat need a causal language model", source.path)
     if source.format == "gguf" and not source.tensors:
@@ -63,12 +55,14 @@ def load(path: str | os.PathLike, engine: str = "auto", ctx: int | None = None, 
     source = open_model(path, trust=trust)
     try:
         check_generates(source, needs_template)
-        trained = (source.config or {}).get("max_position_embeddings")
+        trained = model_config(source).get("max_position_embeddings")
         if ctx is not None and isinstance(trained, int) and ctx > trained:
             raise UnsupportedError(f"--ctx {ctx} is larger than the {trained} positions the model was trained for", path)
         try:
             if engine == "llama" or (engine == "auto" and source.format == "gguf"):
                 return LlamaEngine(source, ctx=ctx, threads=threads)
+            if engine == "onnx" or (engine == "auto" and source.format == "onnx"):
+                return OnnxEngine(source, ctx=ctx, threads=threads)
             return HFEngine(source, ctx=ctx)
         except Exception as exc:   # the library's traceback or "could not load": say why, from `check`
             if isinstance(exc, ModelportError) and not isinstance(exc, FormatError):
@@ -79,4 +73,5 @@ def load(path: str | os.PathLike, engine: str = "auto", ctx: int | None = None, 
 
 
 __all__ = ["load", "check_generates", "Engine", "Generation", "Sampler", "Sampling", "TextStream", "ChatTemplate",
-           "template_for", "ENGINES", "Conversation", "ContextFullError", "GenerationSettings", "stream_answer", "HFEngine", "LlamaEngine"]
+           "template_for", "ENGINES", "Conversation", "ContextFullError", "GenerationSettings", "stream_answer", "HFEngine", "LlamaEngine",
+           "OnnxEngine", "embed", "Embeddings"]

@@ -11,6 +11,7 @@ splits a UTF-8 character or a word's leading space.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Protocol
@@ -44,6 +45,14 @@ class Sampling:
             raise UnsupportedError(f"top-k must be >= 0, not {self.top_k}")
         if self.seed is not None and not (is_integer(self.seed) and self.seed >= 0):
             raise UnsupportedError(f"seed must be a whole number >= 0, not {self.seed}")
+
+
+def cores() -> int:
+    """The CPU cores this process may use (the engines' thread count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def is_integer(value: Any) -> bool:

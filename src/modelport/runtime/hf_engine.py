@@ -10,38 +10,14 @@ CPU (bf16 matmuls are slow there and round differently).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import warnings
 
 import numpy as np
 
 from ..core.errors import FormatError, MissingDependencyError
 from ..core.source import ModelSource, safe_member
-from .base import Engine
-from .chat_template import ChatTemplate, folder_of, template_for
-
-# transformers' and tokenizers' own warnings (deprecations, generation-config notes) stay off stderr unless
-# `show_logs(True)` (the CLI's `--verbose`/`--debug`).
-_logs = {"show": False}
-
-
-def show_logs(show: bool) -> None:
-    """Let transformers' logging and Python warnings from loading a model through (or keep them quiet: default)."""
-    _logs["show"] = show
-
-
-@contextlib.contextmanager
-def _library_logs(transformers):
-    """transformers at warning level with Python warnings shown when `show_logs(True)`, else errors only."""
-    if _logs["show"]:
-        transformers.logging.set_verbosity_warning()
-    else:
-        transformers.logging.set_verbosity_error()
-    with warnings.catch_warnings():
-        if not _logs["show"]:
-            warnings.simplefilter("ignore")
-        yield
+from .chat_template import folder_of
+from .tokenizer import TokenizerEngine, library_logs, token_ids
 
 
 def _import():
@@ -53,32 +29,21 @@ def _import():
     return torch, transformers
 
 
-class HFEngine(Engine):
+class HFEngine(TokenizerEngine):
     name = "transformers"
 
     def __init__(self, source: ModelSource, ctx: int | None = None):
         super().__init__()
         torch, tf = _import()
         self._torch = torch
-        path = source.path
         common = dict(local_files_only=True, trust_remote_code=False)
-        with _library_logs(tf):
+        with library_logs(tf):
             self._load(tf, torch, source, common)
         self.model.eval()
         config = self.model.config
         self.n_vocab = int(self.model.get_output_embeddings().weight.shape[0])
         self.n_ctx = int(ctx or getattr(config, "max_position_embeddings", None) or 2048)
-        self.bos_id = self.tokenizer.bos_token_id
-        self.add_bos = self.bos_id is not None and self.tokenizer.encode("")[:1] == [self.bos_id]
-        stops = set()
-        for value in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
-            stops.update(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
-        self.stop_ids = frozenset(int(s) for s in stops)
-        self.template = template_for(source)
-        if self.template is None and source.format != "gguf" and isinstance(self.tokenizer.chat_template, str):
-            self.template = ChatTemplate(self.tokenizer.chat_template, origin=str(path))
-        if self.template is not None:
-            self.template.special_tokens = dict(self.tokenizer.special_tokens_map)
+        self.use_tokenizer(self.tokenizer, source, token_ids(getattr(self.model.generation_config, "eos_token_id", None)))
         params = inspect.signature(self.model.forward).parameters
         self._has_logits_to_keep = "logits_to_keep" in params
         self._cache_arg = "cache" if "cache" in params else "past_key_values"   # renamed in transformers 5.x
@@ -122,15 +87,6 @@ class HFEngine(Engine):
         if missing - tied:
             raise FormatError(f"missing tensors: {', '.join(sorted(missing - tied)[:5])}", source.path)
         return model
-
-    def tokenize(self, text: str, add_special: bool = False) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special))
-
-    def detokenize(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
-
-    def vocabulary(self) -> list[str]:
-        return [str(t) for t in self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))]
 
     def _decode(self, ids: list[int], all_logits: bool) -> np.ndarray:
         torch = self._torch

@@ -11,14 +11,13 @@ the model's own length.
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 
 import numpy as np
 
 from ..core.errors import FormatError, MissingDependencyError, UnsupportedError
 from ..core.source import ModelSource
-from .base import Engine
+from .base import Engine, cores
 from .chat_template import gguf_special_tokens, template_for
 
 # llama.cpp logs from C (model loading, cache notes such as "llama_kv_cache_iswa: using full-size SWA cache"),
@@ -37,18 +36,11 @@ def _forward_log(level: int, text: bytes, user_data) -> None:
         sys.stderr.flush()
 
 
-def _install_log_callback(llama_cpp) -> None:
+def install_log_callback(llama_cpp) -> None:
     """Route llama.cpp's logging through `_forward_log` (the ctypes callback is kept alive here)."""
     if _logs["callback"] is None:
         _logs["callback"] = llama_cpp.llama_log_callback(_forward_log)
     llama_cpp.llama_log_set(_logs["callback"], ctypes.c_void_p(0))
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class LlamaEngine(Engine):
@@ -64,7 +56,7 @@ class LlamaEngine(Engine):
         except ImportError:
             raise MissingDependencyError("llama-cpp-python", "llama", "running a GGUF with llama.cpp") from None
         self._lib = llama_cpp
-        _install_log_callback(llama_cpp)
+        install_log_callback(llama_cpp)
         config = source.config or {}
         n_ctx = int(ctx or config.get("max_position_embeddings") or 4096)
         threads = threads or cores()
