@@ -24,6 +24,7 @@ LAYERS = {
 LAZY_ON_PURPOSE = {
     ("modelport.runtime", "modelport.runtime.hf_engine"),      # torch + transformers
     ("modelport.runtime", "modelport.runtime.llama_engine"),   # llama_cpp
+    ("modelport.serving", "modelport.serving.app"),            # fastapi + uvicorn (the serve extra)
 }
 
 

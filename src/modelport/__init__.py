@@ -8,6 +8,7 @@ The Python API mirrors the CLI:
     modelport.convert("model.bin", "model.safetensors", verify=True)
     modelport.diff("a.safetensors", "b.pt")
     modelport.train("hf_folder", "data.jsonl", "out", method="lora", max_steps=100, export=["gguf:q8_0"])
+    modelport.serve("model.gguf", port=8080, parallel=2)     # OpenAI + Ollama APIs and a chat page, until Ctrl-C
 """
 
 from .comparison import diff
@@ -21,9 +22,10 @@ from .inspection import inspect
 from .opening import open
 from .recommend import recommend
 from .security import scan
+from .serving import serve
 from .training import train
 from .writing import save
 
-__all__ = ["open", "save", "convert", "diff", "inspect", "scan", "estimate", "recommend", "train", "ModelSource", "TensorRef", "DType",
-           "DTYPES", "ModelportError", "FormatError", "UnsafeFileError", "UnsupportedError", "CheckFailed"]
+__all__ = ["open", "save", "convert", "diff", "inspect", "scan", "estimate", "recommend", "train", "serve", "ModelSource", "TensorRef",
+           "DType", "DTYPES", "ModelportError", "FormatError", "UnsafeFileError", "UnsupportedError", "CheckFailed"]
 __version__ = "0.1.0"

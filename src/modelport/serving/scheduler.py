@@ -1,0 +1,294 @@
+"""The one worker thread that owns the engine, and the bridge between it and the event loop.
+
+An engine (and the Batcher over it) is not thread-safe, and decoding blocks: so one thread runs every
+decode step, and HTTP handlers only hand it work and read what comes back. A request waits in a
+bounded queue (`queue`), runs in one of the Batcher's `parallel` slots, and its tokens come back as
+text events on an asyncio queue, already cut at stop strings. Beyond `parallel + queue` requests the
+scheduler refuses at once (`Busy`: the server answers 503 with Retry-After) rather than let clients
+wait without bound. A cancelled ticket (its client went away) leaves the queue or frees its slot at
+the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.errors import ModelportError
+from ..runtime import ContextFullError, Engine, Generation, Sampling, TextStream
+from ..runtime.conversation import StopText
+
+
+@dataclass
+class Job:
+    """One generation as the Batcher runs it (the contract of `runtime.batching.Job`)."""
+
+    ids: list[int]
+    max_tokens: int
+    sampling: Sampling
+    stop_ids: set[int] | None = None
+    ignore_eos: bool = False
+    constraint: Any = None
+    result: Generation = field(default_factory=Generation)
+    done: bool = False
+
+
+class OneAtATime:
+    """The Batcher interface over `Engine.generate`, one job at a time (parallel 1): jobs that do not fit
+    the engine's context are refused in `add`, before they take the slot."""
+
+    batched = False
+
+    def __init__(self, engine: Engine, parallel: int = 1):
+        self.engine = engine
+        self.parallel = 1
+        self.job: Job | None = None
+        self.tokens = None
+        self.cancelled = False
+
+    def free(self) -> int:
+        return 0 if self.job else 1
+
+    def active(self) -> int:
+        return 1 if self.job else 0
+
+    def add(self, job: Job) -> None:
+        if len(job.ids) >= self.engine.n_ctx:
+            raise ContextFullError(len(job.ids), self.engine.n_ctx)
+        extra = {"constraint": job.constraint} if job.constraint is not None else {}
+        self.job, self.cancelled = job, False
+        self.tokens = self.engine.generate(job.ids, max_tokens=job.max_tokens, sampling=job.sampling, stop_ids=job.stop_ids,
+                                           ignore_eos=job.ignore_eos, result=job.result, **extra)
+
+    def cancel(self, job: Job) -> None:
+        if job is self.job:
+            self.cancelled = True
+
+    def step(self) -> list[tuple[Job, int | None]]:
+        job = self.job
+        if job is None:
+            return []
+        if not self.cancelled:
+            try:
+                return [(job, next(self.tokens))]
+            except StopIteration:
+                pass
+        else:
+            self.tokens.close()
+            job.result.stop_reason = "cancelled"
+        job.done, self.job, self.tokens = True, None, None
+        return [(job, None)]
+
+
+class Busy(Exception):
+    """Every slot and every place in the queue is taken (or the server is stopping): try again later."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass
+class Event:
+    kind: str                       # "admitted" (in a slot), "text", "done", "error"
+    text: str = ""
+    error: Exception | None = None
+
+
+#: Batcher stop reasons as API finish reasons: a full context is a length limit to a client.
+FINISH = {"stop": "stop", "length": "length", "context": "length", "cancelled": "cancelled"}
+
+
+class Ticket:
+    """One request's generation as the server follows it: the job, its stop strings, and the events for the
+    handler (made in the event loop's thread; the worker puts events through `call_soon_threadsafe`)."""
+
+    def __init__(self, job: Job, stop: tuple[str, ...] | list[str] = ()):
+        self.job = job
+        self.cut = StopText(tuple(s for s in stop if s))
+        self.stream: TextStream | None = None
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.finish_reason: str | None = None
+        self.submitted = time.perf_counter()
+        self.first_token: float | None = None
+        self.cancelled = False
+        self.parts: list[str] = []
+
+    def put(self, event: Event) -> None:
+        if event.kind == "text":
+            self.parts.append(event.text)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:    # the event loop is closed: nobody is listening any more
+            pass
+
+    @property
+    def text(self) -> str:
+        """The answer so far, as sent."""
+        return "".join(self.parts)
+
+    def usage(self) -> dict[str, int]:
+        r = self.job.result
+        return {"prompt_tokens": len(self.job.ids), "completion_tokens": len(r.tokens),
+                "total_tokens": len(self.job.ids) + len(r.tokens)}
+
+    def timings(self) -> dict[str, float | None]:
+        """llama.cpp server's figures: prompt time, generation time and its speed (tokens/s)."""
+        r = self.job.result
+        n = len(r.tokens)
+        return {"prompt_n": len(self.job.ids), "prompt_ms": round(r.prompt_seconds * 1000, 2), "predicted_n": n,
+                "predicted_ms": round(r.generation_seconds * 1000, 2),
+                "predicted_per_second": round(n / r.generation_seconds, 2) if r.generation_seconds > 0 and n else None}
+
+
+class Scheduler:
+    """Owns the engine's Batcher in one worker thread; `submit`, `cancel` and `close` are safe from any thread."""
+
+    def __init__(self, engine: Engine, parallel: int = 1, queue: int = 16, batcher_class: type = OneAtATime):
+        if parallel < 1:
+            raise ModelportError(f"--parallel must be at least 1, not {parallel}")
+        if queue < 0:
+            raise ModelportError(f"--queue must be 0 or more, not {queue}")
+        self.engine = engine
+        self.batcher = batcher_class(engine, parallel)
+        self.parallel = self.batcher.parallel
+        self.queue = queue
+        self.tokenizer_lock = threading.Lock()      # handlers tokenize while the worker detokenizes
+        self.cond = threading.Condition()
+        self.waiting: deque[Ticket] = deque()
+        self.running: dict[int, Ticket] = {}
+        self.cancels: list[Ticket] = []
+        self.accepting = True
+        self.stopping = False
+        self.thread = threading.Thread(target=self.run, name="modelport-scheduler", daemon=True)
+        self.thread.start()
+
+    # --- from the handlers -------------------------------------------------------------------------
+    def submit(self, ticket: Ticket) -> None:
+        with self.cond:
+            if not self.accepting:
+                raise Busy("the server is shutting down", retry_after=5)
+            if len(self.waiting) + len(self.running) >= self.parallel + self.queue:
+                raise Busy(f"the server is busy: {self.parallel} requests running and {self.queue} waiting; retry later")
+            self.waiting.append(ticket)
+            self.cond.notify()
+
+    def cancel(self, ticket: Ticket) -> None:
+        """The client is gone: drop the ticket from the queue or end its job at the next step."""
+        with self.cond:
+            if not ticket.cancelled:
+                ticket.cancelled = True
+                self.cancels.append(ticket)
+                self.cond.notify()
+
+    def load(self) -> dict[str, int]:
+        with self.cond:
+            return {"running": len(self.running), "waiting": len(self.waiting), "parallel": self.parallel, "queue": self.queue}
+
+    def close(self, grace: float = 10.0) -> None:
+        """Stop taking requests, let those in flight finish for up to `grace` seconds, then end the rest."""
+        with self.cond:
+            self.accepting = False
+            deadline = time.monotonic() + grace
+            while (self.waiting or self.running) and time.monotonic() < deadline:
+                self.cond.wait(timeout=max(0.0, min(0.1, deadline - time.monotonic())))
+            self.stopping = True
+            self.cond.notify_all()
+        self.thread.join(timeout=30)
+
+    # --- the worker thread -------------------------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                while not (self.waiting or self.running or self.cancels or self.stopping):
+                    self.cond.wait()
+                if self.stopping:
+                    self.abort_all("the server is shutting down")
+                    return
+                self.take_cancels()
+                self.admit()
+                if not self.running:
+                    continue
+            try:
+                ticks = self.batcher.step()
+            except Exception as exc:   # an engine failure ends the jobs in the batch, not the server
+                with self.cond:
+                    for ticket in self.running.values():
+                        ticket.put(Event("error", error=exc))
+                    self.running.clear()
+                    self.batcher = type(self.batcher)(self.engine, self.parallel)
+                    self.cond.notify_all()
+                continue
+            for job, token in ticks:
+                ticket = self.running.get(id(job))
+                if ticket is None:
+                    continue
+                if token is None:
+                    self.finish(ticket)
+                else:
+                    self.feed(ticket, token)
+
+    def take_cancels(self) -> None:
+        for ticket in self.cancels:
+            if ticket in self.waiting:
+                self.waiting.remove(ticket)
+                ticket.finish_reason = "cancelled"
+                ticket.put(Event("done"))
+            elif id(ticket.job) in self.running:
+                self.batcher.cancel(ticket.job)
+        self.cancels.clear()
+
+    def admit(self) -> None:
+        while self.waiting and self.batcher.free() > 0:
+            ticket = self.waiting.popleft()
+            try:
+                self.batcher.add(ticket.job)
+            except ModelportError as exc:
+                ticket.put(Event("error", error=exc))
+                continue
+            ticket.stream = TextStream(self.detokenize)
+            self.running[id(ticket.job)] = ticket
+            ticket.put(Event("admitted"))
+
+    def detokenize(self, ids: list[int]) -> str:
+        with self.tokenizer_lock:
+            return self.engine.detokenize(ids)
+
+    def feed(self, ticket: Ticket, token: int) -> None:
+        if ticket.first_token is None:
+            ticket.first_token = time.perf_counter()
+        if ticket.cut.hit:
+            return
+        piece = ticket.cut.feed(ticket.stream.push(token))
+        if piece:
+            ticket.put(Event("text", piece))
+        if ticket.cut.hit:           # a stop string: the answer is complete, free the slot
+            ticket.finish_reason = "stop"
+            self.batcher.cancel(ticket.job)
+
+    def finish(self, ticket: Ticket) -> None:
+        if not ticket.cut.hit:
+            piece = ticket.cut.feed(ticket.stream.flush()) + ticket.cut.release()
+            if piece:
+                ticket.put(Event("text", piece))
+        if ticket.finish_reason is None:
+            ticket.finish_reason = FINISH.get(ticket.job.result.stop_reason, "stop")
+        with self.cond:
+            self.running.pop(id(ticket.job), None)
+            self.cond.notify_all()
+        ticket.put(Event("done"))
+
+    def abort_all(self, message: str) -> None:
+        for ticket in [*self.waiting, *self.running.values()]:
+            if ticket.cancelled:
+                ticket.finish_reason = "cancelled"
+                ticket.put(Event("done"))
+            else:
+                ticket.put(Event("error", error=Busy(message, retry_after=5)))
+        self.waiting.clear()
+        self.running.clear()
