@@ -2,13 +2,56 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
+from rich.live import Live
 from rich.table import Table
 
 from ..training import Settings, plan, train
+from ..training.trainer import format_seconds, row_line
 from .output import console, human_bytes, human_count, print_json
+
+#: Rows the live table keeps on screen (the whole run is in metrics.jsonl and the loss curve).
+LIVE_ROWS = 20
+
+
+class TrainingView:
+    """What people watch while a run trains: a live rich table (step, loss, eval loss, learning rate, tokens/s,
+    ETA) on a terminal, one plain line per logged step otherwise (logs, pipes, CI)."""
+
+    def __init__(self, live: bool):
+        self.rows: list[dict] = []
+        self.live = Live(self.table(), console=console, auto_refresh=False) if live else None
+
+    def __enter__(self) -> TrainingView:
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    def __call__(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.live is None:
+            console.print(row_line(row), markup=False, highlight=False, soft_wrap=True)
+        else:
+            self.live.update(self.table(), refresh=True)
+
+    def table(self) -> Table:
+        table = Table(title="Training", title_justify="left", title_style="bold")
+        for col in ("step", "loss", "eval loss", "learning rate", "tokens/s", "ETA"):
+            table.add_column(col, justify="right", no_wrap=True)
+        for r in self.rows[-LIVE_ROWS:]:
+            table.add_row(f"{r['step']}/{r['max_steps']}", f"{r['loss']:.4f}" if "loss" in r else "",
+                          f"{r['eval_loss']:.4f}" if "eval_loss" in r else "",
+                          f"{r['learning_rate']:.2e}" if "learning_rate" in r else "",
+                          f"{r['tokens_per_s']:,.0f}" if "tokens_per_s" in r else "",
+                          format_seconds(r["eta_s"]) if r.get("eta_s") is not None else "")
+        return table
 
 
 def render_plan(p: dict) -> None:
@@ -36,6 +79,9 @@ def render_plan(p: dict) -> None:
 
 
 def render_summary(r: dict) -> None:
+    if r["interrupted"]:
+        console.print(f"[bold]Interrupted[/bold] after step {r['steps']}: checkpoint {r['saved']}", soft_wrap=True)
+        return
     first, last = r["first_loss"], r["final_loss"]
     loss = f"loss {first:.4f} → {last:.4f}" if first is not None and last is not None else "no loss logged"
     rate = f", {r['tokens_per_s']:,.0f} tokens/s" if r.get("tokens_per_s") else ""
@@ -91,7 +137,14 @@ def register(app: typer.Typer) -> None:
             p = plan(model, data, out, method=method, export=export or [], settings=settings)
             print_json(p) if as_json else render_plan(p)
             return
-        r = train(model, data, out, method=method, export=export or [], force=force, settings=settings)
+        with TrainingView(live=console.is_terminal) as view:
+            r = train(model, data, out, method=method, export=export or [], force=force, settings=settings,
+                      progress=None if as_json else view)
         if not r["main_process"]:   # another rank of a multi-process run: rank 0 reports
+            if r["interrupted"]:
+                raise typer.Exit(130)
             return
         print_json(r) if as_json else render_summary(r)
+        if r["interrupted"]:
+            print(f"modelport: interrupted: checkpoint {r['saved']} saved; resume with: {r['resume']}", file=sys.stderr)
+            raise typer.Exit(130)

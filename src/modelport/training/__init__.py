@@ -24,9 +24,19 @@ from ..opening import open as open_model
 from ..runtime.chat_template import folder_of, template_for
 from .data import Dataset, tokenize
 from .export import ExportSpec, parse_export, write_export
-from .trainer import METHODS, Settings, bitsandbytes_or_error, fit, load_tokenizer, merge_lora, plot_loss, steps_for
+from .trainer import (
+    METHODS,
+    Settings,
+    bitsandbytes_or_error,
+    fit,
+    is_main_process,
+    load_tokenizer,
+    merge_lora,
+    plot_loss,
+    steps_for,
+)
 
-__all__ = ["train", "plan", "Settings", "METHODS", "parse_export"]
+__all__ = ["train", "plan", "Settings", "METHODS", "parse_export", "launch_line", "resume_line", "train_arguments"]
 
 
 def model_folder(model: str | os.PathLike, scratch: Path) -> tuple[Path, str]:
@@ -64,19 +74,45 @@ def _settings(method: str, settings: Settings | None, overrides: dict[str, Any])
     return s
 
 
-def launch_line(model, data, out, s: Settings, exports: list[str], processes: int = 2) -> str:
-    """The command that runs the same training on `processes` processes (DDP through accelerate; on CPU it
-    needs --multi_gpu too, which then uses gloo: `--cpu` alone silently runs one process)."""
-    args = ["accelerate", "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "modelport", "train", str(model), str(data),
-            "--method", s.method, "--out", str(out), "--batch", str(s.batch), "--grad-accum", str(s.grad_accum),
-            "--seq-len", str(s.seq_len), "--lr", str(s.learning_rate()), "--seed", str(s.seed)]
+def train_arguments(model, data, out, s: Settings, exports: list[str]) -> list[str]:
+    """`modelport train`'s arguments for these settings (every one that differs from the default, and the ones
+    people read: method, batch, steps, learning rate, seed): what the launch and resume lines repeat."""
+    args = ["train", str(model), str(data), "--method", s.method, "--out", str(out), "--batch", str(s.batch),
+            "--grad-accum", str(s.grad_accum), "--seq-len", str(s.seq_len), "--lr", str(s.learning_rate()),
+            "--seed", str(s.seed)]
     args += ["--max-steps", str(s.max_steps)] if s.max_steps and s.max_steps > 0 else ["--epochs", str(s.epochs)]
     if s.method in ("lora", "qlora"):
         args += ["--lora-r", str(s.lora_r), "--lora-alpha", str(s.alpha()), "--lora-dropout", str(s.lora_dropout)]
+        if s.target_modules:
+            args += ["--target-modules", ",".join(s.target_modules)]
+    if s.bf16 is not None:
+        args.append("--bf16" if s.bf16 else "--fp32")
+    defaults = Settings()
+    for option, key in (("--eval-split", "eval_split"), ("--save-steps", "save_steps"),
+                        ("--logging-steps", "logging_steps"), ("--warmup-steps", "warmup_steps")):
+        if getattr(s, key) != getattr(defaults, key):
+            args += [option, str(getattr(s, key))]
     for e in exports:
         args += ["--export", e]
-    return shlex.join(args)
+    return args
+
+
+def launch_line(model, data, out, s: Settings, exports: list[str], processes: int = 2) -> str:
+    """The command that runs the same training on `processes` processes (DDP through accelerate; on CPU it
+    needs --multi_gpu too, which then uses gloo: `--cpu` alone silently runs one process). Each process takes
+    `--batch` sequences a step, so the global batch is `processes` times larger."""
+    return shlex.join(["accelerate", "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+                       "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "modelport",
+                       *train_arguments(model, data, out, s, exports)])
+
+
+def resume_line(model, data, out, s: Settings, exports: list[str]) -> str:
+    """The command that continues this run from its last checkpoint (the same launcher for a multi-process run)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    args = [*train_arguments(model, data, out, s, exports), "--resume"]
+    if world > 1:
+        return launch_line(model, data, out, s, exports, world) + " --resume"
+    return shlex.join(["modelport", *args])
 
 
 def plan(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike = "out", *, method: str = "lora",
@@ -113,29 +149,32 @@ def _check_out(out: Path, resume: bool, force: bool) -> None:
 
 def train(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *, method: str = "lora",
           export: list[str] | tuple[str, ...] = (), force: bool = False, settings: Settings | None = None,
-          **overrides) -> dict[str, Any]:
+          progress=None, **overrides) -> dict[str, Any]:
     """Train `model` on `data` into the folder `out`; returns the summary (first/final loss, steps, tokens/s,
     paths). Keywords are `Settings` fields (max_steps, epochs, lr, batch, grad_accum, seq_len, lora_r, lora_alpha,
-    lora_dropout, target_modules, seed, bf16, eval_split, save_steps, logging_steps, resume, quiet)."""
+    lora_dropout, target_modules, seed, bf16, eval_split, save_steps, logging_steps, resume, quiet).
+    `progress(row)` gets each logged step (default: a line on stderr). Ctrl-C saves a checkpoint and returns
+    early with `interrupted` True (no merge, no exports); `resume=True` continues it."""
     s = _settings(method, settings, overrides)
     specs: list[ExportSpec] = [parse_export(e) for e in export]
     out = Path(out)
-    _check_out(out, s.resume, force)
+    if is_main_process():        # the other ranks of a multi-process run find rank 0's folder being filled
+        _check_out(out, s.resume, force)
     if s.method == "qlora":
         bitsandbytes_or_error()     # before anything is converted or written
     with tempfile.TemporaryDirectory(prefix="modelport-train-") as scratch:
         folder, fmt, view, targets, tokenizer, dataset = _prepare(model, data, s, Path(scratch))
         out.mkdir(parents=True, exist_ok=True)
-        if not s.resume:
+        if not s.resume and is_main_process():
             (out / "metrics.jsonl").unlink(missing_ok=True)
-        summary = fit(folder, tokenizer, dataset, out, s, targets)
+        summary = fit(folder, tokenizer, dataset, out, s, targets, progress)
         rows = summary.pop("rows")
         if not summary["main_process"]:     # under accelerate/torchrun: rank 0 plots, merges, exports and reports
             return summary
         png = plot_loss(_all_rows(out, rows), out / "loss.png")
-        merged = Path(summary["saved"]) if s.method == "full" else None
+        merged = Path(summary["saved"]) if s.method == "full" and not summary["interrupted"] else None
         exports = []
-        if specs:
+        if specs and not summary["interrupted"]:
             if merged is None:
                 merged = merge_lora(folder, Path(summary["saved"]), out / "model", tokenizer)
             exports = [write_export(merged, out, spec) for spec in specs]
@@ -143,6 +182,8 @@ def train(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathL
                    tokens_per_epoch=dataset.tokens, metrics=str(out / "metrics.jsonl"),
                    loss_plot=str(png) if png else None, merged=str(merged) if merged else None, exports=exports,
                    lora_targets=targets if s.method != "full" else None)
+    if summary["interrupted"]:
+        summary["resume"] = resume_line(model, data, out, s, list(export))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -164,15 +164,43 @@ def wrap_lora(model, s: Settings, targets: list[str]):
         raise UnsupportedError(f"LoRA targets {', '.join(targets)}: {exc}".splitlines()[0]) from None
 
 
-class Watcher:
-    """A Trainer callback: one line per logging step on stderr, one JSON object per line in metrics.jsonl."""
+def print_row(row: dict[str, Any]) -> None:
+    """The plain line for one logged step, on stderr: what a run prints when nobody asked for a table."""
+    print(row_line(row), file=sys.stderr, flush=True)
 
-    def __init__(self, out: Path, tokens_per_step: float, quiet: bool):
+
+def row_line(row: dict[str, Any]) -> str:
+    parts = [f"step {row['step']:>6}/{row['max_steps']}"]
+    if "loss" in row:
+        parts.append(f"loss {row['loss']:.4f}")
+    if "eval_loss" in row:
+        parts.append(f"eval loss {row['eval_loss']:.4f}")
+    if "learning_rate" in row:
+        parts.append(f"lr {row['learning_rate']:.2e}")
+    if "tokens_per_s" in row:
+        parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
+    if row.get("eta_s") is not None:
+        parts.append(f"ETA {format_seconds(row['eta_s'])}")
+    return "  ".join(parts)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Watcher:
+    """A Trainer callback: one JSON object per logged step in metrics.jsonl, and each row handed to `progress`
+    (the CLI's live table or plain lines; `print_row` by default, nothing when quiet). Rank 0 only."""
+
+    def __init__(self, out: Path, tokens_per_step: float, quiet: bool, progress=None):
         self.path = out / "metrics.jsonl"
         self.tokens_per_step = tokens_per_step
-        self.quiet = quiet
+        self.progress = None if quiet else (progress or print_row)
         self.rows: list[dict[str, Any]] = []
         self.last: tuple[float, int] | None = None
+        self.first: tuple[float, int] | None = None
         self.started = time.perf_counter()
 
     def callback(self):
@@ -182,7 +210,7 @@ class Watcher:
 
         class _Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
-                watcher.last = (time.perf_counter(), state.global_step)
+                watcher.last = watcher.first = (time.perf_counter(), state.global_step)
                 watcher.started = watcher.last[0]
 
             def on_log(self, args, state, control, logs=None, **kwargs):
@@ -204,21 +232,77 @@ class Watcher:
         if steps > 0 and now > t0:
             row["tokens_per_s"] = round(self.tokens_per_step * steps / (now - t0), 1)
         row["elapsed_s"] = round(now - self.started, 3)
+        start_time, start_step = self.first or (self.started, 0)
+        done = state.global_step - start_step
+        if done > 0:                 # the run's own pace so far (a resumed run's earlier steps not counted)
+            row["eta_s"] = round((now - start_time) / done * max(0, state.max_steps - state.global_step), 1)
         self.last = (now, state.global_step)
         self.rows.append(row)
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        if not self.quiet:
-            parts = [f"step {row['step']:>6}/{state.max_steps}"]
-            if "loss" in row:
-                parts.append(f"loss {row['loss']:.4f}")
-            if "eval_loss" in row:
-                parts.append(f"eval loss {row['eval_loss']:.4f}")
-            if "learning_rate" in row:
-                parts.append(f"lr {row['learning_rate']:.2e}")
-            if "tokens_per_s" in row:
-                parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
-            print("  ".join(parts), file=sys.stderr, flush=True)
+        if self.progress is not None:
+            self.progress({**row, "max_steps": state.max_steps})
+
+
+class StopOnSignal:
+    """Ctrl-C (SIGINT) and SIGTERM during training: finish the current step, save a checkpoint, stop cleanly.
+
+    The handler only sets a flag; a Trainer callback sees it at the end of the step and asks Trainer to save and
+    stop, so the checkpoint is a real one that `--resume` continues from. Under DDP the flag is OR-ed across ranks
+    every step (each rank must save the same step). A second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self.saved_step: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.signal is not None:                 # the second one: the default behaviour
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def stop_anywhere(self) -> bool:
+        """Whether any rank was signalled (one tiny all-reduce per step under torch.distributed)."""
+        import torch
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([1 if self.signal is not None else 0])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            return bool(flag.item())
+        return self.signal is not None
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        stopper = self
+
+        class _Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if stopper.stop_anywhere():
+                    control.should_save = True
+                    control.should_training_stop = True
+                    stopper.saved_step = state.global_step
+
+        return _Callback()
 
 
 def plot_loss(rows: list[dict[str, Any]], png: Path) -> Path | None:
@@ -247,13 +331,31 @@ def plot_loss(rows: list[dict[str, Any]], png: Path) -> Path | None:
     return png
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a run under accelerate / torchrun (RANK in the environment), or a single process."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def keep_rows_until(metrics: Path, step: int) -> None:
+    """A resumed run's metrics.jsonl: the rows up to the checkpoint it continues from (later ones are redone)."""
+    if not metrics.is_file():
+        return
+    lines = metrics.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        metrics.write_text("".join(line + "\n" for line in kept))
+
+
 def last_checkpoint(out: Path) -> Path | None:
     points = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
     return max(points, key=lambda p: int(p.name.split("-")[-1])) if points else None
 
 
-def fit(folder: Path, tokenizer, data: Dataset, out: Path, s: Settings, targets: list[str]) -> dict[str, Any]:
-    """Train and save: DIR/model (full) or DIR/adapter (LoRA, QLoRA); returns the run's figures."""
+def fit(folder: Path, tokenizer, data: Dataset, out: Path, s: Settings, targets: list[str],
+        progress=None) -> dict[str, Any]:
+    """Train and save: DIR/model (full) or DIR/adapter (LoRA, QLoRA); returns the run's figures. `progress` gets
+    each logged row (see `Watcher`). Stopped by a signal, it saves a checkpoint instead and says so
+    (`interrupted`; `saved` is then that checkpoint)."""
     import torch
     from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
     from transformers.utils import logging as hf_logging
@@ -267,6 +369,8 @@ def fit(folder: Path, tokenizer, data: Dataset, out: Path, s: Settings, targets:
         resume_from = last_checkpoint(out)
         if resume_from is None:
             raise ModelportError("--resume: no checkpoint-N folder to resume from", out)
+        if is_main_process():
+            keep_rows_until(out / "metrics.jsonl", int(resume_from.name.split("-")[-1]))
     bf16 = choose_bf16(s.bf16)
     set_seed(s.seed)
     model = load_quantized(folder, bf16) if s.method == "qlora" else load_model(folder)
@@ -287,16 +391,21 @@ def fit(folder: Path, tokenizer, data: Dataset, out: Path, s: Settings, targets:
         report_to=[], disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
         ddp_find_unused_parameters=False, **s.extra)
     mean_len = data.tokens / max(1, len(data))
-    watcher = Watcher(out, mean_len * s.batch * s.grad_accum * max(1, args.world_size), s.quiet)
+    watcher = Watcher(out, mean_len * s.batch * s.grad_accum * max(1, args.world_size), s.quiet, progress)
+    stopper = StopOnSignal()
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                       data_collator=collate(tokenizer.pad_token_id), processing_class=tokenizer,
-                      callbacks=[watcher.callback()])
+                      callbacks=[watcher.callback(), stopper.callback()])
     trainer.remove_callback(PrinterCallback)     # our Watcher prints the steps; Trainer's own dicts are noise
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with stopper:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - started
+    interrupted = stopper.saved_step is not None
     saved = out / ("model" if s.method == "full" else "adapter")
-    if trainer.is_world_process_zero():
+    if interrupted:                              # the checkpoint is the save; the final folders mean "finished"
+        saved = out / f"checkpoint-{stopper.saved_step}"
+    elif trainer.is_world_process_zero():
         trainer.model.save_pretrained(str(saved))
         tokenizer.save_pretrained(str(saved))
         if s.method == "full":
@@ -311,7 +420,7 @@ def fit(folder: Path, tokenizer, data: Dataset, out: Path, s: Settings, targets:
             "tokens_per_s_logged": rates[-1] if rates else None,
             "trainable_parameters": trainable, "total_parameters": total, "bf16": bf16,
             "resumed_from": str(resume_from) if resume_from else None, "saved": str(saved),
-            "main_process": trainer.is_world_process_zero(),
+            "main_process": trainer.is_world_process_zero(), "interrupted": interrupted,
             "rows": watcher.rows, "settings": {k: v for k, v in asdict(s).items() if k != "extra"}}
 
 
