@@ -14,7 +14,7 @@ from typing import Any
 from ..estimate import running_memory
 from ..runtime import Sampling, load
 from ..runtime.evaluate import compare, perplexity
-from .journal import Journal, RssPeak
+from .journal import Journal, RssPeak, clip
 
 ENGINE_NAMES = {"llama": "llama.cpp", "hf": "transformers", "onnx": "onnxruntime"}
 CTX = 1024
@@ -45,14 +45,9 @@ def answers(journal: Journal, artefacts: list[Artefact], questions: list[str], m
                         rows.append({**asdict(art), "engine_name": ENGINE_NAMES[art.engine], "question": question,
                                      "answer": text, "tokens": result.completion_tokens,
                                      "tokens_per_s": result.to_dict()["generation_tokens_per_second"]})
-                        journal.say(f"{art.name:32} [{ENGINE_NAMES[art.engine]}] {question} → {one_line(text)}")
+                        journal.say(f"{art.name:32} [{ENGINE_NAMES[art.engine]}] {question} → {clip(text, 90)}")
                         advance()
         step.figures["answers"] = rows
-
-
-def one_line(text: str, width: int = 90) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def measure(journal: Journal, artefacts: list[Artefact], reference: Artefact, text: str, n_ctx: int, tokens: int) -> None:

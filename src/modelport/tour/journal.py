@@ -27,6 +27,18 @@ from ..core.errors import ModelportError
 ProgressFactory = Callable[[str], Any]
 
 
+def clip(text: str | None, width: int = 100) -> str:
+    """A message or an answer as one line of at most `width` characters (the report keeps the whole text)."""
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def cpu_time() -> float:
+    """CPU seconds used so far by this process and the processes it waited for (the server it started)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 class StepSkipped(Exception):
     """A step cannot run because one it needs did not finish; the reason names that step."""
 
@@ -37,6 +49,7 @@ class Step:
     title: str
     status: str = "running"          # ok, failed, skipped, interrupted
     seconds: float = 0.0
+    cpu_seconds: float = 0.0         # CPU time (all threads, and processes it started): the cost on a quiet machine
     lines: list[str] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
@@ -103,7 +116,7 @@ class Journal:
         self.steps[name] = step
         self.current = step
         self.console.print(f"\n[bold cyan]▶ {len(self.steps)}. {title}[/bold cyan]")
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_time()
         try:
             missing = [n for n in needs if self.steps.get(n) is None or self.steps[n].status != "ok"]
             if missing:
@@ -122,9 +135,10 @@ class Journal:
             self.console.print(f"  [red]failed:[/red] {step.error}")
         finally:
             step.seconds = round(time.perf_counter() - started, 2)
+            step.cpu_seconds = round(cpu_time() - cpu, 2)
             self.current = None
             if step.status == "ok":
-                self.console.print(f"  [green]done[/green] in {step.seconds:.1f} s")
+                self.console.print(f"  [green]done[/green] in {step.seconds:.1f} s (CPU {step.cpu_seconds:.1f} s)")
             self.write_json()
 
     def skip(self, name: str, title: str, reason: str) -> None:
@@ -170,6 +184,7 @@ class Journal:
 
     def record(self, interrupted: bool = False) -> dict[str, Any]:
         return {**self.facts, "interrupted": interrupted, "seconds": round(time.perf_counter() - self.started, 1),
+                "cpu_seconds": round(sum(s.cpu_seconds for s in self.steps.values()), 1),
                 "ok": all(s.status in ("ok", "skipped") for s in self.steps.values()) and not interrupted,
                 "steps": {name: asdict(step) for name, step in self.steps.items()}}
 

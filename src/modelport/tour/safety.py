@@ -22,7 +22,7 @@ from ..recommend import recommend
 from ..runtime import load
 from ..security import scan
 from ..training import train
-from .journal import Journal
+from .journal import Journal, clip
 
 MARKER = "MARKER-the-payload-ran"
 
@@ -98,12 +98,14 @@ def booby_trap(journal: Journal, folder: Path, data: Path) -> None:
                                     "message": f"verdict: {value.verdict}; " + "; ".join(f"{f.what}: {f.why}" for f in value.findings[:1])
                                     if command == "scan" else "accepted"}
             row = results[command]
+            why = clip(row["message"].replace(f"{trap}: ", "").replace(f"{trap.stem}/", ""))
             mark = "[green]refused[/green]" if row["refused"] else "[red]ACCEPTED[/red]"
-            journal.say(f"{command:9} {'refused' if row['refused'] else 'ACCEPTED'} (exit {row['exit_code']}): {row['message']}",
-                        markup=f"{command:9} {mark} (exit {row['exit_code']}): {escape(row['message'])}")
+            journal.say(f"{command:9} {'refused' if row['refused'] else 'ACCEPTED'} (exit {row['exit_code']}): {why}",
+                        markup=f"{command:9} {mark} (exit {row['exit_code']}): {escape(why)}")
         created = marker.exists()
         step.figures.update(commands=results, all_refused=all(r["refused"] for r in results.values()),
                             marker=str(marker), marker_created=created)
         journal.say(f"marker file created: {created}")
         if created or not step.figures["all_refused"]:
             raise ModelportError("a command accepted the booby-trapped file" if not created else "the payload ran", trap)
+

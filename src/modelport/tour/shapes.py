@@ -17,7 +17,7 @@ from ..conversion import convert
 from ..core.errors import ModelportError
 from ..opening import open as open_model
 from ..writing import save
-from .journal import Journal
+from .journal import Journal, clip
 
 CHECKPOINT_PREFIX = "model_state_dict."
 OTHER_FORMATS = (("HDF5", "model.h5"), ("NumPy", "model.npz"), ("Flax msgpack", "model.msgpack"))
@@ -44,6 +44,15 @@ def same(a: Path, b: Path) -> dict[str, Any]:
             "only_in_b": report.only_in_b}
 
 
+def refusal_of(path: Path, trust: bool) -> str | None:
+    """Why modelport will not open `path` (None: it opens)."""
+    try:
+        open_model(path, trust=trust).close()
+    except ModelportError as exc:
+        return exc.cli_text().replace(f"{path}: ", "")
+    return None
+
+
 def say_round_trip(journal: Journal, label: str, row: dict[str, Any]) -> None:
     verdict = "bit-exact" if row["bit_exact"] else f"DIFFERENT {row['statuses']}"
     journal.say(f"{label}: {row['tensors']} tensors {verdict}")
@@ -62,13 +71,10 @@ def pytorch(journal: Journal, hf: Path, folder: Path) -> None:
 
         model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32, local_files_only=True)
         torch.save(model, whole)
-        try:
-            open_model(whole).close()
-            refusal = None
-        except ModelportError as exc:
-            refusal = exc.cli_text()
-        step.figures["whole_model"] = {"path": str(whole), "refused": refusal is not None, "reason": refusal}
-        journal.say(f"torch.save(model) → {whole.name}: " + (f"refused: {refusal}" if refusal else "ACCEPTED"))
+        scanned, refusal = refusal_of(whole, trust=False), refusal_of(whole, trust=True)
+        step.figures["whole_model"] = {"path": str(whole), "refused": refusal is not None, "reason": refusal, "scan": scanned}
+        journal.say(f"torch.save(model) → {whole.name}: the scanner holds it back ({clip(scanned or 'ACCEPTED', 80)}); "
+                    f"even with --trust the reader refuses it: {clip(refusal or 'ACCEPTED', 110)}")
 
         torch.save(state, plain)
         optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)
