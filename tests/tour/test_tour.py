@@ -115,3 +115,38 @@ def test_report_renders_in_headless_chromium_with_nothing_fetched(quick, tmp_pat
     if not SCREENSHOT.exists():       # the README's picture: made once by this test, committed
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         SCREENSHOT.write_bytes(shot.read_bytes())
+
+
+def test_ctrl_c_keeps_finished_steps_and_writes_a_partial_report(tmp_path):
+    """SIGINT once the first steps are in report.json: exit 130, those steps kept as they were, the step that was
+    running marked interrupted, and report.html written with what there is."""
+    import signal
+    import subprocess
+
+    from tests.conftest import cli_process
+
+    out = tmp_path / "out"
+    argv, env = cli_process("tour", "--quick", "--out", out)
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        report = out / "report.json"
+        for _ in range(6000):             # bounded by polls, not by a clock: the machine may be slow
+            if report.is_file() and "scan" in json.loads(report.read_text() or "{}").get("steps", {}):
+                break
+            if process.poll() is not None:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    record = json.loads((out / "report.json").read_text())
+    assert record["interrupted"] is True and record["ok"] is False
+    statuses = [s["status"] for s in record["steps"].values()]
+    assert statuses[:2] == ["ok", "ok"] and len(statuses) < len(QUICK_STEPS), statuses
+    assert set(statuses[:-1]) <= {"ok", "skipped"} and statuses[-1] in ("ok", "interrupted"), statuses   # signal in or between steps
+    page = (out / "report.html").read_text()
+    assert "interrupted: a partial report" in page and "Inspect the GGUF" in page
+    assert "partial report" in stdout
