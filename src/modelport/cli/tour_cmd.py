@@ -1,6 +1,7 @@
 """`modelport tour`: the whole journey on SmolLM2-135M-Instruct, each step printed as it runs, then a summary table
-and the report's path. Exit 0 when every step finished (or was left out by --quick), 1 when one failed, 130 on
-Ctrl-C (the partial report is written first)."""
+and the report's path. Exit 0 when every step finished (or was left out by --quick) and every check held (the
+marker never created, round trips bit-exact, sizes and perplexities ordered, the fine-tuned Q8_0 states the fact),
+1 otherwise, 130 on Ctrl-C (the partial report is written first)."""
 
 from __future__ import annotations
 

@@ -185,7 +185,8 @@ class Journal:
     def record(self, interrupted: bool = False) -> dict[str, Any]:
         return {**self.facts, "interrupted": interrupted, "seconds": round(time.perf_counter() - self.started, 1),
                 "cpu_seconds": round(sum(s.cpu_seconds for s in self.steps.values()), 1),
-                "ok": all(s.status in ("ok", "skipped") for s in self.steps.values()) and not interrupted,
+                "ok": all(s.status in ("ok", "skipped") for s in self.steps.values()) and not interrupted
+                and False not in self.facts.get("checks", {}).values(),
                 "steps": {name: asdict(step) for name, step in self.steps.items()}}
 
     def write_json(self, interrupted: bool = False) -> Path:

@@ -25,6 +25,7 @@ LLAMA_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidde
             "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000,
             "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "float16"}
 METHODS = ("full", "lora", "qlora")
+CTX = 2048          # the context the estimates assume and the server gets
 
 
 def sizes(journal: Journal, models: dict[str, Path], folder: Path) -> None:
@@ -61,9 +62,6 @@ def sizes(journal: Journal, models: dict[str, Path], folder: Path) -> None:
                 journal.say(f"{label:24} {goal:14} {r['format']}, {r['precision']}"
                             + (f" ({r['method']})" if r.get("method") else ""))
         step.figures["advice"] = advice
-
-
-CTX = 2048
 
 
 def serve(journal: Journal, model: Path, question: str) -> None:
