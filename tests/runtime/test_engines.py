@@ -160,8 +160,10 @@ def test_weights_without_config_are_refused(tmp_path, tiny):
         runtime.load(lone / "model.safetensors")
     with pytest.raises(UnsupportedError, match="llama.cpp runs GGUF"):
         runtime.load(tiny, engine="llama")
-    with pytest.raises(UnsupportedError, match="unknown engine"):
+    with pytest.raises(UnsupportedError, match="onnxruntime runs ONNX exports, not safetensors"):
         runtime.load(tiny, engine="onnx")
+    with pytest.raises(UnsupportedError, match="unknown engine"):
+        runtime.load(tiny, engine="tensorrt")
 
 
 def test_compare_same_and_different(engine, tmp_path):

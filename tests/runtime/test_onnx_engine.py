@@ -72,6 +72,14 @@ def test_seeded_sampling_and_a_two_turn_chat_match_transformers(engines):
     assert answers[0] == answers[1] and all(answers[0])
 
 
+def test_chat_cli_on_the_export_answers_as_transformers(tiny, exported):
+    turns = f"{QUESTION}\nAnd of Italy?\n/reset\n{QUESTION}\n"
+    ours = run_cli("chat", exported, "--max-tokens", "8", stdin=turns)
+    reference = run_cli("chat", tiny, "--max-tokens", "8", stdin=turns)
+    assert ours.code == 0, ours.stderr
+    assert ours.stdout == reference.stdout and len(ours.stdout.splitlines()) >= 3
+
+
 def test_compare_and_perplexity_take_the_export(tiny, exported, tmp_path):
     report = json.loads(run_cli("compare", tiny, exported, "--engine-a", "hf", "--tokens", "48", "--json").stdout)
     assert report["engine_b"] == "onnxruntime" and report["argmax_agreement"] == 1.0 and report["mean_kl"] < 1e-6

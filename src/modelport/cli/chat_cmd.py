@@ -49,7 +49,8 @@ PROMPT = ">>> "
 def register(app: typer.Typer) -> None:
     @app.command("chat")
     def chat_cmd(
-        model: Path = typer.Argument(..., help="GGUF file, Hugging Face folder, or weights file with a config beside it."),
+        model: Path = typer.Argument(..., help="GGUF file, Hugging Face folder, weights file with a config beside it, or "
+                                                "ONNX export folder (its model_int8.onnx for the int8 graph)."),
         system: str | None = typer.Option(None, "--system", help="System message (else the template's own default)."),
         max_tokens: int = max_tokens_option(512, "Most tokens per answer."),
         temperature: float = temperature_option(),

@@ -15,7 +15,8 @@ from .output import console, print_json, trust_option
 def register(app: typer.Typer) -> None:
     @app.command("perplexity")
     def perplexity_cmd(
-        model: Path = typer.Argument(..., help="GGUF file, Hugging Face folder, or weights file with a config beside it."),
+        model: Path = typer.Argument(..., help="GGUF file, Hugging Face folder, weights file with a config beside it, or "
+                                                "ONNX export folder (its model_int8.onnx for the int8 graph)."),
         text: Path = typer.Option(..., "--text", help="UTF-8 text file to score."),
         ctx: int = typer.Option(512, "--ctx", help="Window length in tokens (llama-perplexity's -c)."),
         engine: str = engine_option(),

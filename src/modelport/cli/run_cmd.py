@@ -27,7 +27,8 @@ from .output import print_json, trust_option, write
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
-        model: Path = typer.Argument(..., help="GGUF file, Hugging Face folder, or weights file with a config beside it."),
+        model: Path = typer.Argument(..., help="GGUF file, Hugging Face folder, weights file with a config beside it, or "
+                                                "ONNX export folder (its model_int8.onnx for the int8 graph)."),
         prompt: str | None = typer.Option(None, "-p", "--prompt", help="The prompt (read from stdin when left out)."),
         system: str | None = typer.Option(None, "--system", help="System message (else the template's own default)."),
         max_tokens: int = max_tokens_option(256, "Most tokens to generate."),

@@ -30,8 +30,9 @@ from ..core import dtypes
 from ..core import protobuf as pb
 from ..core.errors import FormatError, UnsupportedError, require
 from ..core.packing import unpack_nibbles
-from ..core.source import ModelSource, safe_member
+from ..core.source import ModelSource, read_json, safe_member
 from ..core.tensor import TensorRef
+from . import registry
 from .registry import FormatSpec
 
 MAX_GRAPH_DEPTH = 32
@@ -517,6 +518,9 @@ def open_onnx(path: Path) -> ModelSource:
                                "outputs": scan.outputs, "nodes": scan.nodes,
                                "op_types": dict(sorted(scan.ops.items(), key=lambda kv: (-kv[1], kv[0])))}
     external = sorted({ref.file for ref in tensors.values() if ref.file and ref.file != str(path)})
+    axes = dynamic_axes({**scan.inputs, **scan.outputs})
+    if axes:
+        details["dynamic_axes"] = axes
     if external:
         details["external_data_files"] = [Path(f).name for f in external]
     if skipped:
@@ -565,11 +569,57 @@ def detect(path: Path, head: bytes) -> bool:
     return True
 
 
+FOLDER_MODEL = "model.onnx"
+
+
+def detect_folder(folder: Path) -> bool:
+    """An exported ONNX folder (modelport's, optimum's): `model.onnx` and no weights but other `.onnx` graphs."""
+    return (folder / FOLDER_MODEL).is_file() and all(p.suffix.lower() == ".onnx" for p in registry.weight_files(folder))
+
+
+def dynamic_axes(values: dict[str, str]) -> list[str]:
+    """The named (dynamic) dimensions of graph inputs/outputs described as `F32[batch, 2, past_sequence, 8]`."""
+    names: list[str] = []
+    for desc in values.values():
+        inside = desc[desc.find("[") + 1: desc.rfind("]")] if "[" in desc else ""
+        for dim in (d.strip() for d in inside.split(",")):
+            if dim and not dim.isdigit() and dim not in names:
+                names.append(dim)
+    return names
+
+
+def open_folder(folder: Path) -> ModelSource:
+    """`model.onnx` of an exported folder, with the folder's side files (config, tokenizer, modelport_onnx.json);
+    other graphs beside it (model_int8.onnx) are listed as variants, with their external data kept out of the side
+    files."""
+    source = open_onnx(folder / FOLDER_MODEL)
+    source.path = folder
+    used = {f.resolve() for f in source.files}
+    variants = [p for p in registry.weight_files(folder) if p.name != FOLDER_MODEL]
+    for variant in variants:
+        used.add(variant.resolve())
+        for _, info in external_entries(variant):
+            location = info.get("location", "")
+            if location and (folder / location).is_file():
+                used.add((folder / location).resolve())
+    source.side_files = registry.side_files(folder, used)
+    if "config.json" in source.side_files:
+        source.config = read_json(source.side_files["config.json"])
+    if variants:
+        source.details["variants"] = [v.name for v in variants]
+    return source
+
+
+def open_path(path: Path) -> ModelSource:
+    return open_folder(path) if path.is_dir() else open_onnx(path)
+
+
 FORMAT = FormatSpec(
     name="onnx",
     extensions=(".onnx",),
     detect=detect,
-    open=open_onnx,
+    open=open_path,
+    detect_folder=detect_folder,
     write=None,
     description="ONNX (weights of the graph; read only)",
 )

@@ -153,7 +153,7 @@ _INDEX = FormatSpec("index", (".json",), lambda p, h: False, open_index, descrip
 # --- folders ------------------------------------------------------------------------------
 
 # Weight files of a HF folder, in the order transformers prefers them.
-_PREFERRED = ("model.safetensors.index.json", "model.safetensors", "model.onnx",
+_PREFERRED = ("model.safetensors.index.json", "model.safetensors",
               "pytorch_model.bin.index.json", "pytorch_model.bin")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz", ".npy", ".gguf", ".onnx",
                     ".h5", ".hdf5", ".keras", ".msgpack", ".tflite", ".pb")
