@@ -14,7 +14,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -72,9 +72,13 @@ class Sampler:
         self.rng = np.random.default_rng(sampling.seed)
 
     def __call__(self, logits: np.ndarray) -> int:
+        """A token id. Tokens at -inf (masked by a `Constraint`) are never picked, whatever the settings."""
         s = self.s
+        best = int(np.argmax(logits))
+        if logits[best] == -np.inf:
+            raise UnsupportedError("every token is masked: nothing may be generated here")
         if s.temperature == 0:
-            return int(np.argmax(logits))
+            return best
         x = logits.astype(np.float64) / s.temperature
         n = x.shape[0]
         k = min(s.top_k, n) if s.top_k else n
@@ -103,6 +107,14 @@ class Sampler:
             cum = np.cumsum(p)
             choice = min(int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right")), len(p) - 1)
         return int(choice if keep is None else keep[choice])
+
+
+class TokenConstraint(Protocol):
+    """What `generate` asks of a constraint on the tokens (runtime.structured's JSON grammar is one)."""
+
+    def apply(self, logits: np.ndarray) -> None: ...      # in place: forbidden tokens become -inf
+    def accept(self, token: int) -> None: ...             # the token sampled
+    def finished(self) -> bool: ...                       # nothing more may follow
 
 
 class TextStream:
@@ -264,8 +276,11 @@ class Engine:
 
     def generate(self, ids: list[int], max_tokens: int = 256, sampling: Sampling | None = None,
                  stop_ids: set[int] | None = None, ignore_eos: bool = False,
-                 result: Generation | None = None) -> Iterator[int]:
-        """Yield new token ids as they come; fills `result` (timings, stop reason) as it goes."""
+                 result: Generation | None = None, constraint: TokenConstraint | None = None) -> Iterator[int]:
+        """Yield new token ids as they come; fills `result` (timings, stop reason) as it goes.
+
+        `constraint` (runtime.structured) masks the logits before each token is sampled and is told each
+        token after; the answer ends ("stop") once it is finished (the JSON is complete)."""
         result = result if result is not None else Generation()
         result.engine, result.prompt_tokens = self.name, len(ids)
         sampler = Sampler(sampling or Sampling())
@@ -277,12 +292,20 @@ class Engine:
         result.stop_reason = "length"
         try:
             for i in range(max_tokens):
+                if constraint is not None:
+                    constraint.apply(logits)
                 token = sampler(logits)
                 if token in stops:
                     result.stop_reason = "stop"
                     break
                 result.tokens.append(token)
                 result.generation_seconds = time.perf_counter() - prompt_done
+                if constraint is not None:
+                    constraint.accept(token)
+                    if constraint.finished():
+                        result.stop_reason = "stop"
+                        yield token
+                        break
                 yield token
                 if i + 1 == max_tokens:
                     break

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..core.errors import UnsupportedError
-from .base import Engine, Generation, Sampling, TextStream, is_integer
+from .base import Engine, Generation, Sampling, TextStream, TokenConstraint, is_integer
 
 OnText = Callable[[str], None]
 Cancel = Callable[[], bool]      # asked after each token: True ends the answer there (a UI's Ctrl-C, a closed socket)
@@ -79,11 +79,13 @@ class StopText:
 
 
 def stream_answer(engine: Engine, ids: list[int], settings: GenerationSettings,
-                  on_text: OnText | None = None, cancel: Cancel | None = None) -> Generation:
+                  on_text: OnText | None = None, cancel: Cancel | None = None,
+                  constraint: TokenConstraint | None = None) -> Generation:
     """Generate the answer to the prompt `ids`, streaming its text to `on_text`; the full result.
 
     It ends at a stop token, a stop string (`result.stop_reason` "stop" for both), `max_tokens`
-    ("length"), a full context ("context") or when `cancel()` says so ("cancelled": the text so far)."""
+    ("length"), a full context ("context") or when `cancel()` says so ("cancelled": the text so far).
+    `constraint` (runtime.structured) limits the answer to what a grammar allows; "stop" once it is complete."""
     result = Generation()
     stream = TextStream(engine.detokenize)
     cut = StopText(settings.stop)
@@ -94,7 +96,7 @@ def stream_answer(engine: Engine, ids: list[int], settings: GenerationSettings,
             on_text(piece)
 
     for token in engine.generate(ids, max_tokens=settings.max_tokens, sampling=settings.sampling,
-                                 ignore_eos=settings.ignore_eos, result=result):
+                                 ignore_eos=settings.ignore_eos, result=result, constraint=constraint):
         emit(cut.feed(stream.push(token)))
         if cut.hit:
             break

@@ -81,6 +81,7 @@ class LlamaEngine(Engine):
         self.template = template_for(source)
         if self.template is not None:
             self.template.special_tokens = gguf_special_tokens(source.metadata)
+        self._sequences: list[LlamaSequences] = []     # multi-sequence contexts on this model, closed with it
 
     def tokenize(self, text: str, add_special: bool = False) -> list[int]:
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
@@ -117,8 +118,90 @@ class LlamaEngine(Engine):
             return 0
         return n
 
+    def open_sequences(self, parallel: int) -> LlamaSequences:
+        """A second llama.cpp context on the same loaded weights that holds `parallel` independent sequences,
+        each with this engine's context length (for `runtime.batching.Batcher`). run/chat keep the first one."""
+        sequences = LlamaSequences(self, parallel)
+        self._sequences.append(sequences)
+        return sequences
+
     def close(self) -> None:
+        for sequences in getattr(self, "_sequences", ()):
+            sequences.close()                       # before the model they point into
         llm = getattr(self, "llm", None)
         if llm is not None:
             llm.close()
             self.llm = None
+
+
+class LlamaSequences:
+    """`parallel` sequences decoded together: one `llama_decode` can advance every one of them by a token.
+
+    A context of its own (n_seq_max = parallel) built from the engine's model pointer and its context
+    parameters, so the weights are shared and the numerics match the engine's (same threads, batch size, KV
+    type, attention). The KV cache is not unified: n_ctx = parallel x the engine's context, one stream per
+    sequence, so every slot is guaranteed the whole per-sequence context (a long answer cannot starve the
+    others) and each token attends only over its own sequence's cells. The price is memory reserved up front
+    for every slot, as llama.cpp's server does with --parallel without --kv-unified. Each sequence is
+    identified by its seq_id (0 .. parallel-1); positions are the caller's to track.
+    """
+
+    def __init__(self, engine: LlamaEngine, parallel: int):
+        lib = engine._lib
+        params = lib.llama_context_params.from_buffer_copy(engine.llm.context_params)
+        params.n_seq_max = parallel
+        params.n_ctx = engine.n_ctx * parallel
+        params.kv_unified = False
+        self._lib = lib
+        self.ctx = lib.llama_init_from_model(engine.llm._model.model, params)
+        if not self.ctx:
+            raise UnsupportedError(f"llama.cpp could not make a context for {parallel} sequences of "
+                                   f"{engine.n_ctx} tokens (try a smaller --ctx or --parallel)")
+        self.parallel = parallel
+        self.n_ctx = min(engine.n_ctx, lib.llama_n_ctx_seq(self.ctx))
+        self.n_batch = lib.llama_n_batch(self.ctx)
+        self.n_vocab = engine.n_vocab
+        self._memory = lib.llama_get_memory(self.ctx)
+        self._capacity = max(self.n_batch, parallel)
+        self._batch = lib.llama_batch_init(self._capacity, 0, 1)
+
+    def prefill(self, seq: int, ids: list[int], start: int) -> np.ndarray:
+        """Run a chunk of a prompt (at most n_batch tokens) at positions start.. of sequence `seq` (start 0
+        first forgets what it held); the logits of its last token (1-D)."""
+        if start == 0:
+            self.remove(seq)
+        rows = [(seq, token, start + i) for i, token in enumerate(ids)]
+        return self._run(rows, outputs=[len(rows) - 1])[0]
+
+    def decode(self, rows: list[tuple[int, int, int]]) -> np.ndarray:
+        """One token for each (seq, token, position) row, all in one `llama_decode`; logits per row (2-D)."""
+        return self._run(rows, outputs=list(range(len(rows))))
+
+    def _run(self, rows: list[tuple[int, int, int]], outputs: list[int]) -> np.ndarray:
+        if not 0 < len(rows) <= self._capacity:
+            raise UnsupportedError(f"llama.cpp batch of {len(rows)} tokens (at most {self._capacity})")
+        batch, wanted = self._batch, set(outputs)
+        for i, (seq, token, pos) in enumerate(rows):
+            batch.token[i] = token
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = i in wanted
+        batch.n_tokens = len(rows)
+        code = self._lib.llama_decode(self.ctx, batch)
+        if code != 0:
+            raise UnsupportedError(f"llama.cpp failed to run the batch (llama_decode returned {code})")
+        out = np.empty((len(outputs), self.n_vocab), dtype=np.float32)
+        for row, i in enumerate(outputs):
+            out[row] = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
+        return out
+
+    def remove(self, seq: int) -> None:
+        """Forget everything sequence `seq` holds (its slot is free for another prompt)."""
+        self._lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
+
+    def close(self) -> None:
+        if self.ctx:
+            self._lib.llama_batch_free(self._batch)
+            self._lib.llama_free(self.ctx)
+            self.ctx = None

@@ -45,8 +45,8 @@ def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8080, *
     server = app.state.server
     access_log()
     if on_ready is not None:
-        on_ready({"model": server.name, "engine": server.engine.name, "ctx": server.engine.n_ctx, "parallel": server.scheduler.parallel,
-                  "batched": getattr(server.scheduler.batcher, "batched", False), "queue": queue, "host": host, "port": port,
+        on_ready({"model": server.name, "engine": server.engine.name, "ctx": server.scheduler.n_ctx, "parallel": server.scheduler.parallel,
+                  "batched": server.scheduler.batcher.batched, "queue": queue, "host": host, "port": port,
                   "api_key": bool(api_key)})
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=grace,
                             lifespan="on")

@@ -33,9 +33,11 @@ from .. import __version__, runtime
 from ..core.errors import ModelportError
 from ..inspection import inspect
 from ..runtime import ContextFullError, Engine, Sampling
+from ..runtime.batching import Job
+from ..runtime.structured import Constraint, json_constraint
 from . import ollama_api, openai_api
 from .openai_api import ApiError
-from .scheduler import Busy, Event, Job, Scheduler, Ticket
+from .scheduler import Busy, Event, Scheduler, Ticket
 
 WEB = Path(__file__).parent / "web"
 log = logging.getLogger("modelport.serve")
@@ -72,9 +74,9 @@ class Server:
             raise ApiError(400, exc.message, param=param) from None
         if not ids:
             raise ApiError(400, "the prompt is empty (no tokens)", param=param)
-        n_ctx = self.engine.n_ctx
+        n_ctx = self.scheduler.n_ctx
         if len(ids) >= n_ctx:
-            raise ApiError(400, f"the prompt is {len(ids)} tokens long and the model's context holds {n_ctx} "
+            raise ApiError(400, f"the prompt is {len(ids)} tokens long and the context holds {n_ctx} "
                                 "(with room for at least one new token)", param=param, code="context_length_exceeded")
         bad = next((i for i in ids if not 0 <= i < self.engine.n_vocab), None)
         if bad is not None:
@@ -84,14 +86,14 @@ class Server:
     def job(self, ids: list[int], max_tokens: int | None, temperature: float, top_p: float, top_k: int,
             seed: int | None, param: str = "max_tokens") -> Job:
         """`max_tokens` None: until the context is full; more than the context: refused (it cannot be honoured)."""
-        n_ctx = self.engine.n_ctx
+        n_ctx = self.scheduler.n_ctx
         room = n_ctx - len(ids)
         if max_tokens is None:
             max_tokens = room
         elif max_tokens < 1:
             raise ApiError(400, f"{param} must be at least 1, not {max_tokens}", param=param)
         elif max_tokens > n_ctx:
-            raise ApiError(400, f"{param} {max_tokens} is more than the model's context of {n_ctx} tokens", param=param)
+            raise ApiError(400, f"{param} {max_tokens} is more than the context of {n_ctx} tokens", param=param)
         try:
             sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
         except ModelportError as exc:
@@ -160,8 +162,12 @@ class Server:
                 return ticket
         return None
 
-    def constraint(self, schema: dict[str, Any] | None, param: str) -> Any:
-        raise ApiError(400, "structured output (a JSON format) is not available in this build yet", param=param)
+    async def constraint(self, schema: dict[str, Any] | None, param: str) -> Constraint:
+        """The token mask that makes the answer JSON (valid against `schema` when given), for every engine."""
+        try:
+            return await run_in_threadpool(json_constraint, self.engine, schema)
+        except ModelportError as exc:
+            raise ApiError(400, exc.message, param=param) from None
 
 
 def request_state(request: Request, ticket: Ticket) -> None:
@@ -327,8 +333,8 @@ def create_app(model: str | os.PathLike | Engine, *, engine: str = "auto", ctx: 
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": server.name, "engine": eng.name, "batched": getattr(scheduler.batcher, "batched", False),
-                **scheduler.load()}
+        return {"status": "ok", "model": server.name, "engine": eng.name, "batched": scheduler.batcher.batched,
+                "ctx": scheduler.n_ctx, **scheduler.load()}
 
     @app.get("/")
     async def page():
@@ -386,8 +392,10 @@ def add_openai_routes(app: FastAPI, server: Server) -> None:
                          "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens")
         fmt = body.response_format
         if fmt is not None and fmt.type != "text":
-            job.constraint = server.constraint(fmt.json_schema.schema_ if fmt.type == "json_schema" and fmt.json_schema else None,
-                                               "response_format")
+            if fmt.type == "json_schema" and (fmt.json_schema is None or fmt.json_schema.schema_ is None):
+                raise ApiError(400, "response_format json_schema needs json_schema.schema", param="response_format")
+            job.constraint = await server.constraint(fmt.json_schema.schema_ if fmt.type == "json_schema" else None,
+                                                     "response_format")
         return await openai_answer(server, job, body, request, chat=True)
 
     @app.post("/v1/completions")
@@ -497,7 +505,7 @@ async def ollama_answer(server: Server, ids: list[int], body, request: Request, 
                      d["temperature"] if o.temperature is None else o.temperature, d["top_p"] if o.top_p is None else o.top_p,
                      d["top_k"] if o.top_k is None else o.top_k, o.seed, param="num_predict")
     if body.format:
-        job.constraint = server.constraint(None if body.format == "json" else body.format, "format")
+        job.constraint = await server.constraint(None if body.format == "json" else body.format, "format")
     ticket = await server.start(job, o.stop or [], request)
     if ticket is None:
         return JSONResponse({}, status_code=499)

@@ -15,73 +15,12 @@ import asyncio
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from ..core.errors import ModelportError
-from ..runtime import ContextFullError, Engine, Generation, Sampling, TextStream
+from ..runtime import Engine, TextStream
+from ..runtime.batching import Batcher, Job
 from ..runtime.conversation import StopText
-
-
-@dataclass
-class Job:
-    """One generation as the Batcher runs it (the contract of `runtime.batching.Job`)."""
-
-    ids: list[int]
-    max_tokens: int
-    sampling: Sampling
-    stop_ids: set[int] | None = None
-    ignore_eos: bool = False
-    constraint: Any = None
-    result: Generation = field(default_factory=Generation)
-    done: bool = False
-
-
-class OneAtATime:
-    """The Batcher interface over `Engine.generate`, one job at a time (parallel 1): jobs that do not fit
-    the engine's context are refused in `add`, before they take the slot."""
-
-    batched = False
-
-    def __init__(self, engine: Engine, parallel: int = 1):
-        self.engine = engine
-        self.parallel = 1
-        self.job: Job | None = None
-        self.tokens = None
-        self.cancelled = False
-
-    def free(self) -> int:
-        return 0 if self.job else 1
-
-    def active(self) -> int:
-        return 1 if self.job else 0
-
-    def add(self, job: Job) -> None:
-        if len(job.ids) >= self.engine.n_ctx:
-            raise ContextFullError(len(job.ids), self.engine.n_ctx)
-        extra = {"constraint": job.constraint} if job.constraint is not None else {}
-        self.job, self.cancelled = job, False
-        self.tokens = self.engine.generate(job.ids, max_tokens=job.max_tokens, sampling=job.sampling, stop_ids=job.stop_ids,
-                                           ignore_eos=job.ignore_eos, result=job.result, **extra)
-
-    def cancel(self, job: Job) -> None:
-        if job is self.job:
-            self.cancelled = True
-
-    def step(self) -> list[tuple[Job, int | None]]:
-        job = self.job
-        if job is None:
-            return []
-        if not self.cancelled:
-            try:
-                return [(job, next(self.tokens))]
-            except StopIteration:
-                pass
-        else:
-            self.tokens.close()
-            job.result.stop_reason = "cancelled"
-        job.done, self.job, self.tokens = True, None, None
-        return [(job, None)]
 
 
 class Busy(Exception):
@@ -149,14 +88,15 @@ class Ticket:
 class Scheduler:
     """Owns the engine's Batcher in one worker thread; `submit`, `cancel` and `close` are safe from any thread."""
 
-    def __init__(self, engine: Engine, parallel: int = 1, queue: int = 16, batcher_class: type = OneAtATime):
+    def __init__(self, engine: Engine, parallel: int = 1, queue: int = 16):
         if parallel < 1:
             raise ModelportError(f"--parallel must be at least 1, not {parallel}")
         if queue < 0:
             raise ModelportError(f"--queue must be 0 or more, not {queue}")
         self.engine = engine
-        self.batcher = batcher_class(engine, parallel)
-        self.parallel = self.batcher.parallel
+        self.batcher = Batcher(engine, parallel)
+        self.parallel = parallel
+        self.n_ctx = self.batcher.n_ctx          # one slot's context
         self.queue = queue
         self.tokenizer_lock = threading.Lock()      # handlers tokenize while the worker detokenizes
         self.cond = threading.Condition()
@@ -200,6 +140,8 @@ class Scheduler:
             self.stopping = True
             self.cond.notify_all()
         self.thread.join(timeout=30)
+        if not self.thread.is_alive():
+            self.batcher.close()
 
     # --- the worker thread -------------------------------------------------------------------------
     def run(self) -> None:
@@ -221,7 +163,8 @@ class Scheduler:
                     for ticket in self.running.values():
                         ticket.put(Event("error", error=exc))
                     self.running.clear()
-                    self.batcher = type(self.batcher)(self.engine, self.parallel)
+                    self.batcher.close()
+                    self.batcher = Batcher(self.engine, self.parallel)
                     self.cond.notify_all()
                 continue
             for job, token in ticks:
