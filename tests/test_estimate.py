@@ -13,7 +13,17 @@ import pytest
 
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 from gguf import quants as gq
-from modelport.estimate import LORA_TARGETS, ROWS, estimate, load_view, lora_parameter_count, tensors_from_config, training_memory
+from modelport.estimate import (
+    ACTIVATION_PEAK,
+    LORA_TARGETS,
+    ROWS,
+    TRAINING_RUNTIME_BYTES,
+    estimate,
+    load_view,
+    lora_parameter_count,
+    tensors_from_config,
+    training_memory,
+)
 from modelport.gguf import quants
 from modelport.gguf.mixes import FTYPES, ModelShape, choose_types
 from tests.conftest import assert_one_line_error
@@ -311,15 +321,20 @@ def test_lora_trainable_parameters_equal_peft(tmp_path, targets, r):
 def test_training_memory_parts(llama2_config):
     view = load_view(llama2_config)
     p = view.parameter_count
-    full = training_memory(view, "full", optimizer="adamw")
-    assert (full["weights"], full["gradients"], full["optimizer_states"]) == (4 * p, 4 * p, 8 * p)
+    full = training_memory(view, "full", optimizer="adamw")           # bf16 autocast, as on a GPU
+    assert (full["weights"], full["gradients"], full["optimizer_states"]) == (6 * p, 4 * p, 8 * p)   # + bf16 copies
+    assert training_memory(view, "full", bf16=False)["weights"] == 4 * p                            # fp32 masters only
     assert training_memory(view, "full", optimizer="adamw8bit")["optimizer_states"] == 2 * p
     assert training_memory(view, "full", optimizer="sgd")["optimizer_states"] == 0
     lora = training_memory(view, "lora", lora_r=8)
     assert lora["trainable_parameters"] == 19_988_480            # peft's figure for Llama-2-7B, r=8, 7 modules
     assert lora["weights"] == 2 * p and lora["lora_parameters"] == 4 * lora["trainable_parameters"]
+    fp32 = training_memory(view, "lora", lora_r=8, bf16=False)   # a CPU without fast bf16: fp32 base, fp32 activations
+    logits = ACTIVATION_PEAK * 16 * 32000 * 512                  # fp32 in both: only the layers' values double
+    assert fp32["weights"] == 4 * p and abs(fp32["activations"] - (2 * lora["activations"] - logits)) < 2
     qlora = training_memory(view, "qlora", lora_r=8)
-    assert 3.5e9 < qlora["weights"] < 4.0e9                      # NF4 + double quant, BF16 embeddings
+    assert 4.2e9 < qlora["weights"] < 4.6e9                      # NF4 + double quant; embeddings, lm_head fp32
+    assert lora["runtime"] == TRAINING_RUNTIME_BYTES and lora["total"] > lora["weights"] + lora["activations"]
     ckpt = training_memory(view, "lora", grad_checkpointing=True)
     assert ckpt["activations"] < lora["activations"]
     assert training_memory(view, "lora", seq_len=1024)["activations"] == 2 * lora["activations"]

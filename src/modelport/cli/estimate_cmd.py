@@ -46,13 +46,14 @@ def render(r: dict) -> None:
         console.print("KV cache: unknown (no config with layers and heads)")
     t = r.get("training")
     if t:
-        console.print(f"[bold]Training[/bold]: {t['method']}, {t['optimizer']}, seq {t['seq_len']}, batch {t['batch']}"
+        console.print(f"[bold]Training[/bold]: {t['method']}, {t['optimizer']}, {'bf16' if t['bf16'] else 'fp32'}, "
+                      f"seq {t['seq_len']}, batch {t['batch']}"
                       + (", gradient checkpointing" if t["grad_checkpointing"] else "")
                       + (f", LoRA r={t['lora_r']}" if t["lora_r"] else ""))
         table = Table()
         table.add_column("part")
         table.add_column("memory", justify="right")
-        for key in ("weights", "lora_parameters", "gradients", "optimizer_states", "activations", "total"):
+        for key in ("runtime", "weights", "lora_parameters", "gradients", "optimizer_states", "activations", "total"):
             if t[key] is not None and (t[key] or key != "lora_parameters"):
                 table.add_row(key.replace("_", " "), human_bytes(t[key]))
         console.print(table)
@@ -82,6 +83,9 @@ def register(app: typer.Typer) -> None:
         seq_len: int = typer.Option(512, "--seq-len", help="Training sequence length."),
         optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adamw8bit or sgd."),
         grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward."),
+        bf16: bool | None = typer.Option(None, "--bf16/--fp32",
+                                         help="Training precision (default: as `train` chooses: bf16 for a GPU --device, "
+                                              "else bf16 only where this CPU has avx512_bf16/amx_bf16)."),
         device: str = typer.Option(None, "--device", help=f"Check what fits: {', '.join(DEVICES)}."),
         memory: str = typer.Option(None, "--memory", help="Check what fits in this much memory, e.g. 12GB."),
         as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
@@ -90,7 +94,8 @@ def register(app: typer.Typer) -> None:
         report = estimate(model, ctx=ctx, batch=batch, kv_type=kv_type, method=method, lora_r=lora_r,
                           lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
                           seq_len=seq_len,
-                          optimizer=optimizer, grad_checkpointing=grad_checkpointing, device=device, memory=memory)
+                          optimizer=optimizer, grad_checkpointing=grad_checkpointing, device=device, memory=memory,
+                          bf16=bf16)
         if as_json:
             print_json(report)
         else:

@@ -68,9 +68,10 @@ def render_plan(p: dict) -> None:
     table.add_row("steps", f"{p['steps']:,} (batch {p['batch']} x grad-accum {p['grad_accum']}, ≈ {p['epochs']} epochs)")
     table.add_row("learning rate", f"{p['learning_rate']:g}")
     m = p["memory"]
-    for key in ("weights", "lora_parameters", "gradients", "optimizer_states", "activations", "total"):
+    for key in ("runtime", "weights", "lora_parameters", "gradients", "optimizer_states", "activations", "total"):
         if m.get(key):
-            table.add_row(f"memory: {key.replace('_', ' ')}", human_bytes(m[key]))
+            table.add_row(f"memory: {key.replace('_', ' ')}" + (f" ({'bf16' if m['bf16'] else 'fp32'})" if key == "total" else ""),
+                          human_bytes(m[key]))
     if p["export"]:
         table.add_row("exports", ", ".join(p["export"]))
     console.print(table)

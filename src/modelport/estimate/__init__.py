@@ -14,7 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ..core.errors import UnsupportedError
-from .devices import DEVICES, Device, device_for, fits, parse_memory
+from .devices import DEVICES, Device, cpu_has_fast_bf16, device_for, fits, parse_memory
 from .inference import (
     KV_TYPES,
     LADDER,
@@ -32,10 +32,12 @@ from .inference import (
 )
 from .model import Hyper, ModelView, hyper_from_config, load_view, tensors_from_config, view_of_source
 from .training import (
+    ACTIVATION_PEAK,
     LORA_TARGETS,
     METHODS,
     NF4_BYTES,
     OPTIMIZERS,
+    TRAINING_RUNTIME_BYTES,
     activation_bytes,
     default_lora_targets,
     lora_parameter_count,
@@ -46,13 +48,15 @@ from .training import (
 def estimate(model: str | os.PathLike, *, ctx: int | None = None, batch: int = 1, kv_type: str = "f16",
              method: str | None = None, lora_r: int = 8, lora_targets=None, seq_len: int = 512,
              train_batch: int | None = None, optimizer: str = "adamw", grad_checkpointing: bool = False,
-             device: str | None = None, memory: str | int | None = None) -> dict[str, Any]:
+             device: str | None = None, memory: str | int | None = None, bf16: bool | None = None) -> dict[str, Any]:
     """Memory for inference (every GGUF mix, KV cache, compute) and, with `method`, for training. JSON-able.
-    `lora_targets`: module names, or None for the model family's."""
+    `lora_targets`: module names, or None for the model family's. `bf16`: training precision, None for what
+    `train` would choose (bf16 on a GPU device, else by this CPU's flags)."""
     view = load_view(model)
     return estimate_view(view, model=str(model), ctx=ctx, batch=batch, kv_type=kv_type, method=method,
                          lora_r=lora_r, lora_targets=lora_targets, seq_len=seq_len, train_batch=train_batch,
-                         optimizer=optimizer, grad_checkpointing=grad_checkpointing, device=device, memory=memory)
+                         optimizer=optimizer, grad_checkpointing=grad_checkpointing, device=device, memory=memory,
+                         bf16=bf16)
 
 
 def running_memory(model: str | os.PathLike, engine: str = "llama", ctx: int | None = None, batch: int = 1,
@@ -64,7 +68,8 @@ def running_memory(model: str | os.PathLike, engine: str = "llama", ctx: int | N
 def estimate_view(view: ModelView, *, model: str = "", ctx: int | None = None, batch: int = 1, kv_type: str = "f16",
                   method: str | None = None, lora_r: int = 8, lora_targets=None, seq_len: int = 512,
                   train_batch: int | None = None, optimizer: str = "adamw", grad_checkpointing: bool = False,
-                  device: str | None = None, memory: str | int | None = None) -> dict[str, Any]:
+                  device: str | None = None, memory: str | int | None = None,
+                  bf16: bool | None = None) -> dict[str, Any]:
     kv_type = kv_type.upper()
     if kv_type not in KV_TYPES:
         raise UnsupportedError(f"unknown KV cache type {kv_type.lower()!r}; use one of {', '.join(t.lower() for t in KV_TYPES)}")
@@ -90,9 +95,11 @@ def estimate_view(view: ModelView, *, model: str = "", ctx: int | None = None, b
     else:
         report["inference"] = None
     if method:
+        if bf16 is None:
+            bf16 = dev.kind == "gpu" if dev is not None else cpu_has_fast_bf16()
         report["training"] = training_memory(view, method, lora_r=lora_r, targets=lora_targets, seq_len=seq_len,
                                              batch=train_batch or batch, optimizer=optimizer,
-                                             grad_checkpointing=grad_checkpointing)
+                                             grad_checkpointing=grad_checkpointing, bf16=bf16)
     if dev is not None:
         need = report["inference"]["total"] if report["inference"] else {f: r["bytes"] for f, r in sizes.items()}
         fit = {f: fits(n, dev) for f, n in need.items()}
@@ -103,7 +110,8 @@ def estimate_view(view: ModelView, *, model: str = "", ctx: int | None = None, b
     return report
 
 
-__all__ = ["DEVICES", "KV_TYPES", "LADDER", "LORA_TARGETS", "METHODS", "NF4_BYTES", "OPTIMIZERS", "ROWS", "RUNTIME_BYTES",
+__all__ = ["ACTIVATION_PEAK", "TRAINING_RUNTIME_BYTES", "cpu_has_fast_bf16",
+           "DEVICES", "KV_TYPES", "LADDER", "LORA_TARGETS", "METHODS", "NF4_BYTES", "OPTIMIZERS", "ROWS", "RUNTIME_BYTES",
            "UBATCH", "default_ctx", "hf_activation_bytes", "running_memory", "running_memory_of_view",
            "Device", "Hyper", "ModelView", "activation_bytes", "compute_buffer_bytes", "default_lora_targets",
            "device_for", "estimate", "estimate_view", "fits", "gguf_types", "header_bytes", "hyper_from_config",

@@ -28,6 +28,7 @@ from .trainer import (
     METHODS,
     Settings,
     bitsandbytes_or_error,
+    choose_bf16,
     fit,
     is_main_process,
     load_tokenizer,
@@ -123,7 +124,8 @@ def plan(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLi
     specs = [parse_export(e) for e in export]
     with tempfile.TemporaryDirectory(prefix="modelport-train-") as scratch:
         folder, fmt, view, targets, tokenizer, dataset = _prepare(model, data, s, Path(scratch))
-    memory = training_memory(view, s.method, lora_r=s.lora_r, targets=targets, seq_len=s.seq_len, batch=s.batch)
+    memory = training_memory(view, s.method, lora_r=s.lora_r, targets=targets, seq_len=s.seq_len, batch=s.batch,
+                             bf16=choose_bf16(s.bf16))
     trainable = lora_parameter_count(view, s.lora_r, targets) if s.method != "full" else view.parameter_count
     steps = steps_for(len(dataset), s)
     per_step = s.batch * s.grad_accum

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ModelportError, UnsupportedError
+from ..estimate.devices import cpu_has_fast_bf16
 from .data import Dataset, collate
 
 METHODS = ("full", "lora", "qlora")
@@ -56,15 +57,6 @@ class Settings:
         return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_r
 
 
-def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """avx512_bf16 or amx_bf16 in /proc/cpuinfo: the CPUs where bf16 autocast is faster than fp32."""
-    try:
-        flags = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
-
-
 def choose_bf16(requested: bool | None) -> bool:
     if requested is not None:
         return requested
@@ -97,7 +89,8 @@ def load_tokenizer(folder: Path):
 
 
 def load_model(folder: Path, dtype: str = "float32"):
-    """The model in full precision: training keeps fp32 master weights (bf16 is autocast), and LoRA merges into fp32."""
+    """The model in `dtype`: fp32 for full training (fp32 master weights; bf16 is autocast) and for merging LoRA;
+    a LoRA run in bf16 keeps its frozen base in bf16 (half the memory; peft keeps the adapters in fp32)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -373,7 +366,10 @@ def fit(folder: Path, tokenizer, data: Dataset, out: Path, s: Settings, targets:
             keep_rows_until(out / "metrics.jsonl", int(resume_from.name.split("-")[-1]))
     bf16 = choose_bf16(s.bf16)
     set_seed(s.seed)
-    model = load_quantized(folder, bf16) if s.method == "qlora" else load_model(folder)
+    if s.method == "qlora":
+        model = load_quantized(folder, bf16)
+    else:
+        model = load_model(folder, "bfloat16" if bf16 and s.method == "lora" else "float32")
     if s.method in ("lora", "qlora"):
         model = wrap_lora(model, s, targets)
     trainable, total = count_parameters(model)
@@ -405,11 +401,12 @@ def fit(folder: Path, tokenizer, data: Dataset, out: Path, s: Settings, targets:
     saved = out / ("model" if s.method == "full" else "adapter")
     if interrupted:                              # the checkpoint is the save; the final folders mean "finished"
         saved = out / f"checkpoint-{stopper.saved_step}"
-    elif trainer.is_world_process_zero():
-        trainer.model.save_pretrained(str(saved))
-        tokenizer.save_pretrained(str(saved))
-        if s.method == "full":
-            copy_side_files(folder, saved)
+    else:   # every rank calls it: under FSDP / ZeRO-3 the full weights are gathered first; rank 0 writes
+        trainer.save_model(str(saved))
+        if trainer.is_world_process_zero():
+            (saved / "training_args.bin").unlink(missing_ok=True)   # a pickle: no model folder of ours ships one
+            if s.method == "full":
+                copy_side_files(folder, saved)
     losses = [r["loss"] for r in watcher.rows if "loss" in r]
     ran = result.global_step - (int(resume_from.name.split("-")[-1]) if resume_from else 0)
     rates = [r["tokens_per_s"] for r in watcher.rows if "tokens_per_s" in r]
