@@ -150,3 +150,19 @@ def test_ctrl_c_keeps_finished_steps_and_writes_a_partial_report(tmp_path):
     page = (out / "report.html").read_text()
     assert "interrupted: a partial report" in page and "Inspect the GGUF" in page
     assert "partial report" in stdout
+
+
+def test_an_occupied_out_folder_is_kept(cli, tmp_path):
+    """Only an empty folder, or a previous tour's with --force, is written into; anything else is one line, exit 2."""
+    from tests.conftest import assert_one_line_error
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    result = cli("tour", "--quick", "--out", mine)
+    assert result.code == 2
+    assert_one_line_error(result, "not empty", "--force")
+    result = cli("tour", "--quick", "--out", mine, "--force")
+    assert result.code == 2
+    assert_one_line_error(result, "no previous tour")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
