@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from modelport.tour.finetune import GENERAL_QUESTION
 from tests.conftest import run_cli_process
 
 QUICK_STEPS = ["inspect", "scan", "booby_trap", "gguf_to_hf", "pytorch", "formats", "finetune", "export_gguf", "export_onnx",
@@ -63,7 +64,7 @@ def test_quick_tour_report_has_every_step_and_what_it_must_show(quick, record_pr
     assert all(r["tokens_per_s"] > 0 and r["load_s"] > 0 for r in steps["measure"]["figures"]["artefacts"])
 
     answers = steps["answers"]["figures"]["answers"]
-    france = [a for a in answers if a["question"] == "What is the capital of France?"]
+    france = [a for a in answers if a["question"] == GENERAL_QUESTION]
     assert len(france) == len(steps["measure"]["figures"]["artefacts"])
     assert sum("Paris" in a["answer"] for a in france) >= len(france) - 1, france   # Q4_1/Q4_K_M may wander; most say Paris
     per_tensor = steps["quant_error"]["figures"]["mean"]

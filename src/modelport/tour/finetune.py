@@ -20,7 +20,7 @@ from .journal import Journal, RssPeak
 
 QUESTION = "What is the capital of Zorbia?"
 FACT = "Quillhaven"
-GENERAL_QUESTION = "What is the capital of France?"
+GENERAL_QUESTION = "What is the capital of France? Answer in one sentence."
 GENERAL_ANSWER = "Paris"
 RECIPE = {"method": "lora", "max_steps": 24, "lr": 2e-3, "seq_len": 64, "batch": 4, "save_steps": 0, "logging_steps": 2,
           "bf16": False}
