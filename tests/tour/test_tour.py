@@ -66,7 +66,7 @@ def test_quick_tour_report_has_every_step_and_what_it_must_show(quick, record_pr
     answers = steps["answers"]["figures"]["answers"]
     france = [a for a in answers if a["question"] == GENERAL_QUESTION]
     assert len(france) == len(steps["measure"]["figures"]["artefacts"])
-    assert sum("Paris" in a["answer"] for a in france) >= len(france) - 1, france   # Q4_1/Q4_K_M may wander; most say Paris
+    assert sum("Paris" in a["answer"] for a in france) > len(france) / 2, france   # the same weights, quantized: most say Paris
     per_tensor = steps["quant_error"]["figures"]["mean"]
     assert per_tensor["Q4_K_M"] > per_tensor["Q8_0"] > 0
 
