@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
     def tour_cmd(
         out: Path = typer.Option(Path("tour-out"), "--out", "-o", help="Folder for every artefact and the report."),
         quick: bool = typer.Option(False, "--quick", help="No training, GGUF F16/Q8_0/Q4_K_M only, a shorter perplexity "
-                                                          "context (under 2 minutes on 2 cores)."),
+                                                          "context and answers."),
         force: bool = typer.Option(False, "--force", help="Replace a previous tour's outputs in --out."),
         as_json: bool = typer.Option(False, "--json", help="Print report.json's content at the end (the steps still print "
                                                            "on stderr)."),
