@@ -114,6 +114,12 @@ def test_what_onnxruntime_cannot_run_is_one_line(tiny, exported, tmp_path):
         runtime.load(exported, engine="tensorrt")
 
 
+def test_check_of_an_export_is_clean(exported):
+    """The graph's initializers carry the exporter's names and constants: not a family's weights gone wrong."""
+    result = run_cli("check", exported)
+    assert result.code == 0 and "nothing wrong" in result.stdout, result.stdout
+
+
 def test_another_model_is_not_the_same_graph(tmp_path, exported):
     """The oracle can tell: a different random llama disagrees with the export (the comparisons above can fail)."""
     other = make_model(tmp_path / "other", seed=1)

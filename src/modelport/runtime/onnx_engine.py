@@ -52,12 +52,13 @@ def export_info(folder: Path) -> dict[str, Any]:
 
 
 def graph_path(source: ModelSource) -> Path:
-    """The graph to run: the file given, or the folder's `model.onnx`."""
+    """The graph to run: the file given, or the folder's float graph (`model` in its description, else `model.onnx`)."""
     if not source.path.is_dir():
         return source.path
-    path = safe_member(source.path, GRAPH, "ONNX graph")
+    name = export_info(source.path).get("model") or GRAPH
+    path = safe_member(source.path, str(name), "ONNX graph")
     if not path.is_file():
-        raise FormatError(f"no {GRAPH} in this folder (give the .onnx file to run)", source.path)
+        raise FormatError(f"no {name} in this folder (give the .onnx file to run)", source.path)
     return path
 
 
