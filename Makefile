@@ -35,6 +35,8 @@ test: setup
 bench: setup
 	$(PY) -m pip install -q -c constraints.txt picklescan fickling tomlkit
 	$(PY) -m pip install -q -c constraints.txt --no-deps modelscan
+	# llama-cpp-python's own OpenAI server (bench/serve.py's anchor) needs its [server] extra's web stack.
+	$(PY) -m pip install -q -c constraints.txt sse-starlette starlette-context pydantic-settings
 	$(PY) bench/read_all.py
 	$(PY) bench/inspect_speed.py
 	$(PY) bench/convert_pt.py
@@ -42,6 +44,7 @@ bench: setup
 	$(PY) bench/quantize.py
 	$(PY) bench/gguf_to_hf.py
 	$(PY) bench/run.py
+	$(PY) bench/serve.py
 	@echo "bench/hf_to_gguf.py needs llama.cpp's converter from the llama-cpp-python sdist: see its docstring"
 
 clean:

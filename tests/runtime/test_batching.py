@@ -59,6 +59,7 @@ def smol():
         yield engine
 
 
+@pytest.mark.slow
 def test_four_prompts_together_equal_each_alone(smol):
     prompts = [smol.chat_ids([{"role": "user", "content": q}]) for q in QUESTIONS]
     alone = [smol.complete(ids, max_tokens=N).tokens for ids in prompts]
@@ -75,15 +76,23 @@ def test_four_prompts_together_equal_each_alone(smol):
         assert jobs[i].result.prompt_seconds > 0 and jobs[i].result.generation_seconds > 0
     assert "Paris" in smol.detokenize(jobs[0].result.tokens)
     assert batcher.free() == 4 and batcher.active() == 0
-    # the slots are reused: the same prompt again in a slot that held another gives the same tokens
+    # a freed slot keeps its cache: the same prompt again starts from it (no token run) and gets the same
+    # tokens; the next chat turn runs only what follows the cached part
     again = Job(prompts[2], N, Sampling())
-    run_all(batcher, {0: [again, Job(prompts[0], 4, Sampling())]})
-    assert again.result.tokens == alone[2]
+    answer = smol.detokenize(alone[0])
+    turn = smol.chat_ids([{"role": "user", "content": QUESTIONS[0]}, {"role": "assistant", "content": answer},
+                          {"role": "user", "content": "And of Italy?"}])
+    follow = Job(turn, N, Sampling())
+    run_all(batcher, {0: [again, follow]})
+    assert again.cached_tokens == len(prompts[2]) and again.result.tokens == alone[2]
+    assert len(prompts[0]) <= follow.cached_tokens < len(turn)
+    assert follow.result.tokens == smol.complete(turn, max_tokens=N).tokens
     # and the engine's own single-sequence path is untouched by the second context
     assert smol.complete(prompts[0], max_tokens=N).tokens == alone[0]
     batcher.close()
 
 
+@pytest.mark.slow
 def test_a_seed_gives_the_same_tokens_alone_or_beside_others(smol):
     ids = smol.chat_ids([{"role": "user", "content": "Tell me a story about a cat."}])
     other = smol.chat_ids([{"role": "user", "content": QUESTIONS[1]}])
@@ -124,8 +133,31 @@ def test_refusals_take_no_slot(smol):
     events = batcher.step()
     assert (jobs[0], None) in events and jobs[0].result.stop_reason == "cancelled" and jobs[0].result.tokens == []
     assert batcher.free() == 1
-    with pytest.raises(UnsupportedError, match="Parallel must be at least 1|parallel must be at least 1"):
+    with pytest.raises(UnsupportedError, match="parallel must be at least 1"):
         Batcher(smol, parallel=0)
+    batcher.close()
+
+
+class Broken:
+    """A constraint that fails (as a grammar library might): the batcher must not be left holding slots."""
+
+    def apply(self, logits):
+        raise ValueError("grammar state corrupt")
+
+
+def test_a_failure_inside_a_step_ends_every_job_and_frees_the_slots(smol):
+    ids = smol.chat_ids([{"role": "user", "content": QUESTIONS[2]}])
+    batcher = Batcher(smol, parallel=2)
+    jobs = [Job(ids, 4, Sampling()), Job(ids, 4, Sampling(), constraint=Broken())]
+    for job in jobs:
+        batcher.add(job)
+    with pytest.raises(ValueError, match="grammar state corrupt"):
+        batcher.step()
+    assert all(job.done and job.result.stop_reason == "error" for job in jobs)
+    assert batcher.free() == 2 and batcher.active() == 0
+    after = Job(ids, 4, Sampling())
+    run_all(batcher, {0: [after]})
+    assert after.cached_tokens == 0 and after.result.tokens == smol.complete(ids, max_tokens=4).tokens
     batcher.close()
 
 

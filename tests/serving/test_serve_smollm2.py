@@ -84,7 +84,7 @@ def wait_for(server, **want) -> dict:
         if all(h[k] == v for k, v in want.items()):
             return h
         time.sleep(0.05)
-    raise AssertionError(f"/health never showed {want}: {h}")
+    raise AssertionError(f"/health never showed {want}: {h}\n{server.log_text()[-3000:]}")
 
 
 def test_disconnects_free_their_slots(server, client):
@@ -92,11 +92,10 @@ def test_disconnects_free_their_slots(server, client):
     streams = []
     for _ in range(2):          # both slots: read a few chunks, then keep the connection open
         cm = httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=300)
-        response = cm.__enter__()
-        lines = response.iter_lines()
+        lines = cm.__enter__().iter_lines()
         got = [line for line in (next(lines) for _ in range(6)) if line]
         assert got and got[0].startswith("data: ")
-        streams.append(cm)
+        streams.append((cm, lines))     # keep the reader too: a line iterator closed by the GC closes its connection
     # a third waits in the queue (no slot free) on a raw connection, and leaves before it is served
     payload = json.dumps(body).encode()
     host, port = server.url.removeprefix("http://").split(":")
@@ -105,7 +104,7 @@ def test_disconnects_free_their_slots(server, client):
                        b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
         wait_for(server, running=2, waiting=1)
     wait_for(server, running=2, waiting=0)
-    for cm in streams:               # the two streaming clients leave mid-answer
+    for cm, _ in streams:            # the two streaming clients leave mid-answer
         cm.__exit__(None, None, None)
     wait_for(server, running=0, waiting=0)
     answer = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": FRANCE}], temperature=0,

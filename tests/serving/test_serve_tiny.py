@@ -124,6 +124,8 @@ def test_bad_requests_get_openai_errors(server):
     assert r.status_code == 400 and error(r)["code"] == "context_length_exceeded"
     r = httpx.post(f"{server.url}/v1/completions", json={"prompt": [10**7]}, headers=h)
     assert r.status_code == 400 and "vocabulary" in error(r)["message"]
+    r = httpx.post(url, content=b" " * (16 * 2**20 + 1), headers=h)
+    assert r.status_code == 413 and error(r)["code"] == "request_too_large"
     r = httpx.post(f"{server.url}/v1/embeddings", json={"input": "hello"}, headers=h)
     assert r.status_code == 400 and "does not embed" in error(r)["message"]
     r = httpx.get(f"{server.url}/v1/nothing", headers=h)

@@ -57,6 +57,8 @@ class Job:
     constraint: Constraint | None = None
     result: Generation = field(default_factory=Generation)
     done: bool = False
+    cached_tokens: int = 0                # prompt tokens found in the slot's cache, not run again (OpenAI's
+                                          # usage.prompt_tokens_details.cached_tokens)
 
 
 class _Slot:
@@ -67,7 +69,8 @@ class _Slot:
         self.seq = seq                    # its sequence id in the multi-sequence context
         self.sampler = Sampler(job.sampling)
         self.stops = stops
-        self.prefilled = 0                # prompt tokens already in the cache
+        self.prefilled = 0                # prompt tokens in the cache
+        self.fed = 0                      # generated tokens run through the model (all but `pending`)
         self.pending: int | None = None   # sampled, yielded, not yet run through the model
         self.logits: np.ndarray | None = None
         self.cancelled = False
@@ -76,8 +79,12 @@ class _Slot:
 
     @property
     def cached(self) -> int:
-        """Positions in this job's cache now: the prompt and every token but the newest (`pending`, not yet run)."""
-        return len(self.job.ids) + max(0, len(self.job.result.tokens) - 1)
+        """Positions in this job's cache now (the next token runs at this position)."""
+        return self.prefilled + self.fed
+
+    def held(self) -> list[int]:
+        """The ids whose keys and values sit in the cache."""
+        return (self.job.ids + self.job.result.tokens)[:self.cached]
 
 
 class Batcher:
@@ -100,6 +107,8 @@ class Batcher:
         self.n_ctx = self._sequences.n_ctx if self.batched else engine.n_ctx    # per slot
         self._slots: list[_Slot] = []     # in the order they came (the serialized path runs the first)
         self._free_seqs = list(range(parallel))
+        self._held: dict[int, list[int]] = {}      # what each free sequence still holds, for the next prompt
+        self._prompt_logits: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}   # its last prompt's logits
 
     # --- what the server calls -------------------------------------------------------------------
     def free(self) -> int:
@@ -129,8 +138,11 @@ class Batcher:
             raise UnsupportedError("this job is already running")
         stops = set(job.stop_ids or ()) | (set() if job.ignore_eos else set(self.engine.stop_ids))
         job.result.engine, job.result.prompt_tokens = self.engine.name, len(ids)
-        job.done = False
-        self._slots.append(_Slot(job, self._free_seqs.pop(0), stops))
+        job.done, job.cached_tokens = False, 0
+        # the free sequence that already holds the longest start of this prompt (a system prompt, earlier turns)
+        seq = max(self._free_seqs, key=lambda s: shared_prefix(self._held.get(s, []), ids))
+        self._free_seqs.remove(seq)
+        self._slots.append(_Slot(job, seq, stops))
 
     def cancel(self, job: Job) -> None:
         """The client is gone: the job ends with stop_reason "cancelled" and its slot is freed at the next step."""
@@ -140,16 +152,26 @@ class Batcher:
 
     def step(self) -> list[tuple[Job, int | None]]:
         """One tick: (job, token) for each new token, then (job, None) for each job that ended this tick
-        (result.stop_reason "stop", "length", "context" or "cancelled")."""
+        (result.stop_reason "stop", "length", "context" or "cancelled").
+
+        Should the engine fail (llama.cpp refusing a batch, a constraint raising), every job it held ends with
+        stop_reason "error" and done, all slots are free, and the exception propagates."""
         events: list[tuple[Job, int | None]] = []
         for slot in [s for s in self._slots if s.cancelled]:
             self._finish(slot, "cancelled", events)
-        if self.batched:
-            self._tick_batched()
-        else:
-            self._tick_serialized()
-        for slot in [s for s in self._slots if s.logits is not None]:
-            self._sample(slot, events)
+        try:
+            if self.batched:
+                self._tick_batched()
+            else:
+                self._tick_serialized()
+            for slot in [s for s in self._slots if s.logits is not None]:
+                self._sample(slot, events)
+        except BaseException:
+            for slot in list(self._slots):
+                self._finish(slot, "error", events)
+            self._held.clear()               # what the cache holds is unknown now: every prompt starts afresh
+            self._prompt_logits.clear()
+            raise
         return events
 
     def close(self) -> None:
@@ -166,15 +188,36 @@ class Batcher:
             logits = seqs.decode(rows)
             for slot, row in zip(running, logits):
                 slot.logits, slot.pending = row, None
+                slot.fed += 1
         for slot in [s for s in self._slots if s.prefilled < len(s.job.ids)]:
-            if not slot.prefilled:
+            if not slot.started:
                 slot.started = time.perf_counter()
-            chunk = slot.job.ids[slot.prefilled:slot.prefilled + seqs.n_batch]
+                if self._reuse(slot):
+                    continue
+            ids = slot.job.ids
+            chunk = ids[slot.prefilled:slot.prefilled + seqs.n_batch]
             logits = seqs.prefill(slot.seq, chunk, slot.prefilled)
             slot.prefilled += len(chunk)
-            if slot.prefilled == len(slot.job.ids):
+            if slot.prefilled == len(ids):
                 slot.logits = logits
+                self._prompt_logits[slot.seq] = (tuple(ids), logits.copy())
                 self._prompt_done(slot)
+
+    def _reuse(self, slot: _Slot) -> bool:
+        """Keep what the slot's sequence already holds of this prompt (as `Engine.prefill` does across chat
+        turns); True when the whole prompt was there, its logits the ones it got then (running its last token
+        alone would round differently, and the same seed must give the same answer)."""
+        ids, seqs = slot.job.ids, self._sequences
+        common = shared_prefix(self._held.pop(slot.seq, []), ids)
+        saved = self._prompt_logits.get(slot.seq)
+        if common == len(ids) and saved is not None and saved[0] == tuple(ids):
+            if seqs.keep(slot.seq, common) == common:
+                slot.prefilled = slot.job.cached_tokens = common
+                slot.logits = saved[1].copy()
+                self._prompt_done(slot)
+                return True
+        slot.prefilled = slot.job.cached_tokens = seqs.keep(slot.seq, min(common, len(ids) - 1))   # one must run
+        return False
 
     def _tick_serialized(self) -> None:
         if not self._slots:
@@ -182,6 +225,7 @@ class Batcher:
         slot = self._slots[0]            # the first job runs to its end; the others wait
         if slot.pending is not None:
             slot.logits, slot.pending = self.engine.step(slot.pending), None
+            slot.fed += 1
         elif not slot.prefilled:
             slot.started = time.perf_counter()
             slot.logits = self.engine.prefill(slot.job.ids)
@@ -224,6 +268,16 @@ class Batcher:
         job.done = True
         self._slots.remove(slot)
         if self.batched:
-            self._sequences.remove(slot.seq)
+            self._held[slot.seq] = slot.held()      # kept in the cache for a prompt that starts the same way
         self._free_seqs.append(slot.seq)
         events.append((job, None))
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many ids `a` and `b` share from the start."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -122,7 +122,7 @@ class LlamaEngine(Engine):
         """A second llama.cpp context on the same loaded weights that holds `parallel` independent sequences,
         each with this engine's context length (for `runtime.batching.Batcher`). run/chat keep the first one."""
         sequences = LlamaSequences(self, parallel)
-        self._sequences.append(sequences)
+        self._sequences = [s for s in self._sequences if s.ctx] + [sequences]
         return sequences
 
     def close(self) -> None:
@@ -166,10 +166,8 @@ class LlamaSequences:
         self._batch = lib.llama_batch_init(self._capacity, 0, 1)
 
     def prefill(self, seq: int, ids: list[int], start: int) -> np.ndarray:
-        """Run a chunk of a prompt (at most n_batch tokens) at positions start.. of sequence `seq` (start 0
-        first forgets what it held); the logits of its last token (1-D)."""
-        if start == 0:
-            self.remove(seq)
+        """Run a chunk of a prompt (at most n_batch tokens) at positions start.. of sequence `seq`; the logits
+        of its last token (1-D)."""
         rows = [(seq, token, start + i) for i, token in enumerate(ids)]
         return self._run(rows, outputs=[len(rows) - 1])[0]
 
@@ -196,9 +194,13 @@ class LlamaSequences:
             out[row] = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
         return out
 
-    def remove(self, seq: int) -> None:
-        """Forget everything sequence `seq` holds (its slot is free for another prompt)."""
-        self._lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
+    def keep(self, seq: int, n: int) -> int:
+        """Keep only the first `n` positions of sequence `seq`; how many it kept (0 where a model's state
+        cannot be cut back, as a recurrent one's)."""
+        if n > 0 and self._lib.llama_memory_seq_rm(self._memory, seq, n, -1):
+            return n
+        self._lib.llama_memory_seq_rm(self._memory, seq, -1, -1)     # removing a whole sequence never fails
+        return 0
 
     def close(self) -> None:
         if self.ctx:

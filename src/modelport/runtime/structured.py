@@ -60,10 +60,9 @@ class Constraint:
     `apply(logits)` sets the forbidden tokens to -inf in place, `accept(token)` moves the grammar past
     the sampled token, `finished()` says the JSON is complete (nothing more may follow)."""
 
-    def __init__(self, matcher, n_vocab: int, schema: dict[str, Any]):
+    def __init__(self, matcher, schema: dict[str, Any]):
         self.matcher = matcher
-        self.n_vocab = n_vocab
-        self.schema = schema
+        self.schema = schema          # what the answer must validate against (check_json after)
 
     def apply(self, logits: np.ndarray) -> None:
         allowed = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
@@ -79,10 +78,6 @@ class Constraint:
 
     def finished(self) -> bool:
         return self.matcher.is_stopped()
-
-    def accepting(self) -> bool:
-        """The text so far is complete JSON (it could end here), even if more could follow."""
-        return self.matcher.is_accepting()
 
     def _check(self) -> None:
         if self.matcher.is_error():
@@ -128,7 +123,7 @@ def json_constraint(engine: Engine, schema: dict[str, Any] | None) -> Constraint
     matcher = llg.LLMatcher(tokenizer_for(engine), grammar(schema), log_level=0)
     if matcher.is_error():
         raise UnsupportedError(f"cannot enforce this JSON schema: {one_line(matcher.get_error())}")
-    return Constraint(matcher, engine.n_vocab, schema)
+    return Constraint(matcher, schema)
 
 
 def tokenizer_for(engine: Engine):

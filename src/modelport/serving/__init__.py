@@ -48,9 +48,10 @@ def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8080, *
         on_ready({"model": server.name, "engine": server.engine.name, "ctx": server.scheduler.n_ctx, "parallel": server.scheduler.parallel,
                   "batched": server.scheduler.batcher.batched, "queue": queue, "host": host, "port": port,
                   "api_key": bool(api_key)})
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=grace,
-                            lifespan="on")
-    Quiet = quiet_exit_server(uvicorn.Server)
+    # uvicorn's own graceful timeout is a backstop: the scheduler ends answers at `grace` with an error event first
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=grace + 5, lifespan="on")
+    Quiet = quiet_exit_server(uvicorn.Server, lambda: server.scheduler.drain(grace))
     Quiet(config).run(sockets=[sock])
 
 
@@ -73,14 +74,16 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def quiet_exit_server(base: type) -> type:
-    """uvicorn's Server that, after a graceful stop on SIGINT/SIGTERM, returns instead of re-raising the signal
-    (which would end the process with KeyboardInterrupt or a SIGTERM status rather than exit 0)."""
+def quiet_exit_server(base: type, on_signal: Callable[[], None]) -> type:
+    """uvicorn's Server that calls `on_signal` at SIGINT/SIGTERM (the scheduler starts its grace period) and, after
+    the graceful stop, returns instead of re-raising the signal (which would end the process with KeyboardInterrupt
+    or a SIGTERM status rather than exit 0)."""
 
     class QuietExit(base):
         def handle_exit(self, sig, frame):
             super().handle_exit(sig, frame)
             self._captured_signals.clear()
+            on_signal()
 
     return QuietExit
 

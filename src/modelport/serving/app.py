@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from contextlib import asynccontextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from .. import __version__, runtime
+from .. import runtime
 from ..core.errors import ModelportError
 from ..inspection import inspect
 from ..runtime import ContextFullError, Engine, Sampling
@@ -40,8 +41,13 @@ from .openai_api import ApiError
 from .scheduler import Busy, Event, Scheduler, Ticket
 
 WEB = Path(__file__).parent / "web"
+try:    # the installed distribution's version (modelport/__init__.py imports this package: no import back up)
+    VERSION = metadata.version("modelport")
+except metadata.PackageNotFoundError:
+    VERSION = "0+unknown"
 log = logging.getLogger("modelport.serve")
 POLL = 0.25          # seconds between checks that a waiting client is still there
+MAX_BODY = 16 * 2**20   # a request body larger than this is refused (413) before it is read
 
 
 class Server:
@@ -164,8 +170,12 @@ class Server:
 
     async def constraint(self, schema: dict[str, Any] | None, param: str) -> Constraint:
         """The token mask that makes the answer JSON (valid against `schema` when given), for every engine."""
+        def make() -> Constraint:
+            with self.scheduler.tokenizer_lock:     # the first one reads the engine's whole vocabulary
+                return json_constraint(self.engine, schema)
+
         try:
-            return await run_in_threadpool(json_constraint, self.engine, schema)
+            return await run_in_threadpool(make)
         except ModelportError as exc:
             raise ApiError(400, exc.message, param=param) from None
 
@@ -243,6 +253,9 @@ class Gate:
                 error = ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", type="authentication_error",
                                  code="invalid_api_key")
                 await error_response(path, error)(scope, receive, sending)
+            elif self.too_large(scope):
+                error = ApiError(413, f"the request body is larger than {MAX_BODY // 2**20} MiB", code="request_too_large")
+                await error_response(path, error)(scope, receive, sending)
             else:
                 await self.app(scope, receive, sending)
         finally:
@@ -250,6 +263,11 @@ class Gate:
             client = scope.get("client") or ("-", 0)
             log.info("%s %s %s %s %.1f ms%s", client[0], scope["method"], path, status[0] or "-",
                      (time.perf_counter() - start) * 1000, f" {tokens} tokens" if tokens is not None else "")
+
+    @staticmethod
+    def too_large(scope) -> bool:
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        return length.isdigit() and int(length) > MAX_BODY
 
     def allowed(self, scope) -> bool:
         headers = dict(scope["headers"])
@@ -302,6 +320,12 @@ def create_app(model: str | os.PathLike | Engine, *, engine: str = "auto", ctx: 
     `model`: a path (loaded here, with the chat template the runtime reads) or an engine already loaded (the caller
     keeps it). `parallel` slots run together; `queue` more requests may wait; beyond that 503. `api_key`: required on
     every route but /health and the page. `grace`: seconds in-flight answers get to finish when the server stops."""
+    if not (isinstance(parallel, int) and parallel >= 1):      # checked before a model loads
+        raise ModelportError(f"--parallel must be at least 1, not {parallel}")
+    if not (isinstance(queue, int) and queue >= 0):
+        raise ModelportError(f"--queue must be 0 or more, not {queue}")
+    if grace < 0:
+        raise ModelportError(f"--grace must be 0 or more, not {grace}")
     if isinstance(model, Engine):
         eng, owns, path = model, False, None
     else:
@@ -325,7 +349,7 @@ def create_app(model: str | os.PathLike | Engine, *, engine: str = "auto", ctx: 
         if server.owns_engine:
             eng.close()
 
-    app = FastAPI(title="modelport", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="modelport", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
     add_error_handlers(app)
     add_openai_routes(app, server)
@@ -459,7 +483,7 @@ async def openai_answer(server: Server, job: Job, body, request: Request, chat: 
 def add_ollama_routes(app: FastAPI, server: Server) -> None:
     @app.get("/api/version")
     async def version():
-        return {"version": __version__}
+        return {"version": VERSION}
 
     @app.get("/api/tags")
     async def tags():

@@ -56,6 +56,7 @@ class Ticket:
         self.submitted = time.perf_counter()
         self.first_token: float | None = None
         self.cancelled = False
+        self.aborted = False          # ended by the server (shutdown): an error event was sent
         self.parts: list[str] = []
 
     def put(self, event: Event) -> None:
@@ -74,7 +75,8 @@ class Ticket:
     def usage(self) -> dict[str, int]:
         r = self.job.result
         return {"prompt_tokens": len(self.job.ids), "completion_tokens": len(r.tokens),
-                "total_tokens": len(self.job.ids) + len(r.tokens)}
+                "total_tokens": len(self.job.ids) + len(r.tokens),
+                "prompt_tokens_details": {"cached_tokens": self.job.cached_tokens}}   # reused from the slot's cache
 
     def timings(self) -> dict[str, float | None]:
         """llama.cpp server's figures: prompt time, generation time and its speed (tokens/s)."""
@@ -89,10 +91,6 @@ class Scheduler:
     """Owns the engine's Batcher in one worker thread; `submit`, `cancel` and `close` are safe from any thread."""
 
     def __init__(self, engine: Engine, parallel: int = 1, queue: int = 16):
-        if parallel < 1:
-            raise ModelportError(f"--parallel must be at least 1, not {parallel}")
-        if queue < 0:
-            raise ModelportError(f"--queue must be 0 or more, not {queue}")
         self.engine = engine
         self.batcher = Batcher(engine, parallel)
         self.parallel = parallel
@@ -104,6 +102,7 @@ class Scheduler:
         self.running: dict[int, Ticket] = {}
         self.cancels: list[Ticket] = []
         self.accepting = True
+        self.deadline: float | None = None        # set by drain(): answers still running then are ended
         self.stopping = False
         self.thread = threading.Thread(target=self.run, name="modelport-scheduler", daemon=True)
         self.thread.start()
@@ -130,13 +129,21 @@ class Scheduler:
         with self.cond:
             return {"running": len(self.running), "waiting": len(self.waiting), "parallel": self.parallel, "queue": self.queue}
 
-    def close(self, grace: float = 10.0) -> None:
-        """Stop taking requests, let those in flight finish for up to `grace` seconds, then end the rest."""
+    def drain(self, grace: float) -> None:
+        """Stop taking requests; answers in flight get `grace` seconds to finish, then end with an error event (a
+        client is told the server stopped them, never left with a silently truncated answer)."""
         with self.cond:
             self.accepting = False
-            deadline = time.monotonic() + grace
-            while (self.waiting or self.running) and time.monotonic() < deadline:
-                self.cond.wait(timeout=max(0.0, min(0.1, deadline - time.monotonic())))
+            if self.deadline is None:
+                self.deadline = time.monotonic() + grace
+            self.cond.notify_all()
+
+    def close(self, grace: float = 10.0) -> None:
+        """`drain`, wait for the answers to end, then stop the worker and free the Batcher."""
+        self.drain(grace)
+        with self.cond:
+            while (self.waiting or self.running) and self.thread.is_alive():
+                self.cond.wait(timeout=0.1)
             self.stopping = True
             self.cond.notify_all()
         self.thread.join(timeout=30)
@@ -150,21 +157,21 @@ class Scheduler:
                 while not (self.waiting or self.running or self.cancels or self.stopping):
                     self.cond.wait()
                 if self.stopping:
-                    self.abort_all("the server is shutting down")
                     return
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    self.abort_all("the server is shutting down: this answer was stopped")
                 self.take_cancels()
                 self.admit()
                 if not self.running:
                     continue
             try:
                 ticks = self.batcher.step()
-            except Exception as exc:   # an engine failure ends the jobs in the batch, not the server
+            except Exception as exc:   # an engine failure ends the jobs in the batch (the Batcher freed their slots), not the server
                 with self.cond:
                     for ticket in self.running.values():
-                        ticket.put(Event("error", error=exc))
+                        if not ticket.aborted:
+                            ticket.put(Event("error", error=exc))
                     self.running.clear()
-                    self.batcher.close()
-                    self.batcher = Batcher(self.engine, self.parallel)
                     self.cond.notify_all()
                 continue
             for job, token in ticks:
@@ -173,7 +180,7 @@ class Scheduler:
                     continue
                 if token is None:
                     self.finish(ticket)
-                else:
+                elif not ticket.aborted:
                     self.feed(ticket, token)
 
     def take_cancels(self) -> None:
@@ -215,6 +222,11 @@ class Scheduler:
             self.batcher.cancel(ticket.job)
 
     def finish(self, ticket: Ticket) -> None:
+        if ticket.aborted:          # its client already has the error event
+            with self.cond:
+                self.running.pop(id(ticket.job), None)
+                self.cond.notify_all()
+            return
         if not ticket.cut.hit:
             piece = ticket.cut.feed(ticket.stream.flush()) + ticket.cut.release()
             if piece:
@@ -227,11 +239,12 @@ class Scheduler:
         ticket.put(Event("done"))
 
     def abort_all(self, message: str) -> None:
-        for ticket in [*self.waiting, *self.running.values()]:
-            if ticket.cancelled:
-                ticket.finish_reason = "cancelled"
-                ticket.put(Event("done"))
-            else:
-                ticket.put(Event("error", error=Busy(message, retry_after=5)))
+        """End every queued and running answer now with an error event (their jobs are cancelled)."""
+        for ticket in self.waiting:
+            ticket.put(Event("error", error=Busy(message, retry_after=5)))
         self.waiting.clear()
-        self.running.clear()
+        for ticket in self.running.values():
+            if not ticket.aborted:
+                ticket.aborted = True
+                ticket.put(Event("error", error=Busy(message, retry_after=5)))
+                self.batcher.cancel(ticket.job)

@@ -337,8 +337,9 @@
       setBusy(false);
     }
     if (mine !== conversation) return;                    // "New chat" was pressed meanwhile
-    if (s.text) {
+    if (s.text || (!failure && !s.stopped)) {               // an empty answer that ended normally is an answer
       history.push({ role: "assistant", content: s.text });
+      if (!s.text) answer.box.classList.add("empty");
       answer.box.dataset.finish = s.stopped ? "stopped" : s.finish ?? "none";
       setStats(answer, statsLine(s), serverTitle(s));
     } else {
