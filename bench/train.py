@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     a = ap.parse_args()
     model = a.model or hf_folder(smollm2_gguf())
+    OUT.mkdir(exist_ok=True)
     data = OUT / "train-corpus.txt"
     data.write_text(PARAGRAPH * 200)
     lr = 2e-4 if a.method == "lora" else 2e-5

@@ -55,6 +55,7 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(tmp_path):
     assert f"checkpoint {checkpoints[0]} saved" in lines[0]
     assert not (out / "model").exists()            # only a finished run writes the final model
     assert f"Interrupted after step {stopped}" in stdout
+    assert f"step      1/{STEPS}  loss " in stdout.splitlines()[0]   # not a terminal: plain lines, one a step
 
     command = shlex.split(lines[0].split("resume with: ", 1)[1])
     assert command[:2] == ["modelport", "train"] and command[-1] == "--resume"

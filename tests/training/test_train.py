@@ -194,7 +194,7 @@ def test_output_folder_and_resume_are_checked_first(tiny, tmp_path):
     empty = tmp_path / "fresh"
     empty.mkdir()
     assert_one_line_error(run_cli("train", tiny, data, "--out", empty, "--resume"), "no checkpoint")
-    assert_one_line_error(run_cli("train", tiny, data, "--out", empty, "--export", "onnx"), "--export 'onnx'")
+    assert_one_line_error(run_cli("train", tiny, data, "--out", empty, "--export", "tflite"), "--export 'tflite'")
     assert list(empty.iterdir()) == [] and (busy / "notes.txt").read_text() == "mine"
 
 

@@ -9,6 +9,7 @@ GGUF → HF route), so a model people run can be trained too.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shlex
@@ -177,6 +178,7 @@ def train(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathL
         merged = Path(summary["saved"]) if s.method == "full" and not summary["interrupted"] else None
         exports = []
         if specs and not summary["interrupted"]:
+            gc.collect()                    # the trained model (Trainer holds cycles) goes before the fp32 base loads
             if merged is None:
                 merged = merge_lora(folder, Path(summary["saved"]), out / "model", tokenizer)
             exports = [write_export(merged, out, spec) for spec in specs]
