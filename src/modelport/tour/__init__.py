@@ -95,7 +95,7 @@ def steps(journal: Journal, model: Path, out: Path, quick: bool) -> None:
     quants = exports.QUICK_QUANTS if quick else exports.FULL_QUANTS
     gguf_folder, onnx_folder = out / "gguf", out / "onnx"
     exports.export_gguf(journal, source, gguf_folder, quants, needs)
-    exports.export_onnx(journal, source, onnx_folder, needs)
+    exports.export_onnx(journal, source, onnx_folder, needs, verify=not quick)
     exports.modelfiles(journal, gguf_folder, quants)
     exports.quant_errors(journal, gguf_folder, quants)
 
