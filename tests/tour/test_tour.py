@@ -110,7 +110,7 @@ def test_report_renders_in_headless_chromium_with_nothing_fetched(quick, tmp_pat
     assert requests == []
     assert title == "modelport tour" and tables >= 4
     assert len(images) == 4     # size vs perplexity, per-tensor error, tokens/s, memory (no loss curve without training)
-    assert all(complete and width > 0 and src == "data:image/png;base64" for complete, width, src in images), images
+    assert all(complete and width > 0 and src == "data:image/png;base64," for complete, width, src in images), images
     assert shot.stat().st_size > 10_000
     assert not re.search(r"""(src|href)=['"]?(https?:)?//|url\(['"]?(https?:)?//|@import""", page_file.read_text())
     if not SCREENSHOT.exists():       # the README's picture: made once by this test, committed
