@@ -165,7 +165,8 @@ def test_gguf_input_goes_through_the_hf_route(chat, tmp_path):
     result = convert(gguf, tmp_path / "onnx", to="onnx")
     verify = result.details["verify"]
     assert verify["max_abs_diff"] <= 1e-4 and verify["greedy_equal"] is True
-    assert (tmp_path / "onnx" / "tokenizer.json").is_file()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        assert (tmp_path / "onnx" / name).is_file(), name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]    # the temporary HF folder is gone
 
 
@@ -191,6 +192,12 @@ def test_failed_verification_exits_1_with_the_numbers_and_writes_nothing(cli, ch
 def test_wrong_options_are_one_line_errors(cli, chat, tmp_path, args, needle):
     r = cli("convert", chat, tmp_path / "out", *args)
     assert r.code == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_an_onnx_file_name_asks_for_a_folder(cli, chat, tmp_path):
+    r = cli("convert", chat, tmp_path / "model.onnx")
+    assert r.code == 2 and "an ONNX export is a folder" in r.stderr and "--to onnx" in r.stderr, r.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_model_transformers_does_not_know_is_a_one_line_error(cli, tmp_path):

@@ -176,7 +176,7 @@ def _export(module, args: tuple, dst: Path, input_names, output_names, dynamic_s
     torch = _torch()
     import onnxscript.optimizer
 
-    weights = {f"model.{name}" for name, _ in module.model.named_parameters()}
+    weights = {f"model.{name}" for name, _ in module.model.named_parameters(remove_duplicate=False)}   # tied: both names
 
     def should_fold(node):
         return False if any(v is not None and v.name in weights for v in node.inputs) else None
@@ -321,33 +321,51 @@ def _until_eos(tokens, eos: set[int]) -> list[int]:
     return out
 
 
-def verify_causal(model, path: Path, geo: Geometry, pad: int, eos: set[int], seed: int = 0) -> Verification:
-    """onnxruntime vs PyTorch logits on left-padded batches, and a greedy decode vs `generate()`."""
+@dataclass
+class Reference:
+    """What PyTorch computed on the verify inputs, kept so that the model can be dropped before onnxruntime loads
+    the graph."""
+    batches: list[tuple[dict[str, np.ndarray], list[np.ndarray]]]   # (inputs, expected outputs) per shape
+    prompt: tuple[np.ndarray, np.ndarray] | None = None             # greedy decode: ids, mask
+    generated: np.ndarray | None = None                             # generate()'s new tokens
+
+
+def causal_reference(model, geo: Geometry, pad: int, seed: int = 0) -> Reference:
+    """transformers' logits on left-padded batches, and its greedy `generate()` from a left-padded prompt pair."""
     torch = _torch()
-    sess = session(path)
     rng = np.random.default_rng(seed)
-    result = Verification()
-    worst_logit = 0.0
+    batches = []
     for batch, length in VERIFY_SHAPES:
         ids, mask = left_padded(rng, batch, length, geo.vocab_size, pad)
-        got = run_causal(sess, geo, ids, mask)
         with torch.no_grad():
-            ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                        position_ids=torch.from_numpy(positions(mask))).logits.float().numpy()
-        real = mask.astype(bool)    # padded positions' logits mean nothing
-        result.max_abs_diff = max(result.max_abs_diff, float(np.abs(got[real] - ref[real]).max()))
-        worst_logit = max(worst_logit, float(np.abs(ref[real]).max()))
-        result.shapes.append([batch, length])
-    result.tolerance = LOGIT_ATOL + LOGIT_RTOL * worst_logit
+            logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                           position_ids=torch.from_numpy(positions(mask))).logits.float().numpy()
+        batches.append(({"input_ids": ids, "attention_mask": mask}, [logits]))
     ids, mask = left_padded(rng, 2, 6, geo.vocab_size, pad)
     with torch.no_grad(), quiet():
         generated = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                                    do_sample=False, max_new_tokens=GREEDY_TOKENS, pad_token_id=pad)
-    ref_tokens = generated[:, ids.shape[1]:].numpy()
+    return Reference(batches, (ids, mask), generated[:, ids.shape[1]:].numpy())
+
+
+def check_causal(path: Path, geo: Geometry, ref: Reference, eos: set[int]) -> Verification:
+    """onnxruntime against the reference: max logit difference on the real (unpadded) positions, and the greedy
+    decode through the graph's KV cache token for token (each row up to its first end-of-sequence token)."""
+    sess = session(path)
+    result = Verification()
+    worst_logit = 0.0
+    for inputs, (want,) in ref.batches:
+        got = run_causal(sess, geo, inputs["input_ids"], inputs["attention_mask"])
+        real = inputs["attention_mask"].astype(bool)    # padded positions' logits mean nothing
+        result.max_abs_diff = max(result.max_abs_diff, float(np.abs(got[real] - want[real]).max()))
+        worst_logit = max(worst_logit, float(np.abs(want[real]).max()))
+        result.shapes.append(list(inputs["input_ids"].shape))
+    result.tolerance = LOGIT_ATOL + LOGIT_RTOL * worst_logit
+    ids, mask = ref.prompt
     got_tokens = greedy(sess, geo, ids, mask, GREEDY_TOKENS)
     result.greedy_equal = True
     for row in range(len(ids)):
-        want, got = _until_eos(ref_tokens[row], eos), _until_eos(got_tokens[row], eos)
+        want, got = _until_eos(ref.generated[row], eos), _until_eos(got_tokens[row], eos)
         result.greedy_tokens += len(want)
         if want != got:
             result.greedy_equal = False
@@ -364,30 +382,34 @@ def encoder_inputs(names: list[str], ids: np.ndarray, mask: np.ndarray) -> dict[
     return feeds
 
 
-def verify_encoder(wrapper, path: Path, input_names: list[str], outputs: list[str], vocab: int, pad: int,
-                   seed: int = 0) -> Verification:
-    """onnxruntime vs the PyTorch wrapper (the same pooling code) on right-padded batches, every output; the
-    hidden states of padding positions are left out."""
+def encoder_reference(wrapper, input_names: list[str], vocab: int, pad: int, seed: int = 0) -> Reference:
+    """The PyTorch wrapper's outputs (the same pooling code the graph has) on right-padded batches."""
     torch = _torch()
-    sess = session(path)
     rng = np.random.default_rng(seed)
-    result = Verification()
-    worst = 0.0
+    batches = []
     for batch, length in VERIFY_SHAPES:
         ids, mask = left_padded(rng, batch, length, vocab, pad)
-        ids, mask = ids[:, ::-1].copy(), mask[:, ::-1].copy()     # encoders pad on the right
-        feeds = encoder_inputs(input_names, ids, mask)
-        got = sess.run(outputs, feeds)
+        feeds = encoder_inputs(input_names, ids[:, ::-1].copy(), mask[:, ::-1].copy())   # encoders pad on the right
         with torch.no_grad():
-            ref = wrapper(*(torch.from_numpy(feeds[n]) for n in input_names))
-        for name, g, r in zip(outputs, got, ref):
-            r = r.numpy()
+            out = wrapper(*(torch.from_numpy(feeds[n]) for n in input_names))
+        batches.append((feeds, [o.numpy() for o in out]))
+    return Reference(batches)
+
+
+def check_encoder(path: Path, outputs: list[str], ref: Reference) -> Verification:
+    """onnxruntime against the reference, every output (the hidden states of padding positions left out)."""
+    sess = session(path)
+    result = Verification()
+    worst = 0.0
+    for feeds, wanted in ref.batches:
+        got = sess.run(outputs, feeds)
+        real = feeds["attention_mask"].astype(bool)
+        for name, g, w in zip(outputs, got, wanted):
             if name == "last_hidden_state":
-                g, r = g[mask.astype(bool)], r[mask.astype(bool)]
-            diff = float(np.abs(g - r).max())
-            result.outputs[name] = max(result.outputs.get(name, 0.0), diff)
-            worst = max(worst, float(np.abs(r).max()))
-        result.shapes.append([batch, length])
+                g, w = g[real], w[real]
+            result.outputs[name] = max(result.outputs.get(name, 0.0), float(np.abs(g - w).max()))
+            worst = max(worst, float(np.abs(w).max()))
+        result.shapes.append(list(feeds["input_ids"].shape))
     result.max_abs_diff = max(result.outputs.values())
     result.tolerance = LOGIT_ATOL + LOGIT_RTOL * worst
     return result
