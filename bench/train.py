@@ -121,6 +121,7 @@ def main() -> None:
             text, peak, wall = run([sys.executable, "-c", BARE, json.dumps(args)])
             runs["bare Trainer"] = (json.loads(text.strip().splitlines()[-1])["seconds"], peak, wall)
             for name, (seconds, peak, wall) in runs.items():
+                print(f"  {name}: {tokens / seconds:.1f} tokens/s, peak {peak / 1e6:.0f} MB", flush=True)
                 if name not in best or seconds < best[name]["seconds"]:
                     best[name] = {"seconds": seconds, "tokens_per_s": tokens / seconds, "peak": peak, "wall": wall}
     print(f"\n{a.method} on {model.name}: {a.steps} steps x batch {a.batch} x seq {a.seq_len} ({tokens:,} tokens), "
