@@ -1,4 +1,5 @@
-# Two commands for a fresh machine: `make demo` (set up .venv, run the demo) and `make test` (ruff, then pytest).
+# Two commands for a fresh machine: `make demo` (set up .venv, run the full tour: demo-out/report.html) and `make test`
+# (ruff, then pytest).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 setup: $(STAMP)
 
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) -m modelport tour --out demo-out --force
 
 test: setup
 	$(PY) -m ruff check src tests bench scripts

@@ -32,13 +32,14 @@ from . import (
     run_cmd,
     scan_cmd,
     serve_cmd,
+    tour_cmd,
     train_cmd,
 )
 from .options import show_library_logs
 
 # Command modules, in the order `--help` lists them.
 COMMANDS = (list_cmd, inspect_cmd, scan_cmd, check_cmd, convert_cmd, quantize_cmd, diff_cmd, estimate_cmd, recommend_cmd, run_cmd,
-            chat_cmd, compare_cmd, perplexity_cmd, embed_cmd, serve_cmd, train_cmd)
+            chat_cmd, compare_cmd, perplexity_cmd, embed_cmd, serve_cmd, train_cmd, tour_cmd)
 
 app = typer.Typer(
     name="modelport",
