@@ -65,19 +65,23 @@ def test_lora_learns_pairs_and_the_gguf_export_runs(tiny, tmp_path):
     data = write_jsonl(tmp_path / "fact.jsonl", PAIRS)
     out = tmp_path / "lora"
     result = run_cli("train", tiny, data, "--method", "lora", "--out", out, "--max-steps", "40", "--lr", "1e-2",
-                     "--save-steps", "0", "--export", "gguf:q8_0", "--export", "safetensors", "--json")
+                     "--save-steps", "0", "--export", "gguf:q8_0", "--export", "safetensors", "--export", "onnx", "--json")
     assert result.code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["final_loss"] < 0.3 * summary["first_loss"], summary
     assert summary["trainable_parameters"] < summary["total_parameters"] / 2
     gguf = out / "model-Q8_0.gguf"
-    assert [e["path"] for e in summary["exports"]] == [str(gguf), str(out / "model")]
+    assert [e["path"] for e in summary["exports"]] == [str(gguf), str(out / "model"), str(out / "model-onnx")]
     assert summary["exports"][0]["run"].startswith(f"modelport run {gguf}")
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "model" / "model.safetensors").is_file()
     ran = run_cli("run", gguf, "-p", PAIRS[0]["prompt"], "--max-tokens", "8", "--json")
     assert ran.code == 0, ran.stderr
     answer = json.loads(ran.stdout)
     assert answer["prompt_tokens"] > 5 and len(answer["tokens"]) > 0
+    # the ONNX export answers with the merged model's own greedy tokens
+    hf, onnx = (json.loads(run_cli("run", out / folder, "-p", PAIRS[0]["prompt"], "--max-tokens", "8", "--json").stdout)
+                for folder in ("model", "model-onnx"))
+    assert onnx["engine"] != hf["engine"] and onnx["tokens"] == hf["tokens"] and hf["tokens"]
 
 
 def test_chat_loss_counts_only_the_assistant_turns(tiny, tmp_path):

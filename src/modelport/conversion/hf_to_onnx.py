@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .. import pooling
 from ..core.atomic import atomic_dir
 from ..core.errors import CheckFailed, MissingDependencyError, UnsupportedError
 from ..core.source import ModelSource, read_json
@@ -51,34 +52,21 @@ def model_kind(config: dict) -> str:
     return "causal-lm" if config.get("model_type") in known else "encoder"
 
 
+#: sentence-transformers pooling modes the graph builds (onnx_graph.pool), by their config names.
+GRAPH_POOLING = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}
+
+
 def declared_pooling(folder: Path) -> graph.Pooling | None:
-    """The pooling of a sentence-transformers folder (modules.json + its Pooling module's config.json), or None."""
-    modules_path = folder / "modules.json"
-    if not modules_path.is_file():
+    """The pooling a sentence-transformers folder declares (read by `modelport.pooling`, as `embed` reads it) as
+    the graph builds it, or None for a folder that declares none. The graph builds one mode at a time."""
+    declared = pooling.declared_pooling(folder)
+    if declared.origin in (pooling.Pooling().origin, "modules.json"):   # no modules.json, or no Pooling module in it
         return None
-    modules = read_json(modules_path)
-    if not isinstance(modules, list):
-        raise UnsupportedError("modules.json is not a list of modules", modules_path)
-    types = {str(m.get("type", "")).rsplit(".", 1)[-1]: str(m.get("path", "")) for m in modules if isinstance(m, dict)}
-    unknown = set(types) - {"Transformer", "Pooling", "Normalize"}
-    if unknown:
-        raise UnsupportedError(f"sentence-transformers module(s) {', '.join(sorted(unknown))} cannot be exported "
-                               "(Transformer, Pooling and Normalize can)", modules_path)
-    if "Pooling" not in types:
-        return None
-    config_path = folder / types["Pooling"] / "config.json"
-    if not config_path.is_file():
-        raise UnsupportedError(f"modules.json declares a Pooling module but {types['Pooling']}/config.json is missing",
-                               folder)
-    config = read_json(config_path)
-    modes = [mode for mode in graph.POOLING_MODES
-             if config.get(f"pooling_mode_{mode}_tokens" if mode != "cls" else "pooling_mode_cls_token")]
-    others = [k for k, v in config.items() if k.startswith("pooling_mode_") and v and k not in (
-        "pooling_mode_mean_tokens", "pooling_mode_cls_token", "pooling_mode_max_tokens")]
-    if len(modes) != 1 or others:
+    modes = [GRAPH_POOLING.get(mode) for mode in declared.modes]
+    if len(modes) != 1 or modes[0] is None:
         raise UnsupportedError("the pooling must be exactly one of mean, cls, max (found "
-                               f"{', '.join(modes + others) or 'none'})", config_path)
-    return graph.Pooling(modes[0], normalize="Normalize" in types)
+                               f"{', '.join(declared.modes)})", folder / declared.origin)
+    return graph.Pooling(modes[0], normalize=declared.normalize)
 
 
 @contextlib.contextmanager

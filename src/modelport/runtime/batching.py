@@ -23,21 +23,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from ..core.errors import UnsupportedError
-from .base import Engine, Generation, Sampler, Sampling, is_integer
+from .base import Engine, Generation, Sampler, Sampling, TokenConstraint, is_integer
 from .conversation import ContextFullError
-
-
-class Constraint(Protocol):
-    """What a job's constraint offers (runtime/structured.py builds them): a token mask and a grammar state."""
-
-    def apply(self, logits: np.ndarray) -> None: ...     # forbidden tokens get -inf, in place
-    def accept(self, token: int) -> None: ...
-    def finished(self) -> bool: ...
 
 
 class PromptTooLongError(ContextFullError):
@@ -58,7 +50,7 @@ class Job:
     sampling: Sampling = field(default_factory=Sampling)
     stop_ids: set[int] | None = None      # extra stop tokens; the engine's end-of-generation ids apply unless ignore_eos
     ignore_eos: bool = False
-    constraint: Constraint | None = None
+    constraint: TokenConstraint | None = None
     result: Generation = field(default_factory=Generation)
     done: bool = False
     cached_tokens: int = 0                # prompt tokens found in the slot's cache, not run again (OpenAI's

@@ -222,10 +222,13 @@ class Scheduler:
             self.batcher.cancel(ticket.job)
 
     def finish(self, ticket: Ticket) -> None:
-        if ticket.aborted:          # its client already has the error event
+        failed = ticket.job.result.stop_reason == "error" and not ticket.aborted
+        if ticket.aborted or failed:  # an aborted ticket's client already has its error event
             with self.cond:
                 self.running.pop(id(ticket.job), None)
                 self.cond.notify_all()
+            if failed:                # its own constraint or sampler failed: say so, never a silent "stop"
+                ticket.put(Event("error", error=ticket.job.error or ModelportError("the generation failed")))
             return
         if not ticket.cut.hit:
             piece = ticket.cut.feed(ticket.stream.flush()) + ticket.cut.release()

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..conversion import convert
 from ..core.errors import UnsupportedError
 
-FORMATS = ("safetensors", "hf", "gguf")
+FORMATS = ("safetensors", "hf", "gguf", "onnx")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,8 @@ def parse_export(text: str) -> ExportSpec:
     fmt, _, quant = text.strip().partition(":")
     fmt = fmt.lower()
     if fmt not in FORMATS:
-        raise UnsupportedError(f"--export {text!r}: use safetensors, gguf or gguf:QUANT (gguf:q8_0, gguf:q4_k_m, ...)")
+        raise UnsupportedError(f"--export {text!r}: use safetensors, gguf or gguf:QUANT (gguf:q8_0, gguf:q4_k_m, ...), "
+                              "onnx or onnx:int8")
     if quant and fmt in ("safetensors", "hf"):
         raise UnsupportedError(f"--export {text!r}: safetensors takes no quantization")
     return ExportSpec("safetensors" if fmt == "hf" else fmt, quant.upper() or None)
