@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.modelport-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test check-long bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ demo: setup
 
 test: setup
 	$(PY) -m ruff check src tests bench scripts
-	$(PY) -m pytest
+	$(PY) -m pytest -m 'not long'
+
+# Minutes-long end-to-end checks on the real model (the quick tour and its report in Chromium, SmolLM2 → ONNX → Paris).
+check-long: setup
+	$(PY) -m pytest -m long
 
 # Anchor tools for the side-by-side benches (not needed by the tests). modelscan pins rich<15; it runs fine on 15.
 bench: setup

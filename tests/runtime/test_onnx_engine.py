@@ -127,7 +127,7 @@ def test_another_model_is_not_the_same_graph(tmp_path, exported):
     assert report["argmax_agreement"] < 0.9 and report["mean_kl"] > 0.01
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_real_smollm2_exported_from_gguf_answers_paris(tmp_path_factory):
     """SmolLM2-135M-Instruct Q4_1 GGUF → ONNX (through GGUF → HF, dequantized), answered in onnxruntime; the
     transformers engine on the same GGUF (dequantized the same way) gives the same greedy tokens."""

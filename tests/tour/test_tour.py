@@ -31,7 +31,7 @@ def quick(tmp_path_factory) -> tuple[Path, dict, float, str]:
     return out, json.loads((out / "report.json").read_text()), seconds, result.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_quick_tour_report_has_every_step_and_what_it_must_show(quick, record_property):
     out, record, seconds, stdout = quick
     record_property("quick_tour_seconds", round(seconds, 1))
@@ -80,7 +80,7 @@ def test_quick_tour_report_has_every_step_and_what_it_must_show(quick, record_pr
     assert "report.html" in stdout and "perplexity" in stdout
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_report_renders_in_headless_chromium_with_nothing_fetched(quick, tmp_path):
     from playwright.sync_api import sync_playwright
 

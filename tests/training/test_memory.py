@@ -8,8 +8,8 @@ process; SmolLM2-135M's figures (measured by hand, bench/train.py) are in docs/t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
+import sys
 
 import pytest
 
@@ -19,12 +19,16 @@ from tests.factory import CHATML, chat_tokenizer, random_model, save_model
 WORDS = "the of and to in is was for on with as by at from river mill grain winter spring summer village".split()
 
 
+#: Runs a command and prints its peak RSS. A child forked from pytest itself would report pytest's own size
+#: (Linux carries the forked copy's high-water mark through exec into ru_maxrss), so a small launcher forks it.
+LAUNCHER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
+
+
 def peak_rss(argv, env) -> int:
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read().decode()[-3000:]
-    proc.stderr.close()
-    return usage.ru_maxrss * 1024
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, *argv], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return int(done.stdout.split()[-1]) * 1024
 
 
 @pytest.mark.slow
