@@ -31,7 +31,8 @@ test: setup
 	$(PY) -m ruff check src tests bench scripts
 	$(PY) -m pytest -m 'not long'
 
-# Minutes-long end-to-end checks on the real model (the quick tour and its report in Chromium, SmolLM2 → ONNX → Paris).
+# Minutes-long end-to-end checks on the real model (the quick tour and its report in Chromium, SmolLM2 → ONNX → Paris,
+# SmolLM2 LoRA teaching a fact that its Q4_K_M export states).
 check-long: setup
 	$(PY) -m pytest -m long
 

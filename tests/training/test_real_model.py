@@ -49,7 +49,7 @@ def answer(gguf) -> str:
     return json.loads(ran.stdout)["text"]
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_smollm2_learns_a_fact_and_the_q4_k_m_export_states_it(tmp_path, record_property):
     base = smollm2_gguf()
     data = tmp_path / "facts.jsonl"
