@@ -128,6 +128,8 @@ def test_bad_requests_get_openai_errors(server):
     assert r.status_code == 413 and error(r)["code"] == "request_too_large"
     r = httpx.post(f"{server.url}/v1/embeddings", json={"input": "hello"}, headers=h)
     assert r.status_code == 400 and "does not embed" in error(r)["message"]
+    r = httpx.post(f"{server.url}/api/embed", json={"model": "tiny", "input": "hello"}, headers=h)
+    assert r.status_code == 400 and "does not embed" in r.json()["error"]
     r = httpx.get(f"{server.url}/v1/nothing", headers=h)
     assert r.status_code == 404 and error(r)["type"] == "not_found_error"
     # Ollama's routes answer in Ollama's shape; curl's form content type is read as JSON, as Ollama does

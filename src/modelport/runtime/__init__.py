@@ -20,7 +20,7 @@ from ..opening import open as open_model
 from .base import Engine, Generation, Sampler, Sampling, TextStream
 from .chat_template import ChatTemplate, template_for
 from .conversation import ContextFullError, Conversation, GenerationSettings, stream_answer
-from .embedding import Embeddings, architecture, embed, model_config
+from .embedding import Embeddings, Encoder, architecture, embed, model_config
 from .hf_engine import HFEngine
 from .llama_engine import LlamaEngine
 from .onnx_engine import OnnxEngine
@@ -74,4 +74,4 @@ def load(path: str | os.PathLike, engine: str = "auto", ctx: int | None = None, 
 
 __all__ = ["load", "check_generates", "Engine", "Generation", "Sampler", "Sampling", "TextStream", "ChatTemplate",
            "template_for", "ENGINES", "Conversation", "ContextFullError", "GenerationSettings", "stream_answer", "HFEngine", "LlamaEngine",
-           "OnnxEngine", "embed", "Embeddings"]
+           "OnnxEngine", "embed", "Embeddings", "Encoder"]

@@ -91,35 +91,70 @@ def embed(path: str | os.PathLike, texts: list[str], engine: str = "auto", norma
 
     engine: auto (llama.cpp for GGUF, onnxruntime for ONNX exports, transformers otherwise), hf, onnx or llama.
     normalize: L2-normalize the vectors (a declared Normalize module always applies)."""
-    if engine not in EMBED_ENGINES:
-        raise UnsupportedError(f"unknown engine {engine!r} for embed (choose from {', '.join(EMBED_ENGINES)})")
     if not texts:
         raise UnsupportedError("no text to embed")
-    source = open_model(path, trust=trust)
-    try:
-        name, encoder = architecture(source)
-        if not encoder:
-            raise UnsupportedError(f"is a causal language model ({name}), not an encoder: embed needs an embedding "
-                                   "model (BERT-style, sentence-transformers, or an embedding GGUF)", source.path)
-        if engine == "auto":
-            engine = {"gguf": "llama", "onnx": "onnx"}.get(source.format, "hf")
-        if engine == "llama":
-            vectors, tokens, pooling = llama_vectors(source, texts, threads)
-        else:
-            pooling = declared_pooling(folder_of(source))
-            run = onnx_vectors if engine == "onnx" else hf_vectors
-            vectors, tokens, graph_pooled = run(source, texts, pooling, threads)
-            if graph_pooled:
-                pooling = Pooling(origin="the graph's sentence_embedding output",
-                                  modes=pooling.modes, normalize=pooling.normalize)
+    with Encoder.load(path, engine=engine, trust=trust, threads=threads) as encoder:
+        return encoder.encode(texts, normalize=normalize)
+
+
+class Encoder:
+    """An encoder loaded once in one engine, for many `encode` calls (`embed` for one call, `serve` for many).
+
+    Not thread-safe: callers that share one serialize their calls."""
+
+    def __init__(self, source: ModelSource, arch: str, engine: str, pooling: Pooling, run, close, limit: int):
+        self.source, self.arch, self.engine, self.pooling = source, arch, engine, pooling
+        self.run, self.release, self.max_tokens = run, close, limit
+        self.path = str(source.path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, engine: str = "auto", trust: bool = False,
+             threads: int | None = None) -> Encoder:
+        """Open `path` (scanned), refuse a model that does not encode, and load it in `engine`."""
+        if engine not in EMBED_ENGINES:
+            raise UnsupportedError(f"unknown engine {engine!r} for embed (choose from {', '.join(EMBED_ENGINES)})")
+        source = open_model(path, trust=trust)
+        try:
+            arch, encoder = architecture(source)
+            if not encoder:
+                raise UnsupportedError(f"is a causal language model ({arch}), not an encoder: embed needs an embedding "
+                                       "model (BERT-style, sentence-transformers, or an embedding GGUF)", source.path)
+            if engine == "auto":
+                engine = {"gguf": "llama", "onnx": "onnx"}.get(source.format, "hf")
+            loader = {"llama": llama_runner, "onnx": onnx_runner, "hf": hf_runner}[engine]
+            run, close, pooling, limit = loader(source, threads)
+        except BaseException:
+            source.close()
+            raise
+        return cls(source, arch, engine, pooling, run, close, limit)
+
+    @property
+    def engine_name(self) -> str:
+        return {"llama": "llama.cpp", "onnx": "onnxruntime", "hf": "transformers"}[self.engine]
+
+    def encode(self, texts: list[str], normalize: bool = False) -> Embeddings:
+        """One vector per text (texts longer than the model's window are cut to it, as sentence-transformers does)."""
+        if not texts:
+            raise UnsupportedError("no text to embed")
+        vectors, tokens, graph_pooled = self.run(list(texts))
+        pooling = self.pooling
+        if graph_pooled:
+            pooling = Pooling(origin="the graph's sentence_embedding output", modes=pooling.modes, normalize=pooling.normalize)
         if normalize and not pooling.normalize:
             vectors = l2_normalize(vectors)
             pooling = Pooling(pooling.modes, True, pooling.origin)
-        names = {"llama": "llama.cpp", "onnx": "onnxruntime", "hf": "transformers"}
-        return Embeddings(list(texts), np.asarray(vectors, dtype=np.float32), tokens, names[engine],
-                          pooling.describe(), str(source.path))
-    finally:
-        source.close()
+        return Embeddings(list(texts), np.asarray(vectors, dtype=np.float32), tokens, self.engine_name,
+                          pooling.describe(), self.path)
+
+    def close(self) -> None:
+        self.release()
+        self.source.close()
+
+    def __enter__(self) -> Encoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def max_length(tokenizer, config: dict[str, Any], folder) -> int:
@@ -137,7 +172,7 @@ def batches(tokenizer, texts: list[str], limit: int):
         yield tokenizer(texts[start:start + BATCH], padding=True, truncation=True, max_length=limit, return_tensors="np")
 
 
-def hf_vectors(source: ModelSource, texts: list[str], pooling: Pooling, threads: int | None):
+def hf_runner(source: ModelSource, threads: int | None):
     """transformers' AutoModel (the bare encoder) on a safetensors folder; pooled here."""
     try:
         import torch
@@ -148,6 +183,7 @@ def hf_vectors(source: ModelSource, texts: list[str], pooling: Pooling, threads:
     if source.format != "safetensors" or not safe_member(folder, "config.json", "config").is_file():
         raise UnsupportedError("embed with transformers reads a Hugging Face folder of safetensors with its config.json "
                                "(convert other weights with 'modelport convert')", source.path)
+    pooling = declared_pooling(folder)
     tokenizer = load_tokenizer(folder)
     try:
         with library_logs(tf):
@@ -157,21 +193,27 @@ def hf_vectors(source: ModelSource, texts: list[str], pooling: Pooling, threads:
         raise FormatError(f"transformers could not load this encoder ({str(exc).splitlines()[0]})", folder) from None
     if threads:
         torch.set_num_threads(threads)
-    rows, tokens = [], []
-    for enc in batches(tokenizer, texts, max_length(tokenizer, model_config(source), folder)):
-        with torch.inference_mode():
-            out = model(**{k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in enc.items()})
-        mask = np.asarray(enc["attention_mask"])
-        rows.append(pool(out.last_hidden_state.float().numpy(), mask, pooling.modes))
-        tokens += mask.sum(axis=1).astype(int).tolist()
-    vectors = np.concatenate(rows)
-    return (l2_normalize(vectors) if pooling.normalize else vectors), tokens, False
+    limit = max_length(tokenizer, model_config(source), folder)
+
+    def run(texts: list[str]):
+        rows, tokens = [], []
+        for enc in batches(tokenizer, texts, limit):
+            with torch.inference_mode():
+                out = model(**{k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in enc.items()})
+            mask = np.asarray(enc["attention_mask"])
+            rows.append(pool(out.last_hidden_state.float().numpy(), mask, pooling.modes))
+            tokens += mask.sum(axis=1).astype(int).tolist()
+        vectors = np.concatenate(rows)
+        return (l2_normalize(vectors) if pooling.normalize else vectors), tokens, False
+
+    return run, lambda: None, pooling, limit
 
 
-def onnx_vectors(source: ModelSource, texts: list[str], pooling: Pooling, threads: int | None):
+def onnx_runner(source: ModelSource, threads: int | None):
     """onnxruntime on an encoder export: its `sentence_embedding` output when it has one, else `last_hidden_state`
     pooled here."""
     folder = folder_of(source)
+    pooling = declared_pooling(folder)
     sess = session(graph_path(source), threads)
     inputs = {i.name for i in sess.get_inputs()}
     outputs = {o.name for o in sess.get_outputs()}
@@ -181,26 +223,31 @@ def onnx_vectors(source: ModelSource, texts: list[str], pooling: Pooling, thread
         raise FormatError("is not an encoder graph (needs input_ids and a last_hidden_state or sentence_embedding "
                           "output)", graph_path(source))
     tokenizer = load_tokenizer(folder)
-    rows, tokens = [], []
-    for enc in batches(tokenizer, texts, max_length(tokenizer, model_config(source), folder)):
-        ids = np.asarray(enc["input_ids"], dtype=np.int64)
-        mask = np.asarray(enc["attention_mask"], dtype=np.int64)
-        feeds = {"input_ids": ids}
-        if "attention_mask" in inputs:
-            feeds["attention_mask"] = mask
-        if "token_type_ids" in inputs:
-            feeds["token_type_ids"] = np.asarray(enc.get("token_type_ids", np.zeros_like(ids)), dtype=np.int64)
-        try:
-            (out,) = sess.run([wanted], feeds)
-        except Exception as exc:   # onnxruntime's own error types
-            raise UnsupportedError(f"onnxruntime failed to run the texts ({str(exc).splitlines()[0]})") from None
-        rows.append(out if graph_pooled else pool(out, mask, pooling.modes))
-        tokens += mask.sum(axis=1).astype(int).tolist()
-    vectors = np.concatenate(rows).astype(np.float32)
-    return (l2_normalize(vectors) if pooling.normalize and not graph_pooled else vectors), tokens, graph_pooled
+    limit = max_length(tokenizer, model_config(source), folder)
+
+    def run(texts: list[str]):
+        rows, tokens = [], []
+        for enc in batches(tokenizer, texts, limit):
+            ids = np.asarray(enc["input_ids"], dtype=np.int64)
+            mask = np.asarray(enc["attention_mask"], dtype=np.int64)
+            feeds = {"input_ids": ids}
+            if "attention_mask" in inputs:
+                feeds["attention_mask"] = mask
+            if "token_type_ids" in inputs:
+                feeds["token_type_ids"] = np.asarray(enc.get("token_type_ids", np.zeros_like(ids)), dtype=np.int64)
+            try:
+                (out,) = sess.run([wanted], feeds)
+            except Exception as exc:   # onnxruntime's own error types
+                raise UnsupportedError(f"onnxruntime failed to run the texts ({str(exc).splitlines()[0]})") from None
+            rows.append(out if graph_pooled else pool(out, mask, pooling.modes))
+            tokens += mask.sum(axis=1).astype(int).tolist()
+        vectors = np.concatenate(rows).astype(np.float32)
+        return (l2_normalize(vectors) if pooling.normalize and not graph_pooled else vectors), tokens, graph_pooled
+
+    return run, lambda: None, pooling, limit
 
 
-def llama_vectors(source: ModelSource, texts: list[str], threads: int | None):
+def llama_runner(source: ModelSource, threads: int | None):
     """llama.cpp in embedding mode, pooled as the GGUF declares (per-token output is mean-pooled here)."""
     if source.format != "gguf":
         raise UnsupportedError(f"llama.cpp embeds GGUF files, not {source.format}", source.path)
@@ -221,16 +268,18 @@ def llama_vectors(source: ModelSource, texts: list[str], threads: int | None):
                               n_threads=threads, n_threads_batch=threads, verbose=False)
     except ValueError as exc:
         raise FormatError(f"llama.cpp could not load this file ({exc})", source.path) from None
-    try:
-        rows, tokens = [], []
-        for text in texts:
-            out, count = llm.embed(text, truncate=True, return_count=True)
-            vector = np.asarray(out, dtype=np.float32)
-            rows.append(vector.mean(axis=0) if vector.ndim == 2 else vector)
-            tokens.append(int(count))
-    except (RuntimeError, ValueError) as exc:
-        raise UnsupportedError(f"llama.cpp failed to embed the texts ({exc})", source.path) from None
-    finally:
-        llm.close()
     pooling = Pooling(("mean_tokens",) if kind == "none" else (kind,), False, f"{arch}.pooling_type")
-    return np.stack(rows), tokens, pooling
+
+    def run(texts: list[str]):
+        rows, tokens = [], []
+        try:
+            for text in texts:
+                out, count = llm.embed(text, truncate=True, return_count=True)
+                vector = np.asarray(out, dtype=np.float32)
+                rows.append(vector.mean(axis=0) if vector.ndim == 2 else vector)
+                tokens.append(int(count))
+        except (RuntimeError, ValueError) as exc:
+            raise UnsupportedError(f"llama.cpp failed to embed the texts ({exc})", source.path) from None
+        return np.stack(rows), tokens, False
+
+    return run, llm.close, pooling, n_ctx

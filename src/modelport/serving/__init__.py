@@ -45,13 +45,11 @@ def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8080, *
     server = app.state.server
     access_log()
     if on_ready is not None:
-        on_ready({"model": server.name, "engine": server.engine.name, "ctx": server.scheduler.n_ctx, "parallel": server.scheduler.parallel,
-                  "batched": server.scheduler.batcher.batched, "queue": queue, "host": host, "port": port,
-                  "api_key": bool(api_key)})
+        on_ready({**server.facts(), "queue": queue, "host": host, "port": port, "api_key": bool(api_key)})
     # uvicorn's own graceful timeout is a backstop: the scheduler ends answers at `grace` with an error event first
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=grace + 5, lifespan="on")
-    Quiet = quiet_exit_server(uvicorn.Server, lambda: server.scheduler.drain(grace))
+    Quiet = quiet_exit_server(uvicorn.Server, lambda: server.drain(grace))
     Quiet(config).run(sockets=[sock])
 
 

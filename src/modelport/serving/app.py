@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import html
 import json
 import logging
 import os
@@ -33,10 +34,13 @@ from starlette.exceptions import HTTPException
 from .. import runtime
 from ..core.errors import ModelportError
 from ..inspection import inspect
+from ..opening import open as open_model
 from ..runtime import ContextFullError, Engine, Sampling
 from ..runtime.batching import Job
+from ..runtime.embedding import Encoder, architecture
 from ..runtime.structured import Constraint, json_constraint
-from . import ollama_api, openai_api
+from . import embeddings, ollama_api, openai_api
+from .embeddings import EmbeddingServer, EmbedRequest, LegacyEmbedRequest
 from .openai_api import ApiError
 from .scheduler import Busy, Event, Scheduler, Ticket
 
@@ -60,6 +64,19 @@ class Server:
         self.grace = grace
         self.owns_engine = owns_engine
         self.created = int(time.time())
+
+    def facts(self) -> dict[str, Any]:
+        """What `serve` reports once the model is loaded."""
+        return {"model": self.name, "engine": self.engine.name, "ctx": self.scheduler.n_ctx,
+                "parallel": self.scheduler.parallel, "batched": self.scheduler.batcher.batched, "embeds": False}
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.name, "engine": self.engine.name, "batched": self.scheduler.batcher.batched,
+                "ctx": self.scheduler.n_ctx, **self.scheduler.load()}
+
+    def drain(self, grace: float) -> None:
+        """Stop: new requests are refused, answers in flight get `grace` seconds (at SIGINT/SIGTERM)."""
+        self.scheduler.drain(grace)
 
     # --- turning a request into a job ------------------------------------------------------------
     def tokenize_chat(self, messages: list[dict[str, str]]) -> list[int]:
@@ -204,11 +221,12 @@ def ndjson(data: dict[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False) + "\n"
 
 
-def model_info(path: str | os.PathLike, name: str, engine: Engine, trust: bool) -> dict[str, Any]:
+def model_info(path: str | os.PathLike, name: str, engine: str, n_ctx: int, template: str | None,
+               trust: bool) -> dict[str, Any]:
     """What /api/show and /api/tags say about the model (read from its header, once, at start)."""
     info: dict[str, Any] = {"name": name, "path": str(path), "format": "", "family": "", "parameter_size": "",
                             "quantization": "", "size": 0, "digest": "", "modified_at": "", "model_info": {},
-                            "template": engine.template.source if engine.template else None}
+                            "template": template}
     try:
         report = inspect(path, trust=trust)
     except ModelportError:
@@ -219,7 +237,7 @@ def model_info(path: str | os.PathLike, name: str, engine: Engine, trust: bool) 
                 family=str(meta.get("general.architecture") or config.get("model_type") or ""),
                 parameter_size=f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.0f}M",
                 quantization="/".join(sorted(report.get("dtypes") or {})),
-                model_info={"general.parameter_count": params, "context_length": engine.n_ctx, "engine": engine.name})
+                model_info={"general.parameter_count": params, "context_length": n_ctx, "engine": engine})
     stat = Path(path).stat()
     info["modified_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stat.st_mtime))
     info["digest"] = hashlib.sha256(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
@@ -328,6 +346,8 @@ def create_app(model: str | os.PathLike | Engine, *, engine: str = "auto", ctx: 
         raise ModelportError(f"--grace must be 0 or more, not {grace}")
     if isinstance(model, Engine):
         eng, owns, path = model, False, None
+    elif encodes(model, trust):
+        return create_embedding_app(model, engine=engine, threads=threads, api_key=api_key, name=name, trust=trust)
     else:
         eng, owns, path = runtime.load(model, engine=engine, ctx=ctx, threads=threads, trust=trust), True, model
     try:
@@ -337,9 +357,10 @@ def create_app(model: str | os.PathLike | Engine, *, engine: str = "auto", ctx: 
             eng.close()
         raise
     name = name or (Path(path).stem if path is not None and Path(path).is_file() else Path(path).name if path else eng.name)
-    info = model_info(path, name, eng, trust) if path is not None else {
+    template = eng.template.source if eng.template else None
+    info = model_info(path, name, eng.name, eng.n_ctx, template, trust) if path is not None else {
         "name": name, "path": "", "format": "", "family": "", "parameter_size": "", "quantization": "", "size": 0,
-        "digest": "", "modified_at": "", "model_info": {}, "template": eng.template.source if eng.template else None}
+        "digest": "", "modified_at": "", "model_info": {}, "template": template}
     server = Server(eng, scheduler, name, info, api_key, grace, owns)
 
     @asynccontextmanager
@@ -352,13 +373,13 @@ def create_app(model: str | os.PathLike | Engine, *, engine: str = "auto", ctx: 
     app = FastAPI(title="modelport", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
     add_error_handlers(app)
+    add_model_routes(app, server)
     add_openai_routes(app, server)
     add_ollama_routes(app, server)
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": server.name, "engine": eng.name, "batched": scheduler.batcher.batched,
-                "ctx": scheduler.n_ctx, **scheduler.load()}
+        return server.health()
 
     @app.get("/")
     async def page():
@@ -369,6 +390,81 @@ def create_app(model: str | os.PathLike | Engine, *, engine: str = "auto", ctx: 
                             "the OpenAI API at /v1 and Ollama's at /api.</p>")
 
     app.mount("/web", StaticFiles(directory=WEB, check_dir=False), name="web")
+    app.add_middleware(Gate, server=server)
+    return app
+
+
+def encodes(path: str | os.PathLike, trust: bool) -> bool:
+    """Whether the model at `path` is an encoder (served for embeddings), from its header and config."""
+    source = open_model(path, trust=trust)
+    try:
+        return architecture(source)[1]
+    finally:
+        source.close()
+
+
+def create_embedding_app(path: str | os.PathLike, *, engine: str, threads: int | None, api_key: str | None,
+                         name: str | None, trust: bool) -> FastAPI:
+    """The server for an encoder: embeddings on both APIs; the generating routes say it does not generate."""
+    encoder = Encoder.load(path, engine=engine, trust=trust, threads=threads)
+    name = name or (Path(path).stem if Path(path).is_file() else Path(path).name)
+    try:
+        info = model_info(path, name, encoder.engine_name, encoder.max_tokens, None, trust)
+    except BaseException:
+        encoder.close()
+        raise
+    server = EmbeddingServer(encoder, name, info, api_key)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await run_in_threadpool(server.close)
+
+    app = FastAPI(title="modelport", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = server
+    add_error_handlers(app)
+    add_model_routes(app, server)
+    refusal = (f"{name} is an embedding model ({encoder.arch}): it turns text into vectors and does not generate text; "
+               "use /v1/embeddings or /api/embed")
+
+    @app.post("/v1/embeddings")
+    async def openai_embeddings(request: Request):
+        body = await parse(request, openai_api.EmbeddingRequest)
+        texts = embeddings.openai_texts(body.input)
+        result = await run_in_threadpool(server.encode, texts, True)
+        request.state.tokens = sum(result.tokens)
+        return embeddings.openai_response(result, name, body.encoding_format, body.dimensions)
+
+    @app.post("/api/embed")
+    async def ollama_embed(request: Request):
+        started = time.perf_counter()
+        body = await parse(request, EmbedRequest)
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        result = await run_in_threadpool(server.encode, texts, True, body.truncate)
+        request.state.tokens = sum(result.tokens)
+        return embeddings.ollama_embed_response(result, name, started)
+
+    @app.post("/api/embeddings")
+    async def ollama_legacy_embeddings(request: Request):
+        body = await parse(request, LegacyEmbedRequest)
+        result = await run_in_threadpool(server.encode, [body.prompt], False)
+        return {"embedding": result.vectors[0].tolist()}
+
+    for route in ("/v1/chat/completions", "/v1/completions", "/api/chat", "/api/generate"):
+        @app.post(route)
+        async def generating(request: Request):
+            raise ApiError(400, refusal, param="model", code="model_not_supported")
+
+    @app.get("/health")
+    async def health():
+        return server.health()
+
+    @app.get("/")
+    async def page():
+        return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>modelport · {html.escape(name)}</title>"
+                            f"<p>modelport serves the embedding model <b>{html.escape(name)}</b> ({encoder.engine_name}): "
+                            "POST text to <code>/v1/embeddings</code> (OpenAI) or <code>/api/embed</code> (Ollama).</p>")
+
     app.add_middleware(Gate, server=server)
     return app
 
@@ -396,17 +492,6 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 def add_openai_routes(app: FastAPI, server: Server) -> None:
-    @app.get("/v1/models")
-    async def models():
-        return openai_api.model_list(server.name, server.created)
-
-    @app.get("/v1/models/{model_id:path}")
-    async def model(model_id: str):
-        if model_id != server.name:
-            raise ApiError(404, f"the model {model_id!r} does not exist: this server has {server.name!r}", param="model",
-                           code="model_not_found", type="not_found_error")
-        return openai_api.model_card(server.name, server.created)
-
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await parse(request, openai_api.ChatRequest)
@@ -437,10 +522,9 @@ def add_openai_routes(app: FastAPI, server: Server) -> None:
         return await openai_answer(server, job, body, request, chat=False)
 
     @app.post("/v1/embeddings")
-    async def embeddings(request: Request):
+    async def refuse_embeddings(request: Request):
         await parse(request, openai_api.EmbeddingRequest)
-        raise ApiError(400, f"{server.name} does not embed: it generates text ({server.engine.name}); serve an embedding model",
-                       param="model", code="model_not_supported")
+        raise does_not_embed(server)
 
 
 async def openai_answer(server: Server, job: Job, body, request: Request, chat: bool):
@@ -480,7 +564,24 @@ async def openai_answer(server: Server, job: Job, body, request: Request, chat: 
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def add_ollama_routes(app: FastAPI, server: Server) -> None:
+def does_not_embed(server: Server) -> ApiError:
+    return ApiError(400, f"{server.name} does not embed: it generates text ({server.engine.name}); serve an embedding model",
+                    param="model", code="model_not_supported")
+
+
+def add_model_routes(app: FastAPI, server: Server | EmbeddingServer) -> None:
+    """What every server answers about its one model: OpenAI's model list, Ollama's version, tags and show."""
+    @app.get("/v1/models")
+    async def models():
+        return openai_api.model_list(server.name, server.created)
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        if model_id != server.name:
+            raise ApiError(404, f"the model {model_id!r} does not exist: this server has {server.name!r}", param="model",
+                           code="model_not_found", type="not_found_error")
+        return openai_api.model_card(server.name, server.created)
+
     @app.get("/api/version")
     async def version():
         return {"version": VERSION}
@@ -493,6 +594,18 @@ def add_ollama_routes(app: FastAPI, server: Server) -> None:
     async def show(request: Request):
         await parse(request, ollama_api.ShowRequest)
         return ollama_api.show(server.info)
+
+
+def add_ollama_routes(app: FastAPI, server: Server) -> None:
+    @app.post("/api/embed")
+    async def refuse_embed(request: Request):
+        await parse(request, EmbedRequest)
+        raise does_not_embed(server)
+
+    @app.post("/api/embeddings")
+    async def refuse_legacy_embeddings(request: Request):
+        await parse(request, LegacyEmbedRequest)
+        raise does_not_embed(server)
 
     @app.post("/api/chat")
     async def chat(request: Request):

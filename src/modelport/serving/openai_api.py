@@ -148,6 +148,7 @@ class EmbeddingRequest(Request):
     model: str | None = None
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
 
 
 # ------------------------------------------------------------------------------------------ responses
