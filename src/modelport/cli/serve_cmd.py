@@ -30,13 +30,17 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the server's facts as JSON once it is ready."),
         trust: bool = trust_option(),
     ) -> None:
-        """Serve a model over HTTP: OpenAI (/v1) and Ollama (/api) APIs and a chat page at /."""
+        """Serve a model over HTTP: OpenAI (/v1) and Ollama (/api) APIs and a chat page at /; an embedding model serves /v1/embeddings and /api/embed."""
         quiet_libraries()
 
         def ready(facts: dict[str, Any]) -> None:
             url = f"http://{facts['host']}:{facts['port']}"
             if as_json:
                 print_json({**facts, "url": url})
+            elif facts.get("embeds"):
+                console.print(f"[bold]{facts['model']}[/bold] (embedding model, {facts['engine']}, {facts['ctx']} tokens a text) "
+                              f"on [cyan]{url}[/cyan]\n  OpenAI {url}/v1/embeddings  ·  Ollama {url}/api/embed  ·  Ctrl-C stops"
+                              f"{'  ·  API key required' if facts['api_key'] else ''}", highlight=False, soft_wrap=True)
             else:
                 mode = "batched" if facts["batched"] else "one at a time"
                 console.print(f"[bold]{facts['model']}[/bold] ({facts['engine']}, context {facts['ctx']}) on [cyan]{url}[/cyan]\n"
