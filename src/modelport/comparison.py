@@ -59,6 +59,13 @@ def _values(arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.float64)
 
 
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays of one dtype hold the same bytes, compared as whole words (several times faster than floats)."""
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    word = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(a.dtype.itemsize, np.uint8)
+    return bool(np.array_equal(a.view(word), b.view(word)))
+
+
 def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tuple[bool, float, float, int]:
     """(bit-identical, max |a-b|, max |a-b|/|b|, elements outside atol + rtol*|b|)."""
     flat_a, flat_b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
@@ -68,18 +75,20 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tu
     for start in range(0, flat_a.size, CHUNK):
         ca, cb = flat_a[start:start + CHUNK], flat_b[start:start + CHUNK]
         if identical:
-            identical = np.array_equal(np.ascontiguousarray(ca).view(np.uint8), np.ascontiguousarray(cb).view(np.uint8))
+            identical = same_bits(ca, cb)
+            if identical:      # nothing to measure in a chunk that is bit for bit the same (the common case)
+                continue
         va, vb = _values(ca), _values(cb)
-        both_nan = np.isnan(va) & np.isnan(vb)
-        delta = np.where(both_nan, 0.0, np.abs(va - vb))
-        delta = np.where(np.isnan(delta), np.inf, delta)
-        scale = np.abs(vb)
-        if delta.size:
-            max_abs = max(max_abs, float(delta.max()))
-            with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            same = (va == vb) | (np.isnan(va) & np.isnan(vb))      # equal infinities and two NaNs differ by nothing
+            delta = np.where(same, 0.0, np.abs(va - vb))
+            delta = np.where(np.isnan(delta), np.inf, delta)
+            scale = np.abs(vb)
+            if delta.size:
+                max_abs = max(max_abs, float(delta.max()))
                 rel = np.where(delta == 0, 0.0, delta / scale)
-            max_rel = max(max_rel, float(np.nan_to_num(rel, nan=np.inf).max()))
-            bad += int(np.count_nonzero(delta > atol + rtol * scale))
+                max_rel = max(max_rel, float(np.nan_to_num(rel, nan=np.inf).max()))
+                bad += int(np.count_nonzero(delta > atol + rtol * scale))
     return identical, max_abs, max_rel, bad
 
 

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the server's facts as JSON once it is ready."),
         trust: bool = trust_option(),
     ) -> None:
-        """Serve a model over HTTP: OpenAI (/v1) and Ollama (/api) APIs and a chat page at /; an embedding model serves /v1/embeddings and /api/embed."""
+        """Serve a model over HTTP: OpenAI (/v1) and Ollama (/api) APIs and a chat page at /; an encoder serves embeddings."""
         quiet_libraries()
 
         def ready(facts: dict[str, Any]) -> None:
