@@ -2,10 +2,10 @@
 
 The reverse of `tokenizer.py`, built with the `tokenizers` library's Python API so that the result is what
 `AutoTokenizer` loads with no network and tokenizes the way llama.cpp does:
-  * byte-level BPE (`gpt2`): `models.BPE` over the tokens and merges; the pre-tokenizer is chosen from
-    `tokenizer.ggml.pre` by llama.cpp's own grouping of names (llama-vocab.cpp): each group's regex list
-    becomes a chain of `Split(..., "isolated")` steps, as llama.cpp applies them one after another, and
-    `ignore_merges` follows the group (the Llama 3 names set it);
+  * byte-level BPE (`gpt2`): `models.BPE` over the tokens and merges; the pre-tokenizer is the one
+    `tokenizer.ggml.pre` names in `pre_tokenizers` (every name llama.cpp knows), its regex list a chain of
+    `Split(..., "isolated")` steps as llama.cpp applies them, `ignore_merges` and the BOS default as
+    llama.cpp sets them for the name;
   * SentencePiece (`llama`): `models.BPE` with byte fallback, as transformers' SentencePiece converter does.
     Its merges are every split of a vocabulary token into two vocabulary tokens, ranked by the token's score
     (highest first), so HF's rank-ordered merging follows llama.cpp's score-ordered merging; the space prefix
@@ -27,36 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import FormatError, UnsupportedError
-from .tokenizer import CONTROL, GPT2_REGEX, LLAMA3_REGEX, NORMAL, QWEN2_REGEX, UNKNOWN, UNUSED, USER_DEFINED
+from . import pre_tokenizers
+from .tokenizer import CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED
 
-# llama-vocab.cpp's "default" regex list (also used when tokenizer.ggml.pre is missing)
-_DEFAULT_REGEXES = (r"[\p{P}\$\+<=>\^~\|]+", GPT2_REGEX, r"\p{N}+", r"[0-9][0-9][0-9]")
-
-#: tokenizer.ggml.pre name -> pre-tokenizer group, as llama-vocab.cpp groups them.
-PRE_GROUPS: dict[str, str] = {
-    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
-                     "jina-v5-nano"), "llama3"),
-    **dict.fromkeys(("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0",
-                     "mellum", "modern-bert", "mpt", "olmo", "jais", "trillion", "granite-docling"), "gpt2"),
-    **dict.fromkeys(("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"), "smollm"),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "stablelm2", "hunyuan", "solar-open"), "qwen2"),
-    "default": "default",
-}
 _PAD = re.compile(r"\[PAD(\d+)\]")
-
-
-def _pre_tokenizer(group: str):
-    from tokenizers import Regex
-    from tokenizers import pre_tokenizers as pt
-
-    if group == "gpt2":
-        return pt.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
-    if group == "smollm":   # llama.cpp: "\p{N}" then the GPT-2 regex; SmolLM's tokenizer.json says it so
-        return pt.Sequence([pt.Digits(individual_digits=True),
-                            pt.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
-    regexes = {"llama3": (LLAMA3_REGEX,), "qwen2": (QWEN2_REGEX,), "default": _DEFAULT_REGEXES}[group]
-    return pt.Sequence([pt.Split(Regex(r), behavior="isolated", invert=False) for r in regexes]
-                       + [pt.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
 
 
 @dataclass
@@ -121,21 +95,21 @@ def from_gguf(meta: dict, path=None) -> HFTokenizer:
 
     pre = meta.get("tokenizer.ggml.pre")
     if kind == "gpt2":
-        group = PRE_GROUPS.get(pre or "default")
-        if group is None:
-            raise UnsupportedError(f"pre-tokenizer {pre!r} has no Hugging Face equivalent here; known: "
-                                   f"{', '.join(sorted(PRE_GROUPS))}", path)
+        spec = pre_tokenizers.PRE_TOKENIZERS.get(pre or "default")
+        if spec is None:
+            raise UnsupportedError(f"pre-tokenizer {pre!r} is not one llama.cpp runs as byte-level BPE; known: "
+                                   f"{', '.join(sorted(pre_tokenizers.PRE_TOKENIZERS))}", path)
         merges = []
         for m in _array(meta, "tokenizer.ggml.merges") or []:
             pos = m.find(" ", 1) if isinstance(m, str) else -1    # llama.cpp splits at the first space after char 0
             if pos < 0:
                 raise FormatError(f"tokenizer: malformed merge {m!r}", path)
             merges.append((m[:pos], m[pos + 1:]))
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=group == "llama3", fuse_unk=False,
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=spec.ignore_merges, fuse_unk=False,
                                    byte_fallback=False))
-        tok.pre_tokenizer = _pre_tokenizer(group)
+        tok.pre_tokenizer = pre_tokenizers.build(pre or "default")
         tok.decoder = decoders.ByteLevel()
-        default_bos = group == "llama3"      # llama.cpp turns BOS on for the Llama 3 names
+        default_bos = spec.add_bos
     else:
         space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
         scores = _array(meta, "tokenizer.ggml.scores") or [0.0] * n

@@ -10,9 +10,10 @@ Two tokenizer families, as llama.cpp runs them:
 
 `tokenizer.ggml.pre` picks llama.cpp's pre-tokenizer regex. Like llama.cpp's converter we hash the ids the
 tokenizer gives for a fixed check text and look the hash up in its table; unlike it, a tokenizer the table
-does not know (any retrained one) is not refused: the name is derived from the structure of tokenizer.json's
-pre_tokenizer (ByteLevel -> gpt-2, the Llama 3 split regex -> llama-bpe, Qwen2's -> qwen2, ...).
-Whether llama.cpp then tokenizes like HF is checked in the tests with `Llama(vocab_only=True)`.
+does not know (any retrained or fine-tuned one) is not refused: its pre-tokenizer is run on a probe text and
+named after the llama.cpp pre-tokenizer that splits it the same way (`pre_tokenizers.match`), and the result
+says which one it matched (`Vocab.pre_match`). Whether llama.cpp then tokenizes like HF is checked in the
+tests with `Llama(vocab_only=True)`, name by name.
 
 Why not gguf-py's `SpecialVocab`/`LlamaHfVocab`: they need transformers at conversion time, give every
 SentencePiece token from tokenizer.json the same score (-1000, which makes llama.cpp merge in the wrong
@@ -22,6 +23,7 @@ order), and do not validate; llama.cpp aborts the whole process on a duplicate t
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ import numpy as np
 from ..core import protobuf as pb
 from ..core.errors import FormatError, UnsupportedError
 from ..core.source import read_json
+from . import pre_tokenizers
 from .pre_tokenizer_hashes import KNOWN_PRE_HASHES
 
 # token types (llama_token_type)
@@ -39,14 +42,6 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 #: The check text llama.cpp's convert_hf_to_gguf encodes to identify a BPE pre-tokenizer (get_vocab_base_pre).
 CHKTXT = '\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на Български \'\'\'\'\'\'```````""""......!!!!!!?????? I\'ve been \'told he\'s there, \'RE you sure? \'M not sure I\'ll make it, \'D you like some tea? We\'Ve a\'lL'  # noqa: E501 - llama.cpp's check text, verbatim
-
-# Split regexes as they appear in tokenizer.json, for the structural fallback.
-LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-_SPLIT_NAMES = {LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2", GPT2_REGEX: "gpt-2"}
 
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -70,6 +65,7 @@ class Vocab:
     chat_template: str | None = None
     named_templates: dict[str, str] = field(default_factory=dict)
     pre_source: str = ""                         # "hash" or "structure": how `pre` was found
+    pre_match: str = ""                          # how, in words (convert prints it, --json carries it)
 
     def token_text(self, i: int) -> str:
         return self.tokens[i]
@@ -265,8 +261,8 @@ def _from_bpe_json(tj: dict, path: Path) -> Vocab:
             merges.append(" ".join(p.replace(" ", "\u0120") for p in m))
         else:
             raise FormatError("tokenizer.json: malformed merge entry", path)
-    pre, how = pre_tokenizer(tj, path)
-    return Vocab("gpt2", pre, tokens, types, None, merges, pre_source=how)
+    pre, how, said = pre_tokenizer(tj, path)
+    return Vocab("gpt2", pre, tokens, types, None, merges, pre_source=how, pre_match=said)
 
 
 def _from_spm_json(tj: dict) -> Vocab:
@@ -369,29 +365,34 @@ def chkhsh(tokenizer_json: Path) -> str | None:
     return hashlib.sha256(str(list(ids)).encode()).hexdigest()
 
 
-def pre_tokenizer(tj: dict, path: Path | None) -> tuple[str, str]:
-    """(tokenizer.ggml.pre, "hash" | "structure") for a byte-level BPE tokenizer.json."""
+def pre_tokenizer(tj: dict, path: Path | None) -> tuple[str, str, str]:
+    """(tokenizer.ggml.pre, "hash" | "structure", how it was found in words) for a byte-level BPE tokenizer.json.
+
+    llama.cpp's hash table first; then by behaviour: the name whose pre-tokenizer splits a probe text exactly like
+    this one (pre_tokenizers.match). Refused, naming the nearest known one, when none does."""
     if path is not None:
         h = chkhsh(path)
         if h is not None and h in KNOWN_PRE_HASHES:
-            return KNOWN_PRE_HASHES[h], "hash"
-    steps = _steps(tj.get("pre_tokenizer"))
-    kinds = [s.get("type") for s in steps]
-    splits = [s for s in steps if s.get("type") == "Split"]
-    bytelevel = [s for s in steps if s.get("type") == "ByteLevel"]
-    if any(b.get("add_prefix_space") for b in bytelevel):
+            name = KNOWN_PRE_HASHES[h]
+            return name, "hash", f"its check-text hash is llama.cpp's '{name}'"
+    if any(s.get("type") == "ByteLevel" and s.get("add_prefix_space") for s in _steps(tj.get("pre_tokenizer"))):
         raise UnsupportedError("byte-level pre-tokenizer with add_prefix_space=true has no llama.cpp equivalent", path)
-    if kinds == ["ByteLevel"] and bytelevel[0].get("use_regex", True):
-        return "gpt-2", "structure"
-    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and bytelevel[0].get("use_regex", True):
-        return "smollm", "structure"
-    if len(splits) == 1 and kinds == ["Split", "ByteLevel"] and not bytelevel[0].get("use_regex", True):
-        pattern = (splits[0].get("pattern") or {}).get("Regex")
-        if pattern in _SPLIT_NAMES:
-            return _SPLIT_NAMES[pattern], "structure"
-    raise UnsupportedError(
-        f"pre-tokenizer {kinds or 'none'} is not in llama.cpp's table and has no known equivalent "
-        "(known structures: ByteLevel (gpt-2), Digits+ByteLevel (smollm), the Llama 3 and Qwen2 split regexes)", path)
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as e:
+        raise UnsupportedError("this tokenizer is not in llama.cpp's hash table; naming its pre-tokenizer needs the "
+                               "`tokenizers` package", path) from e
+    try:
+        tok = Tokenizer.from_str(json.dumps(tj))
+    except Exception as e:  # noqa: BLE001 - tokenizers' own parse error, said in one line
+        raise FormatError(f"tokenizer.json cannot be loaded: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                          path) from e
+    if tok.pre_tokenizer is None:
+        raise UnsupportedError("byte-level BPE without a pre-tokenizer has no llama.cpp equivalent", path)
+    found = pre_tokenizers.match(tok.pre_tokenizer, bool((tj.get("model") or {}).get("ignore_merges")))
+    if found.name is None:
+        raise UnsupportedError(f"pre-tokenizer is not in llama.cpp's table: it {found.how}", path)
+    return found.name, "structure", f"not in llama.cpp's hash table; it {found.how}"
 
 
 # --- special tokens, flags, chat template -------------------------------------------------------
