@@ -200,6 +200,32 @@ def _spm_tokenizer(vocab_size: int, prefix: bool = True):
     return tok
 
 
+def train_bpe(pre_tokenizer, *, ignore_merges: bool = False, vocab_size: int = 500,
+              specials: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")):
+    """A byte-level BPE `tokenizers.Tokenizer` trained on CORPUS with any pre-tokenizer (the per-family tests)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_corpus(20), trainer)
+    return tok
+
+
+def vocab_gguf(path: Path, tokenizer_metadata: dict) -> Path:
+    """A tensor-less llama GGUF carrying `tokenizer.*` metadata: what `Llama(path, vocab_only=True)` loads."""
+    from modelport.formats.gguf import write_gguf
+
+    meta = {"general.architecture": "llama", "llama.context_length": np.uint32(64),
+            "llama.embedding_length": np.uint32(32), "llama.block_count": np.uint32(1),
+            "llama.feed_forward_length": np.uint32(32), "llama.attention.head_count": np.uint32(2),
+            "llama.attention.layer_norm_rms_epsilon": np.float32(1e-5), **tokenizer_metadata}
+    write_gguf([], path, metadata=meta)
+    return path
+
+
 _TOKENIZER_SPECIALS = {
     "gpt2": dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>"),
     "qwen2": dict(bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"),

@@ -142,6 +142,11 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
                               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|" + _TAIL), ignore_merges=True, family="MiniCPM 5"),
 }
 
+#: Names llama.cpp knows that are not byte-level BPE (SentencePiece-style BPE on raw UTF-8, or whitespace words).
+NOT_BYTE_LEVEL = ("gemma4", "granite-embed-multi-311m", "sarvam-moe", "whitespace")
+#: Names llama.cpp's converter writes for WordPiece vocabularies (`bert` model: llama.cpp does not read the name).
+WORDPIECE_NAMES = ("bert-bge-large", "jina-v2-en")
+
 #: One name per distinct behaviour (regexes + ignore_merges): what `match` can answer, and what the tests cover.
 REPRESENTATIVES: list[str] = list({(p.splits, p.ignore_merges): n for n, p in reversed(PRE_TOKENIZERS.items())}
                                   .values())[::-1]
@@ -159,10 +164,11 @@ def build(name: str, as_llama_cpp: bool = True):
     """The `tokenizers` pre-tokenizer for llama.cpp's name: as llama.cpp runs it (default; GGUF -> HF) or as the
     family's tokenizer.json writes it (KeyError when the name is not in the table)."""
     spec = PRE_TOKENIZERS[name]
-    return _pre_tokenizer(spec.runs if as_llama_cpp else spec.splits)
+    return from_regexes(spec.runs if as_llama_cpp else spec.splits)
 
 
-def _pre_tokenizer(splits: tuple[str, ...]):
+def from_regexes(splits: tuple[str, ...]):
+    """A chain of isolated splits and byte-level encoding (GPT-2's own ByteLevel form for its single regex)."""
     from tokenizers import Regex
     from tokenizers import pre_tokenizers as pt
 
@@ -191,7 +197,7 @@ def match(pre_tokenizer, ignore_merges: bool) -> Match:
     nearest: tuple[int, str, str] | None = None
     for name in REPRESENTATIVES:
         for form in {PRE_TOKENIZERS[name].splits, PRE_TOKENIZERS[name].runs}:
-            got = pieces(_pre_tokenizer(form))
+            got = pieces(from_regexes(form))
             if got == want:
                 same_splits.append(name)
                 break
@@ -202,7 +208,7 @@ def match(pre_tokenizer, ignore_merges: bool) -> Match:
         spec = PRE_TOKENIZERS[name]
         if spec.ignore_merges == ignore_merges:
             note = f"; llama.cpp differs on text like {spec.differs_on!r}" if spec.differs_on and \
-                pieces(_pre_tokenizer(spec.runs)) != want else ""
+                pieces(from_regexes(spec.runs)) != want else ""
             return Match(name, f"splits text like llama.cpp's '{name}' ({spec.family}){note}")
     if same_splits:
         name = same_splits[0]
