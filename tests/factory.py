@@ -424,3 +424,21 @@ def bert_model(folder: Path, pooling: str | None = "mean", normalize: bool = Tru
                     **{f"pooling_mode_{m}": m.removesuffix("_tokens").removesuffix("_token") == pooling for m in modes}}
         (folder / "1_Pooling" / "config.json").write_text(json.dumps(declared, indent=2))
     return folder
+
+
+def train_unigram(vocab_size: int = 400):
+    """A SentencePiece-style Unigram `tokenizers.Tokenizer` laid out like T5's tokenizer.json (Metaspace words,
+    SentencePiece's whitespace collapsing, `</s>` after the text), trained on CORPUS."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.Replace(Regex(r"\A +| +\z"), ""),
+                                           normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
+                                      show_progress=False)
+    tok.train_from_iterator(_corpus(20), trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    return tok

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..core.errors import FormatError, UnsupportedError
 from . import pre_tokenizers
-from .tokenizer import CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED
+from .tokenizer import BYTE, CONTROL, NORMAL, PHANTOM_SPACE, UNKNOWN, UNUSED, USER_DEFINED
 
 _PAD = re.compile(r"\[PAD(\d+)\]")
 
@@ -72,9 +72,9 @@ def from_gguf(meta: dict, path=None) -> HFTokenizer:
     tokens = _array(meta, "tokenizer.ggml.tokens")
     if kind is None or tokens is None:
         raise UnsupportedError("the GGUF has no tokenizer (tokenizer.ggml.model / tokens)", path)
-    if kind not in ("gpt2", "llama"):
-        raise UnsupportedError(f"tokenizer model {kind!r} is not supported for Hugging Face output "
-                               "(supported: gpt2 byte-level BPE, llama SentencePiece)", path)
+    if kind not in ("gpt2", "llama", "bert", "t5"):
+        raise UnsupportedError(f"tokenizer model {kind!r} is not supported for Hugging Face output (supported: gpt2 "
+                               "byte-level BPE, llama SentencePiece, bert WordPiece, t5 Unigram)", path)
     n = len(tokens)
     types = _array(meta, "tokenizer.ggml.token_type") or [NORMAL] * n
     if len(types) < n:
@@ -90,7 +90,7 @@ def from_gguf(meta: dict, path=None) -> HFTokenizer:
     ids = {k: _special_id(meta, k, n) for k in ("bos", "eos", "unknown", "padding", "seperator")}
     ids = {k: v for k, v in ids.items() if v is not None}
     unk = ids.get("unknown")
-    if unk is None and kind == "llama":
+    if unk is None and kind in ("llama", "t5"):
         unk = next((i for i, ty in enumerate(types[:n]) if ty == UNKNOWN), None)
 
     pre = meta.get("tokenizer.ggml.pre")
@@ -110,6 +110,12 @@ def from_gguf(meta: dict, path=None) -> HFTokenizer:
         tok.pre_tokenizer = pre_tokenizers.build(pre or "default")
         tok.decoder = decoders.ByteLevel()
         default_bos = spec.add_bos
+    elif kind == "bert":
+        tok = _wordpiece(meta, vocab, types, tokens[unk] if unk is not None else None)
+        default_bos = True
+    elif kind == "t5":
+        tok = _unigram(meta, tokens, types, unk, path)
+        default_bos = False
     else:
         space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
         scores = _array(meta, "tokenizer.ggml.scores") or [0.0] * n
@@ -123,17 +129,19 @@ def from_gguf(meta: dict, path=None) -> HFTokenizer:
                                         + ([decoders.Strip(" ", 1, 0)] if space_prefix else []))
         default_bos = True
 
-    added = [AddedToken(t, special=types[i] in (CONTROL, UNKNOWN), normalized=False)
+    text_of = {i: t for t, i in tok.get_vocab(with_added_tokens=False).items()}    # the HF-side spelling (WordPiece)
+    added = [AddedToken(text_of.get(i, t), special=types[i] in (CONTROL, UNKNOWN), normalized=False)
              for t, i in vocab.items() if types[i] in (CONTROL, UNKNOWN, USER_DEFINED)]
     tok.add_tokens(added)       # ids are kept: every content is already in the vocabulary
 
     add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", default_bos)) and "bos" in ids
-    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and "eos" in ids
-    before = [tokens[ids["bos"]]] if add_bos else []
-    after = [tokens[ids["eos"]]] if add_eos else []
-    single = [*before, "$A", *after]
-    pair = [*single, *before, "$B", *after]
-    specials = {**({before[0]: ids["bos"]} if before else {}), **({after[0]: ids["eos"]} if after else {})}
+    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", kind == "t5")) and "eos" in ids
+    add_sep = bool(meta.get("tokenizer.ggml.add_sep_token", kind == "bert")) and "seperator" in ids
+    before = [ids["bos"]] if add_bos else []
+    after = ([ids["eos"]] if add_eos else []) + ([ids["seperator"]] if add_sep else [])
+    single = [*(tokens[i] for i in before), "$A", *(tokens[i] for i in after)]
+    pair = [*single, *(tokens[i] for i in before), "$B", *(tokens[i] for i in after)]
+    specials = {tokens[i]: i for i in before + after}
     steps = [processors.ByteLevel(trim_offsets=False)] if kind == "gpt2" else []
     if specials:
         steps.append(processors.TemplateProcessing(single=" ".join(single), pair=" ".join(pair),
@@ -163,6 +171,55 @@ def from_gguf(meta: dict, path=None) -> HFTokenizer:
         config["chat_template"] = template
     out_ids = {"bos": ids.get("bos"), "eos": ids.get("eos"), "pad": ids.get("padding"), "unk": unk}
     return HFTokenizer(tok, config, {k: v for k, v in out_ids.items() if v is not None})
+
+
+def _wordpiece(meta: dict, vocab: dict[str, int], types: list, unk: str | None):
+    """llama.cpp's `bert` vocabulary back to WordPiece: `▁word` is a word start, any other piece a `##` continuation."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import pre_tokenizers as pt
+
+    pieces = {}
+    for t, i in vocab.items():
+        if types[i] in (CONTROL, UNKNOWN):
+            pieces[t] = i
+        elif t.startswith(PHANTOM_SPACE) and len(t) > 1:
+            pieces[t[1:]] = i
+        else:
+            pieces["##" + t] = i
+    lowercase = bool(meta.get("tokenizer.ggml.normalizer.lowercase", False))
+    strip = bool(meta.get("tokenizer.ggml.normalizer.strip_accents", lowercase))
+    tok = Tokenizer(models.WordPiece(pieces, unk_token=unk or "[UNK]", max_input_chars_per_word=100))
+    bert = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=lowercase)
+    # llama.cpp strips every combining mark (BertNormalizer only the nonspacing ones): as llama.cpp does
+    tok.normalizer = normalizers.Sequence([bert, normalizers.NFD(), normalizers.Replace(Regex(r"\p{M}"), "")]) \
+        if strip else bert
+    tok.pre_tokenizer = pt.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+def _unigram(meta: dict, tokens: list, types: list, unk: int | None, path):
+    """llama.cpp's `t5` vocabulary back to a SentencePiece Unigram tokenizer.json (T5's layout)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import pre_tokenizers as pt
+
+    scores = _array(meta, "tokenizer.ggml.scores")
+    if scores is None or len(scores) < len(tokens):
+        raise FormatError("a t5 (Unigram) vocabulary needs tokenizer.ggml.scores for every token", path)
+    tok = Tokenizer(models.Unigram([(t, float(sc)) for t, sc in zip(tokens, scores)], unk_id=unk,
+                                   byte_fallback=BYTE in types))
+    steps = []
+    charsmap = _array(meta, "tokenizer.ggml.precompiled_charsmap")
+    if charsmap:
+        steps.append(normalizers.Precompiled(bytes(int(b) & 0xFF for b in charsmap)))
+    if bool(meta.get("tokenizer.ggml.remove_extra_whitespaces", False)):
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]   # spaces only
+    if steps:
+        tok.normalizer = normalizers.Sequence(steps)
+    prefix = "always" if bool(meta.get("tokenizer.ggml.add_space_prefix", True)) else "never"
+    tok.pre_tokenizer = pt.Metaspace(replacement=PHANTOM_SPACE, prepend_scheme=prefix, split=True)
+    tok.decoder = decoders.Metaspace(replacement=PHANTOM_SPACE, prepend_scheme=prefix, split=True)
+    return tok
 
 
 def _spm_merges(vocab: dict[str, int], scores: list[float], types: list[int]) -> list[tuple[str, str]]:

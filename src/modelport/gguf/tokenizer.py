@@ -66,6 +66,11 @@ class Vocab:
     named_templates: dict[str, str] = field(default_factory=dict)
     pre_source: str = ""                         # "hash" or "structure": how `pre` was found
     pre_match: str = ""                          # how, in words (convert prints it, --json carries it)
+    add_sep: bool | None = None                  # WordPiece: [SEP] after the text
+    lowercase: bool | None = None                # WordPiece: BertNormalizer's lowercase / strip_accents
+    strip_accents: bool | None = None
+    remove_extra_whitespaces: bool | None = None  # Unigram: SentencePiece's whitespace collapsing
+    charsmap: bytes | None = None                # Unigram: SentencePiece's precompiled normalization map
 
     def token_text(self, i: int) -> str:
         return self.tokens[i]
@@ -122,6 +127,14 @@ class Vocab:
             meta["tokenizer.ggml.add_eos_token"] = bool(self.add_eos)
         if self.add_space_prefix is not None:
             meta["tokenizer.ggml.add_space_prefix"] = bool(self.add_space_prefix)
+        for key, flag in (("add_sep_token", self.add_sep), ("normalizer.lowercase", self.lowercase),
+                          ("normalizer.strip_accents", self.strip_accents),
+                          ("remove_extra_whitespaces", self.remove_extra_whitespaces)):
+            if flag is not None:
+                meta[f"tokenizer.ggml.{key}"] = bool(flag)
+        if self.charsmap:
+            meta["tokenizer.ggml.precompiled_charsmap"] = GGUFValue(np.frombuffer(self.charsmap, np.uint8), T.ARRAY,
+                                                                    T.UINT8)
         if self.chat_template:
             meta["tokenizer.chat_template"] = self.chat_template
         for name, template in self.named_templates.items():
@@ -154,14 +167,20 @@ def load_vocab(files: dict[str, Path], config: dict | None, n_rows: int | None, 
     tc = _json(files, "tokenizer_config.json") or {}
     if not isinstance(tc, dict):
         raise FormatError("tokenizer_config.json is not an object", files.get("tokenizer_config.json"))
-    if "tokenizer.model" in files and (tj is None or _is_spm_json(tj) or tj.get("model", {}).get("type") == "Unigram"):
+    if "tokenizer.model" in files and (tj is None or _is_spm_json(tj)):
         vocab = _from_sentencepiece(files["tokenizer.model"], tj)
     elif tj is not None:
         model = tj.get("model") or {}
-        if model.get("type") != "BPE":
-            raise UnsupportedError(f"tokenizer model {model.get('type')!r} is not supported for GGUF "
-                                   "(supported: byte-level BPE and SentencePiece)", files.get("tokenizer.json"))
-        vocab = _from_spm_json(tj) if _is_spm_json(tj) else _from_bpe_json(tj, files["tokenizer.json"])
+        kind = model.get("type")
+        if kind == "WordPiece":
+            vocab = _from_wordpiece_json(tj, files["tokenizer.json"])
+        elif kind == "Unigram":
+            vocab = _from_unigram_json(tj, files["tokenizer.json"])
+        elif kind != "BPE":
+            raise UnsupportedError(f"tokenizer model {kind!r} is not supported for GGUF (supported: byte-level BPE, "
+                                   "SentencePiece, WordPiece, Unigram)", files.get("tokenizer.json"))
+        else:
+            vocab = _from_spm_json(tj) if _is_spm_json(tj) else _from_bpe_json(tj, files["tokenizer.json"])
     else:
         raise UnsupportedError("no tokenizer.json or tokenizer.model: GGUF needs the tokenizer", path)
 
@@ -295,7 +314,88 @@ def _from_spm_json(tj: dict) -> Vocab:
         types[vocab[unk]] = UNKNOWN
     _fill(tokens, types)
     space_prefix = _spm_space_prefix(tj)
-    return Vocab("llama", "default", tokens, types, scores, None, add_space_prefix=space_prefix, pre_source="structure")
+    return Vocab("llama", "default", tokens, types, scores, None, add_space_prefix=space_prefix, pre_source="structure",
+                 pre_match="SentencePiece BPE: llama.cpp's 'llama' tokenizer")
+
+
+PHANTOM_SPACE = "\u2581"
+
+
+def _from_wordpiece_json(tj: dict, path: Path) -> Vocab:
+    """BERT's WordPiece as llama.cpp's `bert` vocabulary: a word-initial piece gets the phantom space U+2581, a
+    continuation loses its `##`, special tokens stay as they are (llama.cpp matches `▁word` then the rest)."""
+    model = tj["model"]
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict):
+        raise FormatError("tokenizer.json: model.vocab is not an object", path)
+    prefix = model.get("continuing_subword_prefix") or "##"
+    added = _added(tj, path)
+    tokens = _ordered(vocab, [], "vocab", path)
+    top = max(len(tokens), max((a["id"] + 1 for a in added), default=0))
+    tokens += [None] * (top - len(tokens))
+    types = [NORMAL] * top
+    for a in added:
+        tokens[a["id"]] = a["content"]
+        types[a["id"]] = CONTROL if a.get("special") else USER_DEFINED
+    for i, t in enumerate(tokens):
+        if t is not None and types[i] != CONTROL:
+            tokens[i] = t[len(prefix):] if t.startswith(prefix) and len(t) > len(prefix) else PHANTOM_SPACE + t
+    _fill(tokens, types)
+    lowercase = strip = None
+    for step in _steps(tj.get("normalizer")):
+        if step.get("type") == "BertNormalizer":
+            lowercase = bool(step.get("lowercase", True))
+            strip = step.get("strip_accents")
+            strip = lowercase if strip is None else bool(strip)
+        elif step.get("type") == "Lowercase":
+            lowercase = True
+        elif step.get("type") == "StripAccents":
+            strip = True
+    return Vocab("bert", "default", tokens, types, pre_source="structure", lowercase=bool(lowercase),
+                 strip_accents=bool(lowercase if strip is None else strip),
+                 pre_match="WordPiece: llama.cpp's 'bert' tokenizer (words split on spaces and punctuation)")
+
+
+def _from_unigram_json(tj: dict, path: Path) -> Vocab:
+    """SentencePiece Unigram (T5, XLM-R, mT5) as llama.cpp's `t5` vocabulary: pieces with their log-probability
+    scores, the precompiled normalization map and the whitespace flags, as llama.cpp's Viterbi needs them."""
+    import base64
+
+    model = tj["model"]
+    pieces = model.get("vocab")
+    if not isinstance(pieces, list) or not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+                                               and isinstance(p[1], (int, float)) for p in pieces):
+        raise FormatError("tokenizer.json: Unigram vocab is not a list of [piece, score]", path)
+    tokens: list[str | None] = [p[0] for p in pieces]
+    scores = [float(p[1]) for p in pieces]
+    types = [BYTE if model.get("byte_fallback") and _BYTE_TOKEN.fullmatch(t) else NORMAL for t in tokens]
+    unk = model.get("unk_id")
+    if isinstance(unk, int) and 0 <= unk < len(tokens):
+        types[unk] = UNKNOWN
+    for a in _added(tj, path):
+        i = a["id"]
+        while len(tokens) <= i:
+            tokens.append(None)
+            scores.append(0.0)
+            types.append(UNUSED)
+        if tokens[i] == a["content"] and types[i] == UNKNOWN:
+            continue
+        tokens[i] = a["content"]
+        types[i] = CONTROL if a.get("special") else USER_DEFINED
+    _fill(tokens, types)
+    charsmap = None
+    extra_spaces = False
+    for step in _steps(tj.get("normalizer")):
+        if step.get("type") == "Precompiled" and step.get("precompiled_charsmap"):
+            try:
+                charsmap = base64.b64decode(step["precompiled_charsmap"], validate=True)
+            except (ValueError, TypeError) as e:
+                raise FormatError("tokenizer.json: precompiled_charsmap is not base64", path) from e
+        elif step.get("type") == "Replace" and (step.get("pattern") or {}).get("Regex") == " {2,}":
+            extra_spaces = True
+    return Vocab("t5", "default", tokens, types, scores, None, add_space_prefix=_spm_space_prefix(tj),
+                 remove_extra_whitespaces=extra_spaces, charsmap=charsmap, pre_source="structure",
+                 pre_match="Unigram: llama.cpp's 't5' tokenizer (SentencePiece Viterbi)")
 
 
 def _spm_space_prefix(tj: dict) -> bool:
@@ -313,7 +413,8 @@ def _from_sentencepiece(model_path: Path, tj: dict | None) -> Vocab:
     if len(data) > 512 * 1024 * 1024:
         raise FormatError("tokenizer.model is too large", model_path)
     tokens, scores, types = [], [], []
-    add_dummy_prefix = True
+    add_dummy_prefix = extra_spaces = True      # SentencePiece's defaults
+    unigram, charsmap = True, b""
     for fnum, wire, a, b in pb.fields(data, 0, len(data), model_path):
         if fnum == 1 and wire == pb.LEN:
             piece, score, ptype = None, 0.0, NORMAL
@@ -329,10 +430,18 @@ def _from_sentencepiece(model_path: Path, tj: dict | None) -> Vocab:
             tokens.append(piece)
             scores.append(score)
             types.append(ptype if ptype in (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE) else NORMAL)
-        elif fnum == 3 and wire == pb.LEN:   # normalizer_spec
+        elif fnum == 2 and wire == pb.LEN:   # trainer_spec: model_type 1 is Unigram, 2 BPE
             for f2, w2, a2, _ in pb.fields(data, a, b, model_path):
                 if f2 == 3 and w2 == pb.VARINT:
+                    unigram = a2 == 1
+        elif fnum == 3 and wire == pb.LEN:   # normalizer_spec
+            for f2, w2, a2, b2 in pb.fields(data, a, b, model_path):
+                if f2 == 2 and w2 == pb.LEN:
+                    charsmap = bytes(data[a2:b2])
+                elif f2 == 3 and w2 == pb.VARINT:
                     add_dummy_prefix = bool(a2)
+                elif f2 == 4 and w2 == pb.VARINT:
+                    extra_spaces = bool(a2)
     if not tokens:
         raise FormatError("tokenizer.model has no pieces", model_path)
     for a in _added(tj or {}, model_path):
@@ -346,8 +455,12 @@ def _from_sentencepiece(model_path: Path, tj: dict | None) -> Vocab:
         tokens[i] = t
         scores[i] = -1000.0
         types[i] = CONTROL if a.get("special") else USER_DEFINED
+    if unigram:     # T5, mT5, XLM-R: llama.cpp's Viterbi tokenizer, not its score-ordered merging
+        return Vocab("t5", "default", tokens, types, scores, None, add_space_prefix=add_dummy_prefix,
+                     remove_extra_whitespaces=extra_spaces, charsmap=charsmap or None, pre_source="structure",
+                     pre_match="SentencePiece Unigram: llama.cpp's 't5' tokenizer")
     return Vocab("llama", "default", tokens, types, scores, None, add_space_prefix=add_dummy_prefix,
-                 pre_source="structure")
+                 pre_source="structure", pre_match="SentencePiece BPE: llama.cpp's 'llama' tokenizer")
 
 
 # --- pre-tokenizer ------------------------------------------------------------------------------
@@ -410,11 +523,14 @@ def _specials(vocab: Vocab, tj, tc: dict, config: dict, stm: dict) -> None:
             cid = cid[0] if cid else None
         if isinstance(cid, int) and 0 <= cid < len(vocab.tokens):
             vocab.special_ids[key] = cid
+    cls = _content(tc.get("cls_token")) or _content(stm.get("cls_token"))
+    if "bos" not in vocab.special_ids and cls in index:      # BERT: [CLS] is what llama.cpp puts first
+        vocab.special_ids["bos"] = index[cls]
     if "unknown" not in vocab.special_ids and tj is not None:
         unk = (tj.get("model") or {}).get("unk_token")
         if isinstance(unk, str) and unk in index:
             vocab.special_ids["unknown"] = index[unk]
-    if vocab.model == "llama":
+    if vocab.model in ("llama", "t5"):
         for key, default in (("unknown", UNKNOWN), ):
             if key not in vocab.special_ids:
                 found = [i for i, t in enumerate(vocab.types) if t == default]
@@ -449,6 +565,8 @@ def _flags(vocab: Vocab, tj, tc: dict) -> None:
         vocab.add_bos = vocab.model == "llama"
     if vocab.add_eos is None:
         vocab.add_eos = False
+    if vocab.model == "bert":       # [CLS] text [SEP]: llama.cpp adds the [SEP] as add_sep, not as EOS
+        vocab.add_sep, vocab.add_eos = bool(vocab.add_eos) and "seperator" in vocab.special_ids, False
     if vocab.add_bos and "bos" not in vocab.special_ids:
         vocab.add_bos = False
 
