@@ -386,6 +386,31 @@ def chat_model(folder: Path, template: str | None = CHATML, seed: int = 0, **tok
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+def wordpiece_tokenizer(vocab_size: int = 300):
+    """BERT's tokenizer layout (lowercasing BertNormalizer, WordPiece, [CLS] text [SEP]) trained on CORPUS."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(_corpus(5), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS,
+                                                                  show_progress=False))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return tok
+
+
+def save_wordpiece(tok, folder: Path):
+    """The WordPiece tokenizer saved as transformers saves BERT's (tokenizer.json + tokenizer_config.json)."""
+    import transformers
+
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                                cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                                model_max_length=128).save_pretrained(folder)
+
+
 def bert_model(folder: Path, pooling: str | None = "mean", normalize: bool = True, seed: int = 0, hidden: int = 32,
                layers: int = 2) -> Path:
     """A random `BertModel` (hidden 32, 2 layers, 128 positions) with a trained WordPiece tokenizer; with `pooling`
@@ -393,21 +418,10 @@ def bert_model(folder: Path, pooling: str | None = "mean", normalize: bool = Tru
     sentence-transformers folder: modules.json, 1_Pooling/config.json and, with `normalize`, a Normalize module."""
     import torch
     import transformers
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     folder.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(_corpus(5), trainers.WordPieceTrainer(vocab_size=300, special_tokens=BERT_SPECIALS,
-                                                                  show_progress=False))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                         sep_token="[SEP]", mask_token="[MASK]", model_max_length=128
-                                         ).save_pretrained(folder)
+    tok = wordpiece_tokenizer()
+    save_wordpiece(tok, folder)
     config = transformers.BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
                                      num_attention_heads=4, intermediate_size=2 * hidden, max_position_embeddings=128)
     torch.manual_seed(seed)

@@ -180,7 +180,7 @@ def _wordpiece(meta: dict, vocab: dict[str, int], types: list, unk: str | None):
 
     pieces = {}
     for t, i in vocab.items():
-        if types[i] in (CONTROL, UNKNOWN):
+        if types[i] in (CONTROL, UNKNOWN, USER_DEFINED):
             pieces[t] = i
         elif t.startswith(PHANTOM_SPACE) and len(t) > 1:
             pieces[t[1:]] = i

@@ -71,6 +71,7 @@ class Vocab:
     strip_accents: bool | None = None
     remove_extra_whitespaces: bool | None = None  # Unigram: SentencePiece's whitespace collapsing
     charsmap: bytes | None = None                # Unigram: SentencePiece's precompiled normalization map
+    notes: list[str] = field(default_factory=list)   # where llama.cpp will not tokenize exactly like HF, and why
 
     def token_text(self, i: int) -> str:
         return self.tokens[i]
@@ -133,8 +134,7 @@ class Vocab:
             if flag is not None:
                 meta[f"tokenizer.ggml.{key}"] = bool(flag)
         if self.charsmap:
-            meta["tokenizer.ggml.precompiled_charsmap"] = GGUFValue(np.frombuffer(self.charsmap, np.uint8), T.ARRAY,
-                                                                    T.UINT8)
+            meta["tokenizer.ggml.precompiled_charsmap"] = GGUFValue(list(self.charsmap), T.ARRAY, T.UINT8)
         if self.chat_template:
             meta["tokenizer.chat_template"] = self.chat_template
         for name, template in self.named_templates.items():
@@ -191,6 +191,8 @@ def load_vocab(files: dict[str, Path], config: dict | None, n_rows: int | None, 
             vocab.types.append(UNUSED)
             if vocab.scores is not None:
                 vocab.scores.append(-10000.0 if vocab.model == "llama" else 0.0)
+    if vocab.model in ("llama", "t5") and tj is not None:
+        vocab.notes += _normalized_added(tj, files.get("tokenizer.json"))
     _specials(vocab, tj, tc, config, _json(files, "special_tokens_map.json") or {})
     _flags(vocab, tj, tc)
     _templates(vocab, files, tc)
@@ -242,6 +244,17 @@ def _added(tj: dict, path) -> list[dict]:
             raise FormatError("tokenizer.json: malformed added_tokens entry", path)
         out.append(a)
     return out
+
+
+def _normalized_added(tj: dict, path) -> list[str]:
+    """SentencePiece vocabularies: HF matches an added token with normalized=true in the normalized text (a space
+    before it becomes part of the match); llama.cpp finds every added token in the raw text."""
+    names = [a["content"] for a in _added(tj, path) if a.get("normalized") and not a.get("special")]
+    if not names:
+        return []
+    shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return [f"added tokens {shown} are normalized=true: HF matches them after SentencePiece's space handling, "
+            "llama.cpp in the raw text, so a space before one may tokenize differently"]
 
 
 def _looks_special(t: str) -> bool:
@@ -323,7 +336,7 @@ PHANTOM_SPACE = "\u2581"
 
 def _from_wordpiece_json(tj: dict, path: Path) -> Vocab:
     """BERT's WordPiece as llama.cpp's `bert` vocabulary: a word-initial piece gets the phantom space U+2581, a
-    continuation loses its `##`, special tokens stay as they are (llama.cpp matches `▁word` then the rest)."""
+    continuation loses its `##` (llama.cpp matches `▁word` then the rest); added tokens stay as they are."""
     model = tj["model"]
     vocab = model.get("vocab")
     if not isinstance(vocab, dict):
@@ -337,8 +350,8 @@ def _from_wordpiece_json(tj: dict, path: Path) -> Vocab:
     for a in added:
         tokens[a["id"]] = a["content"]
         types[a["id"]] = CONTROL if a.get("special") else USER_DEFINED
-    for i, t in enumerate(tokens):
-        if t is not None and types[i] != CONTROL:
+    for i, t in enumerate(tokens):      # added tokens stay as they are: llama.cpp finds them in the raw text
+        if t is not None and types[i] == NORMAL:
             tokens[i] = t[len(prefix):] if t.startswith(prefix) and len(t) > len(prefix) else PHANTOM_SPACE + t
     _fill(tokens, types)
     lowercase = strip = None
