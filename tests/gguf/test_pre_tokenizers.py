@@ -108,10 +108,10 @@ def test_every_name_loads_in_llama_cpp_with_its_defaults(tmp_path):
                     special_ids={"bos": 0, "eos": 0})     # no add_bos_token key: llama.cpp's default for the name
         path = vocab_gguf(tmp_path / f"{name}.gguf", v.metadata())
         llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
-        assert (llm.tokenize(b"ok", add_bos=True)[0] == 0) == P.PRE_TOKENIZERS[name].add_bos, name
+        cpp = llm.tokenize(b"ok", add_bos=True)
         llm.close()
-        assert from_gguf(open_gguf(path).metadata).tokenizer.encode("ok").ids[0] == 0 if P.PRE_TOKENIZERS[name].add_bos \
-            else 0 not in from_gguf(open_gguf(path).metadata).tokenizer.encode("ok").ids
+        assert (cpp[0] == 0) == P.PRE_TOKENIZERS[name].add_bos, name
+        assert from_gguf(open_gguf(path).metadata).tokenizer.encode("ok").ids == cpp, name
 
 
 def test_llama_cpp_hash_table_names_are_all_covered():
@@ -125,3 +125,27 @@ def test_not_byte_level_names_are_refused_for_hf_output(name):
             "tokenizer.ggml.merges": ["a b"]}
     with pytest.raises(UnsupportedError, match=f"'{name}' is not one llama.cpp runs as byte-level BPE"):
         from_gguf(meta)
+
+
+def test_convert_says_which_pre_tokenizer_it_matched(tmp_path, cli):
+    """A model whose retrained tokenizer is DeepSeek-V3 style: `convert` names 'deepseek-v3' and says how it knew;
+    one llama.cpp cannot match is refused in one line naming the nearest."""
+    from tokenizers import Regex
+    from tokenizers import pre_tokenizers as pt
+
+    from tests.factory import make_model
+
+    folder = make_model(tmp_path / "m", "llama", "gpt2", hidden=32, ffn=64, layers=1, heads=2, kv_heads=2)
+    train_bpe(P.build("deepseek-v3", as_llama_cpp=False), vocab_size=400).save(str(folder / "tokenizer.json"))
+    result = cli("convert", folder, tmp_path / "m.gguf", "--json")
+    assert result.code == 0, result.stderr
+    tok = json.loads(result.stdout)["details"]["tokenizer"]
+    assert (tok["model"], tok["pre_tokenizer"], tok["found_by"]) == ("gpt2", "deepseek-v3", "structure")
+    assert "splits text like llama.cpp's 'deepseek-v3' (DeepSeek V3)" in tok["how"]
+    assert "pre-tokenizer 'deepseek-v3'" in cli("convert", folder, tmp_path / "m.gguf", "--force", "-q").stdout
+    odd = pt.Sequence([pt.Split(Regex(r"\p{L}+|\s+"), behavior="isolated"), pt.ByteLevel(add_prefix_space=False,
+                                                                                          use_regex=False)])
+    train_bpe(odd, vocab_size=300).save(str(folder / "tokenizer.json"))
+    from tests.conftest import assert_one_line_error
+
+    assert_one_line_error(cli("convert", folder, tmp_path / "odd.gguf"), "tokenizer.json", "nearest is")

@@ -73,6 +73,11 @@ class Vocab:
     charsmap: bytes | None = None                # Unigram: SentencePiece's precompiled normalization map
     notes: list[str] = field(default_factory=list)   # where llama.cpp will not tokenize exactly like HF, and why
 
+    def summary(self) -> dict[str, Any]:
+        """What the conversion tells the user (convert prints it, --json carries it as details.tokenizer)."""
+        return {"model": self.model, "pre_tokenizer": self.pre, "found_by": self.pre_source, "how": self.pre_match,
+                "tokens": len(self.tokens), "notes": list(self.notes)}
+
     def token_text(self, i: int) -> str:
         return self.tokens[i]
 
