@@ -157,3 +157,26 @@ def test_normalized_added_tokens_in_sentencepiece_are_reported(tmp_path, style):
     for text, same in (("x<tool_call>y", style == "unigram"), ("Call <tool_call> now", False)):
         assert (llm.tokenize(text.encode(), add_bos=True, special=True) == hf(text)["input_ids"]) == same, text
     llm.close()
+
+
+def test_gemma4_gguf_to_hf(tmp_path):
+    """A GGUF with llama.cpp's `gemma4` vocabulary (BPE on raw UTF-8, U+2581 for spaces, as llama.cpp's converter
+    writes Gemma 4): the rebuilt tokenizer gives llama.cpp's ids, and the same as the original where the original
+    does not merge across a newline (llama.cpp splits newline runs off first)."""
+    tok = F.train_tokenizer("gemma")
+    tj = json.loads(tok.to_str())
+    vocab = tj["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    types = [T.CONTROL if t in ("<unk>", "<s>", "</s>") else T.BYTE if t.startswith("<0x") else T.NORMAL for t in tokens]
+    merges = [" ".join(m) for m in tj["model"]["merges"]]
+    v = T.Vocab("gemma4", "gemma4", tokens, types, [0.0] * len(tokens), merges, special_ids={"bos": 1, "eos": 2, "unknown": 0},
+                add_bos=True, add_eos=False, add_space_prefix=False)
+    path = vocab_gguf(tmp_path / "g.gguf", v.metadata())
+    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    rebuilt = from_gguf(open_gguf(path).metadata).tokenizer
+    for text in TEXTS + [MARKS]:
+        cpp = llm.tokenize(text.encode(), add_bos=True, special=False)
+        assert rebuilt.encode(text).ids == cpp, text
+        if "\n" not in text:
+            assert tok.encode(text).ids == cpp, text
+    llm.close()

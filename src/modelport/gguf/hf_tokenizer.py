@@ -72,9 +72,9 @@ def from_gguf(meta: dict, path=None) -> HFTokenizer:
     tokens = _array(meta, "tokenizer.ggml.tokens")
     if kind is None or tokens is None:
         raise UnsupportedError("the GGUF has no tokenizer (tokenizer.ggml.model / tokens)", path)
-    if kind not in ("gpt2", "llama", "bert", "t5"):
+    if kind not in ("gpt2", "llama", "bert", "t5", "gemma4"):
         raise UnsupportedError(f"tokenizer model {kind!r} is not supported for Hugging Face output (supported: gpt2 "
-                               "byte-level BPE, llama SentencePiece, bert WordPiece, t5 Unigram)", path)
+                               "byte-level BPE, llama SentencePiece, bert WordPiece, t5 Unigram, gemma4)", path)
     n = len(tokens)
     types = _array(meta, "tokenizer.ggml.token_type") or [NORMAL] * n
     if len(types) < n:
@@ -90,7 +90,7 @@ def from_gguf(meta: dict, path=None) -> HFTokenizer:
     ids = {k: _special_id(meta, k, n) for k in ("bos", "eos", "unknown", "padding", "seperator")}
     ids = {k: v for k, v in ids.items() if v is not None}
     unk = ids.get("unknown")
-    if unk is None and kind in ("llama", "t5"):
+    if unk is None and kind in ("llama", "t5", "gemma4"):
         unk = next((i for i, ty in enumerate(types[:n]) if ty == UNKNOWN), None)
 
     pre = meta.get("tokenizer.ggml.pre")
@@ -99,17 +99,18 @@ def from_gguf(meta: dict, path=None) -> HFTokenizer:
         if spec is None:
             raise UnsupportedError(f"pre-tokenizer {pre!r} is not one llama.cpp runs as byte-level BPE; known: "
                                    f"{', '.join(sorted(pre_tokenizers.PRE_TOKENIZERS))}", path)
-        merges = []
-        for m in _array(meta, "tokenizer.ggml.merges") or []:
-            pos = m.find(" ", 1) if isinstance(m, str) else -1    # llama.cpp splits at the first space after char 0
-            if pos < 0:
-                raise FormatError(f"tokenizer: malformed merge {m!r}", path)
-            merges.append((m[:pos], m[pos + 1:]))
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=spec.ignore_merges, fuse_unk=False,
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=_merges(meta, path), ignore_merges=spec.ignore_merges, fuse_unk=False,
                                    byte_fallback=False))
         tok.pre_tokenizer = pre_tokenizers.build(pre or "default")
         tok.decoder = decoders.ByteLevel()
         default_bos = spec.add_bos
+    elif kind == "gemma4":      # BPE on raw UTF-8 with U+2581 for spaces; llama.cpp splits newline runs first
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=_merges(meta, path), byte_fallback=True, fuse_unk=False,
+                                   unk_token=tokens[unk] if unk is not None else None))
+        tok.normalizer = normalizers.Replace(" ", PHANTOM_SPACE)
+        tok.pre_tokenizer = pre_tokenizers.from_regexes(("[^\n]+|[\n]+",), byte_level=False)
+        tok.decoder = decoders.Sequence([decoders.Replace(PHANTOM_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
+        default_bos = True
     elif kind == "bert":
         tok = _wordpiece(meta, vocab, types, tokens[unk] if unk is not None else None)
         default_bos = True
@@ -171,6 +172,16 @@ def from_gguf(meta: dict, path=None) -> HFTokenizer:
         config["chat_template"] = template
     out_ids = {"bos": ids.get("bos"), "eos": ids.get("eos"), "pad": ids.get("padding"), "unk": unk}
     return HFTokenizer(tok, config, {k: v for k, v in out_ids.items() if v is not None})
+
+
+def _merges(meta: dict, path) -> list[tuple[str, str]]:
+    merges = []
+    for m in _array(meta, "tokenizer.ggml.merges") or []:
+        pos = m.find(" ", 1) if isinstance(m, str) else -1    # llama.cpp splits at the first space after char 0
+        if pos < 0:
+            raise FormatError(f"tokenizer: malformed merge {m!r}", path)
+        merges.append((m[:pos], m[pos + 1:]))
+    return merges
 
 
 def _wordpiece(meta: dict, vocab: dict[str, int], types: list, unk: str | None):

@@ -167,15 +167,15 @@ def build(name: str, as_llama_cpp: bool = True):
     return from_regexes(spec.runs if as_llama_cpp else spec.splits)
 
 
-def from_regexes(splits: tuple[str, ...]):
-    """A chain of isolated splits and byte-level encoding (GPT-2's own ByteLevel form for its single regex)."""
+def from_regexes(splits: tuple[str, ...], byte_level: bool = True):
+    """A chain of isolated splits, then byte-level encoding (GPT-2's own ByteLevel form for its single regex)."""
     from tokenizers import Regex
     from tokenizers import pre_tokenizers as pt
 
-    if splits == (GPT2,):   # GPT-2's own form (its regex, plus a last `\s+` that never changes a split)
+    if splits == (GPT2,) and byte_level:   # GPT-2's own form (its regex, plus a last `\s+` that never changes a split)
         return pt.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
     return pt.Sequence([pt.Split(Regex(r), behavior="isolated", invert=False) for r in splits]
-                       + [pt.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+                       + ([pt.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)] if byte_level else []))
 
 
 def pieces(pre_tokenizer, text: str = PROBE) -> list[str]:
