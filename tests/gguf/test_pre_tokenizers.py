@@ -127,6 +127,7 @@ def test_not_byte_level_names_are_refused_for_hf_output(name):
         from_gguf(meta)
 
 
+@pytest.mark.slow
 def test_convert_says_which_pre_tokenizer_it_matched(tmp_path, cli):
     """A model whose retrained tokenizer is DeepSeek-V3 style: `convert` names 'deepseek-v3' and says how it knew;
     one llama.cpp cannot match is refused in one line naming the nearest."""

@@ -15,7 +15,8 @@ llama.cpp sets for the name. Whether llama.cpp then tokenizes like the rebuilt/o
 tests/gguf/test_pre_tokenizers.py checks name by name, with llama.cpp itself as the oracle.
 
 Names llama.cpp runs without byte-level encoding (gemma4 / granite-embed-multi-311m / sarvam-moe:
-SentencePiece-style BPE; whitespace: jina-v2-zh) are not here: they are not byte-level BPE.
+SentencePiece-style BPE; whitespace: jina-v2-zh) are not here (`NOT_BYTE_LEVEL`); llama.cpp's `gemma4`
+vocabulary model is rebuilt by hf_tokenizer on its own.
 """
 
 from __future__ import annotations

@@ -483,17 +483,28 @@ def _from_sentencepiece(model_path: Path, tj: dict | None) -> Vocab:
 
 # --- pre-tokenizer ------------------------------------------------------------------------------
 
-def chkhsh(tokenizer_json: Path) -> str | None:
-    """llama.cpp's identifier of a BPE tokenizer: sha256 of str(ids) for CHKTXT (None without `tokenizers`)."""
+def chkhsh(tokenizer_json: Path | Any) -> str | None:
+    """llama.cpp's identifier of a BPE tokenizer: sha256 of str(ids) for CHKTXT (None without `tokenizers`).
+    Takes the tokenizer.json path or an already loaded `tokenizers.Tokenizer`."""
+    if isinstance(tokenizer_json, Path):
+        tokenizer_json = _load(tokenizer_json)
+    if tokenizer_json is None:
+        return None
+    ids = tokenizer_json.encode(CHKTXT).ids
+    return hashlib.sha256(str(list(ids)).encode()).hexdigest()
+
+
+def _load(source: Path | dict):
+    """A `tokenizers.Tokenizer` from tokenizer.json (a path, or its parsed dict); None without `tokenizers` or when
+    it cannot load it (then the structure is judged from the JSON alone)."""
     try:
         from tokenizers import Tokenizer
     except ImportError:
         return None
     try:
-        ids = Tokenizer.from_file(str(tokenizer_json)).encode(CHKTXT).ids
-    except Exception:  # noqa: BLE001 - a tokenizer.json `tokenizers` cannot load: judge by its structure instead
+        return Tokenizer.from_file(str(source)) if isinstance(source, Path) else Tokenizer.from_str(json.dumps(source))
+    except Exception:  # noqa: BLE001 - tokenizers' own parse error: the caller says what is missing
         return None
-    return hashlib.sha256(str(list(ids)).encode()).hexdigest()
 
 
 def pre_tokenizer(tj: dict, path: Path | None) -> tuple[str, str, str]:
@@ -501,23 +512,16 @@ def pre_tokenizer(tj: dict, path: Path | None) -> tuple[str, str, str]:
 
     llama.cpp's hash table first; then by behaviour: the name whose pre-tokenizer splits a probe text exactly like
     this one (pre_tokenizers.match). Refused, naming the nearest known one, when none does."""
-    if path is not None:
-        h = chkhsh(path)
-        if h is not None and h in KNOWN_PRE_HASHES:
-            name = KNOWN_PRE_HASHES[h]
-            return name, "hash", f"its check-text hash is llama.cpp's '{name}'"
+    tok = _load(path if path is not None else tj)
+    h = chkhsh(tok) if tok is not None else None
+    if h is not None and h in KNOWN_PRE_HASHES:
+        name = KNOWN_PRE_HASHES[h]
+        return name, "hash", f"its check-text hash is llama.cpp's '{name}'"
     if any(s.get("type") == "ByteLevel" and s.get("add_prefix_space") for s in _steps(tj.get("pre_tokenizer"))):
         raise UnsupportedError("byte-level pre-tokenizer with add_prefix_space=true has no llama.cpp equivalent", path)
-    try:
-        from tokenizers import Tokenizer
-    except ImportError as e:
-        raise UnsupportedError("this tokenizer is not in llama.cpp's hash table; naming its pre-tokenizer needs the "
-                               "`tokenizers` package", path) from e
-    try:
-        tok = Tokenizer.from_str(json.dumps(tj))
-    except Exception as e:  # noqa: BLE001 - tokenizers' own parse error, said in one line
-        raise FormatError(f"tokenizer.json cannot be loaded: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                          path) from e
+    if tok is None:
+        raise UnsupportedError("this tokenizer is not in llama.cpp's hash table, and naming its pre-tokenizer needs "
+                               "the `tokenizers` package to load tokenizer.json", path)
     if tok.pre_tokenizer is None:
         raise UnsupportedError("byte-level BPE without a pre-tokenizer has no llama.cpp equivalent", path)
     found = pre_tokenizers.match(tok.pre_tokenizer, bool((tj.get("model") or {}).get("ignore_merges")))
