@@ -197,7 +197,7 @@ def _wordpiece(meta: dict, vocab: dict[str, int], types: list, unk: str | None):
             pieces[t[1:]] = i
         else:
             pieces["##" + t] = i
-    lowercase = bool(meta.get("tokenizer.ggml.normalizer.lowercase", False))
+    lowercase = bool(meta.get("tokenizer.ggml.normalizer.lowercase", True))     # llama.cpp's defaults
     strip = bool(meta.get("tokenizer.ggml.normalizer.strip_accents", lowercase))
     tok = Tokenizer(models.WordPiece(pieces, unk_token=unk or "[UNK]", max_input_chars_per_word=100))
     bert = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=lowercase)
