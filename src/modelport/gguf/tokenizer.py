@@ -202,6 +202,8 @@ def load_vocab(files: dict[str, Path], config: dict | None, n_rows: int | None, 
     _flags(vocab, tj, tc)
     _templates(vocab, files, tc)
     vocab.validate(n_rows, path)
+    if vocab.model == "gpt2":
+        vocab.pre, vocab.pre_source, vocab.pre_match = pre_tokenizer(tj, files.get("tokenizer.json"))
     return vocab
 
 
@@ -298,8 +300,7 @@ def _from_bpe_json(tj: dict, path: Path) -> Vocab:
             merges.append(" ".join(p.replace(" ", "\u0120") for p in m))
         else:
             raise FormatError("tokenizer.json: malformed merge entry", path)
-    pre, how, said = pre_tokenizer(tj, path)
-    return Vocab("gpt2", pre, tokens, types, None, merges, pre_source=how, pre_match=said)
+    return Vocab("gpt2", "", tokens, types, None, merges)     # `pre` is named once the vocabulary is valid
 
 
 def _from_spm_json(tj: dict) -> Vocab:
@@ -495,16 +496,17 @@ def chkhsh(tokenizer_json: Path | Any) -> str | None:
 
 
 def _load(source: Path | dict):
-    """A `tokenizers.Tokenizer` from tokenizer.json (a path, or its parsed dict); None without `tokenizers` or when
-    it cannot load it (then the structure is judged from the JSON alone)."""
+    """A `tokenizers.Tokenizer` from tokenizer.json (a path, or its parsed dict); None without `tokenizers`."""
     try:
         from tokenizers import Tokenizer
     except ImportError:
         return None
     try:
         return Tokenizer.from_file(str(source)) if isinstance(source, Path) else Tokenizer.from_str(json.dumps(source))
-    except Exception:  # noqa: BLE001 - tokenizers' own parse error: the caller says what is missing
-        return None
+    except Exception as e:  # noqa: BLE001 - tokenizers' own parse error, said in one line
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FormatError(f"tokenizer.json cannot be loaded by `tokenizers`: {first}",
+                          source if isinstance(source, Path) else None) from e
 
 
 def pre_tokenizer(tj: dict, path: Path | None) -> tuple[str, str, str]:
