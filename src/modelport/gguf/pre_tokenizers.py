@@ -197,7 +197,7 @@ def match(pre_tokenizer, ignore_merges: bool) -> Match:
     same_splits: list[str] = []
     nearest: tuple[int, str, str] | None = None
     for name in REPRESENTATIVES:
-        for form in {PRE_TOKENIZERS[name].splits, PRE_TOKENIZERS[name].runs}:
+        for form in dict.fromkeys((PRE_TOKENIZERS[name].splits, PRE_TOKENIZERS[name].runs)):
             got = pieces(from_regexes(form))
             if got == want:
                 same_splits.append(name)

@@ -300,7 +300,12 @@ def _from_bpe_json(tj: dict, path: Path) -> Vocab:
             merges.append(" ".join(p.replace(" ", "\u0120") for p in m))
         else:
             raise FormatError("tokenizer.json: malformed merge entry", path)
-    return Vocab("gpt2", "", tokens, types, None, merges)     # `pre` is named once the vocabulary is valid
+    vocab = Vocab("gpt2", "", tokens, types, None, merges)     # `pre` is named once the vocabulary is valid
+    normalizing = [t for t in _step_types(tj.get("normalizer")) if t]
+    if normalizing:
+        vocab.notes.append(f"tokenizer.json normalizes text first ({', '.join(normalizing)}); llama.cpp's byte-level "
+                           "BPE does not, so text the normalizer changes may tokenize differently")
+    return vocab
 
 
 def _from_spm_json(tj: dict) -> Vocab:
