@@ -200,6 +200,32 @@ def _spm_tokenizer(vocab_size: int, prefix: bool = True):
     return tok
 
 
+def train_bpe(pre_tokenizer, *, ignore_merges: bool = False, vocab_size: int = 500,
+              specials: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")):
+    """A byte-level BPE `tokenizers.Tokenizer` trained on CORPUS with any pre-tokenizer (the per-family tests)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_corpus(20), trainer)
+    return tok
+
+
+def vocab_gguf(path: Path, tokenizer_metadata: dict) -> Path:
+    """A tensor-less llama GGUF carrying `tokenizer.*` metadata: what `Llama(path, vocab_only=True)` loads."""
+    from modelport.formats.gguf import write_gguf
+
+    meta = {"general.architecture": "llama", "llama.context_length": np.uint32(64),
+            "llama.embedding_length": np.uint32(32), "llama.block_count": np.uint32(1),
+            "llama.feed_forward_length": np.uint32(32), "llama.attention.head_count": np.uint32(2),
+            "llama.attention.layer_norm_rms_epsilon": np.float32(1e-5), **tokenizer_metadata}
+    write_gguf([], path, metadata=meta)
+    return path
+
+
 _TOKENIZER_SPECIALS = {
     "gpt2": dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>"),
     "qwen2": dict(bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"),
@@ -360,6 +386,31 @@ def chat_model(folder: Path, template: str | None = CHATML, seed: int = 0, **tok
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+def wordpiece_tokenizer(vocab_size: int = 300):
+    """BERT's tokenizer layout (lowercasing BertNormalizer, WordPiece, [CLS] text [SEP]) trained on CORPUS."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(_corpus(5), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS,
+                                                                  show_progress=False))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return tok
+
+
+def save_wordpiece(tok, folder: Path):
+    """The WordPiece tokenizer saved as transformers saves BERT's (tokenizer.json + tokenizer_config.json)."""
+    import transformers
+
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                                cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                                model_max_length=128).save_pretrained(folder)
+
+
 def bert_model(folder: Path, pooling: str | None = "mean", normalize: bool = True, seed: int = 0, hidden: int = 32,
                layers: int = 2) -> Path:
     """A random `BertModel` (hidden 32, 2 layers, 128 positions) with a trained WordPiece tokenizer; with `pooling`
@@ -367,21 +418,10 @@ def bert_model(folder: Path, pooling: str | None = "mean", normalize: bool = Tru
     sentence-transformers folder: modules.json, 1_Pooling/config.json and, with `normalize`, a Normalize module."""
     import torch
     import transformers
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     folder.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(_corpus(5), trainers.WordPieceTrainer(vocab_size=300, special_tokens=BERT_SPECIALS,
-                                                                  show_progress=False))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                         sep_token="[SEP]", mask_token="[MASK]", model_max_length=128
-                                         ).save_pretrained(folder)
+    tok = wordpiece_tokenizer()
+    save_wordpiece(tok, folder)
     config = transformers.BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
                                      num_attention_heads=4, intermediate_size=2 * hidden, max_position_embeddings=128)
     torch.manual_seed(seed)
@@ -398,3 +438,21 @@ def bert_model(folder: Path, pooling: str | None = "mean", normalize: bool = Tru
                     **{f"pooling_mode_{m}": m.removesuffix("_tokens").removesuffix("_token") == pooling for m in modes}}
         (folder / "1_Pooling" / "config.json").write_text(json.dumps(declared, indent=2))
     return folder
+
+
+def train_unigram(vocab_size: int = 400):
+    """A SentencePiece-style Unigram `tokenizers.Tokenizer` laid out like T5's tokenizer.json (Metaspace words,
+    SentencePiece's whitespace collapsing, `</s>` after the text), trained on CORPUS."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.Replace(Regex(r"\A +| +\z"), ""),
+                                           normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
+                                      show_progress=False)
+    tok.train_from_iterator(_corpus(20), trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    return tok

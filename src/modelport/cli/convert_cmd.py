@@ -51,8 +51,17 @@ def register(app: typer.Typer) -> None:
             err_console.print(f"tied tensors stored once: {', '.join(f'{a} → {b}' for a, b in result.aliases.items())}")
         if result.format == "onnx":
             print_onnx_details(result.details)
+        if "tokenizer" in result.details:
+            print_tokenizer_details(result.details["tokenizer"])
         elif result.verified:
             console.print(verified_line(result))
+
+
+def print_tokenizer_details(tok: dict) -> None:
+    """Which llama.cpp tokenizer the GGUF got and how it was chosen (a retrained vocabulary: by behaviour)."""
+    console.print(f"tokenizer: {tok['model']}, pre-tokenizer '{tok['pre_tokenizer']}' ({tok['how']})")
+    for note in tok.get("notes") or []:
+        err_console.print(f"[yellow]note:[/yellow] {note}")
 
 
 def print_onnx_details(details: dict) -> None:

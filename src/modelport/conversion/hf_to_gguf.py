@@ -69,7 +69,7 @@ def write_hf_as_gguf(source: ModelSource, dst: Path, *, quant: str | None = None
         files.append(str(mf))
     nbytes = sum(dtypes.DTYPES[p.type].nbytes(int(np.prod(p.shape))) for p in plan.tensors)
     return ConvertResult(str(source.path), str(dst), "gguf", files, len(plan.tensors), nbytes, verified=verify,
-                         errors=errors)
+                         errors=errors, details={"tokenizer": plan.vocab.summary()})
 
 
 class HfToGguf:

@@ -2,10 +2,10 @@
 
 The reverse of `tokenizer.py`, built with the `tokenizers` library's Python API so that the result is what
 `AutoTokenizer` loads with no network and tokenizes the way llama.cpp does:
-  * byte-level BPE (`gpt2`): `models.BPE` over the tokens and merges; the pre-tokenizer is chosen from
-    `tokenizer.ggml.pre` by llama.cpp's own grouping of names (llama-vocab.cpp): each group's regex list
-    becomes a chain of `Split(..., "isolated")` steps, as llama.cpp applies them one after another, and
-    `ignore_merges` follows the group (the Llama 3 names set it);
+  * byte-level BPE (`gpt2`): `models.BPE` over the tokens and merges; the pre-tokenizer is the one
+    `tokenizer.ggml.pre` names in `pre_tokenizers` (every name llama.cpp knows), its regex list a chain of
+    `Split(..., "isolated")` steps as llama.cpp applies them, `ignore_merges` and the BOS default as
+    llama.cpp sets them for the name;
   * SentencePiece (`llama`): `models.BPE` with byte fallback, as transformers' SentencePiece converter does.
     Its merges are every split of a vocabulary token into two vocabulary tokens, ranked by the token's score
     (highest first), so HF's rank-ordered merging follows llama.cpp's score-ordered merging; the space prefix
@@ -27,36 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import FormatError, UnsupportedError
-from .tokenizer import CONTROL, GPT2_REGEX, LLAMA3_REGEX, NORMAL, QWEN2_REGEX, UNKNOWN, UNUSED, USER_DEFINED
+from . import pre_tokenizers
+from .tokenizer import BYTE, CONTROL, NORMAL, PHANTOM_SPACE, UNKNOWN, UNUSED, USER_DEFINED
 
-# llama-vocab.cpp's "default" regex list (also used when tokenizer.ggml.pre is missing)
-_DEFAULT_REGEXES = (r"[\p{P}\$\+<=>\^~\|]+", GPT2_REGEX, r"\p{N}+", r"[0-9][0-9][0-9]")
-
-#: tokenizer.ggml.pre name -> pre-tokenizer group, as llama-vocab.cpp groups them.
-PRE_GROUPS: dict[str, str] = {
-    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
-                     "jina-v5-nano"), "llama3"),
-    **dict.fromkeys(("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0",
-                     "mellum", "modern-bert", "mpt", "olmo", "jais", "trillion", "granite-docling"), "gpt2"),
-    **dict.fromkeys(("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"), "smollm"),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "stablelm2", "hunyuan", "solar-open"), "qwen2"),
-    "default": "default",
-}
 _PAD = re.compile(r"\[PAD(\d+)\]")
-
-
-def _pre_tokenizer(group: str):
-    from tokenizers import Regex
-    from tokenizers import pre_tokenizers as pt
-
-    if group == "gpt2":
-        return pt.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
-    if group == "smollm":   # llama.cpp: "\p{N}" then the GPT-2 regex; SmolLM's tokenizer.json says it so
-        return pt.Sequence([pt.Digits(individual_digits=True),
-                            pt.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
-    regexes = {"llama3": (LLAMA3_REGEX,), "qwen2": (QWEN2_REGEX,), "default": _DEFAULT_REGEXES}[group]
-    return pt.Sequence([pt.Split(Regex(r), behavior="isolated", invert=False) for r in regexes]
-                       + [pt.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
 
 
 @dataclass
@@ -98,9 +72,9 @@ def from_gguf(meta: dict, path=None) -> HFTokenizer:
     tokens = _array(meta, "tokenizer.ggml.tokens")
     if kind is None or tokens is None:
         raise UnsupportedError("the GGUF has no tokenizer (tokenizer.ggml.model / tokens)", path)
-    if kind not in ("gpt2", "llama"):
-        raise UnsupportedError(f"tokenizer model {kind!r} is not supported for Hugging Face output "
-                               "(supported: gpt2 byte-level BPE, llama SentencePiece)", path)
+    if kind not in ("gpt2", "llama", "bert", "t5", "gemma4"):
+        raise UnsupportedError(f"tokenizer model {kind!r} is not supported for Hugging Face output (supported: gpt2 "
+                               "byte-level BPE, llama SentencePiece, bert WordPiece, t5 Unigram, gemma4)", path)
     n = len(tokens)
     types = _array(meta, "tokenizer.ggml.token_type") or [NORMAL] * n
     if len(types) < n:
@@ -116,26 +90,33 @@ def from_gguf(meta: dict, path=None) -> HFTokenizer:
     ids = {k: _special_id(meta, k, n) for k in ("bos", "eos", "unknown", "padding", "seperator")}
     ids = {k: v for k, v in ids.items() if v is not None}
     unk = ids.get("unknown")
-    if unk is None and kind == "llama":
+    if unk is None and kind in ("llama", "t5", "gemma4"):
         unk = next((i for i, ty in enumerate(types[:n]) if ty == UNKNOWN), None)
 
     pre = meta.get("tokenizer.ggml.pre")
     if kind == "gpt2":
-        group = PRE_GROUPS.get(pre or "default")
-        if group is None:
-            raise UnsupportedError(f"pre-tokenizer {pre!r} has no Hugging Face equivalent here; known: "
-                                   f"{', '.join(sorted(PRE_GROUPS))}", path)
-        merges = []
-        for m in _array(meta, "tokenizer.ggml.merges") or []:
-            pos = m.find(" ", 1) if isinstance(m, str) else -1    # llama.cpp splits at the first space after char 0
-            if pos < 0:
-                raise FormatError(f"tokenizer: malformed merge {m!r}", path)
-            merges.append((m[:pos], m[pos + 1:]))
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=group == "llama3", fuse_unk=False,
+        spec = pre_tokenizers.PRE_TOKENIZERS.get(pre or "default")
+        if spec is None:
+            raise UnsupportedError(f"pre-tokenizer {pre!r} is not one llama.cpp runs as byte-level BPE; known: "
+                                   f"{', '.join(sorted(pre_tokenizers.PRE_TOKENIZERS))}", path)
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=_merges(meta, path), ignore_merges=spec.ignore_merges, fuse_unk=False,
                                    byte_fallback=False))
-        tok.pre_tokenizer = _pre_tokenizer(group)
+        tok.pre_tokenizer = pre_tokenizers.build(pre or "default")
         tok.decoder = decoders.ByteLevel()
-        default_bos = group == "llama3"      # llama.cpp turns BOS on for the Llama 3 names
+        default_bos = spec.add_bos
+    elif kind == "gemma4":      # BPE on raw UTF-8 with U+2581 for spaces; llama.cpp splits newline runs first
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=_merges(meta, path), byte_fallback=True, fuse_unk=False,
+                                   unk_token=tokens[unk] if unk is not None else None))
+        tok.normalizer = normalizers.Replace(" ", PHANTOM_SPACE)
+        tok.pre_tokenizer = pre_tokenizers.from_regexes(("[^\n]+|[\n]+",), byte_level=False)
+        tok.decoder = decoders.Sequence([decoders.Replace(PHANTOM_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
+        default_bos = True
+    elif kind == "bert":
+        tok = _wordpiece(meta, vocab, types, tokens[unk] if unk is not None else None)
+        default_bos = True
+    elif kind == "t5":
+        tok = _unigram(meta, tokens, types, unk, path)
+        default_bos = False
     else:
         space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
         scores = _array(meta, "tokenizer.ggml.scores") or [0.0] * n
@@ -149,17 +130,19 @@ def from_gguf(meta: dict, path=None) -> HFTokenizer:
                                         + ([decoders.Strip(" ", 1, 0)] if space_prefix else []))
         default_bos = True
 
-    added = [AddedToken(t, special=types[i] in (CONTROL, UNKNOWN), normalized=False)
+    text_of = {i: t for t, i in tok.get_vocab(with_added_tokens=False).items()}    # the HF-side spelling (WordPiece)
+    added = [AddedToken(text_of.get(i, t), special=types[i] in (CONTROL, UNKNOWN), normalized=False)
              for t, i in vocab.items() if types[i] in (CONTROL, UNKNOWN, USER_DEFINED)]
     tok.add_tokens(added)       # ids are kept: every content is already in the vocabulary
 
     add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", default_bos)) and "bos" in ids
-    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and "eos" in ids
-    before = [tokens[ids["bos"]]] if add_bos else []
-    after = [tokens[ids["eos"]]] if add_eos else []
-    single = [*before, "$A", *after]
-    pair = [*single, *before, "$B", *after]
-    specials = {**({before[0]: ids["bos"]} if before else {}), **({after[0]: ids["eos"]} if after else {})}
+    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", kind == "t5")) and "eos" in ids
+    add_sep = bool(meta.get("tokenizer.ggml.add_sep_token", kind == "bert")) and "seperator" in ids
+    before = [ids["bos"]] if add_bos else []
+    after = ([ids["eos"]] if add_eos else []) + ([ids["seperator"]] if add_sep else [])
+    single = [*(tokens[i] for i in before), "$A", *(tokens[i] for i in after)]
+    pair = [*single, *(tokens[i] for i in before), "$B", *(tokens[i] for i in after)]
+    specials = {tokens[i]: i for i in before + after}
     steps = [processors.ByteLevel(trim_offsets=False)] if kind == "gpt2" else []
     if specials:
         steps.append(processors.TemplateProcessing(single=" ".join(single), pair=" ".join(pair),
@@ -189,6 +172,65 @@ def from_gguf(meta: dict, path=None) -> HFTokenizer:
         config["chat_template"] = template
     out_ids = {"bos": ids.get("bos"), "eos": ids.get("eos"), "pad": ids.get("padding"), "unk": unk}
     return HFTokenizer(tok, config, {k: v for k, v in out_ids.items() if v is not None})
+
+
+def _merges(meta: dict, path) -> list[tuple[str, str]]:
+    merges = []
+    for m in _array(meta, "tokenizer.ggml.merges") or []:
+        pos = m.find(" ", 1) if isinstance(m, str) else -1    # llama.cpp splits at the first space after char 0
+        if pos < 0:
+            raise FormatError(f"tokenizer: malformed merge {m!r}", path)
+        merges.append((m[:pos], m[pos + 1:]))
+    return merges
+
+
+def _wordpiece(meta: dict, vocab: dict[str, int], types: list, unk: str | None):
+    """llama.cpp's `bert` vocabulary back to WordPiece: `▁word` is a word start, any other piece a `##` continuation."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import pre_tokenizers as pt
+
+    pieces = {}
+    for t, i in vocab.items():
+        if types[i] in (CONTROL, UNKNOWN, USER_DEFINED):
+            pieces[t] = i
+        elif t.startswith(PHANTOM_SPACE) and len(t) > 1:
+            pieces[t[1:]] = i
+        else:
+            pieces["##" + t] = i
+    lowercase = bool(meta.get("tokenizer.ggml.normalizer.lowercase", True))     # llama.cpp's defaults
+    strip = bool(meta.get("tokenizer.ggml.normalizer.strip_accents", lowercase))
+    tok = Tokenizer(models.WordPiece(pieces, unk_token=unk or "[UNK]", max_input_chars_per_word=100))
+    bert = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=lowercase)
+    # llama.cpp strips every combining mark (BertNormalizer only the nonspacing ones): as llama.cpp does
+    tok.normalizer = normalizers.Sequence([bert, normalizers.NFD(), normalizers.Replace(Regex(r"\p{M}"), "")]) \
+        if strip else bert
+    tok.pre_tokenizer = pt.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+def _unigram(meta: dict, tokens: list, types: list, unk: int | None, path):
+    """llama.cpp's `t5` vocabulary back to a SentencePiece Unigram tokenizer.json (T5's layout)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import pre_tokenizers as pt
+
+    scores = _array(meta, "tokenizer.ggml.scores")
+    if scores is None or len(scores) < len(tokens):
+        raise FormatError("a t5 (Unigram) vocabulary needs tokenizer.ggml.scores for every token", path)
+    tok = Tokenizer(models.Unigram([(t, float(sc)) for t, sc in zip(tokens, scores)], unk_id=unk,
+                                   byte_fallback=BYTE in types))
+    steps = []
+    charsmap = _array(meta, "tokenizer.ggml.precompiled_charsmap")
+    if charsmap:
+        steps.append(normalizers.Precompiled(bytes(int(b) & 0xFF for b in charsmap)))
+    if bool(meta.get("tokenizer.ggml.remove_extra_whitespaces", False)):
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]   # spaces only
+    if steps:
+        tok.normalizer = normalizers.Sequence(steps)
+    prefix = "always" if bool(meta.get("tokenizer.ggml.add_space_prefix", True)) else "never"
+    tok.pre_tokenizer = pt.Metaspace(replacement=PHANTOM_SPACE, prepend_scheme=prefix, split=True)
+    tok.decoder = decoders.Metaspace(replacement=PHANTOM_SPACE, prepend_scheme=prefix, split=True)
+    return tok
 
 
 def _spm_merges(vocab: dict[str, int], scores: list[float], types: list[int]) -> list[tuple[str, str]]:

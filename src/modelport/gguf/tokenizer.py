@@ -10,9 +10,10 @@ Two tokenizer families, as llama.cpp runs them:
 
 `tokenizer.ggml.pre` picks llama.cpp's pre-tokenizer regex. Like llama.cpp's converter we hash the ids the
 tokenizer gives for a fixed check text and look the hash up in its table; unlike it, a tokenizer the table
-does not know (any retrained one) is not refused: the name is derived from the structure of tokenizer.json's
-pre_tokenizer (ByteLevel -> gpt-2, the Llama 3 split regex -> llama-bpe, Qwen2's -> qwen2, ...).
-Whether llama.cpp then tokenizes like HF is checked in the tests with `Llama(vocab_only=True)`.
+does not know (any retrained or fine-tuned one) is not refused: its pre-tokenizer is run on a probe text and
+named after the llama.cpp pre-tokenizer that splits it the same way (`pre_tokenizers.match`), and the result
+says which one it matched (`Vocab.pre_match`). Whether llama.cpp then tokenizes like HF is checked in the
+tests with `Llama(vocab_only=True)`, name by name.
 
 Why not gguf-py's `SpecialVocab`/`LlamaHfVocab`: they need transformers at conversion time, give every
 SentencePiece token from tokenizer.json the same score (-1000, which makes llama.cpp merge in the wrong
@@ -22,6 +23,7 @@ order), and do not validate; llama.cpp aborts the whole process on a duplicate t
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ import numpy as np
 from ..core import protobuf as pb
 from ..core.errors import FormatError, UnsupportedError
 from ..core.source import read_json
+from . import pre_tokenizers
 from .pre_tokenizer_hashes import KNOWN_PRE_HASHES
 
 # token types (llama_token_type)
@@ -39,14 +42,6 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 #: The check text llama.cpp's convert_hf_to_gguf encodes to identify a BPE pre-tokenizer (get_vocab_base_pre).
 CHKTXT = '\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на Български \'\'\'\'\'\'```````""""......!!!!!!?????? I\'ve been \'told he\'s there, \'RE you sure? \'M not sure I\'ll make it, \'D you like some tea? We\'Ve a\'lL'  # noqa: E501 - llama.cpp's check text, verbatim
-
-# Split regexes as they appear in tokenizer.json, for the structural fallback.
-LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-_SPLIT_NAMES = {LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2", GPT2_REGEX: "gpt-2"}
 
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -70,6 +65,18 @@ class Vocab:
     chat_template: str | None = None
     named_templates: dict[str, str] = field(default_factory=dict)
     pre_source: str = ""                         # "hash" or "structure": how `pre` was found
+    pre_match: str = ""                          # how, in words (convert prints it, --json carries it)
+    add_sep: bool | None = None                  # WordPiece: [SEP] after the text
+    lowercase: bool | None = None                # WordPiece: BertNormalizer's lowercase / strip_accents
+    strip_accents: bool | None = None
+    remove_extra_whitespaces: bool | None = None  # Unigram: SentencePiece's whitespace collapsing
+    charsmap: bytes | None = None                # Unigram: SentencePiece's precompiled normalization map
+    notes: list[str] = field(default_factory=list)   # where llama.cpp will not tokenize exactly like HF, and why
+
+    def summary(self) -> dict[str, Any]:
+        """What the conversion tells the user (convert prints it, --json carries it as details.tokenizer)."""
+        return {"model": self.model, "pre_tokenizer": self.pre, "found_by": self.pre_source, "how": self.pre_match,
+                "tokens": len(self.tokens), "notes": list(self.notes)}
 
     def token_text(self, i: int) -> str:
         return self.tokens[i]
@@ -126,6 +133,13 @@ class Vocab:
             meta["tokenizer.ggml.add_eos_token"] = bool(self.add_eos)
         if self.add_space_prefix is not None:
             meta["tokenizer.ggml.add_space_prefix"] = bool(self.add_space_prefix)
+        for key, flag in (("add_sep_token", self.add_sep), ("normalizer.lowercase", self.lowercase),
+                          ("normalizer.strip_accents", self.strip_accents),
+                          ("remove_extra_whitespaces", self.remove_extra_whitespaces)):
+            if flag is not None:
+                meta[f"tokenizer.ggml.{key}"] = bool(flag)
+        if self.charsmap:
+            meta["tokenizer.ggml.precompiled_charsmap"] = GGUFValue(list(self.charsmap), T.ARRAY, T.UINT8)
         if self.chat_template:
             meta["tokenizer.chat_template"] = self.chat_template
         for name, template in self.named_templates.items():
@@ -158,14 +172,20 @@ def load_vocab(files: dict[str, Path], config: dict | None, n_rows: int | None, 
     tc = _json(files, "tokenizer_config.json") or {}
     if not isinstance(tc, dict):
         raise FormatError("tokenizer_config.json is not an object", files.get("tokenizer_config.json"))
-    if "tokenizer.model" in files and (tj is None or _is_spm_json(tj) or tj.get("model", {}).get("type") == "Unigram"):
+    if "tokenizer.model" in files and (tj is None or _is_spm_json(tj)):
         vocab = _from_sentencepiece(files["tokenizer.model"], tj)
     elif tj is not None:
         model = tj.get("model") or {}
-        if model.get("type") != "BPE":
-            raise UnsupportedError(f"tokenizer model {model.get('type')!r} is not supported for GGUF "
-                                   "(supported: byte-level BPE and SentencePiece)", files.get("tokenizer.json"))
-        vocab = _from_spm_json(tj) if _is_spm_json(tj) else _from_bpe_json(tj, files["tokenizer.json"])
+        kind = model.get("type")
+        if kind == "WordPiece":
+            vocab = _from_wordpiece_json(tj, files["tokenizer.json"])
+        elif kind == "Unigram":
+            vocab = _from_unigram_json(tj, files["tokenizer.json"])
+        elif kind != "BPE":
+            raise UnsupportedError(f"tokenizer model {kind!r} is not supported for GGUF (supported: byte-level BPE, "
+                                   "SentencePiece, WordPiece, Unigram)", files.get("tokenizer.json"))
+        else:
+            vocab = _from_spm_json(tj) if _is_spm_json(tj) else _from_bpe_json(tj, files["tokenizer.json"])
     else:
         raise UnsupportedError("no tokenizer.json or tokenizer.model: GGUF needs the tokenizer", path)
 
@@ -176,10 +196,14 @@ def load_vocab(files: dict[str, Path], config: dict | None, n_rows: int | None, 
             vocab.types.append(UNUSED)
             if vocab.scores is not None:
                 vocab.scores.append(-10000.0 if vocab.model == "llama" else 0.0)
+    if vocab.model in ("llama", "t5") and tj is not None:
+        vocab.notes += _normalized_added(tj, files.get("tokenizer.json"))
     _specials(vocab, tj, tc, config, _json(files, "special_tokens_map.json") or {})
     _flags(vocab, tj, tc)
     _templates(vocab, files, tc)
     vocab.validate(n_rows, path)
+    if vocab.model == "gpt2":
+        vocab.pre, vocab.pre_source, vocab.pre_match = pre_tokenizer(tj, files.get("tokenizer.json"))
     return vocab
 
 
@@ -229,6 +253,17 @@ def _added(tj: dict, path) -> list[dict]:
     return out
 
 
+def _normalized_added(tj: dict, path) -> list[str]:
+    """SentencePiece vocabularies: HF matches an added token with normalized=true in the normalized text (a space
+    before it becomes part of the match); llama.cpp finds every added token in the raw text."""
+    names = [a["content"] for a in _added(tj, path) if a.get("normalized") and not a.get("special")]
+    if not names:
+        return []
+    shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return [f"added tokens {shown} are normalized=true: HF matches them after SentencePiece's space handling, "
+            "llama.cpp in the raw text, so a space before one may tokenize differently"]
+
+
 def _looks_special(t: str) -> bool:
     """llama.cpp's converter treats these added tokens as CONTROL even when not marked special."""
     return (t.startswith("<|") and t.endswith("|>")) or (t.startswith("<｜") and t.endswith("｜>")) \
@@ -265,8 +300,12 @@ def _from_bpe_json(tj: dict, path: Path) -> Vocab:
             merges.append(" ".join(p.replace(" ", "\u0120") for p in m))
         else:
             raise FormatError("tokenizer.json: malformed merge entry", path)
-    pre, how = pre_tokenizer(tj, path)
-    return Vocab("gpt2", pre, tokens, types, None, merges, pre_source=how)
+    vocab = Vocab("gpt2", "", tokens, types, None, merges)     # `pre` is named once the vocabulary is valid
+    normalizing = [t for t in _step_types(tj.get("normalizer")) if t]
+    if normalizing:
+        vocab.notes.append(f"tokenizer.json normalizes text first ({', '.join(normalizing)}); llama.cpp's byte-level "
+                           "BPE does not, so text the normalizer changes may tokenize differently")
+    return vocab
 
 
 def _from_spm_json(tj: dict) -> Vocab:
@@ -299,7 +338,88 @@ def _from_spm_json(tj: dict) -> Vocab:
         types[vocab[unk]] = UNKNOWN
     _fill(tokens, types)
     space_prefix = _spm_space_prefix(tj)
-    return Vocab("llama", "default", tokens, types, scores, None, add_space_prefix=space_prefix, pre_source="structure")
+    return Vocab("llama", "default", tokens, types, scores, None, add_space_prefix=space_prefix, pre_source="structure",
+                 pre_match="SentencePiece BPE: llama.cpp's 'llama' tokenizer")
+
+
+PHANTOM_SPACE = "\u2581"
+
+
+def _from_wordpiece_json(tj: dict, path: Path) -> Vocab:
+    """BERT's WordPiece as llama.cpp's `bert` vocabulary: a word-initial piece gets the phantom space U+2581, a
+    continuation loses its `##` (llama.cpp matches `▁word` then the rest); added tokens stay as they are."""
+    model = tj["model"]
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict):
+        raise FormatError("tokenizer.json: model.vocab is not an object", path)
+    prefix = model.get("continuing_subword_prefix") or "##"
+    added = _added(tj, path)
+    tokens = _ordered(vocab, [], "vocab", path)
+    top = max(len(tokens), max((a["id"] + 1 for a in added), default=0))
+    tokens += [None] * (top - len(tokens))
+    types = [NORMAL] * top
+    for a in added:
+        tokens[a["id"]] = a["content"]
+        types[a["id"]] = CONTROL if a.get("special") else USER_DEFINED
+    for i, t in enumerate(tokens):      # added tokens stay as they are: llama.cpp finds them in the raw text
+        if t is not None and types[i] == NORMAL:
+            tokens[i] = t[len(prefix):] if t.startswith(prefix) and len(t) > len(prefix) else PHANTOM_SPACE + t
+    _fill(tokens, types)
+    lowercase = strip = None
+    for step in _steps(tj.get("normalizer")):
+        if step.get("type") == "BertNormalizer":
+            lowercase = bool(step.get("lowercase", True))
+            strip = step.get("strip_accents")
+            strip = lowercase if strip is None else bool(strip)
+        elif step.get("type") == "Lowercase":
+            lowercase = True
+        elif step.get("type") == "StripAccents":
+            strip = True
+    return Vocab("bert", "default", tokens, types, pre_source="structure", lowercase=bool(lowercase),
+                 strip_accents=bool(lowercase if strip is None else strip),
+                 pre_match="WordPiece: llama.cpp's 'bert' tokenizer (words split on spaces and punctuation)")
+
+
+def _from_unigram_json(tj: dict, path: Path) -> Vocab:
+    """SentencePiece Unigram (T5, XLM-R, mT5) as llama.cpp's `t5` vocabulary: pieces with their log-probability
+    scores, the precompiled normalization map and the whitespace flags, as llama.cpp's Viterbi needs them."""
+    import base64
+
+    model = tj["model"]
+    pieces = model.get("vocab")
+    if not isinstance(pieces, list) or not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+                                               and isinstance(p[1], (int, float)) for p in pieces):
+        raise FormatError("tokenizer.json: Unigram vocab is not a list of [piece, score]", path)
+    tokens: list[str | None] = [p[0] for p in pieces]
+    scores = [float(p[1]) for p in pieces]
+    types = [BYTE if model.get("byte_fallback") and _BYTE_TOKEN.fullmatch(t) else NORMAL for t in tokens]
+    unk = model.get("unk_id")
+    if isinstance(unk, int) and 0 <= unk < len(tokens):
+        types[unk] = UNKNOWN
+    for a in _added(tj, path):
+        i = a["id"]
+        while len(tokens) <= i:
+            tokens.append(None)
+            scores.append(0.0)
+            types.append(UNUSED)
+        if tokens[i] == a["content"] and types[i] == UNKNOWN:
+            continue
+        tokens[i] = a["content"]
+        types[i] = CONTROL if a.get("special") else USER_DEFINED
+    _fill(tokens, types)
+    charsmap = None
+    extra_spaces = False
+    for step in _steps(tj.get("normalizer")):
+        if step.get("type") == "Precompiled" and step.get("precompiled_charsmap"):
+            try:
+                charsmap = base64.b64decode(step["precompiled_charsmap"], validate=True)
+            except (ValueError, TypeError) as e:
+                raise FormatError("tokenizer.json: precompiled_charsmap is not base64", path) from e
+        elif step.get("type") == "Replace" and (step.get("pattern") or {}).get("Regex") == " {2,}":
+            extra_spaces = True
+    return Vocab("t5", "default", tokens, types, scores, None, add_space_prefix=_spm_space_prefix(tj),
+                 remove_extra_whitespaces=extra_spaces, charsmap=charsmap, pre_source="structure",
+                 pre_match="Unigram: llama.cpp's 't5' tokenizer (SentencePiece Viterbi)")
 
 
 def _spm_space_prefix(tj: dict) -> bool:
@@ -317,7 +437,8 @@ def _from_sentencepiece(model_path: Path, tj: dict | None) -> Vocab:
     if len(data) > 512 * 1024 * 1024:
         raise FormatError("tokenizer.model is too large", model_path)
     tokens, scores, types = [], [], []
-    add_dummy_prefix = True
+    add_dummy_prefix = extra_spaces = True      # SentencePiece's defaults
+    unigram, charsmap = True, b""
     for fnum, wire, a, b in pb.fields(data, 0, len(data), model_path):
         if fnum == 1 and wire == pb.LEN:
             piece, score, ptype = None, 0.0, NORMAL
@@ -333,10 +454,18 @@ def _from_sentencepiece(model_path: Path, tj: dict | None) -> Vocab:
             tokens.append(piece)
             scores.append(score)
             types.append(ptype if ptype in (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE) else NORMAL)
-        elif fnum == 3 and wire == pb.LEN:   # normalizer_spec
+        elif fnum == 2 and wire == pb.LEN:   # trainer_spec: model_type 1 is Unigram, 2 BPE
             for f2, w2, a2, _ in pb.fields(data, a, b, model_path):
                 if f2 == 3 and w2 == pb.VARINT:
+                    unigram = a2 == 1
+        elif fnum == 3 and wire == pb.LEN:   # normalizer_spec
+            for f2, w2, a2, b2 in pb.fields(data, a, b, model_path):
+                if f2 == 2 and w2 == pb.LEN:
+                    charsmap = bytes(data[a2:b2])
+                elif f2 == 3 and w2 == pb.VARINT:
                     add_dummy_prefix = bool(a2)
+                elif f2 == 4 and w2 == pb.VARINT:
+                    extra_spaces = bool(a2)
     if not tokens:
         raise FormatError("tokenizer.model has no pieces", model_path)
     for a in _added(tj or {}, model_path):
@@ -350,48 +479,62 @@ def _from_sentencepiece(model_path: Path, tj: dict | None) -> Vocab:
         tokens[i] = t
         scores[i] = -1000.0
         types[i] = CONTROL if a.get("special") else USER_DEFINED
+    if unigram:     # T5, mT5, XLM-R: llama.cpp's Viterbi tokenizer, not its score-ordered merging
+        return Vocab("t5", "default", tokens, types, scores, None, add_space_prefix=add_dummy_prefix,
+                     remove_extra_whitespaces=extra_spaces, charsmap=charsmap or None, pre_source="structure",
+                     pre_match="SentencePiece Unigram: llama.cpp's 't5' tokenizer")
     return Vocab("llama", "default", tokens, types, scores, None, add_space_prefix=add_dummy_prefix,
-                 pre_source="structure")
+                 pre_source="structure", pre_match="SentencePiece BPE: llama.cpp's 'llama' tokenizer")
 
 
 # --- pre-tokenizer ------------------------------------------------------------------------------
 
-def chkhsh(tokenizer_json: Path) -> str | None:
-    """llama.cpp's identifier of a BPE tokenizer: sha256 of str(ids) for CHKTXT (None without `tokenizers`)."""
+def chkhsh(tokenizer_json: Path | Any) -> str | None:
+    """llama.cpp's identifier of a BPE tokenizer: sha256 of str(ids) for CHKTXT (None without `tokenizers`).
+    Takes the tokenizer.json path or an already loaded `tokenizers.Tokenizer`."""
+    if isinstance(tokenizer_json, Path):
+        tokenizer_json = _load(tokenizer_json)
+    if tokenizer_json is None:
+        return None
+    ids = tokenizer_json.encode(CHKTXT).ids
+    return hashlib.sha256(str(list(ids)).encode()).hexdigest()
+
+
+def _load(source: Path | dict):
+    """A `tokenizers.Tokenizer` from tokenizer.json (a path, or its parsed dict); None without `tokenizers`."""
     try:
         from tokenizers import Tokenizer
     except ImportError:
         return None
     try:
-        ids = Tokenizer.from_file(str(tokenizer_json)).encode(CHKTXT).ids
-    except Exception:  # noqa: BLE001 - a tokenizer.json `tokenizers` cannot load: judge by its structure instead
-        return None
-    return hashlib.sha256(str(list(ids)).encode()).hexdigest()
+        return Tokenizer.from_file(str(source)) if isinstance(source, Path) else Tokenizer.from_str(json.dumps(source))
+    except Exception as e:  # noqa: BLE001 - tokenizers' own parse error, said in one line
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FormatError(f"tokenizer.json cannot be loaded by `tokenizers`: {first}",
+                          source if isinstance(source, Path) else None) from e
 
 
-def pre_tokenizer(tj: dict, path: Path | None) -> tuple[str, str]:
-    """(tokenizer.ggml.pre, "hash" | "structure") for a byte-level BPE tokenizer.json."""
-    if path is not None:
-        h = chkhsh(path)
-        if h is not None and h in KNOWN_PRE_HASHES:
-            return KNOWN_PRE_HASHES[h], "hash"
-    steps = _steps(tj.get("pre_tokenizer"))
-    kinds = [s.get("type") for s in steps]
-    splits = [s for s in steps if s.get("type") == "Split"]
-    bytelevel = [s for s in steps if s.get("type") == "ByteLevel"]
-    if any(b.get("add_prefix_space") for b in bytelevel):
+def pre_tokenizer(tj: dict, path: Path | None) -> tuple[str, str, str]:
+    """(tokenizer.ggml.pre, "hash" | "structure", how it was found in words) for a byte-level BPE tokenizer.json.
+
+    llama.cpp's hash table first; then by behaviour: the name whose pre-tokenizer splits a probe text exactly like
+    this one (pre_tokenizers.match). Refused, naming the nearest known one, when none does."""
+    tok = _load(path if path is not None else tj)
+    h = chkhsh(tok) if tok is not None else None
+    if h is not None and h in KNOWN_PRE_HASHES:
+        name = KNOWN_PRE_HASHES[h]
+        return name, "hash", f"its check-text hash is llama.cpp's '{name}'"
+    if any(s.get("type") == "ByteLevel" and s.get("add_prefix_space") for s in _steps(tj.get("pre_tokenizer"))):
         raise UnsupportedError("byte-level pre-tokenizer with add_prefix_space=true has no llama.cpp equivalent", path)
-    if kinds == ["ByteLevel"] and bytelevel[0].get("use_regex", True):
-        return "gpt-2", "structure"
-    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and bytelevel[0].get("use_regex", True):
-        return "smollm", "structure"
-    if len(splits) == 1 and kinds == ["Split", "ByteLevel"] and not bytelevel[0].get("use_regex", True):
-        pattern = (splits[0].get("pattern") or {}).get("Regex")
-        if pattern in _SPLIT_NAMES:
-            return _SPLIT_NAMES[pattern], "structure"
-    raise UnsupportedError(
-        f"pre-tokenizer {kinds or 'none'} is not in llama.cpp's table and has no known equivalent "
-        "(known structures: ByteLevel (gpt-2), Digits+ByteLevel (smollm), the Llama 3 and Qwen2 split regexes)", path)
+    if tok is None:
+        raise UnsupportedError("this tokenizer is not in llama.cpp's hash table, and naming its pre-tokenizer needs "
+                               "the `tokenizers` package to load tokenizer.json", path)
+    if tok.pre_tokenizer is None:
+        raise UnsupportedError("byte-level BPE without a pre-tokenizer has no llama.cpp equivalent", path)
+    found = pre_tokenizers.match(tok.pre_tokenizer, bool((tj.get("model") or {}).get("ignore_merges")))
+    if found.name is None:
+        raise UnsupportedError(f"pre-tokenizer is not in llama.cpp's table: it {found.how}", path)
+    return found.name, "structure", f"not in llama.cpp's hash table; it {found.how}"
 
 
 # --- special tokens, flags, chat template -------------------------------------------------------
@@ -409,11 +552,14 @@ def _specials(vocab: Vocab, tj, tc: dict, config: dict, stm: dict) -> None:
             cid = cid[0] if cid else None
         if isinstance(cid, int) and 0 <= cid < len(vocab.tokens):
             vocab.special_ids[key] = cid
+    cls = _content(tc.get("cls_token")) or _content(stm.get("cls_token"))
+    if "bos" not in vocab.special_ids and cls in index:      # BERT: [CLS] is what llama.cpp puts first
+        vocab.special_ids["bos"] = index[cls]
     if "unknown" not in vocab.special_ids and tj is not None:
         unk = (tj.get("model") or {}).get("unk_token")
         if isinstance(unk, str) and unk in index:
             vocab.special_ids["unknown"] = index[unk]
-    if vocab.model == "llama":
+    if vocab.model in ("llama", "t5"):
         for key, default in (("unknown", UNKNOWN), ):
             if key not in vocab.special_ids:
                 found = [i for i, t in enumerate(vocab.types) if t == default]
@@ -448,6 +594,8 @@ def _flags(vocab: Vocab, tj, tc: dict) -> None:
         vocab.add_bos = vocab.model == "llama"
     if vocab.add_eos is None:
         vocab.add_eos = False
+    if vocab.model == "bert":       # [CLS] text [SEP]: llama.cpp adds the [SEP] as add_sep, not as EOS
+        vocab.add_sep, vocab.add_eos = bool(vocab.add_eos) and "seperator" in vocab.special_ids, False
     if vocab.add_bos and "bos" not in vocab.special_ids:
         vocab.add_bos = False
 
