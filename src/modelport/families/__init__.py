@@ -11,7 +11,22 @@ import importlib
 import pkgutil
 
 from ..core.errors import UnsupportedError
-from .base import COMPUTED_TENSORS, Dims, Family, Transform, check_layers, permute_qk, unpermute_qk
+import numpy as np
+
+from .base import (
+    COMPUTED_TENSORS,
+    EXPERT_COUNT_KEYS,
+    EXPERT_KINDS,
+    EXPERT_USED_KEYS,
+    Dims,
+    Experts,
+    Family,
+    Transform,
+    check_layers,
+    first,
+    permute_qk,
+    unpermute_qk,
+)
 
 
 def _discover() -> tuple[type[Family], ...]:
@@ -53,11 +68,15 @@ def for_config(config: dict | None, path=None) -> Family:
                            f"{', '.join(supported())}", path)
 
 
-def for_gguf_arch(arch_name: str) -> type[Family]:
-    """The family for a GGUF `general.architecture` (the reverse direction)."""
-    for cls in REGISTRY:
-        if cls.name == arch_name:
-            return cls
+def for_gguf_arch(arch_name: str, meta: dict | None = None) -> type[Family]:
+    """The family for a GGUF `general.architecture` (the reverse direction). Where two families share an arch
+    (llama and Mixtral), the file's `<arch>.expert_count` picks the mixture-of-experts one."""
+    candidates = [cls for cls in REGISTRY if cls.name == arch_name]
+    if len(candidates) > 1 and meta is not None:
+        moe = bool(int(np.max(meta.get(f"{arch_name}.expert_count", 0) or 0)))
+        candidates = [cls for cls in candidates if issubclass(cls, Experts) == moe] or candidates
+    if candidates:
+        return candidates[0]
     raise UnsupportedError(f"GGUF architecture {arch_name!r} is not supported; supported: "
                            f"{', '.join(c.name for c in REGISTRY)}")
 
@@ -73,11 +92,13 @@ def find(config: dict | None) -> Family | None:
         pass
     model_type = config.get("model_type")
     gguf = not config.get("architectures")
-    for cls in REGISTRY:
+    moe = bool(first(config, *EXPERT_COUNT_KEYS, default=0))
+    for cls in sorted(REGISTRY, key=lambda c: issubclass(c, Experts) != moe):   # a GGUF's MoE variant first
         if model_type in cls.layout_model_types or (gguf and model_type == cls.name):
             return cls(config)
     return None
 
 
-__all__ = ["REGISTRY", "COMPUTED_TENSORS", "Dims", "Family", "Transform", "check_layers", "find", "for_config",
+__all__ = ["REGISTRY", "COMPUTED_TENSORS", "EXPERT_COUNT_KEYS", "EXPERT_KINDS", "EXPERT_USED_KEYS", "Dims", "Experts",
+           "Family", "Transform", "check_layers", "find", "for_config",
            "for_gguf_arch", "permute_qk", "supported", "unpermute_qk"]

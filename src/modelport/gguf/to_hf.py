@@ -34,7 +34,7 @@ def plan(source, dtype: dtypes.DType | None = None) -> tuple[dict[str, Any], lis
     arch_name = meta.get("general.architecture")
     if not isinstance(arch_name, str):
         raise FormatError("no general.architecture in the GGUF metadata", source.path)
-    family = families.for_gguf_arch(arch_name)
+    family = families.for_gguf_arch(arch_name, meta)
     tensors = source.tensors
     if "token_embd.weight" not in tensors:
         raise FormatError("no token_embd.weight in the GGUF", source.path)
