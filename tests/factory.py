@@ -43,6 +43,8 @@ FAMILIES = {
 
 #: The mixture-of-experts families `make_model` makes: 4 experts, 2 per token, expert FFN half the dense one.
 MOE_FIELDS = dict(num_experts_per_tok=2)
+#: The routers' parameter names (transformers' modules), scaled up by `make_model`.
+ROUTERS = ("mlp.gate.weight", "block_sparse_moe.gate.weight", "mlp.router.weight")
 
 
 def config(arch: str, **fields):
@@ -319,6 +321,8 @@ def make_model(folder: Path, arch: str, style: str, *, hidden: int = 256, layers
         for name, p in model.named_parameters():
             if p.ndim == 1 or name.endswith("_bias"):      # gpt-oss keeps its experts' biases as (experts, rows)
                 p.add_(torch.randn_like(p) * 0.1)
+            if name.endswith(ROUTERS):    # decisive routers: no near-tie where float rounding could pick another expert
+                p.mul_(10)
     if dtype is not None:
         model = model.to(dtype)
     return save_model(model, folder)

@@ -71,12 +71,14 @@ def hyper_from_config(config: dict | None) -> Hyper | None:
     tied = _get(config, "tie_word_embeddings")
     if tied is None:                                     # the model classes' defaults
         tied = family.tied_by_default if family else False
-    n_expert = int(_get(config, "num_local_experts", "num_experts", "n_routed_experts", default=0) or 0)
+    n_expert = int(_get(config, *families.EXPERT_COUNT_KEYS, default=0) or 0)
+    n_used = _get(config, *families.EXPERT_USED_KEYS, default=0) or 0
     n_ff = s.get("intermediate_size") or 4 * h
     return Hyper(arch=arch, n_layer=s["layers"], n_embd=h, n_head=n_head, n_head_kv=kv, head_dim=int(head_dim),
                  n_ff=n_ff if isinstance(n_ff, int) else max(n_ff), n_vocab=s["vocab_size"], tied=bool(tied),
                  n_ctx=s.get("context_length"), n_expert=n_expert,
-                 n_ff_expert=int(_get(config, "moe_intermediate_size", default=0) or 0) or (n_ff if n_expert else 0))
+                 n_ff_expert=int(_get(config, "moe_intermediate_size", default=0) or 0) or (n_ff if n_expert else 0),
+                 n_expert_used=int(max(n_used) if isinstance(n_used, list) else n_used) if n_expert else 0)
 
 
 def tensors_from_config(config: dict, outtype: str = "F16") -> dict[str, tuple[tuple[int, ...], str]]:
@@ -109,6 +111,12 @@ class ModelView:
     file_type: str | None = None               # a GGUF input's ftype
     original_names: dict[str, str] = field(default_factory=dict)   # GGUF name -> the checkpoint's name
     family: type[families.Family] | None = None  # the family that claims the model, where one does
+
+    def expert_tensors(self) -> list[str]:
+        """The tensors that hold one slice per expert along their first axis (llama.cpp's stacked experts)."""
+        n = self.hyper.n_expert if self.hyper else 0
+        return [name for name, (shape, _) in self.tensors.items()
+                if n and len(shape) >= 2 and shape[0] == n and name.split(".", 2)[-1] in families.EXPERT_KINDS]
 
     @property
     def parameter_count(self) -> int:

@@ -125,6 +125,15 @@ DECODER_TENSORS = (
 #: Q and K norms of families that normalize each head (Qwen3, Gemma 3) or the whole projection (OLMo 2).
 QK_NORM_TENSORS = (("model.layers.{bid}.self_attn.q_norm.weight", "blk.{bid}.attn_q_norm.weight"),
                    ("model.layers.{bid}.self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight"))
+#: Where configs keep the expert counts (Mixtral / gpt-oss, Qwen-MoE / OLMoE, DeepSeek), and the experts per token.
+EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+EXPERT_USED_KEYS = ("num_experts_per_tok", "num_experts_per_token", "top_k_experts")
+#: The GGUF kinds (name without `blk.N.`) of tensors that hold one slice per expert: what `estimate` counts as
+#: expert parameters (a token uses `expert_used_count` of the slices).
+EXPERT_KINDS = ("ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight", "ffn_gate_up_exps.weight",
+                "ffn_gate_exps.bias", "ffn_up_exps.bias", "ffn_down_exps.bias")
+
+
 #: Buffers transformers may save that carry nothing llama.cpp uses.
 ROTARY_BUFFERS = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"model\.rotary_emb\.inv_freq")
 
@@ -151,6 +160,7 @@ class Dims:
     n_ctx: int | None = None
     n_expert: int = 0
     n_ff_expert: int = 0
+    n_expert_used: int = 0
 
 
 class GGUFKeys:
@@ -429,13 +439,14 @@ class Family:
         c = self.config
         n_embd = int(first(c, "hidden_size", "n_embd"))
         n_ff = _count(first(c, "intermediate_size", "n_inner", default=4 * n_embd))
-        n_expert = int(first(c, "num_local_experts", "num_experts", "n_routed_experts", default=0) or 0)
+        n_expert = int(first(c, *EXPERT_COUNT_KEYS, default=0) or 0)
         tied = c.get("tie_word_embeddings")
         return Dims(n_layer=self.n_layer, n_embd=n_embd, n_head=self.n_head, n_head_kv=self.n_head_kv,
                     head_dim=self.head_dim(), n_ff=n_ff, n_vocab=int(first(c, "vocab_size", "n_vocab")),
                     tied=self.tied_by_default if tied is None else bool(tied),
                     n_ctx=first(c, "max_position_embeddings", "n_positions", "n_ctx"), n_expert=n_expert,
-                    n_ff_expert=int(first(c, "moe_intermediate_size", default=0) or 0) or (n_ff if n_expert else 0))
+                    n_ff_expert=int(first(c, "moe_intermediate_size", default=0) or 0) or (n_ff if n_expert else 0),
+                    n_expert_used=_count(first(c, *EXPERT_USED_KEYS, default=0)) if n_expert else 0)
 
     def has_tensor(self, kind: str) -> bool:
         """Whether a tensor of the family's table is in a model with this config (`kind`: GGUF name without
@@ -502,15 +513,6 @@ class Family:
 
 
 # --- mixture of experts -------------------------------------------------------------------------
-
-#: Where configs keep the expert counts (Mixtral / gpt-oss, Qwen-MoE / OLMoE, DeepSeek), and the experts per token.
-EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
-EXPERT_USED_KEYS = ("num_experts_per_tok", "num_experts_per_token", "top_k_experts")
-#: The GGUF kinds (name without `blk.N.`) of tensors that hold one slice per expert: what `estimate` counts as
-#: expert parameters (a token uses `expert_used_count` of the slices).
-EXPERT_KINDS = ("ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight", "ffn_gate_up_exps.weight",
-                "ffn_gate_exps.bias", "ffn_up_exps.bias", "ffn_down_exps.bias")
-
 
 def _expert_regex(template: str) -> re.Pattern:
     return re.compile(re.escape(template).replace(r"\{bid\}", r"(?P<bid>\d+)").replace(r"\{xid\}", r"(?P<xid>\d+)"))

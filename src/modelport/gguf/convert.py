@@ -58,8 +58,12 @@ class Planned:
     type: str = "F32"
 
 
+#: Tensors llama.cpp's converter keeps in F32 whatever the outtype (MoE routers: the expert choice is sensitive).
+_ALWAYS_F32 = ("position_embd.weight", "ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")
+
+
 def _float_type(name: str, shape, ftype: str) -> str:
-    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight") or name == "position_embd.weight":
+    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight") or name.endswith(_ALWAYS_F32):
         return "F32"
     return ftype
 
@@ -162,7 +166,8 @@ def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_fi
         if out_rows != n_rows:
             raise FormatError(f"output.weight has {out_rows} rows but the embedding has {n_rows}", source.path)
 
-    shape = mixes.ModelShape(n_layer=arch.n_layer, n_head=arch.n_head, n_head_kv=arch.n_head_kv, arch=arch.name)
+    shape = mixes.ModelShape(n_layer=arch.n_layer, n_head=arch.n_head, n_head_kv=arch.n_head_kv,
+                             n_expert=arch.dims().n_expert, arch=arch.name)
     assign_types(planned, ftype, shape)
     meta: dict[str, Any] = {"general.architecture": arch.name, "general.type": "model"}
     name = config.get("_name_or_path") or source.path.stem
