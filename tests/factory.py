@@ -289,11 +289,12 @@ def _family_fields(arch: str, *, hidden: int, layers: int, heads: int, kv_heads:
     if arch == "olmoe":         # llama.cpp's OLMoE has no grouped-query attention
         return dict(geometry, num_key_value_heads=heads, num_experts=4, max_position_embeddings=max_positions, rms_norm_eps=1e-5,
                     rope_theta=rope_theta, pad_token_id=eos, **MOE_FIELDS, **common)
-    if arch == "gpt_oss":       # sliding window on even layers (narrower than the test text), sinks, yarn RoPE
+    if arch == "gpt_oss":       # sliding window on even layers (narrower than the test text), sinks; plain RoPE:
+        # llama.cpp rounds the YaRN correction range, transformers' gpt-oss does not (truncate=False)
         return dict(geometry, head_dim=hidden // heads, num_local_experts=4, sliding_window=32,
                     layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
-                    max_position_embeddings=max_positions, rms_norm_eps=1e-5, pad_token_id=eos, **MOE_FIELDS,
-                    **common)
+                    max_position_embeddings=max_positions, rms_norm_eps=1e-5, pad_token_id=eos,
+                    rope_parameters={"rope_type": "default", "rope_theta": rope_theta}, **MOE_FIELDS, **common)
     raise ValueError(arch)
 
 

@@ -167,7 +167,7 @@ def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_fi
             raise FormatError(f"output.weight has {out_rows} rows but the embedding has {n_rows}", source.path)
 
     shape = mixes.ModelShape(n_layer=arch.n_layer, n_head=arch.n_head, n_head_kv=arch.n_head_kv,
-                             n_expert=arch.dims().n_expert, arch=arch.name)
+                             n_expert=getattr(arch, "n_expert", 0), arch=arch.name)
     assign_types(planned, ftype, shape)
     meta: dict[str, Any] = {"general.architecture": arch.name, "general.type": "model"}
     name = config.get("_name_or_path") or source.path.stem
