@@ -94,7 +94,7 @@ def nearest(config: dict) -> type[Family]:
 
     def similarity(cls: type[Family]) -> float:
         keys = [_stem(k) for k in cls.hf_architectures + cls.model_types + (cls.name,)]
-        return max((0.9 if len(k) >= 4 and n.startswith(k) else difflib.SequenceMatcher(None, n, k).ratio()
+        return max((0.9 + len(k) / 1000 if len(k) >= 4 and n.startswith(k) else difflib.SequenceMatcher(None, n, k).ratio()
                     for n in names for k in keys), default=0.0)
 
     same_kind = [cls for cls in REGISTRY if kind(cls) == (moe, shared)] or list(REGISTRY)
