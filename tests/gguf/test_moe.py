@@ -237,3 +237,68 @@ def test_inspect_families_lists_what_converts(cli):
     assert supported == set(families.supported())
     table = cli("inspect", "--families")
     assert table.code == 0 and "qwen3moe" in table.stdout and "Qwen3MoeForCausalLM" in table.stdout
+
+
+def _mxfp4_checkpoint(folder: Path, dst: Path) -> dict[str, np.ndarray]:
+    """gpt-oss as released: the float folder's experts replaced by MXFP4 blocks and scales (random codes, exponents
+    2^-8..2^-5), with the quantization_config transformers reads them with."""
+    dst.mkdir()
+    for f in folder.iterdir():
+        if f.is_file() and f.name != "model.safetensors":
+            (dst / f.name).write_bytes(f.read_bytes())
+    weights = safetensors_numpy.load_file(folder / "model.safetensors")
+    rng = np.random.default_rng(0)
+    for name in [n for n in weights if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        n_expert, n_in, n_out = weights.pop(name).shape             # HF float layout: (experts, in, out)
+        weights[f"{name}_blocks"] = rng.integers(0, 256, (n_expert, n_out, n_in // 32, 16), dtype=np.uint8)
+        weights[f"{name}_scales"] = rng.integers(119, 123, (n_expert, n_out, n_in // 32), dtype=np.uint8)
+    safetensors_numpy.save_file(weights, dst / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    (dst / "config.json").write_text(json.dumps(config))
+    return weights
+
+
+@pytest.mark.slow
+def test_gpt_oss_mxfp4_experts_are_kept_as_they_are_both_ways(moe, tmp_path, cli):
+    from transformers.integrations.mxfp4 import _convert_moe_packed_tensors
+
+    folder, _ = moe("gpt_oss")
+    mx = tmp_path / "mxfp4"
+    weights = _mxfp4_checkpoint(folder, mx)
+    f32, q4 = tmp_path / "f32.gguf", tmp_path / "q4.gguf"
+    convert(mx, f32, quant="F32")
+    convert(mx, q4, quant="Q4_K_M")
+    for path in (f32, q4):                 # MXFP4 whatever the output type, as llama.cpp's converter writes it
+        types = {t.name: t.dtype.name for t in read_header(path).tensors}
+        assert {types[f"blk.{i}.ffn_{k}_exps.weight"] for i in range(2) for k in ("gate", "up", "down")} == {"MXFP4"}
+    # the values: gguf-py's dequantization of our ggml blocks == transformers' dequantization of the checkpoint's
+    with open_gguf(f32) as g:
+        for i in range(2):
+            def hf(proj, i=i):
+                return _convert_moe_packed_tensors(torch.tensor(weights[f"model.layers.{i}.mlp.experts.{proj}_blocks"]),
+                                                   torch.tensor(weights[f"model.layers.{i}.mlp.experts.{proj}_scales"]),
+                                                   dtype=torch.float32).numpy()     # (experts, in, out)
+            gate_up = hf("gate_up_proj")
+            assert np.array_equal(g.tensors[f"blk.{i}.ffn_gate_exps.weight"].read(), np.swapaxes(gate_up[..., 0::2], 1, 2))
+            assert np.array_equal(g.tensors[f"blk.{i}.ffn_up_exps.weight"].read(), np.swapaxes(gate_up[..., 1::2], 1, 2))
+            assert np.array_equal(g.tensors[f"blk.{i}.ffn_down_exps.weight"].read(), np.swapaxes(hf("down_proj"), 1, 2))
+    # llama.cpp runs it (its MXFP4 kernels quantize activations to Q8_0: within 5 %, not the 0.2 % of F32 weights)
+    ids = transformers.AutoTokenizer.from_pretrained(mx).encode(TEST_TEXT)[:64]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = _hf_logits(mx, ids)                                    # transformers dequantizes MXFP4 on CPU
+    got = _gguf_logits(f32, ids)
+    assert _rel_rms(got, ref) < 5e-2 and (got.argmax(-1) == ref.argmax(-1)).mean() > 0.9
+    # estimate knows they stay MXFP4; the way back gives the checkpoint's bytes and its quantization_config
+    sizes = estimate(mx)["weights"]
+    assert sizes["F32"]["bytes"] == f32.stat().st_size and sizes["Q4_K_M"]["bytes"] == q4.stat().st_size
+    back = tmp_path / "back"
+    res = cli("convert", f32, back, "--to", "hf", "-q")
+    assert res.code == 0, res.stderr
+    again = safetensors_numpy.load_file(back / "model.safetensors")
+    assert set(again) == set(weights)
+    for n in weights:
+        assert np.array_equal(weights[n].view(np.uint8), again[n].view(np.uint8)), n
+    assert json.loads((back / "config.json").read_text())["quantization_config"]["quant_method"] == "mxfp4"

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..core.dtypes import DTYPES
 from ..core.errors import UnsupportedError
+from ..gguf.convert import KEPT_AS_IS
 from ..gguf.mixes import BASE_TYPE, ModelShape, choose_types
 from .model import Hyper, ModelView, kv_bytes, tensor_infos_bytes
 
@@ -66,7 +67,10 @@ def header_bytes(view: ModelView, quantized: bool = False) -> int:
 def gguf_types(view: ModelView, ftype: str) -> dict[str, str]:
     """The type each tensor gets in a `ftype` GGUF (llama-quantize's rules, `modelport.gguf.mixes`)."""
     # For F32/F16/BF16 this is also what the converter writes: 1-D tensors and norms F32, other matrices the outtype.
-    return choose_types(view.tensors, ftype, _model_shape(view))
+    chosen = choose_types(view.tensors, ftype, _model_shape(view))
+    if view.kind != "gguf":     # the converter copies these as they are (gpt-oss's MXFP4 experts)
+        chosen.update({name: qtype for name, (_, qtype) in view.tensors.items() if qtype in KEPT_AS_IS})
+    return chosen
 
 
 def weight_sizes(view: ModelView, rows=ROWS) -> dict[str, dict[str, Any]]:

@@ -20,7 +20,7 @@ from ..core.source import ModelSource, read_json
 from ..families import Dims
 from ..formats.gguf import encode_metadata_value
 from ..formats.registry import weight_files
-from ..gguf.convert import plan_hf
+from ..gguf.convert import KEPT_AS_IS, plan_hf
 from ..gguf.mixes import allows_quantization
 from ..inspection import config_summary
 from ..opening import open as open_model
@@ -145,7 +145,7 @@ def _name_map(hp: Hyper | None, source: ModelSource):
 
 def _current_type(name: str, shape, source_dtype) -> str:
     """The type a tensor has in the converter's float GGUF: F32 for what llama-quantize never quantizes."""
-    if not (source_dtype.is_float or source_dtype.is_quantized):
+    if not (source_dtype.is_float or source_dtype.is_quantized) or source_dtype.name in KEPT_AS_IS:
         return source_dtype.name
     if not allows_quantization(name, shape):
         return "F32"

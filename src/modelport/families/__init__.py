@@ -11,9 +11,9 @@ import difflib
 import importlib
 import pkgutil
 
-from ..core.errors import UnsupportedError
 import numpy as np
 
+from ..core.errors import UnsupportedError
 from .base import (
     COMPUTED_TENSORS,
     EXPERT_COUNT_KEYS,
