@@ -41,7 +41,7 @@ FAMILIES = {
     "gpt_oss": ("GptOssConfig", "GptOssForCausalLM"),
 }
 
-#: The mixture-of-experts families `make_model` makes: 4 experts, 2 per token, expert FFN half the dense one.
+#: The mixture-of-experts families `make_model` makes: 4 experts, 2 per token (the Qwen ones: expert FFN half the dense).
 MOE_FIELDS = dict(num_experts_per_tok=2)
 #: The routers' parameter names (transformers' modules), scaled up by `make_model`.
 ROUTERS = ("mlp.gate.weight", "block_sparse_moe.gate.weight", "mlp.router.weight")
