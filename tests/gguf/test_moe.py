@@ -146,6 +146,18 @@ def test_estimate_equals_the_file_size_and_counts_active_parameters(moe, tmp_pat
     assert estimate(bare)["weights"]["Q4_K_M"]["tensor_bytes"] == report["weights"]["Q4_K_M"]["tensor_bytes"]
 
 
+@pytest.mark.parametrize("name", list(MOE))
+def test_check_and_estimate_read_the_moe_gguf(moe, cli, name):
+    """`check` expects the stacked experts' shapes (expert FFN sizes from the GGUF keys), on both sides."""
+    folder, f32 = moe(name)
+    for path in (folder, f32):
+        res = cli("check", path, "--json")
+        assert res.code == 0, res.stdout
+    report = estimate(f32)
+    assert report["experts"]["count"] == 4 and report["experts"]["used"] == 2
+    assert report["weights"]["F32"]["bytes"] == f32.stat().st_size == report["file_size"]
+
+
 def _ref(name: str, values: np.ndarray, reads: dict) -> TensorRef:
     def load():
         reads[name] = reads.get(name, 0) + 1
@@ -302,3 +314,4 @@ def test_gpt_oss_mxfp4_experts_are_kept_as_they_are_both_ways(moe, tmp_path, cli
     for n in weights:
         assert np.array_equal(weights[n].view(np.uint8), again[n].view(np.uint8)), n
     assert json.loads((back / "config.json").read_text())["quantization_config"]["quant_method"] == "mxfp4"
+    assert cli("check", mx, "--json").code == 0 and cli("check", back, "--json").code == 0

@@ -236,6 +236,25 @@ class GptOss(Experts):
                 out[f"blk.{i}.{kind}"] = self.tensor_shape(kind, d)
         return out
 
+    def is_mxfp4(self) -> bool:
+        """Whether config.json declares the experts MXFP4 (stored as `_blocks` + `_scales`)."""
+        return (self.config.get("quantization_config") or {}).get("quant_method") == "mxfp4"
+
+    def hf_tensor_shapes(self):
+        """The checkpoint's own expert tensors (fused gate/up, (experts, in, out); or MXFP4 blocks and scales)."""
+        d = self.dims()
+        out = {k: v for k, v in super().hf_tensor_shapes().items() if ".mlp.experts." not in k}
+        n, ff, h = d.n_expert, d.n_ff_expert, d.n_embd
+        for i in range(d.n_layer):
+            p = f"model.layers.{i}.mlp.experts."
+            out.update({p + "gate_up_proj_bias": (n, 2 * ff), p + "down_proj_bias": (n, h)})
+            if self.is_mxfp4():
+                out.update({p + "gate_up_proj_blocks": (n, 2 * ff, h // 32, 16), p + "gate_up_proj_scales": (n, 2 * ff, h // 32),
+                            p + "down_proj_blocks": (n, h, ff // 32, 16), p + "down_proj_scales": (n, h, ff // 32)})
+            else:
+                out.update({p + "gate_up_proj": (n, h, 2 * ff), p + "down_proj": (n, ff, h)})
+        return out
+
     def has_tensor(self, kind):
         if kind.endswith(".bias") or kind == "attn_sinks.weight":
             return True
