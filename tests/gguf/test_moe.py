@@ -186,6 +186,30 @@ def test_stacking_reads_each_expert_once_in_expert_order_and_unstacking_reads_th
         fam.merge_tensors("blk.0.ffn_gate_exps.weight", parts[:2]).read()
 
 
+@pytest.mark.slow
+def test_converting_holds_about_one_stacked_tensor_not_the_model(tmp_path):
+    """Python-side allocations (NumPy's are traced) while a Mixtral with 4 MiB stacked expert tensors streams to
+    GGUF: about one stacked tensor, not the 26 MiB of weights (the source is memory-mapped, the writer streams)."""
+    import tracemalloc
+
+    import modelport
+    from modelport.gguf.convert import hf_to_gguf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = make_model(tmp_path / "big", "mixtral", "gpt2", hidden=256, ffn=1024)
+    stacked = 4 * 1024 * 256 * 4
+    weights = (folder / "model.safetensors").stat().st_size
+    with modelport.open(folder) as source:
+        tracemalloc.start()
+        try:
+            hf_to_gguf(source, tmp_path / "out.gguf", "F32")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert weights > 6 * stacked and peak < 2.5 * stacked, (peak, stacked, weights)
+
+
 def test_a_missing_expert_is_a_one_line_error_naming_the_model(moe, tmp_path, cli):
     folder, _ = moe("mixtral")
     broken = tmp_path / "broken"

@@ -89,8 +89,7 @@ def nearest(config: dict) -> type[Family]:
     shared = moe and any(config.get(k) for k in _SHARED_EXPERT_KEYS)
 
     def kind(cls: type[Family]) -> tuple[bool, bool]:
-        return issubclass(cls, Experts), any(k in cls.hf_defaults or "shexp" in gg for k in _SHARED_EXPERT_KEYS
-                                             for _, gg in cls.tensors)
+        return issubclass(cls, Experts), any("_shexp." in gg for _, gg in cls.tensors)
 
     def similarity(cls: type[Family]) -> float:
         keys = [_stem(k) for k in cls.hf_architectures + cls.model_types + (cls.name,)]
