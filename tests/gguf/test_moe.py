@@ -330,6 +330,10 @@ def test_gpt_oss_mxfp4_experts_are_kept_as_they_are_both_ways(moe, tmp_path, cli
     # estimate knows they stay MXFP4; the way back gives the checkpoint's bytes and its quantization_config
     sizes = estimate(mx)["weights"]
     assert sizes["F32"]["bytes"] == f32.stat().st_size and sizes["Q4_K_M"]["bytes"] == q4.stat().st_size
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_bytes((mx / "config.json").read_bytes())
+    assert estimate(bare)["weights"]["Q4_K_M"]["tensor_bytes"] == sizes["Q4_K_M"]["tensor_bytes"]
     back = tmp_path / "back"
     res = cli("convert", f32, back, "--to", "hf", "-q")
     assert res.code == 0, res.stderr

@@ -93,7 +93,8 @@ def tensors_from_config(config: dict, outtype: str = "F16") -> dict[str, tuple[t
         known = sorted({t for cls in families.REGISTRY for t in cls.model_types + cls.layout_model_types})
         raise UnsupportedError(f"cannot lay out the tensors of a {hp.arch!r} model from its config alone "
                                f"(supported: {', '.join(known)}); give the weights instead")
-    return {name: (shape, outtype if allows_quantization(name, shape) else "F32")
+    kept = family.kept_types()
+    return {name: (shape, kept.get(name) or (outtype if allows_quantization(name, shape) else "F32"))
             for name, shape in family.tensor_shapes().items()}
 
 

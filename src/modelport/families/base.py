@@ -490,6 +490,11 @@ class Family:
                 out[template.format(bid=i)] = shape
         return out
 
+    def kept_types(self) -> dict[str, str]:
+        """GGUF name -> the block type a checkpoint of this config already stores it in and the converter copies as
+        it is (gpt-oss's MXFP4 experts); what `estimate` types a bare config by. None for most families."""
+        return {}
+
     def hf_tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """HF name -> shape of every parameter a checkpoint of this config holds (`tensor_shapes` mapped back through
         `hf_name` and `gguf_shape`, tensors the converter computes left out): what `check` compares weights with."""

@@ -240,6 +240,11 @@ class GptOss(Experts):
         """Whether config.json declares the experts MXFP4 (stored as `_blocks` + `_scales`)."""
         return (self.config.get("quantization_config") or {}).get("quant_method") == "mxfp4"
 
+    def kept_types(self):
+        if not self.is_mxfp4():
+            return {}
+        return {f"blk.{i}.ffn_{k}_exps.weight": "MXFP4" for i in range(self.n_layer) for k in ("gate", "up", "down")}
+
     def hf_tensor_shapes(self):
         """The checkpoint's own expert tensors (fused gate/up, (experts, in, out); or MXFP4 blocks and scales)."""
         d = self.dims()
