@@ -132,8 +132,6 @@ EXPERT_USED_KEYS = ("num_experts_per_tok", "num_experts_per_token", "top_k_exper
 #: expert parameters (a token uses `expert_used_count` of the slices).
 EXPERT_KINDS = ("ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight", "ffn_gate_up_exps.weight",
                 "ffn_gate_exps.bias", "ffn_up_exps.bias", "ffn_down_exps.bias")
-
-
 #: Buffers transformers may save that carry nothing llama.cpp uses.
 ROTARY_BUFFERS = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"model\.rotary_emb\.inv_freq")
 
