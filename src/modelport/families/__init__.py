@@ -68,7 +68,7 @@ def for_config(config: dict | None, path=None) -> Family:
     near = nearest(config)
     raise UnsupportedError(f"architecture {what!r} is not supported for GGUF conversion; the nearest supported family "
                            f"is {near.hf_architectures[0]} (llama.cpp arch {near.name}); `modelport inspect "
-                           f"--families` lists them all: {', '.join(supported())}", path)
+                           f"--families` describes each; supported: {', '.join(supported())}", path)
 
 
 def _stem(name: str) -> str:
