@@ -35,7 +35,16 @@ FAMILIES = {
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
     "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM"),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM"),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM"),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM"),
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM"),
 }
+
+#: The mixture-of-experts families `make_model` makes: 4 experts, 2 per token (the Qwen ones: expert FFN half the dense).
+MOE_FIELDS = dict(num_experts_per_tok=2)
+#: The routers' parameter names (transformers' modules), scaled up by `make_model`.
+ROUTERS = ("mlp.gate.weight", "block_sparse_moe.gate.weight", "mlp.router.weight")
 
 
 def config(arch: str, **fields):
@@ -292,6 +301,26 @@ def _family_fields(arch: str, *, hidden: int, layers: int, heads: int, kv_heads:
     if arch == "olmo2":     # post-norms only, Q/K norms over the whole projection
         return dict(geometry, max_position_embeddings=max_positions, rms_norm_eps=1e-6, rope_theta=rope_theta,
                     pad_token_id=eos, **common)
+    if arch == "mixtral":
+        return dict(geometry, num_local_experts=4, max_position_embeddings=max_positions, rms_norm_eps=1e-5,
+                    rope_theta=rope_theta, **MOE_FIELDS, **common)
+    if arch == "qwen2_moe":     # every layer sparse, a shared expert with its sigmoid gate
+        return dict(geometry, num_experts=4, moe_intermediate_size=ffn // 2, shared_expert_intermediate_size=ffn,
+                    decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=False, max_position_embeddings=max_positions,
+                    rms_norm_eps=1e-6, rope_theta=rope_theta, **MOE_FIELDS, **common)
+    if arch == "qwen3_moe":     # llama.cpp's qwen3moe always normalizes the top-k weights, as Qwen3-30B-A3B does
+        return dict(geometry, head_dim=hidden // heads // 2, num_experts=4, moe_intermediate_size=ffn // 2,
+                    norm_topk_prob=True, max_position_embeddings=max_positions, rms_norm_eps=1e-6,
+                    rope_theta=rope_theta, **MOE_FIELDS, **common)
+    if arch == "olmoe":         # llama.cpp's OLMoE has no grouped-query attention
+        return dict(geometry, num_key_value_heads=heads, num_experts=4, max_position_embeddings=max_positions, rms_norm_eps=1e-5,
+                    rope_theta=rope_theta, pad_token_id=eos, **MOE_FIELDS, **common)
+    if arch == "gpt_oss":       # sliding window on even layers (narrower than the test text), sinks; plain RoPE:
+        # llama.cpp rounds the YaRN correction range, transformers' gpt-oss does not (truncate=False)
+        return dict(geometry, head_dim=hidden // heads, num_local_experts=4, sliding_window=32,
+                    layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
+                    max_position_embeddings=max_positions, rms_norm_eps=1e-5, pad_token_id=eos,
+                    rope_parameters={"rope_type": "default", "rope_theta": rope_theta}, **MOE_FIELDS, **common)
     raise ValueError(arch)
 
 
@@ -300,7 +329,7 @@ def make_model(folder: Path, arch: str, style: str, *, hidden: int = 256, layers
                seed: int = 0, dtype=None, rope_theta: float = 10000.0, init: float = 0.05,
                rope_scaling: dict | None = None, max_positions: int = 512) -> Path:
     """Save a random transformers model of `arch` (llama, smollm3, qwen2, qwen3, gpt2, phi3, gemma, gemma2, gemma3,
-    olmo2)
+    olmo2; mixture of experts: mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss)
     with a `style` tokenizer in `folder`, its 1-D weights (norms, biases) moved away from their init.
     (`max_positions` sets every family's context; phi3's long rope stays relative to 512.)"""
     import torch
@@ -316,9 +345,11 @@ def make_model(folder: Path, arch: str, style: str, *, hidden: int = 256, layers
                             rope_theta=rope_theta, rope_scaling=rope_scaling, max_positions=max_positions, common=common)
     model = random_model(arch, seed, **fields)
     with torch.no_grad():   # norms away from 1 so that a wrong norm or missing tensor shows in the logits
-        for p in model.parameters():
-            if p.ndim == 1:
+        for name, p in model.named_parameters():
+            if p.ndim == 1 or name.endswith("_bias"):      # gpt-oss keeps its experts' biases as (experts, rows)
                 p.add_(torch.randn_like(p) * 0.1)
+            if name.endswith(ROUTERS):    # decisive routers: no near-tie where float rounding could pick another expert
+                p.mul_(10)
     if dtype is not None:
         model = model.to(dtype)
     return save_model(model, folder)

@@ -214,7 +214,9 @@ def _arch_meta(path: Path) -> dict:
 
 
 def test_registry_families_all_round_trip():
-    assert {cls.name for cls in architectures.REGISTRY} == {a for a, _, _ in MODELS.values()}
+    """Every dense family is in MODELS; the mixture-of-experts ones round-trip in test_moe.py."""
+    dense = {cls.name for cls in architectures.REGISTRY if not issubclass(cls, architectures.Experts)}
+    assert dense == {a for a, _, _ in MODELS.values()}
 
 
 @pytest.mark.slow

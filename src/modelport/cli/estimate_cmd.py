@@ -38,6 +38,14 @@ def render(r: dict) -> None:
         cells.append(" ".join(f"{k}×{v}" for k, v in row["tensor_types"].items()))
         table.add_row(*cells)
     console.print(table)
+    ex = r.get("experts")
+    if ex:
+        q = "Q4_K_M" if "Q4_K_M" in ex["per_expert_bytes"] else next(iter(ex["per_expert_bytes"]))
+        console.print(f"Mixture of experts: {ex['count']} experts, {ex['used']} per token: "
+                      f"{human_count(ex['active_parameters'])} of {human_count(ex['total_parameters'])} parameters "
+                      f"active per token; one expert {human_count(ex['per_expert_parameters'])} parameters = "
+                      f"{human_bytes(ex['per_expert_bytes'][q])} at {q}, a token reads "
+                      f"{human_bytes(ex['active_bytes'][q])} of the weights")
     if inf:
         console.print(f"KV cache: {human_bytes(inf['kv_cache'])} ({inf['kv_type']}, ctx {inf['ctx']}, batch {inf['batch']}); "
                       f"compute buffer ≈ {human_bytes(inf['compute_buffer'])}; llama.cpp runtime ≈ {human_bytes(inf['runtime'])}"

@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from .. import families
 from ..core.errors import UnsupportedError
 from ..inspection import inspect
 from ..opening import open as open_model
@@ -137,19 +138,38 @@ def print_template(path: Path, trust: bool) -> None:
     sys.stdout.write(template.source if template.source.endswith("\n") else template.source + "\n")
 
 
+def print_families(as_json: bool, page: Page) -> None:
+    """`inspect --families`: what `convert --to gguf` accepts, one row per family."""
+    rows = families.catalog()
+    if as_json:
+        print_json({"families": rows})
+        return
+    page.rows(f"Families that convert to GGUF and back ({len(rows)})",
+              ("family", "llama.cpp arch", "HF architectures", "model_type", "MoE", "what"),
+              [(r["family"], r["llama_cpp_arch"], ", ".join(r["hf_architectures"]), ", ".join(r["model_types"]),
+                "yes" if r["mixture_of_experts"] else "", r["description"]) for r in rows])
+
+
 def register(app: typer.Typer) -> None:
     @app.command("inspect")
     def inspect_cmd(
-        path: Path = typer.Argument(..., help="A model file, a shard index or a Hugging Face folder."),
+        path: Path = typer.Argument(None, help="A model file, a shard index or a Hugging Face folder."),
         tensors: bool = typer.Option(False, "--tensors", "-t", help="List every tensor."),
         template: bool = typer.Option(False, "--template", help="Print the model's whole chat template and nothing else."),
         wide: bool = typer.Option(False, "--wide", "-w", help="In a terminal, wrap long names and values instead of cutting them."),
         as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
         trust: bool = trust_option(),
+        list_families: bool = typer.Option(False, "--families", help="List the model families that convert to GGUF "
+                                           "and back: HF architectures, llama.cpp arch name (no PATH)."),
     ) -> None:
         """Show what a model holds: format, tensors, parameters, config and size at each precision (headers only).
 
         Piped, it prints plain tab-separated lines with every name whole."""
+        if list_families:
+            print_families(as_json, Page(plain=not console.is_terminal, wide=wide))
+            return
+        if path is None:
+            raise typer.BadParameter("give a model PATH (or --families)", param_hint="PATH")
         if template:
             print_template(path, trust)
             return

@@ -23,6 +23,7 @@ from .inference import (
     UBATCH,
     compute_buffer_bytes,
     default_ctx,
+    experts,
     gguf_types,
     header_bytes,
     hf_activation_bytes,
@@ -81,7 +82,7 @@ def estimate_view(view: ModelView, *, model: str = "", ctx: int | None = None, b
     report: dict[str, Any] = {
         "model": model, "source": view.kind, "format": view.source_format, "file_size": view.file_size,
         "file_type": view.file_type, "parameters": view.parameter_count, "tensors": len(view.tensors),
-        "hyperparameters": asdict(hp) if hp else None, "weights": sizes,
+        "hyperparameters": asdict(hp) if hp else None, "weights": sizes, "experts": experts(view, sizes),
     }
     if hp is not None:
         ctx = ctx or min(hp.n_ctx or 4096, 4096)
@@ -114,6 +115,6 @@ __all__ = ["ACTIVATION_PEAK", "TRAINING_RUNTIME_BYTES", "cpu_has_fast_bf16",
            "DEVICES", "KV_TYPES", "LADDER", "LORA_TARGETS", "METHODS", "NF4_BYTES", "OPTIMIZERS", "ROWS", "RUNTIME_BYTES",
            "UBATCH", "default_ctx", "hf_activation_bytes", "running_memory", "running_memory_of_view",
            "Device", "Hyper", "ModelView", "activation_bytes", "compute_buffer_bytes", "default_lora_targets",
-           "device_for", "estimate", "estimate_view", "fits", "gguf_types", "header_bytes", "hyper_from_config",
+           "device_for", "estimate", "estimate_view", "experts", "fits", "gguf_types", "header_bytes", "hyper_from_config",
            "kv_cache_bytes", "load_view", "lora_parameter_count", "parse_memory", "tensors_from_config",
            "training_memory", "view_of_source", "weight_sizes"]

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..core.dtypes import DTYPES
 from ..core.errors import UnsupportedError
+from ..gguf.convert import KEPT_AS_IS
 from ..gguf.mixes import BASE_TYPE, ModelShape, choose_types
 from .model import Hyper, ModelView, kv_bytes, tensor_infos_bytes
 
@@ -66,7 +67,10 @@ def header_bytes(view: ModelView, quantized: bool = False) -> int:
 def gguf_types(view: ModelView, ftype: str) -> dict[str, str]:
     """The type each tensor gets in a `ftype` GGUF (llama-quantize's rules, `modelport.gguf.mixes`)."""
     # For F32/F16/BF16 this is also what the converter writes: 1-D tensors and norms F32, other matrices the outtype.
-    return choose_types(view.tensors, ftype, _model_shape(view))
+    chosen = choose_types(view.tensors, ftype, _model_shape(view))
+    if view.kind != "gguf":     # the converter copies these as they are (gpt-oss's MXFP4 experts)
+        chosen.update({name: qtype for name, (_, qtype) in view.tensors.items() if qtype in KEPT_AS_IS})
+    return chosen
 
 
 def weight_sizes(view: ModelView, rows=ROWS) -> dict[str, dict[str, Any]]:
@@ -75,17 +79,39 @@ def weight_sizes(view: ModelView, rows=ROWS) -> dict[str, dict[str, Any]]:
     for ftype in rows:
         head = header_bytes(view, DTYPES[BASE_TYPE[ftype]].is_quantized)
         types = gguf_types(view, ftype)
-        data, counts = 0, {}
+        data, counts, experts = 0, {}, 0
+        stacked = set(view.expert_tensors())
         for name, qtype in types.items():
             shape = view.tensors[name][0]
             n = DTYPES[qtype].nbytes(math.prod(shape))
             data += -(-n // view.alignment) * view.alignment
             counts[qtype] = counts.get(qtype, 0) + 1
+            experts += n if name in stacked else 0
         numel = sum(math.prod(shape) for shape, _ in view.tensors.values())
         out[ftype] = {"bytes": head + data, "tensor_bytes": data,
                       "bits_per_weight": round(data * 8 / numel, 3) if numel else None,
                       "tensor_types": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
+        if stacked:
+            out[ftype]["expert_bytes"] = experts
     return out
+
+
+def experts(view: ModelView, sizes: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """A mixture of experts' parameters and memory: all of them, those one token uses (the shared ones plus
+    `expert_used_count` experts' slices), and per file type the bytes of one expert and of what a token reads
+    (the file's weights less the unused experts). None for a dense model."""
+    hp, stacked = view.hyper, view.expert_tensors()
+    if hp is None or not stacked:
+        return None
+    per_expert = sum(math.prod(view.tensors[name][0][1:]) for name in stacked)
+    total = view.parameter_count
+    used = hp.n_expert_used or hp.n_expert
+    idle = hp.n_expert - used
+    return {"count": hp.n_expert, "used": used, "total_parameters": total,
+            "active_parameters": total - idle * per_expert, "per_expert_parameters": per_expert,
+            "per_expert_bytes": {f: row["expert_bytes"] // hp.n_expert for f, row in sizes.items()},
+            "active_bytes": {f: row["tensor_bytes"] - idle * (row["expert_bytes"] // hp.n_expert)
+                             for f, row in sizes.items()}}
 
 
 def kv_cache_bytes(hp: Hyper, ctx: int, batch: int = 1, kv_type: str = "F16") -> int:

@@ -20,7 +20,7 @@ from ..core.source import ModelSource, read_json
 from ..families import Dims
 from ..formats.gguf import encode_metadata_value
 from ..formats.registry import weight_files
-from ..gguf.convert import plan_hf
+from ..gguf.convert import KEPT_AS_IS, plan_hf
 from ..gguf.mixes import allows_quantization
 from ..inspection import config_summary
 from ..opening import open as open_model
@@ -71,12 +71,14 @@ def hyper_from_config(config: dict | None) -> Hyper | None:
     tied = _get(config, "tie_word_embeddings")
     if tied is None:                                     # the model classes' defaults
         tied = family.tied_by_default if family else False
-    n_expert = int(_get(config, "num_local_experts", "num_experts", "n_routed_experts", default=0) or 0)
+    n_expert = int(_get(config, *families.EXPERT_COUNT_KEYS, default=0) or 0)
+    n_used = _get(config, *families.EXPERT_USED_KEYS, default=0) or 0
     n_ff = s.get("intermediate_size") or 4 * h
     return Hyper(arch=arch, n_layer=s["layers"], n_embd=h, n_head=n_head, n_head_kv=kv, head_dim=int(head_dim),
                  n_ff=n_ff if isinstance(n_ff, int) else max(n_ff), n_vocab=s["vocab_size"], tied=bool(tied),
                  n_ctx=s.get("context_length"), n_expert=n_expert,
-                 n_ff_expert=int(_get(config, "moe_intermediate_size", default=0) or 0) or (n_ff if n_expert else 0))
+                 n_ff_expert=int(_get(config, "moe_intermediate_size", default=0) or 0) or (n_ff if n_expert else 0),
+                 n_expert_used=int(max(n_used) if isinstance(n_used, list) else n_used) if n_expert else 0)
 
 
 def tensors_from_config(config: dict, outtype: str = "F16") -> dict[str, tuple[tuple[int, ...], str]]:
@@ -91,7 +93,8 @@ def tensors_from_config(config: dict, outtype: str = "F16") -> dict[str, tuple[t
         known = sorted({t for cls in families.REGISTRY for t in cls.model_types + cls.layout_model_types})
         raise UnsupportedError(f"cannot lay out the tensors of a {hp.arch!r} model from its config alone "
                                f"(supported: {', '.join(known)}); give the weights instead")
-    return {name: (shape, outtype if allows_quantization(name, shape) else "F32")
+    kept = family.kept_types()
+    return {name: (shape, kept.get(name) or (outtype if allows_quantization(name, shape) else "F32"))
             for name, shape in family.tensor_shapes().items()}
 
 
@@ -109,6 +112,12 @@ class ModelView:
     file_type: str | None = None               # a GGUF input's ftype
     original_names: dict[str, str] = field(default_factory=dict)   # GGUF name -> the checkpoint's name
     family: type[families.Family] | None = None  # the family that claims the model, where one does
+
+    def expert_tensors(self) -> list[str]:
+        """The tensors that hold one slice per expert along their first axis (llama.cpp's stacked experts)."""
+        n = self.hyper.n_expert if self.hyper else 0
+        return [name for name, (shape, _) in self.tensors.items()
+                if n and len(shape) >= 2 and shape[0] == n and name.split(".", 2)[-1] in families.EXPERT_KINDS]
 
     @property
     def parameter_count(self) -> int:
@@ -137,7 +146,7 @@ def _name_map(hp: Hyper | None, source: ModelSource):
 
 def _current_type(name: str, shape, source_dtype) -> str:
     """The type a tensor has in the converter's float GGUF: F32 for what llama-quantize never quantizes."""
-    if not (source_dtype.is_float or source_dtype.is_quantized):
+    if not (source_dtype.is_float or source_dtype.is_quantized) or source_dtype.name in KEPT_AS_IS:
         return source_dtype.name
     if not allows_quantization(name, shape):
         return "F32"

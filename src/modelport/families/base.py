@@ -8,7 +8,9 @@ A family is one class (one file in this package) that holds everything modelport
     floats; docs/gguf.md §2), and `config_from_gguf()`: the way back;
   * `tensor_shapes()`: the GGUF tensors of a bare config (what `estimate` lays out without weights);
   * `lora_targets`, the HF `model_type`s / architectures it claims and llama.cpp's arch name (`name`);
-  * `split_tensor` / `merge_tensors`: the 1 -> n / n -> 1 hook for fused or stacked tensors.
+  * `split_tensor` / `merge_tensors`: the 1 -> n / n -> 1 hook for fused or stacked tensors;
+  * `Experts`: what mixture-of-experts families add (per-expert HF matrices stacked into llama.cpp's one
+    (n_expert, rows, cols) tensor per layer and kind, and unstacked on the way back, one stacked tensor in memory).
 
 Why our own and not gguf-py's `TensorNameMap`: it maps names one way only, has no notion of the Q/K permutation
 or the Conv1D transpose, and pulls in every architecture llama.cpp knows; the families we support fit in a page
@@ -20,7 +22,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -123,6 +125,13 @@ DECODER_TENSORS = (
 #: Q and K norms of families that normalize each head (Qwen3, Gemma 3) or the whole projection (OLMo 2).
 QK_NORM_TENSORS = (("model.layers.{bid}.self_attn.q_norm.weight", "blk.{bid}.attn_q_norm.weight"),
                    ("model.layers.{bid}.self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight"))
+#: Where configs keep the expert counts (Mixtral / gpt-oss, Qwen-MoE / OLMoE, DeepSeek), and the experts per token.
+EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+EXPERT_USED_KEYS = ("num_experts_per_tok", "num_experts_per_token", "top_k_experts")
+#: The GGUF kinds (name without `blk.N.`) of tensors that hold one slice per expert: what `estimate` counts as
+#: expert parameters (a token uses `expert_used_count` of the slices).
+EXPERT_KINDS = ("ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight", "ffn_gate_up_exps.weight",
+                "ffn_gate_exps.bias", "ffn_up_exps.bias", "ffn_down_exps.bias")
 #: Buffers transformers may save that carry nothing llama.cpp uses.
 ROTARY_BUFFERS = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"model\.rotary_emb\.inv_freq")
 
@@ -149,6 +158,7 @@ class Dims:
     n_ctx: int | None = None
     n_expert: int = 0
     n_ff_expert: int = 0
+    n_expert_used: int = 0
 
 
 class GGUFKeys:
@@ -206,6 +216,10 @@ _KIND_SHAPES = {
     "ffn_gate_exps.weight": lambda d: (d.n_expert, d.n_ff_expert, d.n_embd),
     "ffn_up_exps.weight": lambda d: (d.n_expert, d.n_ff_expert, d.n_embd),
     "ffn_down_exps.weight": lambda d: (d.n_expert, d.n_embd, d.n_ff_expert),
+    "ffn_gate_exps.bias": lambda d: (d.n_expert, d.n_ff_expert),
+    "ffn_up_exps.bias": lambda d: (d.n_expert, d.n_ff_expert),
+    "ffn_down_exps.bias": lambda d: (d.n_expert, d.n_embd),
+    "ffn_gate_inp.bias": lambda d: (d.n_expert,),
 }
 
 
@@ -423,13 +437,14 @@ class Family:
         c = self.config
         n_embd = int(first(c, "hidden_size", "n_embd"))
         n_ff = _count(first(c, "intermediate_size", "n_inner", default=4 * n_embd))
-        n_expert = int(first(c, "num_local_experts", "num_experts", "n_routed_experts", default=0) or 0)
+        n_expert = int(first(c, *EXPERT_COUNT_KEYS, default=0) or 0)
         tied = c.get("tie_word_embeddings")
         return Dims(n_layer=self.n_layer, n_embd=n_embd, n_head=self.n_head, n_head_kv=self.n_head_kv,
                     head_dim=self.head_dim(), n_ff=n_ff, n_vocab=int(first(c, "vocab_size", "n_vocab")),
                     tied=self.tied_by_default if tied is None else bool(tied),
                     n_ctx=first(c, "max_position_embeddings", "n_positions", "n_ctx"), n_expert=n_expert,
-                    n_ff_expert=int(first(c, "moe_intermediate_size", default=0) or 0) or (n_ff if n_expert else 0))
+                    n_ff_expert=int(first(c, "moe_intermediate_size", default=0) or 0) or (n_ff if n_expert else 0),
+                    n_expert_used=_count(first(c, *EXPERT_USED_KEYS, default=0)) if n_expert else 0)
 
     def has_tensor(self, kind: str) -> bool:
         """Whether a tensor of the family's table is in a model with this config (`kind`: GGUF name without
@@ -473,6 +488,11 @@ class Family:
                 out[template.format(bid=i)] = shape
         return out
 
+    def kept_types(self) -> dict[str, str]:
+        """GGUF name -> the block type a checkpoint of this config already stores it in and the converter copies as
+        it is (gpt-oss's MXFP4 experts); what `estimate` types a bare config by. None for most families."""
+        return {}
+
     def hf_tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """HF name -> shape of every parameter a checkpoint of this config holds (`tensor_shapes` mapped back through
         `hf_name` and `gguf_shape`, tensors the converter computes left out): what `check` compares weights with."""
@@ -493,3 +513,145 @@ class Family:
                 if module in targets:
                     kinds.add(gg[len("blk.{bid}."): -len(".weight")])
         return kinds
+
+
+# --- mixture of experts -------------------------------------------------------------------------
+
+def _expert_regex(template: str) -> re.Pattern:
+    return re.compile(re.escape(template).replace(r"\{bid\}", r"(?P<bid>\d+)").replace(r"\{xid\}", r"(?P<xid>\d+)"))
+
+
+def stack_experts(name: str, parts: list[TensorRef], n_expert: int, expert_of: Callable[[str], int]) -> TensorRef:
+    """n -> 1: per-expert 2-D refs (any order) as one lazy (n_expert, rows, cols) ref in expert order, as llama.cpp's
+    converter stacks them. Reading fills one preallocated array an expert at a time: the stacked tensor plus one
+    expert is the peak. A missing, repeated or misshapen expert is a FormatError naming it."""
+    by_expert: dict[int, TensorRef] = {}
+    for p in parts:
+        x = expert_of(p.name)
+        if x in by_expert:
+            raise FormatError(f"tensors {by_expert[x].name!r} and {p.name!r} are both expert {x} of {name!r}")
+        by_expert[x] = p
+    missing = sorted(set(range(n_expert)) - set(by_expert))
+    if missing or len(by_expert) != n_expert:
+        extra = sorted(set(by_expert) - set(range(n_expert)))
+        raise FormatError(f"{name}: the config says {n_expert} experts but the weights "
+                          + (f"lack expert(s) {missing[:8]}" if missing else f"have expert(s) {extra[:8]} beyond them"))
+    ordered = [by_expert[x] for x in range(n_expert)]
+    first_ = ordered[0]
+    for p in ordered[1:]:
+        if tuple(p.shape) != tuple(first_.shape) or p.dtype != first_.dtype:
+            raise FormatError(f"expert tensors of {name!r} differ: {first_.name!r} is {first_.dtype.name}"
+                              f"{list(first_.shape)}, {p.name!r} is {p.dtype.name}{list(p.shape)}")
+
+    def load() -> np.ndarray:
+        out = None
+        for x, p in enumerate(ordered):
+            values = np.asarray(p.read())
+            if out is None:
+                out = np.empty((n_expert, *values.shape), values.dtype)
+            out[x] = values
+        return out
+    return first_.derive(load, name=name, shape=(n_expert, *first_.shape), raw_loader=None, storage=None, extra={})
+
+
+def unstack_experts(template: str, ref: TensorRef) -> list[tuple[str, TensorRef]]:
+    """1 -> n: a stacked (n_expert, ...) ref as n lazy per-expert refs named `template` with `{xid}` filled in.
+    The stacked values are read once, kept while the writer pulls the experts in turn and dropped after the last,
+    so a whole stacked tensor is the most this holds."""
+    n = ref.shape[0]
+    held: dict[str, Any] = {"values": None, "left": 0}
+
+    def expert(x: int):
+        def load() -> np.ndarray:
+            if held["values"] is None:
+                held["values"], held["left"] = np.asarray(ref.read()), n
+            values = held["values"][x]
+            held["left"] -= 1
+            if held["left"] <= 0:
+                held["values"] = None
+            return values
+        return load
+    return [(template.replace("{xid}", str(x)), ref.derive(expert(x), name=template.replace("{xid}", str(x)),
+                                                            shape=ref.shape[1:], raw_loader=None, storage=None, extra={}))
+            for x in range(n)]
+
+
+class Experts(Family):
+    """A mixture-of-experts family: `expert_tensors` pairs an HF template with `{bid}` and `{xid}` (one matrix per
+    expert) with the stacked GGUF tensor llama.cpp's converter makes of them. HF -> GGUF: every expert's name maps
+    to the stacked name and `merge_tensors` stacks them; GGUF -> HF: `hf_name` gives the template with `{xid}` left
+    in and `split_tensor` unstacks. Subclasses put it first among their bases (`class Mixtral(Experts, Llama)`)."""
+
+    expert_tensors: tuple[tuple[str, str], ...] = ()
+    #: transformers' `norm_topk_prob` as llama.cpp's graph for the arch hard-codes it (None: no such setting)
+    norm_topk_prob: bool | None = None
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.n_expert = int(first(config, *EXPERT_COUNT_KEYS, default=0) or 0)
+        self.n_expert_used = int(first(config, *EXPERT_USED_KEYS, default=0) or 0)
+        self._xfwd = [(_expert_regex(hf), gg) for hf, gg in self.expert_tensors]
+        self._xback = [(_template_regex(gg), hf) for hf, gg in self.expert_tensors]
+
+    def gguf_name(self, hf_name):
+        for rx, template in self._xfwd:
+            m = rx.fullmatch(hf_name)
+            if m:
+                return template.format(bid=m.group("bid"))
+        return super().gguf_name(hf_name)
+
+    def hf_name(self, gguf_name):
+        for rx, template in self._xback:
+            m = rx.fullmatch(gguf_name)
+            if m:
+                return template.format(bid=m.group("bid"), xid="{xid}")
+        return super().hf_name(gguf_name)
+
+    def _expert_of(self, hf_name: str) -> int:
+        for rx, _ in self._xfwd:
+            m = rx.fullmatch(hf_name)
+            if m:
+                return int(m.group("xid"))
+        raise FormatError(f"{hf_name!r} is not a per-expert tensor")
+
+    def merge_tensors(self, name, parts):
+        if any(rx.fullmatch(name) for rx, _ in self._xback):
+            return stack_experts(name, parts, self.n_expert, self._expert_of)
+        return super().merge_tensors(name, parts)
+
+    def split_tensor(self, name, ref):
+        if "{xid}" in name:
+            return unstack_experts(name, ref)
+        return super().split_tensor(name, ref)
+
+    def hf_tensor_shapes(self):
+        out = {}
+        for name, shape in super().hf_tensor_shapes().items():
+            if "{xid}" in name:
+                out.update({name.replace("{xid}", str(x)): tuple(shape[1:]) for x in range(shape[0])})
+            else:
+                out[name] = shape
+        return out
+
+    def check_experts(self) -> None:
+        """Refuse what llama.cpp's graph for the arch cannot run: no experts, more used than there are, another
+        top-k normalization than the arch hard-codes."""
+        if self.n_expert < 1 or not 0 < self.n_expert_used <= self.n_expert:
+            raise UnsupportedError(f"{self.name}: {self.n_expert_used} experts per token of {self.n_expert} is not a "
+                                   "mixture of experts llama.cpp can run")
+        norm = self.config.get("norm_topk_prob")
+        if self.norm_topk_prob is not None and norm is not None and bool(norm) != self.norm_topk_prob:
+            raise UnsupportedError(f"{self.name} with norm_topk_prob={bool(norm)}: llama.cpp's {self.name} graph "
+                                   f"always {'normalizes' if self.norm_topk_prob else 'keeps'} the top-k weights")
+
+    def expert_hparams(self, n_ff_expert: int | None = None) -> dict[str, Any]:
+        """expert_count / expert_used_count (and the expert FFN size where the arch has its own key)."""
+        self.check_experts()
+        out = {self.key("expert_count"): u32(self.n_expert), self.key("expert_used_count"): u32(self.n_expert_used)}
+        if n_ff_expert is not None:
+            out[self.key("expert_feed_forward_length")] = u32(n_ff_expert)
+        return out
+
+    @staticmethod
+    def expert_config(g: GGUFKeys, count_key: str = "num_local_experts") -> dict[str, Any]:
+        return {count_key: g.need("expert_count"), "num_experts_per_tok": g.need("expert_used_count")}

@@ -1,4 +1,4 @@
-"""Llama 1/2/3, Mistral, SmolLM, TinyLlama (and Mixtral's layout for `estimate`)."""
+"""Llama 1/2/3, Mistral, SmolLM, TinyLlama (Mixtral, llama with experts, is `mixtral.py`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ class Llama(Family):
     name = "llama"
     hf_architectures = ("LlamaForCausalLM", "MistralForCausalLM")
     model_types = ("llama", "mistral")
-    layout_model_types = ("mixtral",)       # llama.cpp writes Mixtral as llama with stacked experts
     transforms = {"attn_q.weight": Transform.PERMUTE_Q, "attn_k.weight": Transform.PERMUTE_K,
                   "attn_q.bias": Transform.PERMUTE_Q, "attn_k.bias": Transform.PERMUTE_K}
     ignore = ROTARY_BUFFERS

@@ -356,7 +356,8 @@ def _config(meta: dict[str, Any]) -> dict[str, Any] | None:
                     ("rms_norm_eps", "attention.layer_norm_rms_epsilon"), ("layer_norm_eps", "attention.layer_norm_epsilon"),
                     ("rope_theta", "rope.freq_base"), ("head_dim", "attention.key_length"),
                     ("vocab_size", "vocab_size"), ("num_experts", "expert_count"),
-                    ("num_experts_per_tok", "expert_used_count")):
+                    ("num_experts_per_tok", "expert_used_count"), ("moe_intermediate_size", "expert_feed_forward_length"),
+                    ("shared_expert_intermediate_size", "expert_shared_feed_forward_length")):
         v = get(key)
         if v is not None:
             config[hf] = v

@@ -49,17 +49,28 @@ def parse_ftype(text: str | None, default: str = "F16") -> str:
     return key
 
 
+#: Block types the converter copies as they are (gpt-oss's MXFP4 experts), whatever the output type, as llama.cpp's
+#: converter does (and llama-quantize refuses to requantize them by default).
+KEPT_AS_IS = ("MXFP4",)
+
+
 @dataclass
 class Planned:
-    """One output tensor: where its float32 values come from and what type it is written as."""
+    """One output tensor: where its float32 values come from and what type it is written as; `raw`: the stored
+    blocks of a tensor kept as it is (a `KEPT_AS_IS` type), copied byte for byte."""
     name: str
     shape: tuple[int, ...]          # NumPy order (row length last)
     load: Callable[[], np.ndarray]  # float32 values in GGUF orientation
     type: str = "F32"
+    raw: Callable[[], np.ndarray] | None = None
+
+
+#: Tensors llama.cpp's converter keeps in F32 whatever the outtype (MoE routers: the expert choice is sensitive).
+_ALWAYS_F32 = ("position_embd.weight", "ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")
 
 
 def _float_type(name: str, shape, ftype: str) -> str:
-    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight") or name == "position_embd.weight":
+    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight") or name.endswith(_ALWAYS_F32):
         return "F32"
     return ftype
 
@@ -68,11 +79,11 @@ def assign_types(planned: list[Planned], ftype: str, shape: mixes.ModelShape) ->
     """Per-tensor types for `ftype`: the converter's rule for float files, llama-quantize's mix otherwise."""
     if ftype in FLOAT_FTYPES:
         for p in planned:
-            p.type = _float_type(p.name, p.shape, ftype)
+            p.type = p.type if p.raw is not None else _float_type(p.name, p.shape, ftype)
         return
     chosen = mixes.choose_types({p.name: (p.shape, "F32") for p in planned}, ftype, shape)
     for p in planned:
-        p.type = chosen[p.name]
+        p.type = p.type if p.raw is not None else chosen[p.name]
 
 
 def to_refs(planned: list[Planned], threads: int | None = None) -> list[TensorRef]:
@@ -80,7 +91,10 @@ def to_refs(planned: list[Planned], threads: int | None = None) -> list[TensorRe
     refs = []
     for p in planned:
         dt = dtypes.DTYPES[p.type]
-        if dt.is_quantized:
+        if p.raw is not None:
+            refs.append(TensorRef(p.name, dt, p.shape, loader=_no_read(p.name), raw_loader=p.raw,
+                                  extra={"gguf_type": p.type}))
+        elif dt.is_quantized:
             def raw(p=p):
                 data = np.ascontiguousarray(p.load(), dtype=np.float32)
                 return quants.quantize(data, p.type, threads=threads).reshape(-1)
@@ -137,13 +151,16 @@ def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_fi
         gname = arch.gguf_name(ref.name)
         if gname is None:
             continue
-        if not (ref.dtype.is_float or ref.dtype.is_quantized):
-            raise UnsupportedError(f"tensor {ref.name!r} is {ref.dtype.name}, not a float tensor", source.path)
         groups.setdefault(gname, []).append(ref)
     planned: list[Planned] = []
     with _naming(source.path):    # config checks in the family know no file: name the model
         for gname, refs in groups.items():
             for name, part in arch.split_tensor(gname, arch.merge_tensors(gname, refs)):
+                if part.dtype.name in KEPT_AS_IS:        # blocks the family repacked for llama.cpp: copied as they are
+                    planned.append(Planned(name, tuple(part.shape), part.read, part.dtype.name, raw=part.read_raw))
+                    continue
+                if not (part.dtype.is_float or part.dtype.is_quantized):
+                    raise UnsupportedError(f"tensor {refs[0].name!r} is {refs[0].dtype.name}, not a float tensor")
                 planned.append(Planned(name, arch.gguf_shape(name, part.shape), _loader(arch, name, part)))
         extra = arch.extra_tensors()
         hparams = arch.hparams()
@@ -162,7 +179,8 @@ def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_fi
         if out_rows != n_rows:
             raise FormatError(f"output.weight has {out_rows} rows but the embedding has {n_rows}", source.path)
 
-    shape = mixes.ModelShape(n_layer=arch.n_layer, n_head=arch.n_head, n_head_kv=arch.n_head_kv, arch=arch.name)
+    shape = mixes.ModelShape(n_layer=arch.n_layer, n_head=arch.n_head, n_head_kv=arch.n_head_kv,
+                             n_expert=getattr(arch, "n_expert", 0), arch=arch.name)
     assign_types(planned, ftype, shape)
     meta: dict[str, Any] = {"general.architecture": arch.name, "general.type": "model"}
     name = config.get("_name_or_path") or source.path.stem
@@ -212,6 +230,10 @@ def verify_gguf(planned: list[Planned], dst: Path, progress: Callable[[TensorRef
             if got is None or got.dtype.name != p.type or tuple(got.shape) != tuple(p.shape):
                 found = "missing" if got is None else f"{got.dtype.name}{list(got.shape)}"
                 raise CheckFailed(f"verify: tensor {p.name!r} is {found}, expected {p.type}{list(p.shape)}", dst)
+            if p.raw is not None:
+                if not np.array_equal(np.asarray(got.read_raw()).reshape(-1), np.asarray(p.raw()).reshape(-1)):
+                    raise CheckFailed(f"verify: tensor {p.name!r} ({p.type}, copied as is) differs from its source", dst)
+                continue
             want = np.asarray(p.load())
             if p.type in FLOAT_FTYPES:
                 have = np.asarray(got.read())

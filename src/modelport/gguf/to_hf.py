@@ -34,7 +34,7 @@ def plan(source, dtype: dtypes.DType | None = None) -> tuple[dict[str, Any], lis
     arch_name = meta.get("general.architecture")
     if not isinstance(arch_name, str):
         raise FormatError("no general.architecture in the GGUF metadata", source.path)
-    family = families.for_gguf_arch(arch_name)
+    family = families.for_gguf_arch(arch_name, meta)
     tensors = source.tensors
     if "token_embd.weight" not in tensors:
         raise FormatError("no token_embd.weight in the GGUF", source.path)
@@ -53,7 +53,9 @@ def plan(source, dtype: dtypes.DType | None = None) -> tuple[dict[str, Any], lis
         if heads is not None and (not heads or ref.shape[0] % (2 * heads)):
             raise FormatError(f"{ref.name} has {ref.shape[0]} rows, not a multiple of 2 x {heads} heads", source.path)
         groups.setdefault(arch.hf_name(ref.name), []).append(_in_hf_order(arch, ref))
-    refs = [TensorRef(name, dtype, part.shape, _cast(part, dtype)) for hf_name, parts in groups.items()
+    refs = [TensorRef(name, dtype, part.shape, _cast(part, dtype)) if part.dtype.is_float or part.dtype.is_quantized
+            else part.derive(part.read, name=name)      # integer tensors a family made (gpt-oss's MXFP4 blocks): as is
+            for hf_name, parts in groups.items()
             for name, part in arch.split_tensor(hf_name, arch.merge_tensors(hf_name, parts))]
 
     tok = None
