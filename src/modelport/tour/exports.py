@@ -38,13 +38,11 @@ def export_gguf(journal: Journal, model: Path, folder: Path, quants: tuple[str, 
         step.figures["files"] = rows
 
 
-def export_onnx(journal: Journal, model: Path, folder: Path, needs: tuple[str, ...], verify: bool = True) -> None:
-    """`verify` False (--quick) skips the export's own proof against PyTorch (most of its cost); the graph is still
-    checked, by `measure`'s agreement with the F16 GGUF."""
-    title = "Export to ONNX (KV cache; " + ("the graph proved against PyTorch)" if verify else "checked later against F16)")
+def export_onnx(journal: Journal, model: Path, folder: Path, needs: tuple[str, ...]) -> None:
+    title = "Export to ONNX (KV cache; the graph proved against PyTorch)"
     with journal.step("export_onnx", title, needs=needs) as step:
         with journal.tensors("→ ONNX") as progress:
-            result = convert(model, folder, to="onnx", progress=progress, force=True, verify=verify)
+            result = convert(model, folder, to="onnx", progress=progress, force=True)
         journal.output(folder)
         size = sum(Path(f).stat().st_size for f in result.files if Path(f).is_file())
         step.figures.update(path=str(folder), bytes=size, files=[Path(f).name for f in result.files], verified=result.verified,

@@ -77,8 +77,8 @@ def pytorch(journal: Journal, hf: Path, folder: Path) -> None:
                     f"even with --trust the reader refuses it: {clip(refusal or 'ACCEPTED', 110)}")
 
         torch.save(state, plain)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)
-        batch = torch.arange(16).unsqueeze(0)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0, foreach=True)
+        batch = torch.arange(4).unsqueeze(0)      # a gradient is a gradient: a few tokens make real moments
         model(input_ids=batch, labels=batch).loss.backward()
         optimizer.step()
         torch.save({"epoch": 1, "global_step": 1, "model_state_dict": state, "optimizer_state_dict": optimizer.state_dict()},
