@@ -574,7 +574,7 @@ def encode_metadata_value(key: str, value) -> tuple[Any, int, int | None]:
 
 def _writer_class():
     from gguf.constants import GGUFValueType
-    from gguf.gguf_writer import GGUFWriter
+    from gguf.gguf_writer import GGUFWriter, WriterState
 
     class Writer(GGUFWriter):
         """GGUFWriter that can also write empty arrays (gguf-py refuses them; the format allows them)."""
@@ -584,6 +584,20 @@ def _writer_class():
                 head = self._pack("I", vtype) if add_vtype else b""
                 return head + self._pack("I", sub_type if sub_type is not None else GGUFValueType.STRING) + self._pack("Q", 0)
             return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+        def write_tensor_data(self, tensor, tensor_endianess=None) -> None:
+            """The next tensor's bytes through the file object (NumPy's `tofile` reports a short write on a full disk
+            without its errno; `write` raises ENOSPC / EFBIG, which the atomic output turns into a one-line error)."""
+            if self.state not in (WriterState.TI_DATA, WriterState.WEIGHTS):
+                raise ValueError(f"expected tensor info or weights, got {self.state}")
+            file_id = next(i for i, tensors in enumerate(self.tensors) if tensors)
+            fout = self.fout[file_id]
+            info = self.tensors[file_id].pop(next(iter(self.tensors[file_id])))
+            assert info.nbytes == tensor.nbytes
+            self.write_padding(fout, fout.tell())
+            fout.write(memoryview(np.ascontiguousarray(tensor).reshape(-1).view(np.uint8)))
+            self.write_padding(fout, tensor.nbytes)
+            self.state = WriterState.WEIGHTS
 
     return Writer
 
