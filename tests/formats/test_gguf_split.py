@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGUFReader, GGUFValueType
 
 import modelport
+from gguf import GGUFReader, GGUFValueType
 from modelport.formats.gguf import read_header
 from tests.conftest import assert_one_line_error
 from tests.factory import make_model

@@ -12,15 +12,21 @@ what a writer copies so that a quantized tensor stays byte-identical, and what `
 from __future__ import annotations
 
 import builtins
+import errno
 import math
 import mmap
+import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Hashable
 
 import numpy as np
 
 from .dtypes import DType
-from .errors import UnsupportedError
+from .errors import FormatError, UnsupportedError
+
+VERBATIM = "verbatim"          # TensorRef.extra flag a reader sets: see `TensorRef.stored_range`
+_COPY_CHUNK = 1 << 30          # bytes per copy_file_range call
+_NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY)
 
 
 def map_bytes(path, start: int, nbytes: int) -> np.ndarray:
@@ -35,6 +41,48 @@ def map_bytes(path, start: int, nbytes: int) -> np.ndarray:
     with builtins.open(path, "rb") as f:
         mapped = mmap.mmap(f.fileno(), start - base + nbytes, access=mmap.ACCESS_READ, offset=base)
     return np.frombuffer(mapped, np.uint8, count=nbytes, offset=start - base)
+
+
+def copy_range(src: str | os.PathLike, offset: int, nbytes: int, out_fd: int) -> None:
+    """Append `nbytes` of `src` from `offset` to the file open at `out_fd` (at its current position), file to
+    file in the kernel (`copy_file_range`: no pass through this process's memory, a reflink where the file
+    system can), falling back to `sendfile`, then to 64 MB reads."""
+    with builtins.open(src, "rb") as f:
+        fd_in, pos, left = f.fileno(), offset, nbytes
+        for copy in (_kernel_copy, _sendfile_copy, _read_copy):
+            try:
+                while left:
+                    n = copy(fd_in, out_fd, pos, left)
+                    if n <= 0:
+                        raise FormatError(f"file changed while open (ends before byte {pos + left})", src)
+                    pos, left = pos + n, left - n
+                return
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise
+
+
+def _kernel_copy(fd_in: int, fd_out: int, pos: int, left: int) -> int:
+    return os.copy_file_range(fd_in, fd_out, min(left, _COPY_CHUNK), pos)
+
+
+def _sendfile_copy(fd_in: int, fd_out: int, pos: int, left: int) -> int:
+    return os.sendfile(fd_out, fd_in, pos, min(left, _COPY_CHUNK))
+
+
+def _read_copy(fd_in: int, fd_out: int, pos: int, left: int) -> int:
+    data = os.pread(fd_in, min(left, 1 << 26), pos)
+    write_all(fd_out, data)
+    return len(data)
+
+
+def write_all(fd: int, data) -> None:
+    """Write every byte of `data` (bytes or a contiguous array) at `fd`'s position: `os.write` may write less
+    (Linux stops at about 2 GB a call; a disk filling up stops sooner, then raises ENOSPC)."""
+    view = memoryview(data).cast("B")
+    written = 0
+    while written < len(view):
+        written += os.write(fd, view[written:written + _COPY_CHUNK])
 
 
 @dataclass
@@ -72,6 +120,15 @@ class TensorRef:
         if self.raw_loader is None:
             raise UnsupportedError(f"tensor {self.name!r}: {self.dtype.name} tensor without its raw blocks", self.file)
         return self.raw_loader()
+
+    def stored_range(self) -> tuple[str, int] | None:
+        """(file, offset) when `file` holds exactly this tensor's bytes as a writer stores them (little-endian,
+        C order, whole-byte elements) at offset .. offset + nbytes, so that a writer may copy them file to file
+        (`copy_range`); None otherwise. Only a reader sets it (the `verbatim` flag), and `derive()` clears `file`
+        and `offset`, so a cast or otherwise transformed ref never qualifies."""
+        if self.file is None or self.offset is None or not self.extra.get(VERBATIM) or self.dtype.bits % 8:
+            return None
+        return self.file, self.offset
 
     def derive(self, loader: Callable[[], np.ndarray], **changes) -> TensorRef:
         """A new lazy ref computed from this one (new loader; dtype/shape/name as changed).
