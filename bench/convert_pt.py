@@ -12,23 +12,40 @@ from __future__ import annotations
 from _harness import OUT, make_checkpoint, measure, table
 
 
+def warm(path) -> None:
+    """Read the source once, so that every row starts from the page cache."""
+    with open(path, "rb") as f:
+        while f.read(64 << 20):
+            pass
+
+
 def main() -> None:
     bin_path, _ = make_checkpoint(layers=22, stem="convert2g")
     size = bin_path.stat().st_size / 1e9
     ours, theirs = OUT / "convert2g.modelport.safetensors", OUT / "convert2g.torch.safetensors"
     copy = OUT / "convert2g.cp.bin"
-    rows = [
-        ("cp + sync (the same bytes)", measure("import subprocess", f"""
+    cp = ("import subprocess", f"""
 subprocess.run(["cp", {str(bin_path)!r}, {str(copy)!r}], check=True)
-subprocess.run(["sync", {str(copy)!r}], check=True)""", repeat=2)),
-        ("modelport convert", measure("import modelport", f"""
-modelport.convert({str(bin_path)!r}, {str(ours)!r}, force=True)""", repeat=2)),
+subprocess.run(["sync", {str(copy)!r}], check=True)""")
+    mp = ("import modelport", f"""
+modelport.convert({str(bin_path)!r}, {str(ours)!r}, force=True)""")
+    best: dict[str, dict] = {}
+    for _ in range(3):   # cp and modelport alternate, so that a busy moment of a shared machine hits both alike
+        for name, (setup, work) in (("cp + sync (the same bytes)", cp), ("modelport convert", mp)):
+            warm(bin_path)
+            r = measure(setup, work, repeat=1)
+            copy.unlink(missing_ok=True)
+            if name not in best or r["seconds"] < best[name]["seconds"]:
+                best[name] = {"seconds": r["seconds"], "peak_mb": max(r["peak_mb"], best.get(name, r)["peak_mb"])}
+    rows = [
+        *best.items(),
         ("torch.load + safetensors save_file", measure("import torch; from safetensors.torch import save_file", f"""
 save_file(torch.load({str(bin_path)!r}, weights_only=True), {str(theirs)!r}, metadata={{"format": "pt"}})""", repeat=2)),
         ("torch.load(mmap=True) + save_file", measure("import torch; from safetensors.torch import save_file", f"""
 save_file(torch.load({str(bin_path)!r}, weights_only=True, mmap=True), {str(theirs)!r}, metadata={{"format": "pt"}})""", repeat=2)),
     ]
-    table(f"Convert a {size:.2f} GB f16 .bin to safetensors (warm cache, best of 2)", rows, "torch.load + safetensors save_file")
+    title = f"Convert a {size:.2f} GB f16 .bin to safetensors (warm cache; best of 3 alternating for cp and modelport, 2 for torch)"
+    table(title, rows, "torch.load + safetensors save_file")
     same = ours.read_bytes() == theirs.read_bytes()
     d = dict(rows)
     print(f"\nmodelport peak RSS {d['modelport convert']['peak_mb']:.0f} MB (target < 300 MB); "

@@ -76,6 +76,21 @@ def _read_copy(fd_in: int, fd_out: int, pos: int, left: int) -> int:
     return len(data)
 
 
+def open_for_writing(path: str | os.PathLike):
+    """An unbuffered binary file for a writer that writes big arrays and kernel copies (`copy_range`) itself.
+
+    An existing empty file (the atomic output's fresh temporary) is not truncated again: on ext4 a truncate to
+    zero makes close() start writing the whole file back (auto_da_alloc), a second flush before the output's fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+    try:
+        if os.fstat(fd).st_size:
+            os.ftruncate(fd, 0)
+        return os.fdopen(fd, "wb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def write_all(fd: int, data) -> None:
     """Write every byte of `data` (bytes or a contiguous array) at `fd`'s position: `os.write` may write less
     (Linux stops at about 2 GB a call; a disk filling up stops sooner, then raises ENOSPC)."""

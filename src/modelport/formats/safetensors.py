@@ -24,7 +24,7 @@ from ..core import dtypes
 from ..core.errors import FormatError, UnsupportedError, require
 from ..core.packing import pack_nibbles, unpack_nibbles
 from ..core.source import ModelSource, tensor_list
-from ..core.tensor import VERBATIM, TensorRef, copy_range, map_bytes, write_all
+from ..core.tensor import VERBATIM, TensorRef, copy_range, map_bytes, open_for_writing, write_all
 from .registry import FormatSpec
 
 MAX_HEADER = 100_000_000
@@ -177,7 +177,7 @@ def write_safetensors(tensors: Iterable[TensorRef], dst: Path, metadata: dict | 
     blob += b" " * (-(8 + len(blob)) % 8)
     if len(blob) > MAX_HEADER:
         raise UnsupportedError("header would exceed the 100 MB safetensors limit; shard the output", dst)
-    with dst.open("wb", buffering=0) as f:     # unbuffered: tensor bytes go straight to the file, some by the kernel
+    with open_for_writing(dst) as f:
         write_all(f.fileno(), struct.pack("<Q", len(blob)) + blob)
         for ref in refs:
             stored = ref.stored_range()
