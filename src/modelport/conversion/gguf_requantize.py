@@ -14,7 +14,7 @@ import numpy as np
 from ..core import dtypes
 from ..core.errors import UnsupportedError
 from ..core.source import ModelSource
-from ..core.tensor import TensorRef
+from ..core.tensor import TensorRef, as_float32
 from ..gguf import mixes
 from ..gguf.convert import FLOAT_FTYPES, Planned, file_metadata, model_shape, parse_ftype, to_refs, verify_gguf
 from ..gguf.modelfile import modelfile_path, write_modelfile
@@ -22,9 +22,9 @@ from ..writing import ConvertResult, GgufSplit, check_output_name, report_phase,
 from .route import Request, opened, writing_phase
 
 
-def as_float32(ref: TensorRef):
+def float32_loader(ref: TensorRef):
     def load():
-        return np.asarray(ref.read()).astype(np.float32)
+        return as_float32(ref.read())
     return load
 
 
@@ -48,7 +48,7 @@ def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qty
                 if mixes.allows_quantization(ref.name, ref.shape):
                     raise UnsupportedError(f"tensor {ref.name!r} is already {ref.dtype.name}; re-quantizing a quantized "
                                            "model loses quality twice; start from an F32/F16/BF16 GGUF", source.path)
-            planned.append(Planned(ref.name, ref.shape, as_float32(ref), ref.dtype.name))
+            planned.append(Planned(ref.name, ref.shape, float32_loader(ref), ref.dtype.name))
         meta = dict(source.metadata)
         shape = model_shape(meta)
         if ftype in FLOAT_FTYPES:

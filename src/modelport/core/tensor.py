@@ -100,6 +100,44 @@ def write_all(fd: int, data) -> None:
         written += os.write(fd, view[written:written + _COPY_CHUNK])
 
 
+def as_float32(arr: np.ndarray, chunk_bytes: int = 32 << 20) -> np.ndarray:
+    """`arr` as float32 (itself when it already is). A view of a memory-mapped file is converted a block of rows
+    at a time, each block's pages handed back to the page cache once read (MADV_DONTNEED): the peak is the float32
+    copy, not the copy plus the whole mapped source."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.float32:
+        return arr
+    mapped = _mapping_of(arr)
+    if mapped is None or arr.ndim == 0 or not arr.flags.c_contiguous:
+        return arr.astype(np.float32)
+    out = np.empty(arr.shape, np.float32)
+    flat_in, flat_out = arr.reshape(-1), out.reshape(-1)
+    step = max(1, chunk_bytes // arr.itemsize)
+    mm, base_addr = mapped
+    start_addr = arr.ctypes.data - base_addr
+    page = mmap.PAGESIZE
+    for i in range(0, flat_in.size, step):
+        flat_out[i:i + step] = flat_in[i:i + step]
+        lo = start_addr + i * arr.itemsize
+        hi = start_addr + min(i + step, flat_in.size) * arr.itemsize
+        lo, hi = -(-lo // page) * page, hi // page * page     # whole pages inside the block only
+        if hi > lo:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    return out
+
+
+def _mapping_of(arr: np.ndarray) -> tuple[mmap.mmap, int] | None:
+    """The read-only mmap an array views (and the mapping's address), if any."""
+    base = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):       # np.frombuffer keeps a memoryview of the mmap
+        base = base.obj
+    if not isinstance(base, mmap.mmap) or not hasattr(base, "madvise") or len(base) == 0:
+        return None
+    return base, np.frombuffer(base, np.uint8, count=1).ctypes.data
+
+
 @dataclass
 class TensorRef:
     name: str
