@@ -72,7 +72,7 @@ def make_folder(layers: int) -> Path:
     return folder
 
 
-def run_measured(cmd: list[str], env: dict | None = None) -> dict:
+def run_measured(cmd: list[str], env: dict | None = None, name: str = "") -> dict:
     """Wall time and peak RSS (the waited child's ru_maxrss) of one command."""
     wrapper = ("import resource, subprocess, sys, time, json\n"
                "t0 = time.perf_counter(); rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
@@ -83,6 +83,7 @@ def run_measured(cmd: list[str], env: dict | None = None) -> dict:
     res = json.loads(out.stdout.strip().splitlines()[-1])
     if res["rc"]:
         raise RuntimeError(f"{cmd[:3]} failed:\n{out.stderr[-3000:]}")
+    print(f"  {name or cmd[2]}: {res['seconds']:.1f} s, peak RSS {res['peak_mb']:.0f} MB", flush=True)
     return res
 
 

@@ -49,6 +49,7 @@ def copy_range(src: str | os.PathLike, offset: int, nbytes: int, out_fd: int) ->
     system can), falling back to `sendfile`, then to 64 MB reads."""
     with builtins.open(src, "rb") as f:
         fd_in, pos, left = f.fileno(), offset, nbytes
+        os.posix_fadvise(fd_in, offset, nbytes, os.POSIX_FADV_SEQUENTIAL)   # read ahead what is not cached
         for copy in (_kernel_copy, _sendfile_copy, _read_copy):
             try:
                 while left:
