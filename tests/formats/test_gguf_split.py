@@ -105,5 +105,9 @@ def test_split_errors_are_one_line(model, tmp_path, cli):
     renamed = tmp_path / "renamed.gguf"
     renamed.write_bytes(parts[0].read_bytes())
     assert_one_line_error(cli("inspect", renamed), "must keep its name", f"-00001-of-{len(parts):05d}.gguf")
+    # every part is scanned, whichever one was named: hidden bytes after the second part's tensors refuse the set
+    clean = parts[1].read_bytes()
+    parts[1].write_bytes(clean + b"\x00hidden payload")
+    assert_one_line_error(cli("inspect", parts[0]), parts[1].name, "trailing bytes")
     parts[1].unlink()
     assert_one_line_error(cli("inspect", parts[0]), "missing", parts[1].name)
