@@ -79,7 +79,7 @@ def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qty
             write_modelfile(mf, written[0], meta)
             files.append(str(mf))
         nbytes = sum(dtypes.DTYPES[p.type].nbytes(int(np.prod(p.shape))) for p in planned)
-        return ConvertResult(str(source.path), str(dst), "gguf", files, len(planned), nbytes, verified=verify,
+        return ConvertResult(str(source.path), str(written[0]), "gguf", files, len(planned), nbytes, verified=verify,
                              errors=errors)
 
 

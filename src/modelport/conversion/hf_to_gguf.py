@@ -72,7 +72,7 @@ def write_hf_as_gguf(source: ModelSource, dst: Path, *, quant: str | None = None
         write_modelfile(mf, written[0], plan.metadata)
         files.append(str(mf))
     nbytes = sum(dtypes.DTYPES[p.type].nbytes(int(np.prod(p.shape))) for p in plan.tensors)
-    return ConvertResult(str(source.path), str(dst), "gguf", files, len(plan.tensors), nbytes, verified=verify,
+    return ConvertResult(str(source.path), str(written[0]), "gguf", files, len(plan.tensors), nbytes, verified=verify,
                          errors=errors)
 
 

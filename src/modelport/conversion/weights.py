@@ -88,7 +88,8 @@ class WeightsRoute:
             files = write_tensors(refs, dst, spec, folder=folder, max_size=max_size, metadata=metadata,
                                   aliases=aliases, force=request.force, progress=request.progress,
                                   fill_folder=lambda tmp: copy_side_files(source, tmp, target_dtype))
-        result = ConvertResult(str(source.path), str(dst), spec.name, files, len(refs), sum(r.nbytes for r in refs),
+        output = files[0] if request.split else str(dst)      # a split set is named by its first part
+        result = ConvertResult(str(source.path), output, spec.name, files, len(refs), sum(r.nbytes for r in refs),
                                aliases)
         if request.verify:
             written = Path(files[0]) if request.split else dst
