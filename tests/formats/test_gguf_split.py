@@ -30,6 +30,73 @@ def _logits(path: Path, ids: list[int]) -> np.ndarray:
     return out
 
 
+def _gguf_split(whole: Path, max_tensors: int | None = None, max_size: int | None = None) -> list[bytes]:
+    """The files llama.cpp's gguf-split writes for `--split-max-tensors N` or `--split-max-size N`, made here by
+    the same calls on ggml's own gguf code (llama-cpp-python's libggml-base): per part a fresh context, the input's KV for the first
+    (`gguf_set_kv`), split.no = i, split.count = 0, split.tensors.count, the part's tensors, then split.count = n;
+    the header bytes from `gguf_get_meta_data`, each tensor's data padded with zeros to 32 bytes."""
+    import ctypes
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+
+    class InitParams(ctypes.Structure):
+        _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.POINTER(ctypes.c_void_p))]
+
+    vp, sz = ctypes.c_void_p, ctypes.c_size_t
+    for name, res, args in [("gguf_init_from_file", vp, [ctypes.c_char_p, InitParams]), ("gguf_init_empty", vp, []),
+                            ("gguf_set_kv", None, [vp, vp]), ("gguf_set_val_u16", None, [vp, ctypes.c_char_p, ctypes.c_uint16]),
+                            ("gguf_set_val_i32", None, [vp, ctypes.c_char_p, ctypes.c_int32]),
+                            ("gguf_get_n_tensors", ctypes.c_int64, [vp]), ("gguf_get_tensor_name", ctypes.c_char_p, [vp, ctypes.c_int64]),
+                            ("gguf_get_tensor_offset", sz, [vp, ctypes.c_int64]), ("gguf_get_data_offset", sz, [vp]),
+                            ("ggml_get_tensor", vp, [vp, ctypes.c_char_p]), ("ggml_nbytes", sz, [vp]),
+                            ("gguf_add_tensor", None, [vp, vp]), ("gguf_get_meta_size", sz, [vp]),
+                            ("gguf_get_meta_data", None, [vp, vp]), ("gguf_free", None, [vp]), ("ggml_free", None, [vp])]:
+        getattr(lib, name).restype, getattr(lib, name).argtypes = res, args
+    meta_ctx = ctypes.c_void_p()
+    ctx_in = lib.gguf_init_from_file(str(whole).encode(), InitParams(True, ctypes.pointer(meta_ctx)))
+    assert ctx_in
+    n = lib.gguf_get_n_tensors(ctx_in)
+    names = [lib.gguf_get_tensor_name(ctx_in, i) for i in range(n)]
+    groups: list[list[bytes]] = [[]]
+    size = 0
+    for i, name in enumerate(names):     # gguf-split's should_split, in its two modes
+        padded = -(-lib.ggml_nbytes(lib.ggml_get_tensor(meta_ctx, name)) // 32) * 32
+        if (max_tensors and i and i % max_tensors == 0) or (max_size and size + padded > max_size):
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += padded
+    data = whole.read_bytes()
+    files = []
+    outs = []
+    for i, group in enumerate(groups):
+        out = lib.gguf_init_empty()
+        if i == 0:
+            lib.gguf_set_kv(out, ctx_in)
+        lib.gguf_set_val_u16(out, b"split.no", i)
+        lib.gguf_set_val_u16(out, b"split.count", 0)
+        lib.gguf_set_val_i32(out, b"split.tensors.count", n)
+        for name in group:
+            lib.gguf_add_tensor(out, lib.ggml_get_tensor(meta_ctx, name))
+        outs.append(out)
+    for out, group in zip(outs, groups):
+        lib.gguf_set_val_u16(out, b"split.count", len(groups))
+        meta = ctypes.create_string_buffer(lib.gguf_get_meta_size(out))
+        lib.gguf_get_meta_data(out, meta)
+        body = [meta.raw]
+        for name in group:
+            i = names.index(name)
+            start = lib.gguf_get_data_offset(ctx_in) + lib.gguf_get_tensor_offset(ctx_in, i)
+            nbytes = lib.ggml_nbytes(lib.ggml_get_tensor(meta_ctx, name))
+            body += [data[start:start + nbytes], bytes(-nbytes % 32)]
+        files.append(b"".join(body))
+        lib.gguf_free(out)
+    lib.gguf_free(ctx_in)
+    lib.ggml_free(meta_ctx)
+    return files
+
+
 def _keys(path: Path) -> list[tuple[str, int]]:
     """(key, GGUF type) in file order, as gguf-py reads them."""
     return [(f.name, f.types[0]) for f in GGUFReader(path).fields.values() if not f.name.startswith("GGUF.")]
@@ -52,6 +119,8 @@ def test_split_set_loads_in_llama_cpp_reads_as_one_model_and_merges_byte_identic
                   ("split.count", GGUFValueType.UINT16)]
     assert _keys(parts[0]) == whole_keys + split_keys
     assert _keys(parts[1]) == _keys(parts[2]) == split_keys
+    # byte for byte what gguf-split writes (its calls, on llama.cpp's own gguf code)
+    assert [p.read_bytes() for p in parts] == _gguf_split(whole, max_tensors=8)
     counts = [len(GGUFReader(p).tensors) for p in parts]
     assert counts == [8, 8, len(GGUFReader(whole).tensors) - 16]
     assert [int(GGUFReader(p).fields["split.no"].contents()) for p in parts] == [0, 1, 2]
@@ -93,6 +162,7 @@ def test_split_by_size_keeps_each_part_under_the_limit_and_quantize_splits_too(m
     for a, b in zip(headers, headers[1:]):
         assert sum(pad(t.nbytes) for t in a.tensors) + pad(b.tensors[0].nbytes) > 40_000
     assert cli("quantize", f16, tmp_path / "q1.gguf", "--type", "Q4_0", "-q").code == 0
+    assert [p.read_bytes() for p in parts] == _gguf_split(tmp_path / "q1.gguf", max_size=40_000)
     assert cli("convert", parts[0], tmp_path / "merged.gguf", "-q").code == 0
     assert (tmp_path / "merged.gguf").read_bytes() == (tmp_path / "q1.gguf").read_bytes()
 
