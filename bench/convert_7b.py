@@ -83,7 +83,7 @@ def run_measured(cmd: list[str], env: dict | None = None, name: str = "") -> dic
     res = json.loads(out.stdout.strip().splitlines()[-1])
     if res["rc"]:
         raise RuntimeError(f"{cmd[:3]} failed:\n{out.stderr[-3000:]}")
-    print(f"  {name or cmd[2]}: {res['seconds']:.1f} s, peak RSS {res['peak_mb']:.0f} MB", flush=True)
+    print(f"  {name or cmd[0]}: {res['seconds']:.1f} s, peak RSS {res['peak_mb']:.0f} MB", flush=True)
     return res
 
 
@@ -105,22 +105,23 @@ def main() -> None:
         rows = {}
         rows["modelport convert --quant Q4_K_M"] = run_measured(
             [sys.executable, "-m", "modelport", "convert", str(folder), str(ours), "--quant", "Q4_K_M", "-q", "--force"],
-            env)
+            env, "modelport convert")
         if not args.skip_llama_cpp:
             f16, ref = work / "llamacpp.F16.gguf", work / "llamacpp.Q4_K_M.gguf"
             lc_env = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "NO_LOCAL_GGUF")}
             step1 = run_measured([sys.executable, str(VENDOR / "convert_hf_to_gguf.py"), str(folder), "--outfile",
-                                  str(f16), "--outtype", "f16"], lc_env)
+                                  str(f16), "--outtype", "f16"], lc_env, "convert_hf_to_gguf.py")
             if QUANTIZE_BIN.exists():
                 quantizer = "llama-quantize"
-                step2 = run_measured([str(QUANTIZE_BIN), str(f16), str(ref), "Q4_K_M", str(args.threads)], lc_env)
+                step2 = run_measured([str(QUANTIZE_BIN), str(f16), str(ref), "Q4_K_M", str(args.threads)], lc_env,
+                                     quantizer)
             else:
                 quantizer = "llama_model_quantize"
                 code = ("import ctypes, llama_cpp\np = llama_cpp.llama_model_quantize_default_params()\n"
                         f"p.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M\np.nthread = {args.threads}\n"
                         f"assert llama_cpp.llama_model_quantize({str(f16).encode()!r}, {str(ref).encode()!r}, "
                         "ctypes.byref(p)) == 0\n")
-                step2 = run_measured([sys.executable, "-c", code], lc_env)
+                step2 = run_measured([sys.executable, "-c", code], lc_env, quantizer)
             f16_bytes = f16.stat().st_size
             f16.unlink()
             rows["llama.cpp convert_hf_to_gguf.py (F16)"] = step1
