@@ -149,20 +149,22 @@ def test_split_set_loads_in_llama_cpp_reads_as_one_model_and_merges_byte_identic
 def test_split_by_size_keeps_each_part_under_the_limit_and_quantize_splits_too(model, tmp_path, cli):
     f16 = tmp_path / "f16.gguf"
     assert cli("convert", model, f16, "--quant", "F16", "-q").code == 0
-    res = cli("quantize", f16, tmp_path / "q.gguf", "--type", "Q4_0", "--split-max-size", "40K", "--json")
+    res = cli("quantize", f16, tmp_path / "q.gguf", "--type", "Q4_0", "--split-max-size", "60K", "--json")
     assert res.code == 0, res.stderr
     parts = sorted(tmp_path.glob("q-*-of-*.gguf"))
     assert len(parts) > 2
     pad = lambda n: -(-n // 32) * 32   # noqa: E731 - gguf-split counts tensor data padded to 32 bytes
     for part in parts:
         sizes = [pad(t.nbytes) for t in read_header(part).tensors]
-        assert sum(sizes) <= 40_000 or len(sizes) == 1
+        assert sum(sizes) <= 60_000 or len(sizes) == 1
     # gguf-split's cut: a part ends only where its next tensor would overflow it
     headers = [read_header(p) for p in parts]
     for a, b in zip(headers, headers[1:]):
-        assert sum(pad(t.nbytes) for t in a.tensors) + pad(b.tensors[0].nbytes) > 40_000
+        assert sum(pad(t.nbytes) for t in a.tensors) + pad(b.tensors[0].nbytes) > 60_000
     assert cli("quantize", f16, tmp_path / "q1.gguf", "--type", "Q4_0", "-q").code == 0
-    assert [p.read_bytes() for p in parts] == _gguf_split(tmp_path / "q1.gguf", max_size=40_000)
+    # byte for byte gguf-split's parts (no tensor is over the limit here: gguf-split stops on one, modelport gives it
+    # a part of its own)
+    assert [p.read_bytes() for p in parts] == _gguf_split(tmp_path / "q1.gguf", max_size=60_000)
     assert cli("convert", parts[0], tmp_path / "merged.gguf", "-q").code == 0
     assert (tmp_path / "merged.gguf").read_bytes() == (tmp_path / "q1.gguf").read_bytes()
 
