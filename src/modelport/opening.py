@@ -29,4 +29,13 @@ def open(path: str | os.PathLike, *, format: str | None = None, trust: bool = Fa
     guard(path, trust=trust)
     if path.is_dir():
         return registry.open_folder(path)
-    return registry.open_file(path, format=format)
+    source = registry.open_file(path, format=format)
+    if source.format == "gguf" and len(source.files) > 1:    # a split GGUF opened from one part: scan the others
+        try:
+            for part in source.files:
+                if part.resolve() != path.resolve():
+                    guard(part, trust=trust)
+        except BaseException:
+            source.close()
+            raise
+    return source

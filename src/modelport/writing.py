@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .core.atomic import atomic_dir, atomic_file
+from .core.atomic import atomic_dir, atomic_file, atomic_files
 from .core.dtypes import from_numpy
 from .core.errors import CheckFailed, UnsupportedError
 from .core.sizes import parse_size
 from .core.tensor import TensorRef
 from .formats import registry
+from .formats.gguf import DEFAULT_ALIGNMENT, split_path, write_gguf
 from .formats.registry import FormatSpec
 from .opening import open as open_model
 
@@ -155,6 +156,68 @@ def write_tensors(refs: list[TensorRef], dst: Path, spec: FormatSpec, *, folder:
     with atomic_file(dst, force) as tmp:
         spec.write(refs, tmp, metadata=metadata or {}, aliases=aliases or {}, progress=progress)
     return [str(dst)]
+
+
+@dataclass(frozen=True)
+class GgufSplit:
+    """`--split-max-size` / `--split-max-tensors`: how a GGUF output is cut into llama.cpp's split files."""
+    max_size: int | None = None       # bytes of (padded) tensor data per file, as gguf-split counts them
+    max_tensors: int | None = None
+
+    @classmethod
+    def parse(cls, max_size: str | int | None, max_tensors: int | None) -> GgufSplit | None:
+        size = parse_size(max_size)
+        if max_tensors is not None and max_tensors < 1:
+            raise UnsupportedError(f"--split-max-tensors must be at least 1, not {max_tensors}")
+        return None if size is None and max_tensors is None else cls(size, max_tensors)
+
+
+def plan_gguf_split(refs: list[TensorRef], split: GgufSplit) -> list[list[TensorRef]]:
+    """gguf-split's cut, in tensor order: a new file when the next tensor would take the file past `max_size`
+    (data padded to 32 bytes) or past `max_tensors`. A tensor larger than `max_size` gets a file of its own
+    (gguf-split stops there with an error)."""
+    parts: list[list[TensorRef]] = [[]]
+    size = 0
+    for ref in refs:
+        padded = -(-ref.nbytes // DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT
+        full = (split.max_size is not None and size + padded > split.max_size) or \
+               (split.max_tensors is not None and len(parts[-1]) >= split.max_tensors)
+        if parts[-1] and full:
+            parts.append([])
+            size = 0
+        parts[-1].append(ref)
+        size += padded
+    return parts
+
+
+def gguf_split_paths(dst: Path, count: int) -> list[Path]:
+    """`out.gguf` cut in 3: out-00001-of-00003.gguf, ... (llama.cpp's names, beside `dst`)."""
+    prefix = dst.with_suffix("") if dst.suffix.lower() == ".gguf" else dst
+    return [split_path(prefix, i, count) for i in range(count)]
+
+
+def write_gguf_output(refs: list[TensorRef], dst: Path, metadata: dict, *, force: bool = False,
+                      progress: Progress | None = None, split: GgufSplit | None = None,
+                      check: Callable[[Path], object] | None = None) -> list[Path]:
+    """Write a GGUF atomically: one file, or with `split` a llama.cpp split set (`dst`'s stem + `-00001-of-0000N`;
+    one part is written as the single file `dst`). `check(path)` runs on the finished output before it
+    takes its final name (the first part for a set: opening it opens the set). Returns the files written."""
+    check_output_name(dst, "gguf")
+    parts = plan_gguf_split(refs, split) if split is not None else [refs]
+    if len(parts) == 1:
+        with atomic_file(dst, force) as tmp:
+            write_gguf(refs, tmp, metadata=metadata, progress=progress)
+            if check is not None:
+                check(tmp)
+        return [dst]
+    paths = gguf_split_paths(dst, len(parts))
+    with atomic_files(paths, force) as folder:
+        for i, (part, path) in enumerate(zip(parts, paths)):
+            write_gguf(part, folder / path.name, metadata=metadata, progress=progress,
+                       split=(i, len(parts), len(refs)))
+        if check is not None:
+            check(folder / paths[0].name)
+    return paths
 
 
 def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:

@@ -9,6 +9,7 @@ import typer
 from ..conversion import convert
 from ..conversion.hf_to_onnx import verify_summary
 from ..opening import open as open_model
+from .options import split_max_size_option, split_max_tensors_option
 from .output import TensorProgress, console, err_console, human_bytes, print_json, trust_option, verified_line
 
 
@@ -29,6 +30,8 @@ def register(app: typer.Typer) -> None:
                                          "PyTorch, logits and a greedy decode. Default: on for --to onnx, else off."),
         quantize: str = typer.Option(None, "--quantize", help="ONNX output: also write model_int8.onnx (onnxruntime "
                                                               "dynamic int8) and report its agreement."),
+        split_max_size: str = split_max_size_option(),
+        split_max_tensors: int = split_max_tensors_option(),
         force: bool = typer.Option(False, "--force", "-f", help="Replace an existing output."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -40,7 +43,8 @@ def register(app: typer.Typer) -> None:
             with open_model(src, trust=trust) as source:   # opened (and scanned) once: convert() takes the source
                 result = convert(source, dst, to=to, dtype=dtype, shard_size=shard_size, force=force, verify=verify,
                                  dequantize=dequantize, progress=progress, quant=quant, config=config,
-                                 quantize=quantize)
+                                 quantize=quantize, split_max_size=split_max_size,
+                                 split_max_tensors=split_max_tensors)
         if as_json:
             print_json(result.__dict__)
             return

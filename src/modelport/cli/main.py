@@ -9,8 +9,11 @@ failed check); anything else is a bug and says so in one line unless `--debug` s
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import signal
 import sys
+import threading
 
 import typer
 
@@ -50,7 +53,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_state = {"debug": False, "verbose": False}
+_state = {"debug": False, "verbose": False, "signal": None}
 
 
 def _set_flag(ctx: typer.Context, param: typer.CallbackParam, value: bool) -> None:
@@ -113,13 +116,44 @@ def hoist_json(argv: list[str]) -> list[str]:
     return [*before, argv[lead], "--json", *argv[lead + 1:]]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C so that outputs being written are removed on the way out."""
+
+
+def _signalled(signum, frame) -> None:
+    _state["signal"] = signum
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _unwinding_signals():
+    """Ctrl-C and SIGTERM unwind the command (atomic outputs remove their temporaries) and are remembered, so that
+    the exit says which (typer turns a KeyboardInterrupt into a silent exit code 130). Commands that handle them
+    themselves (chat, train, serve) install their own handlers inside; an in-process caller gets its own back."""
+    _state["signal"] = None
+    ours = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum, default in ours.items():
+            if signal.getsignal(signum) == default:
+                previous[signum] = signal.signal(signum, _signalled)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = hoist_json(list(argv if argv is not None else sys.argv[1:]))
     command = build()
     _state.update(debug=False, verbose=False)
     show_library_logs(False)
     try:
-        code = command(args=argv, prog_name="modelport", standalone_mode=False)
+        with _unwinding_signals():
+            code = command(args=argv, prog_name="modelport", standalone_mode=False)
+        if code == 130 and _state["signal"] is not None:
+            raise Terminated if _state["signal"] == signal.SIGTERM else KeyboardInterrupt
     except ModelportError as exc:
         if _state["debug"]:
             raise
@@ -130,9 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         print("modelport: aborted", file=sys.stderr)
         sys.exit(130)
-    except KeyboardInterrupt:
-        print("modelport: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"modelport: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        sys.exit(143 if terminated else 130)
     except Exception as exc:
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors (typer vendors click)
             exc.show()

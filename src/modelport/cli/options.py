@@ -83,3 +83,13 @@ def read_text(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise ModelportError("the text is not UTF-8", path) from None
+
+
+def split_max_size_option():
+    return typer.Option(None, "--split-max-size", help="GGUF output: cut into llama.cpp split files "
+                                                       "(NAME-00001-of-0000N.gguf) of at most this much tensor data "
+                                                       "(e.g. 2GB, 500M), as gguf-split does.")
+
+
+def split_max_tensors_option():
+    return typer.Option(None, "--split-max-tensors", help="GGUF output: at most this many tensors per split file.")

@@ -8,6 +8,8 @@ import typer
 
 from ..conversion.gguf_requantize import requantize
 from ..opening import open as open_model
+from ..writing import GgufSplit
+from .options import split_max_size_option, split_max_tensors_option
 from .output import TensorProgress, console, human_bytes, print_json, trust_option, verified_line
 
 
@@ -21,6 +23,8 @@ def register(app: typer.Typer) -> None:
                                        "Q4_K_S/M, Q5_K_S/M, Q6_K, F16, BF16, F32."),
         verify: bool = typer.Option(False, "--verify", help="Re-read the output: every tensor within its type's "
                                                             "error bound of the source."),
+        split_max_size: str = split_max_size_option(),
+        split_max_tensors: int = split_max_tensors_option(),
         force: bool = typer.Option(False, "--force", "-f", help="Replace an existing output."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -30,11 +34,13 @@ def register(app: typer.Typer) -> None:
         with TensorProgress(f"quantizing {src.name}", enabled=not quiet and not as_json) as progress:
             progress.phase("reading")
             with open_model(src, trust=trust) as source:   # opened (and scanned) once; requantize checks it is GGUF
-                result = requantize(source, dst, qtype, force=force, progress=progress, verify=verify)
+                result = requantize(source, dst, qtype, force=force, progress=progress, verify=verify,
+                                    split=GgufSplit.parse(split_max_size, split_max_tensors))
         if as_json:
             print_json(result.__dict__)
             return
+        parts = f" in {len(result.files) - 1} split files" if len(result.files) > 2 else ""
         console.print(f"[green]wrote[/green] {result.output} (gguf, {result.tensors} tensors, "
-                      f"{human_bytes(result.bytes_written)} of tensor data) and {Path(result.files[-1]).name}")
+                      f"{human_bytes(result.bytes_written)} of tensor data{parts}) and {Path(result.files[-1]).name}")
         if result.verified:
             console.print(verified_line(result))

@@ -12,32 +12,32 @@ from pathlib import Path
 import numpy as np
 
 from ..core import dtypes
-from ..core.atomic import atomic_file
 from ..core.errors import UnsupportedError
 from ..core.source import ModelSource
-from ..core.tensor import TensorRef
-from ..formats.gguf import write_gguf
+from ..core.tensor import TensorRef, as_float32
 from ..gguf import mixes
 from ..gguf.convert import FLOAT_FTYPES, Planned, file_metadata, model_shape, parse_ftype, to_refs, verify_gguf
 from ..gguf.modelfile import modelfile_path, write_modelfile
-from ..writing import ConvertResult, check_output_name, report_phase
+from ..writing import ConvertResult, GgufSplit, check_output_name, report_phase, write_gguf_output
 from .route import Request, opened, writing_phase
 
 
-def as_float32(ref: TensorRef):
+def float32_loader(ref: TensorRef):
     def load():
-        return np.asarray(ref.read()).astype(np.float32)
+        return as_float32(ref.read())
     return load
 
 
 def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qtype: str, *, force: bool = False,
-               progress=None, modelfile: bool = True, trust: bool = False, verify: bool = False) -> ConvertResult:
-    """An F32/F16/BF16 GGUF (a path, or an opened source) to the llama.cpp file type `qtype` at `dst`."""
+               progress=None, modelfile: bool = True, trust: bool = False, verify: bool = False,
+               split: GgufSplit | None = None) -> ConvertResult:
+    """An F32/F16/BF16 GGUF (a path, or an opened source) to the llama.cpp file type `qtype` at `dst` (or a split
+    set)."""
     dst = Path(dst)
     ftype = parse_ftype(qtype, default="Q4_K_M")
     check_output_name(dst, "gguf")
     with opened(src, trust) as source:
-        if dst.exists() and dst.resolve() == source.path.resolve():
+        if dst.exists() and dst.resolve() in {f.resolve() for f in source.files}:
             raise UnsupportedError("the output would overwrite the input", dst)
         if source.format != "gguf":
             raise UnsupportedError(f"quantize takes a GGUF file; this is {source.format} "
@@ -48,7 +48,7 @@ def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qty
                 if mixes.allows_quantization(ref.name, ref.shape):
                     raise UnsupportedError(f"tensor {ref.name!r} is already {ref.dtype.name}; re-quantizing a quantized "
                                            "model loses quality twice; start from an F32/F16/BF16 GGUF", source.path)
-            planned.append(Planned(ref.name, ref.shape, as_float32(ref), ref.dtype.name))
+            planned.append(Planned(ref.name, ref.shape, float32_loader(ref), ref.dtype.name))
         meta = dict(source.metadata)
         shape = model_shape(meta)
         if ftype in FLOAT_FTYPES:
@@ -63,19 +63,23 @@ def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qty
             if p.type == source.tensors[p.name].dtype.name:
                 p.load = source.tensors[p.name].read
         meta.update(file_metadata(ftype, ftype not in FLOAT_FTYPES))
-        with atomic_file(dst, force) as tmp:
-            report_phase(progress, writing_phase(planned), len(planned))
-            write_gguf(to_refs(planned), tmp, metadata=meta, progress=progress)
+        errors: dict[str, float] = {}
+
+        def check(path: Path) -> None:
             if verify:
                 report_phase(progress, "verifying", len(planned))
-            errors = verify_gguf(planned, tmp, progress) if verify else {}
-        files = [str(dst)]
+                errors.update(verify_gguf(planned, path, progress))
+
+        report_phase(progress, writing_phase(planned), len(planned))
+        written = write_gguf_output(to_refs(planned), dst, meta, force=force, progress=progress, split=split,
+                                    check=check)
+        files = [str(p) for p in written]
         if modelfile:
             mf = modelfile_path(dst)
-            write_modelfile(mf, dst, meta)
+            write_modelfile(mf, written[0], meta)
             files.append(str(mf))
         nbytes = sum(dtypes.DTYPES[p.type].nbytes(int(np.prod(p.shape))) for p in planned)
-        return ConvertResult(str(source.path), str(dst), "gguf", files, len(planned), nbytes, verified=verify,
+        return ConvertResult(str(source.path), str(written[0]), "gguf", files, len(planned), nbytes, verified=verify,
                              errors=errors)
 
 
@@ -89,4 +93,4 @@ class GgufRequantize:
 
     def run(self, source: ModelSource, request: Request) -> ConvertResult:
         return requantize(source, request.dst, request.quant, force=request.force, progress=request.progress,
-                          verify=request.verify)
+                          verify=request.verify, split=request.split)

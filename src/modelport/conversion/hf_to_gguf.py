@@ -12,14 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from ..core import dtypes
-from ..core.atomic import atomic_file
 from ..core.errors import UnsupportedError
 from ..core.source import ModelSource, own_file
-from ..formats.gguf import write_gguf
 from ..gguf.convert import load_config, parse_ftype, plan_hf, to_refs, verify_gguf
 from ..gguf.modelfile import modelfile_path, write_modelfile
 from ..gguf.tokenizer import TOKENIZER_FILES
-from ..writing import ConvertResult, check_output_name, report_phase
+from ..writing import ConvertResult, GgufSplit, check_output_name, report_phase, write_gguf_output
 from .route import Request, writing_phase
 
 NEEDS_CONFIG = "converting to GGUF needs the model's config.json (beside the weights, or --config)"
@@ -49,26 +47,32 @@ def model_config(source: ModelSource, config_path: Path | None) -> tuple[dict | 
 
 
 def write_hf_as_gguf(source: ModelSource, dst: Path, *, quant: str | None = None, config_path: Path | None = None,
-                     force: bool = False, progress=None, modelfile: bool = True, verify: bool = False) -> ConvertResult:
-    """`source` (an opened HF model) as the GGUF file `dst`, `quant` (default F16), with a Modelfile beside it."""
+                     force: bool = False, progress=None, modelfile: bool = True, verify: bool = False,
+                     split: GgufSplit | None = None) -> ConvertResult:
+    """`source` (an opened HF model) as the GGUF file `dst` (or a split set), `quant` (default F16), with a
+    Modelfile beside it."""
     config, side = model_config(source, config_path)
     if config is None:
         raise UnsupportedError(NEEDS_CONFIG, source.path)
     check_output_name(dst, "gguf")
     plan = plan_hf(source, parse_ftype(quant), config, side)
-    with atomic_file(dst, force) as tmp:
-        report_phase(progress, writing_phase(plan.tensors), len(plan.tensors))
-        write_gguf(to_refs(plan.tensors), tmp, metadata=plan.metadata, progress=progress)
+    errors: dict[str, float] = {}
+
+    def check(path: Path) -> None:
         if verify:
             report_phase(progress, "verifying", len(plan.tensors))
-        errors = verify_gguf(plan.tensors, tmp, progress) if verify else {}
-    files = [str(dst)]
+            errors.update(verify_gguf(plan.tensors, path, progress))
+
+    report_phase(progress, writing_phase(plan.tensors), len(plan.tensors))
+    written = write_gguf_output(to_refs(plan.tensors), dst, plan.metadata, force=force, progress=progress,
+                                split=split, check=check)
+    files = [str(p) for p in written]
     if modelfile:
         mf = modelfile_path(dst)
-        write_modelfile(mf, dst, plan.metadata)
+        write_modelfile(mf, written[0], plan.metadata)
         files.append(str(mf))
     nbytes = sum(dtypes.DTYPES[p.type].nbytes(int(np.prod(p.shape))) for p in plan.tensors)
-    return ConvertResult(str(source.path), str(dst), "gguf", files, len(plan.tensors), nbytes, verified=verify,
+    return ConvertResult(str(source.path), str(written[0]), "gguf", files, len(plan.tensors), nbytes, verified=verify,
                          errors=errors, details={"tokenizer": plan.vocab.summary()})
 
 
@@ -88,4 +92,4 @@ class HfToGguf:
     def run(self, source: ModelSource, request: Request) -> ConvertResult:
         return write_hf_as_gguf(source, request.dst, quant=request.quant if request.quant is not None else request.dtype,
                                 config_path=request.config, force=request.force, progress=request.progress,
-                                verify=request.verify)
+                                verify=request.verify, split=request.split)

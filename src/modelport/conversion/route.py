@@ -17,7 +17,7 @@ from typing import Protocol
 from ..core import dtypes
 from ..core.source import ModelSource
 from ..opening import open as open_model
-from ..writing import ConvertResult, Progress
+from ..writing import ConvertResult, GgufSplit, Progress
 
 HF_TARGETS = ("hf", "huggingface")
 
@@ -42,6 +42,7 @@ class Request:
     quantize: str | None = None           # ONNX output: int8
     trust: bool = False
     progress: Progress | None = None
+    split: GgufSplit | None = None        # GGUF output: llama.cpp split files (--split-max-size/--split-max-tensors)
 
     @property
     def wants_gguf(self) -> bool:

@@ -17,7 +17,7 @@ from ..core.source import ModelSource
 from ..core.tensor import TensorRef, cast
 from ..formats import registry
 from ..formats.registry import FormatSpec
-from ..writing import ConvertResult, dedupe, verify_written, write_tensors
+from ..writing import ConvertResult, dedupe, report_phase, verify_written, write_gguf_output, write_tensors
 from .route import HF_TARGETS, Request
 
 
@@ -80,12 +80,19 @@ class WeightsRoute:
         if spec.name == "safetensors":
             metadata = {k: str(v) for k, v in metadata.items()}
             metadata.setdefault("format", "pt")
-        files = write_tensors(refs, dst, spec, folder=folder, max_size=max_size, metadata=metadata, aliases=aliases,
-                              force=request.force, progress=request.progress,
-                              fill_folder=lambda tmp: copy_side_files(source, tmp, target_dtype))
-        result = ConvertResult(str(source.path), str(dst), spec.name, files, len(refs), sum(r.nbytes for r in refs),
+        if request.split is not None and spec.name == "gguf" and not folder:   # a GGUF cut into llama.cpp's split files
+            report_phase(request.progress, "writing", len(refs))
+            files = [str(p) for p in write_gguf_output(refs, dst, metadata, force=request.force,
+                                                       progress=request.progress, split=request.split)]
+        else:
+            files = write_tensors(refs, dst, spec, folder=folder, max_size=max_size, metadata=metadata,
+                                  aliases=aliases, force=request.force, progress=request.progress,
+                                  fill_folder=lambda tmp: copy_side_files(source, tmp, target_dtype))
+        output = files[0] if request.split else str(dst)      # a split set is named by its first part
+        result = ConvertResult(str(source.path), output, spec.name, files, len(refs), sum(r.nbytes for r in refs),
                                aliases)
         if request.verify:
-            verify_written(dst, plan_refs(source, target_dtype, request.dequantize, spec), request.progress)
+            written = Path(files[0]) if request.split else dst
+            verify_written(written, plan_refs(source, target_dtype, request.dequantize, spec), request.progress)
             result.verified = True
         return result

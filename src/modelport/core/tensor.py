@@ -12,15 +12,21 @@ what a writer copies so that a quantized tensor stays byte-identical, and what `
 from __future__ import annotations
 
 import builtins
+import errno
 import math
 import mmap
+import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Hashable
 
 import numpy as np
 
 from .dtypes import DType
-from .errors import UnsupportedError
+from .errors import FormatError, UnsupportedError
+
+VERBATIM = "verbatim"          # TensorRef.extra flag a reader sets: see `TensorRef.stored_range`
+_COPY_CHUNK = 1 << 30          # bytes per copy_file_range call
+_NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY)
 
 
 def map_bytes(path, start: int, nbytes: int) -> np.ndarray:
@@ -35,6 +41,102 @@ def map_bytes(path, start: int, nbytes: int) -> np.ndarray:
     with builtins.open(path, "rb") as f:
         mapped = mmap.mmap(f.fileno(), start - base + nbytes, access=mmap.ACCESS_READ, offset=base)
     return np.frombuffer(mapped, np.uint8, count=nbytes, offset=start - base)
+
+
+def copy_range(src: str | os.PathLike, offset: int, nbytes: int, out_fd: int) -> None:
+    """Append `nbytes` of `src` from `offset` to the file open at `out_fd` (at its current position), file to
+    file in the kernel (`copy_file_range`: no pass through this process's memory, a reflink where the file
+    system can), falling back to `sendfile`, then to 64 MB reads."""
+    with builtins.open(src, "rb") as f:
+        fd_in, pos, left = f.fileno(), offset, nbytes
+        os.posix_fadvise(fd_in, offset, nbytes, os.POSIX_FADV_SEQUENTIAL)   # read ahead what is not cached
+        for copy in (_kernel_copy, _sendfile_copy, _read_copy):
+            try:
+                while left:
+                    n = copy(fd_in, out_fd, pos, left)
+                    if n <= 0:
+                        raise FormatError(f"file changed while open (ends before byte {pos + left})", src)
+                    pos, left = pos + n, left - n
+                return
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise
+
+
+def _kernel_copy(fd_in: int, fd_out: int, pos: int, left: int) -> int:
+    return os.copy_file_range(fd_in, fd_out, min(left, _COPY_CHUNK), pos)
+
+
+def _sendfile_copy(fd_in: int, fd_out: int, pos: int, left: int) -> int:
+    return os.sendfile(fd_out, fd_in, pos, min(left, _COPY_CHUNK))
+
+
+def _read_copy(fd_in: int, fd_out: int, pos: int, left: int) -> int:
+    data = os.pread(fd_in, min(left, 1 << 26), pos)
+    write_all(fd_out, data)
+    return len(data)
+
+
+def open_for_writing(path: str | os.PathLike):
+    """An unbuffered binary file for a writer that writes big arrays and kernel copies (`copy_range`) itself.
+
+    An existing empty file (the atomic output's fresh temporary) is not truncated again: on ext4 a truncate to
+    zero makes close() start writing the whole file back (auto_da_alloc), a second flush before the output's fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+    try:
+        if os.fstat(fd).st_size:
+            os.ftruncate(fd, 0)
+        return os.fdopen(fd, "wb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def write_all(fd: int, data) -> None:
+    """Write every byte of `data` (bytes or a contiguous array) at `fd`'s position: `os.write` may write less
+    (Linux stops at about 2 GB a call; a disk filling up stops sooner, then raises ENOSPC)."""
+    view = memoryview(data).cast("B")
+    written = 0
+    while written < len(view):
+        written += os.write(fd, view[written:written + _COPY_CHUNK])
+
+
+def as_float32(arr: np.ndarray, chunk_bytes: int = 32 << 20) -> np.ndarray:
+    """`arr` as float32 (itself when it already is). A view of a memory-mapped file is converted a block of rows
+    at a time, each block's pages handed back to the page cache once read (MADV_DONTNEED): the peak is the float32
+    copy, not the copy plus the whole mapped source."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.float32:
+        return arr
+    mapped = _mapping_of(arr)
+    if mapped is None or arr.ndim == 0 or not arr.flags.c_contiguous:
+        return arr.astype(np.float32)
+    out = np.empty(arr.shape, np.float32)
+    flat_in, flat_out = arr.reshape(-1), out.reshape(-1)
+    step = max(1, chunk_bytes // arr.itemsize)
+    mm, base_addr = mapped
+    start_addr = arr.ctypes.data - base_addr
+    page = mmap.PAGESIZE
+    for i in range(0, flat_in.size, step):
+        flat_out[i:i + step] = flat_in[i:i + step]
+        lo = start_addr + i * arr.itemsize
+        hi = start_addr + min(i + step, flat_in.size) * arr.itemsize
+        lo, hi = -(-lo // page) * page, hi // page * page     # whole pages inside the block only
+        if hi > lo:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    return out
+
+
+def _mapping_of(arr: np.ndarray) -> tuple[mmap.mmap, int] | None:
+    """The read-only mmap an array views (and the mapping's address), if any."""
+    base = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):       # np.frombuffer keeps a memoryview of the mmap
+        base = base.obj
+    if not isinstance(base, mmap.mmap) or not hasattr(base, "madvise") or len(base) == 0:
+        return None
+    return base, np.frombuffer(base, np.uint8, count=1).ctypes.data
 
 
 @dataclass
@@ -72,6 +174,15 @@ class TensorRef:
         if self.raw_loader is None:
             raise UnsupportedError(f"tensor {self.name!r}: {self.dtype.name} tensor without its raw blocks", self.file)
         return self.raw_loader()
+
+    def stored_range(self) -> tuple[str, int] | None:
+        """(file, offset) when `file` holds exactly this tensor's bytes as a writer stores them (little-endian,
+        C order, whole-byte elements) at offset .. offset + nbytes, so that a writer may copy them file to file
+        (`copy_range`); None otherwise. Only a reader sets it (the `verbatim` flag), and `derive()` clears `file`
+        and `offset`, so a cast or otherwise transformed ref never qualifies."""
+        if self.file is None or self.offset is None or not self.extra.get(VERBATIM) or self.dtype.bits % 8:
+            return None
+        return self.file, self.offset
 
     def derive(self, loader: Callable[[], np.ndarray], **changes) -> TensorRef:
         """A new lazy ref computed from this one (new loader; dtype/shape/name as changed).

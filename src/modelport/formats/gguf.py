@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -415,7 +416,18 @@ def _details(header: Header, tensors: list[TensorInfo]) -> dict[str, Any]:
 
 
 def open_gguf(path: Path) -> ModelSource:
+    """One GGUF file, or the whole split set it belongs to (`split.count` > 1), from any of its files."""
     header = read_header(path)
+    if split_count(header.metadata) > 1:
+        return open_split_set(path, header)
+    tensors, closer = _tensor_refs(path, header)
+    return ModelSource(path=path, format="gguf", tensors=tensors, files=[path], metadata=header.metadata,
+                       config=_config(header.metadata), details=_details(header, header.tensors),
+                       closers=[closer])
+
+
+def _tensor_refs(path: Path, header: Header) -> tuple[dict[str, TensorRef], Callable[[], None]]:
+    """Lazy refs over one file's memory map (mapped on first read), and the callable that unmaps it."""
     cache: list[np.ndarray] = []
 
     def mapped() -> np.ndarray:
@@ -430,9 +442,67 @@ def open_gguf(path: Path) -> ModelSource:
                                        nbytes=info.nbytes, file=str(path), offset=info.offset,
                                        storage=(str(path), info.offset, info.nbytes),
                                        raw_loader=raw, extra={"gguf_type": info.dtype.name})
-    return ModelSource(path=path, format="gguf", tensors=tensors, files=[path], metadata=header.metadata,
-                       config=_config(header.metadata), details=_details(header, header.tensors),
-                       closers=[cache.clear])
+    return tensors, cache.clear
+
+
+# --- split sets (llama.cpp's gguf-split) ------------------------------------------------------
+# `NAME-00001-of-00003.gguf` ... : the first file holds all the metadata, every file `split.no` (u16, from 0),
+# `split.count` (u16) and `split.tensors.count` (i32, the whole set's), and its own tensors (offsets per file).
+
+SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS = "split.no", "split.count", "split.tensors.count"
+SPLIT_KEYS = (SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS)
+_SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def split_path(prefix: str | Path, index: int, count: int) -> Path:
+    """llama.cpp's `llama_split_path`: file `index` (from 0) of `count` is `PREFIX-{index+1:05d}-of-{count:05d}.gguf`."""
+    return Path(f"{prefix}-{index + 1:05d}-of-{count:05d}.gguf")
+
+
+def split_count(metadata: dict[str, Any]) -> int:
+    value = metadata.get(SPLIT_COUNT)
+    return int(value) if isinstance(value, (int, np.integer)) else 0
+
+
+def open_split_set(path: Path, header: Header) -> ModelSource:
+    """A split set as one model, from any of its files: every file is found by name, checked and mapped; the
+    set's path is its first file (the one llama.cpp loads), its metadata the first file's without the split keys."""
+    count, no = split_count(header.metadata), header.metadata.get(SPLIT_NO)
+    require(count <= 99999, f"split.count {count} is more than a split name can hold", path)
+    require(isinstance(no, (int, np.integer)) and 0 <= int(no) < count,
+            f"split.no {no} is not a part number of a {count}-file split set", path)
+    match = _SPLIT_NAME.match(path.name)
+    require(match is not None and int(match["no"]) == int(no) + 1 and int(match["count"]) == count,
+            f"part {int(no) + 1} of a {count}-file split GGUF must keep its name "
+            f"{split_path('NAME', int(no), count).name}", path)
+    prefix = path.parent / match["prefix"]
+    paths = [split_path(prefix, i, count) for i in range(count)]
+    tensors: dict[str, TensorRef] = {}
+    infos: list[TensorInfo] = []
+    closers = []
+    headers = []
+    for i, part in enumerate(paths):
+        require(part.is_file(), f"part {i + 1} of this {count}-file split set is missing: {part.name}", path)
+        h = header if part == path else read_header(part)
+        require(split_count(h.metadata) == count and h.metadata.get(SPLIT_NO) == i,
+                f"{part.name} is not part {i + 1} of {count} of this set (split.no {h.metadata.get(SPLIT_NO)}, "
+                f"split.count {h.metadata.get(SPLIT_COUNT)})", path)
+        refs, closer = _tensor_refs(part, h)
+        for name in refs:
+            require(name not in tensors, f"tensor {name!r} appears in more than one part ({part.name})", path)
+        tensors.update(refs)
+        infos.extend(h.tensors)
+        closers.append(closer)
+        headers.append(h)
+    expected = headers[0].metadata.get(SPLIT_TENSORS)
+    require(expected is None or int(expected) == len(tensors),
+            f"the split set holds {len(tensors)} tensors but says {SPLIT_TENSORS} = {expected}", path)
+    first = headers[0]
+    metadata = {k: v for k, v in first.metadata.items() if k not in SPLIT_KEYS}
+    details = _details(first, infos)
+    details["split"] = {"count": count, "files": [p.name for p in paths]}
+    return ModelSource(path=paths[0], format="gguf", tensors=tensors, files=paths, metadata=metadata,
+                       config=_config(metadata), details=details, closers=closers)
 
 
 def _raw_loader(mapped, info: TensorInfo):
@@ -505,7 +575,7 @@ def encode_metadata_value(key: str, value) -> tuple[Any, int, int | None]:
 
 def _writer_class():
     from gguf.constants import GGUFValueType
-    from gguf.gguf_writer import GGUFWriter
+    from gguf.gguf_writer import GGUFWriter, WriterState
 
     class Writer(GGUFWriter):
         """GGUFWriter that can also write empty arrays (gguf-py refuses them; the format allows them)."""
@@ -516,6 +586,20 @@ def _writer_class():
                 return head + self._pack("I", sub_type if sub_type is not None else GGUFValueType.STRING) + self._pack("Q", 0)
             return super()._pack_val(val, vtype, add_vtype, sub_type)
 
+        def write_tensor_data(self, tensor, tensor_endianess=None) -> None:
+            """The next tensor's bytes through the file object (NumPy's `tofile` reports a short write on a full disk
+            without its errno; `write` raises ENOSPC / EFBIG, which the atomic output turns into a one-line error)."""
+            if self.state not in (WriterState.TI_DATA, WriterState.WEIGHTS):
+                raise ValueError(f"expected tensor info or weights, got {self.state}")
+            file_id = next(i for i, tensors in enumerate(self.tensors) if tensors)
+            fout = self.fout[file_id]
+            info = self.tensors[file_id].pop(next(iter(self.tensors[file_id])))
+            assert info.nbytes == tensor.nbytes
+            self.write_padding(fout, fout.tell())
+            fout.write(memoryview(np.ascontiguousarray(tensor).reshape(-1).view(np.uint8)))
+            self.write_padding(fout, tensor.nbytes)
+            self.state = WriterState.WEIGHTS
+
     return Writer
 
 
@@ -523,10 +607,13 @@ _LAYOUT_KEYS = ("general.alignment", "split.no", "split.count", "split.tensors.c
 
 
 def write_gguf(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = None,
-               aliases: dict | None = None, progress=None) -> None:
+               aliases: dict | None = None, progress=None, *, split: tuple[int, int, int] | None = None) -> None:
     """Stream tensors into a GGUF file: F32/F16/BF16/F64/I8..I64 from `read()`, block types from `read_raw()`.
 
     `aliases` (tied names) are not written: GGUF expresses tying by leaving the tensor out.
+    `split` = (part index from 0, part count, the set's tensor count) writes one file of a split set as
+    gguf-split does: the first part carries the metadata, the others only the split keys (and a non-default
+    alignment, so that each part reads alone); then split.no, split.tensors.count, split.count, in that order.
     """
     from gguf.constants import GGMLQuantizationType, GGUFValueType
 
@@ -554,6 +641,9 @@ def write_gguf(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = 
     arch = meta.pop("general.architecture", None)
     arch = arch if isinstance(arch, str) and arch else NEUTRAL_ARCH
     writer = _writer_class()(dst, arch)
+    later_part = split is not None and split[0] > 0
+    if later_part:
+        writer.kv_data[0].clear()       # gguf-split's later parts start from an empty context: no architecture
     alignment = meta.get("general.alignment")
     if alignment is not None:
         a = int(alignment.tolist()[0] if isinstance(alignment, GGUFArray) else alignment)
@@ -562,10 +652,15 @@ def write_gguf(tensors: Iterable[TensorRef], dst: Path, metadata: dict | None = 
         writer.data_alignment = a
         writer.add_key_value("general.alignment", a, GGUFValueType.UINT32)
     for key, value in meta.items():
-        if key in _LAYOUT_KEYS:
+        if key in _LAYOUT_KEYS or later_part:
             continue
         val, vtype, sub = encode_metadata_value(key, value)
         writer.add_key_value(str(key), val, GGUFValueType(vtype), None if sub is None else GGUFValueType(sub))
+    if split is not None:
+        no, count, total = split
+        writer.add_key_value(SPLIT_NO, no, GGUFValueType.UINT16)
+        writer.add_key_value(SPLIT_TENSORS, total, GGUFValueType.INT32)
+        writer.add_key_value(SPLIT_COUNT, count, GGUFValueType.UINT16)
     for ref, qtype, nbytes in plan:
         # A non-uint8 dtype with raw_dtype keeps the logical shape as given; gguf-py reverses it to ne.
         writer.add_tensor_info(ref.name, ref.shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
@@ -597,4 +692,5 @@ FORMAT = FormatSpec(
     open=open_gguf,
     write=write_gguf,
     description="GGUF (llama.cpp)",
+    options={"quantized": True},     # block-quantized tensors are written back as their raw blocks
 )

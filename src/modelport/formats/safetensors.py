@@ -24,7 +24,7 @@ from ..core import dtypes
 from ..core.errors import FormatError, UnsupportedError, require
 from ..core.packing import pack_nibbles, unpack_nibbles
 from ..core.source import ModelSource, tensor_list
-from ..core.tensor import TensorRef, map_bytes
+from ..core.tensor import VERBATIM, TensorRef, copy_range, map_bytes, open_for_writing, write_all
 from .registry import FormatSpec
 
 MAX_HEADER = 100_000_000
@@ -133,7 +133,7 @@ def open_safetensors(path: Path) -> ModelSource:
     for name, dtype, shape, begin, end in entries:
         start = data_start + begin
         tensors[name] = TensorRef(name, dtype, shape, _loader(path, name, dtype, shape, start, end - begin),
-                                  nbytes=end - begin, file=str(path), offset=start)
+                                  nbytes=end - begin, file=str(path), offset=start, extra={VERBATIM: True})
     aliases = {k: v for k, v in metadata.items() if k not in tensors and v in tensors}
     meta = {k: v for k, v in metadata.items() if k not in aliases}
     return ModelSource(path=path, format="safetensors", tensors=tensors, files=[path], metadata=meta,
@@ -177,14 +177,19 @@ def write_safetensors(tensors: Iterable[TensorRef], dst: Path, metadata: dict | 
     blob += b" " * (-(8 + len(blob)) % 8)
     if len(blob) > MAX_HEADER:
         raise UnsupportedError("header would exceed the 100 MB safetensors limit; shard the output", dst)
-    with dst.open("wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
+    with open_for_writing(dst) as f:
+        write_all(f.fileno(), struct.pack("<Q", len(blob)) + blob)
         for ref in refs:
+            stored = ref.stored_range()
+            if stored is not None:      # the source file holds these very bytes: copied file to file
+                copy_range(stored[0], stored[1], ref.nbytes, f.fileno())
+                if progress:
+                    progress(ref)
+                continue
             data = _tensor_bytes(ref, ref.read())
             if data.nbytes != header[ref.name]["data_offsets"][1] - header[ref.name]["data_offsets"][0]:
                 raise FormatError(f"tensor {ref.name!r}: got {data.nbytes} bytes, expected {ref.dtype.nbytes(ref.numel)}", dst)
-            f.write(data)
+            write_all(f.fileno(), data)
             if progress:
                 progress(ref)
 

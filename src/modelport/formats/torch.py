@@ -32,7 +32,7 @@ import numpy as np
 from ..core import dtypes
 from ..core.errors import FormatError, ModelportError, UnsupportedError, require
 from ..core.source import ModelSource, tensor_list
-from ..core.tensor import TensorRef, map_bytes
+from ..core.tensor import VERBATIM, TensorRef, map_bytes
 from . import torch_pickle
 from .registry import FormatSpec
 
@@ -129,6 +129,7 @@ def _make_ref(path: Path, name: str, t: torch_pickle.PickledTensor, records: dic
     base = record_start + view_start
     contiguous = _is_contiguous(shape, stride)
     nbytes = numel * item
+    verbatim = contiguous and not big_endian and dtype.bits % 8 == 0   # a writer may copy the file's bytes as they are
 
     def load() -> np.ndarray:
         if numel == 0:
@@ -147,7 +148,7 @@ def _make_ref(path: Path, name: str, t: torch_pickle.PickledTensor, records: dic
                      offset=base + offset * item if contiguous else None,
                      storage=(str(path), root.key, dtype.name, t.storage.elem_offset * storage_item + offset * item,
                               shape, stride),
-                     extra={"parameter": True} if t.parameter else {})
+                     extra={"parameter": True, VERBATIM: verbatim} if t.parameter else {VERBATIM: verbatim})
 
 
 def _scalar(value) -> Any:

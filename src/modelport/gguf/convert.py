@@ -26,7 +26,7 @@ from .. import families
 from ..core import dtypes
 from ..core.errors import CheckFailed, FormatError, ModelportError, UnsupportedError
 from ..core.source import ModelSource, read_json
-from ..core.tensor import TensorRef
+from ..core.tensor import TensorRef, as_float32
 from ..formats.gguf import open_gguf, write_gguf
 from . import mixes, quants
 from .tokenizer import TOKENIZER_FILES, Vocab, load_vocab
@@ -194,9 +194,7 @@ def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_fi
 
 def _loader(arch, gname: str, ref: TensorRef) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
-        data = np.asarray(ref.read())
-        if data.dtype != np.float32:
-            data = data.astype(np.float32)
+        data = as_float32(ref.read())     # a mapped bf16/f16 source is let go block by block: peak = the float32 copy
         return np.ascontiguousarray(arch.to_gguf(gname, data))
     return load
 
