@@ -941,7 +941,7 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None, imatrix: np.nd
     per_row = n // dt.block_size
     qw_row = None
     if imatrix is not None:                         # chunks of whole rows, each with the row's weights
-        chunk = max(1, chunk // per_row) * per_row
+        chunk = max(1, min(chunk, 4096) // per_row) * per_row      # (the weighted searches are slower anyway)
         qw_row = imatrix.reshape(per_row, dt.block_size)
     out = np.empty((nblocks, dt.type_size), np.uint8)
 
