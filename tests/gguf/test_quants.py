@@ -41,6 +41,9 @@ def _cases(n: int = 512) -> dict[str, np.ndarray]:
         "zero_const_rows": mixed,
         "tiny": (rng.standard_normal((8, n)) * 1e-7).astype(f),
         "subnormal_scales": (rng.standard_normal((8, n)) * 1e-30).astype(f),
+        # subnormal weights: 1/scale overflows to inf, and ggml's casts of inf (x86) decide the levels
+        "subnormal_values": (rng.standard_normal((8, n)) * 1e-40).astype(f),
+        "smallest_subnormals": (rng.integers(-2, 3, (8, n)) * 1.4e-45).astype(f),
         "positive": rng.uniform(0.5, 2.0, (8, n)).astype(f),
         "negative": -rng.uniform(0.0, 3.0, (8, n)).astype(f),
         "heavy_tail": rng.standard_t(2, (8, n)).astype(f),

@@ -81,6 +81,9 @@ def _make_qkx2(X, W, nmax, rmin, rdelta, nstep, use_mad):
         np.multiply(La, iscale, out=La)
         np.rint(La, out=La)
         np.clip(La, F32(0), nmax_f, out=La)          # (np.maximum/np.minimum with a scalar and out= is 10x slower)
+        inf = np.isinf(iscale)                          # max - min so small (subnormal) that iscale overflowed:
+        if inf.any():                                   # nearest_int(inf or NaN) is -2^22 or 0, clamped to 0
+            La[:, inf] = 0
 
     def error(scale, mn_):
         np.multiply(La, scale, out=t)
@@ -595,7 +598,9 @@ def _sym(x, div, bias, top):
     mx = first_absmax(x, 1)
     mx = np.where(mx == 0, F32(0), mx)                               # ggml's max starts at +0.0
     d = mx / F32(-div)
-    q = np.minimum(np.trunc(x * _inv(d)[:, None] + F32(bias)), top).astype(np.uint8)
+    iscale = _inv(d)
+    q = np.minimum(np.trunc(x * iscale[:, None] + F32(bias)), top).astype(np.uint8)
+    q[np.isinf(iscale)] = 0                         # subnormal d: (int8_t) of +-inf or NaN is 0 on x86
     return fp16(d), q
 
 
@@ -604,7 +609,9 @@ def _asym(x, div):
     mn = np.take_along_axis(x, np.argmin(x, axis=1)[:, None], axis=1)[:, 0]
     mx = np.take_along_axis(x, np.argmax(x, axis=1)[:, None], axis=1)[:, 0]
     d = (mx - mn) / F32(div)
-    q = np.trunc((x - mn[:, None]) * _inv(d)[:, None] + F32(0.5))
+    iscale = _inv(d)
+    q = np.trunc((x - mn[:, None]) * iscale[:, None] + F32(0.5))
+    q[np.isinf(iscale)] = 0                         # subnormal d: the (int8_t) cast of +-inf or NaN is 0 on x86
     return fp16(d), fp16(mn), q
 
 
@@ -803,6 +810,7 @@ def _trits(x: np.ndarray) -> np.ndarray:
     t = np.greater_equal(v, F32(0.5)).view(np.uint8)                # lroundf rounds half away from zero
     t = t + np.uint8(1)
     t -= np.less_equal(v, F32(-0.5)).view(np.uint8)
+    t[np.isinf(iscale)] = 1                         # subnormal amax: lroundf(+-inf or NaN) + 1 is 1 on x86
     return t, fp16(amax)
 
 
