@@ -44,6 +44,9 @@ def _cases(n: int = 512) -> dict[str, np.ndarray]:
         # subnormal weights: 1/scale overflows to inf, and ggml's casts of inf (x86) decide the levels
         "subnormal_values": (rng.standard_normal((8, n)) * 1e-40).astype(f),
         "smallest_subnormals": (rng.integers(-2, 3, (8, n)) * 1.4e-45).astype(f),
+        # x*x overflows: inf weights, NaN scales that ggml's `>` comparisons skip and nearest_int(NaN) = 0
+        "squares_overflow": (rng.standard_normal((8, n)) * 1e30).astype(f),
+        "wide_range": (rng.standard_normal((8, n)) * 10.0 ** rng.integers(-20, 20, (8, n))).astype(f),
         "positive": rng.uniform(0.5, 2.0, (8, n)).astype(f),
         "negative": -rng.uniform(0.0, 3.0, (8, n)).astype(f),
         "heavy_tail": rng.standard_t(2, (8, n)).astype(f),

@@ -79,16 +79,23 @@ def first_absmax(x: np.ndarray, axis: int) -> np.ndarray:
     """The signed element with the largest |x| (the first one on ties), as ggml's `if (ax > amax)` loops pick it."""
     if axis == 0:
         return absmax_cols(x)
-    idx = np.argmax(np.abs(x), axis=axis)
+    a = np.abs(x)
+    nan = np.isnan(a)
+    if nan.any():                                   # `ax > amax` is false for NaN: never picked
+        a[nan] = -1
+        x = np.where(nan, F32(0), x)
+    idx = np.argmax(a, axis=axis)
     return np.take_along_axis(x, np.expand_dims(idx, axis), axis=axis).squeeze(axis)
 
 
 def absmax_cols(X: np.ndarray) -> np.ndarray:
     """first_absmax over axis 0 from the column max and min (fast reductions); where both +a and -a occur, the
     first of them is looked up in those few columns only."""
-    hi = X.max(axis=0)
-    lo = X.min(axis=0)
+    hi = np.fmax.reduce(X, axis=0)                  # NaN is never picked (`ax > amax` is false), and a column
+    lo = np.fmin.reduce(X, axis=0)                  # of NaN keeps max = 0
     best = np.where(-lo > hi, lo, hi)
+    if np.isnan(best).any():
+        best[np.isnan(best)] = 0
     tie = np.flatnonzero((-lo == hi) & (hi != 0))
     if tie.size:
         sub = X[:, tie]

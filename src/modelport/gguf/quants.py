@@ -133,9 +133,10 @@ def _make_qkx2(X, W, nmax, rmin, rdelta, nstep, use_mad):
     return L, scale, -mn
 
 
-def _make_qx(X, nmax, W=None):
+def _make_qx(X, nmax, W=None, exact=False):
     """make_qx_quants(rmse_type=1) over columns, with weights W (same layout) or x*x: returns (levels, scale),
-    levels(cols) giving L (offset by +nmax).
+    levels(cols) giving L (offset by +nmax). `exact`: round with ggml's nearest_int bit trick (for X that may hold
+    inf or NaN, such as scales computed from overflowing sums); np.rint is the same on finite X.
 
     ggml tries 19 scales per sub-block and keeps the first best. Each trial here is 8 whole-chunk passes in
     preallocated buffers that only yield the two sums per column; the accept test then runs over those column
@@ -158,8 +159,11 @@ def _make_qx(X, nmax, W=None):
     t = scratch("qx_t", X.shape)
     for k in range(iscales.shape[0]):
         np.multiply(X, iscales[k], out=l)
-        np.rint(l, out=l)
-        np.clip(l, lo, hi, out=l)
+        if exact:
+            l[...] = np.clip(nearest_int(l), lo, hi)
+        else:
+            np.rint(l, out=l)
+            np.clip(l, lo, hi, out=l)
         np.multiply(WX, l, out=t)
         np.add.reduce(t, axis=0, out=slx[k])
         np.multiply(W, l, out=t)
@@ -184,8 +188,11 @@ def _make_qx(X, nmax, W=None):
     def levels(c):
         """The rows of L (offset by +nmax) of columns c; 0 in all-zero sub-blocks."""
         L = np.take(X, c, axis=1).T * iscale[c, None]
-        np.rint(L, out=L)
-        np.clip(L, lo, hi, out=L)
+        if exact:
+            L[...] = np.clip(nearest_int(L), lo, hi)
+        else:
+            np.rint(L, out=L)
+            np.clip(L, lo, hi, out=L)
         L += nmax_f
         L[zero[c]] = 0
         return L
@@ -310,6 +317,9 @@ def _requant(x, d, L, lo, hi, offset=0, dm=None):
     else:
         np.divide(xs, d, out=v)
     q = rint_clip(v, F32(lo), F32(hi), out=v)
+    nan = np.flatnonzero(np.isnan(d.reshape(-1)))   # fp16 inf times a 0 code: `if (!d)` lets NaN through,
+    if nan.size:                                    # and nearest_int(x/NaN) is 0
+        q[nan] = np.clip(F32(0), F32(lo), F32(hi))
     keep = np.flatnonzero(d.reshape(-1) == 0)
     if keep.size:
         q[keep] = L(keep) - F32(offset) if callable(L) else np.take(L, keep, axis=1).T
@@ -436,7 +446,7 @@ def _q3_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
         W, sw = _k_weights(x, X, qw, 16, True)
         levels, scales = _make_qx(X, 4, W)
         lv, d_block = _make_qx(np.ascontiguousarray(scales.reshape(nb, 16).T), 32,
-                               np.ascontiguousarray(sw.reshape(nb, 16).T))
+                               np.ascontiguousarray(sw.reshape(nb, 16).T), exact=True)
         code = lv(np.arange(nb)).astype(np.uint8)                   # 0..63, the 6-bit scale codes
         d16 = fp16(d_block)
     else:
@@ -784,7 +794,7 @@ def _iq4_xs(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     max_scale = first_absmax(scales, 1)
     d = -max_scale / F32(32)
     iscale = np.where(d != 0, F32(1) / np.where(d != 0, d, F32(1)), F32(0))
-    l = np.clip(np.rint(iscale[:, None] * scales), -32, 31)
+    l = np.clip(nearest_int(iscale[:, None] * scales), -32, 31).astype(F32)
     dl = d[:, None] * l
     idl = np.where(dl != 0, F32(1) / np.where(dl != 0, dl, F32(1)), F32(0))
     v = np.multiply(x.reshape(nb, 8, 32), idl[:, :, None], out=scratch("iq4_v", (nb, 8, 32)))
