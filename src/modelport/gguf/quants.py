@@ -56,6 +56,7 @@ from .quant_math import (
 )
 
 _Q3_SUB = 512                  # blocks per slice of _make_q3's first round
+_Q3_WEIGHTED_SLICE = 1024       # blocks per slice of the weighted Q3_K search (its arrays stay in cache)
 
 
 # ----------------------------------------------------------------------------------- K-quant searches
@@ -157,10 +158,20 @@ def _make_qx(X, nmax, W=None, exact=False):
     WX = np.multiply(W, X, out=scratch("qx_WX", X.shape))
     l = scratch("qx_l", X.shape)
     t = scratch("qx_t", X.shape)
+    if not exact:
+        # Only elements near the sub-block's |max| can round outside [-nmax, nmax-1] (|iscale| <= (nmax+0.9)/|max|):
+        # clamp just those, a few percent of the chunk, instead of a whole-chunk np.clip per trial.
+        near = F32((nmax - 0.5) / (nmax + 0.9) - 1e-4) * np.where(zero, F32(np.inf), np.abs(amax_signed))
+        clamp = np.flatnonzero(np.abs(X) >= near)
+        sparse = clamp.size * 8 < X.size            # (small nmax: many are near, and np.clip is cheaper)
+    lflat = l.reshape(-1)
     for k in range(iscales.shape[0]):
         np.multiply(X, iscales[k], out=l)
         if exact:
             l[...] = np.clip(nearest_int(l), lo, hi)
+        elif sparse:
+            np.rint(l, out=l)
+            lflat[clamp] = np.minimum(np.maximum(lflat[clamp], lo), hi)
         else:
             np.rint(l, out=l)
             np.clip(l, lo, hi, out=l)
@@ -441,6 +452,8 @@ def _q2_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
 
 def _q3_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     nb = x.shape[0]
+    if qw is not None and nb > _Q3_WEIGHTED_SLICE:
+        return _sliced(_q3_k, x, qw, _Q3_WEIGHTED_SLICE)
     if qw is not None:                                                # quantize_row_q3_K_impl
         X = to_cols(x, 16)
         W, sw = _k_weights(x, X, qw, 16, True)
@@ -635,7 +648,7 @@ def _qh(q):
     return np.packbits(((q.astype(np.uint8) >> 4) & 1).astype(bool), axis=1, bitorder="little")
 
 
-def _sliced(fn, x, qw, blocks=2048):
+def _sliced(fn, x, qw, blocks=4096):
     """fn over slices of `blocks` blocks: the weighted 32-element searches keep their arrays in cache."""
     if x.shape[0] <= blocks:
         return fn(x, qw)
