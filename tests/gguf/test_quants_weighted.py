@@ -228,7 +228,7 @@ def _write_gguf(path, tensors, qtype=None):
 
 
 def _logits(llama_cpp, path, ids):
-    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, n_threads=2, verbose=False)
+    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, n_threads=1, n_threads_batch=1, verbose=False)
     try:
         llm.eval(ids)
         logits = np.array(llm.scores[:len(ids)], np.float32)
