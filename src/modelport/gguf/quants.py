@@ -965,7 +965,10 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None, imatrix: np.nd
         raise ValueError(f"row length {n} is not a multiple of the {name} block size {dt.block_size}")
     imatrix = _check_imatrix(imatrix, data, name)
     if imatrix is not None and imatrix.ndim == 2:                   # one expert at a time, each its own weights
-        return np.stack([quantize(data[e], name, threads, imatrix[e]) for e in range(data.shape[0])])
+        experts = np.empty((*lead, n // dt.block_size * dt.type_size), np.uint8)
+        for e in range(data.shape[0]):
+            experts[e] = quantize(data[e], name, threads, imatrix[e])
+        return experts
     kernel, chunk = _KERNELS[name]
     blocks = data.reshape(-1, dt.block_size)        # converted to float32 chunk by chunk: bounded extra memory
     nblocks = blocks.shape[0]
