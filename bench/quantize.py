@@ -93,6 +93,7 @@ def main() -> None:
         if args.imatrix != "no" and name in quants.USES_IMATRIX:
             runs.append(weights)
         for w in runs:
+            quants.quantize(x[:1], name, imatrix=w)    # tables (grid types) built outside the timing
             t_ours = t_ggml = float("inf")
             for _ in range(args.repeat):        # interleaved, so that both sides see the same machine load
                 t, ours = _best(lambda name=name, w=w: quants.quantize(x, name, threads=args.threads, imatrix=w),

@@ -7,3 +7,6 @@ and their importance weights (same shape, or None) and returns (nblocks, type_si
 from __future__ import annotations
 
 GRID_KERNELS: dict = {}
+#: Types ggml refuses to quantize without an importance matrix (ggml_quantize_requires_imatrix); their kernels
+#: refuse a None qw.
+REQUIRES_IMATRIX = frozenset({"IQ2_XXS", "IQ2_XS", "IQ1_S"})

@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..core.dtypes import DTYPES
-from .iq_grid import GRID_KERNELS
+from .iq_grid import GRID_KERNELS, REQUIRES_IMATRIX
 from .quant_math import (
     F32,
     GROUP_MAX_EPS,
@@ -905,6 +905,7 @@ USES_IMATRIX = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", 
                 *GRID_KERNELS)
 #: Types `quantize` can produce.
 SUPPORTED = ("F32", "F16", "BF16", *_KERNELS)
+__all__ = ["REQUIRES_IMATRIX", "SUPPORTED", "USES_IMATRIX", "dequantize", "dequantize_chunks", "quantize"]
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -917,26 +918,18 @@ def _type_name(qtype) -> str:
     return name
 
 
-#: Types ggml refuses to quantize without importance weights (ggml_quantize_requires_imatrix).
-REQUIRES_IMATRIX = ("IQ2_XXS", "IQ2_XS", "IQ1_S")
-
-
 def _check_imatrix(imatrix, data: np.ndarray, name: str) -> np.ndarray | None:
     """The importance weights as float32 of shape (ncols,) or, for a 3-D tensor, (n_expert, ncols); None where
     ggml ignores them."""
     n = data.shape[-1]
-    if imatrix is None:
-        if name in REQUIRES_IMATRIX:
-            raise ValueError(f"cannot quantize to {name} without an importance matrix (ggml requires one)")
-        return None
-    if name not in USES_IMATRIX:
+    if imatrix is None or name not in USES_IMATRIX:   # (the grid kernels refuse REQUIRES_IMATRIX types without)
         return None
     imatrix = np.asarray(imatrix, dtype=F32)
     per_expert = data.ndim == 3 and imatrix.shape == (data.shape[0], n)
     if imatrix.shape != (n,) and not per_expert:
         expected = f"({n},)" + (f" or ({data.shape[0]}, {n})" if data.ndim == 3 else "")
-        raise ValueError(f"importance weights of shape {imatrix.shape} do not fit a tensor of shape {data.shape}: "
-                         f"expected {expected}")
+        raise ValueError(f"the importance matrix has {imatrix.size} values for rows of {n} (shape {imatrix.shape} "
+                         f"for a tensor of shape {data.shape}; expected {expected})")
     if not np.isfinite(imatrix).all():
         raise ValueError("the importance weights contain NaN or infinity")
     return imatrix
