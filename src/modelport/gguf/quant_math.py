@@ -80,12 +80,13 @@ def first_absmax(x: np.ndarray, axis: int) -> np.ndarray:
     if axis == 0:
         return absmax_cols(x)
     a = np.abs(x)
-    nan = np.isnan(a)
-    if nan.any():                                   # `ax > amax` is false for NaN: never picked
+    idx = np.expand_dims(np.argmax(a, axis=axis), axis)
+    if np.isnan(np.take_along_axis(a, idx, axis=axis)).any():   # argmax stops at a NaN; ggml's `ax > amax` is
+        nan = np.isnan(a)                                       # false for NaN: never picked
         a[nan] = -1
         x = np.where(nan, F32(0), x)
-    idx = np.argmax(a, axis=axis)
-    return np.take_along_axis(x, np.expand_dims(idx, axis), axis=axis).squeeze(axis)
+        idx = np.expand_dims(np.argmax(a, axis=axis), axis)
+    return np.take_along_axis(x, idx, axis=axis).squeeze(axis)
 
 
 def absmax_cols(X: np.ndarray) -> np.ndarray:
