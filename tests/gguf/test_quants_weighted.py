@@ -188,6 +188,20 @@ def test_mxfp4_keeps_values_on_its_grid():
     assert np.array_equal(quants.dequantize(quants.quantize(x, "MXFP4"), "MXFP4"), x)
 
 
+def test_mxfp4_exponent_next_to_powers_of_two(ggml_w):
+    """e = floor(log2f(amax)) - 2 + 127: just below 2^k, log2f rounds up to k; subnormal maxima wrap the uint8."""
+    rows = []
+    for k in range(-140, 128, 3):
+        v = np.float32(2.0) ** np.float32(k)
+        for _ in range(3):
+            row = np.full(32, v * np.float32(0.3), np.float32)
+            row[5], row[7] = v, -v * np.float32(0.9)
+            rows.append(row)
+            v = np.nextafter(v, np.float32(0))
+    x = np.array(rows, np.float32)
+    assert np.array_equal(quants.quantize(x, "MXFP4"), ggml_w(x, "MXFP4", None))
+
+
 # ------------------------------------------------------------------------------ llama.cpp runs the files
 
 _DIMS = (2, 256, 4, 2, 512, 64)                                      # n_layer, hidden, heads, kv heads, ffn, vocab
