@@ -339,3 +339,40 @@ print(json.dumps({{"before": before, "peak": status('VmHWM')}}))
     grew = r["peak"] - r["before"]
     assert model_mb > 200
     assert grew < 5 * largest_mb, (grew, model_mb)    # 16 MB largest tensor; the whole model would be > 200 MB
+
+
+NEW_VERIFY_TYPES = ["IQ4_NL", "IQ4_XS", "MXFP4", "TQ1_0", "TQ2_0",
+                    "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"]
+
+
+@pytest.mark.parametrize("qtype", NEW_VERIFY_TYPES)
+def test_verify_bounds_the_imatrix_era_types(qtype, tmp_path):
+    """--verify knows every type the quantizer writes: a file of the type (quantized with importance weights where
+    ggml uses them) passes on Gaussian and on heavy-tailed rows, and the same tensor with its rows out of order
+    fails."""
+    from modelport.core import dtypes
+    from modelport.core.errors import CheckFailed
+    from modelport.core.tensor import TensorRef
+    from modelport.formats.gguf import write_gguf
+    from modelport.gguf import quants
+    from modelport.gguf.convert import VERIFY_BOUNDS, Planned, verify_gguf
+
+    assert qtype in VERIFY_BOUNDS
+    if qtype not in quants.SUPPORTED:
+        pytest.skip(f"{qtype} has no kernel on this branch (the grid kernels come with iq_grid)")
+    rng = np.random.default_rng(7)
+    tensors = {"blk.0.ffn_up.weight": (rng.standard_normal((16, 512)) * 0.02).astype(np.float32),
+               "blk.0.ffn_down.weight": (rng.standard_t(3, (16, 512)) * 0.01).astype(np.float32)}
+    imatrix = rng.lognormal(0, 1, 512).astype(np.float32)
+    planned = [Planned(name, x.shape, lambda x=x: x, qtype) for name, x in tensors.items()]
+    refs = [TensorRef(p.name, dtypes.DTYPES[qtype], p.shape, loader=lambda: pytest.fail("blocks are copied raw"),
+                      raw_loader=lambda x=tensors[p.name]:
+                      quants.quantize(x, qtype, imatrix=imatrix).reshape(-1), extra={"gguf_type": qtype})
+            for p in planned]
+    out = tmp_path / f"{qtype}.gguf"
+    write_gguf(refs, out, metadata={"general.architecture": "llama"})
+    worst = verify_gguf(planned, out)
+    assert 0 < worst[qtype] <= VERIFY_BOUNDS[qtype]
+    planned[0].load = lambda x=tensors["blk.0.ffn_up.weight"]: x[::-1]
+    with pytest.raises(CheckFailed, match="blk.0.ffn_up.weight"):
+        verify_gguf(planned, out)
