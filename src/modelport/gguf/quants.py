@@ -616,26 +616,77 @@ def _q8_0(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def _sym(x, div, bias, top):
-    """Q4_0/Q5_0: d = max/-div, q = min(top, (int8)(x*id + bias))."""
-    mx = first_absmax(x, 1)
-    mx = np.where(mx == 0, F32(0), mx)                               # ggml's max starts at +0.0
-    d = mx / F32(-div)
-    iscale = _inv(d)
-    q = np.minimum(np.trunc(x * iscale[:, None] + F32(bias)), top).astype(np.uint8)
-    q[np.isinf(iscale)] = 0                         # subnormal d: (int8_t) of +-inf or NaN is 0 on x86
-    return fp16(d), q
+#: (v * _GATHER_BITS) >> 56 collects bit 0 of each of a uint64's 8 bytes into one byte (byte i -> bit i).
+_GATHER_BITS = np.uint64(0x0102040810204080)
+_LOW_BITS = np.uint64(0x0101010101010101)
 
 
-def _asym(x, div):
-    """Q4_1/Q5_1: d = (max-min)/div, m = min, q = (int)((x-min)*id + 0.5)."""
-    mn = np.take_along_axis(x, np.argmin(x, axis=1)[:, None], axis=1)[:, 0]
-    mx = np.take_along_axis(x, np.argmax(x, axis=1)[:, None], axis=1)[:, 0]
-    d = (mx - mn) / F32(div)
-    iscale = _inv(d)
-    q = np.trunc((x - mn[:, None]) * iscale[:, None] + F32(0.5))
-    q[np.isinf(iscale)] = 0                         # subnormal d: the (int8_t) cast of +-inf or NaN is 0 on x86
-    return fp16(d), fp16(mn), q
+def _legacy(x: np.ndarray, bits: int, signed: bool, slice_blocks: int = 2048) -> np.ndarray:
+    """Q4_0 / Q5_0 (signed: d = absmax/-2^(bits-1), q = min(top, (int8)(x*id + 2^(bits-1) + 0.5))) and Q4_1 / Q5_1
+    (d = (max-min)/(2^bits-1), m = min, q = (uint8)((x-min)*id + 0.5)), without importance weights.
+
+    Works on slices of `slice_blocks` blocks turned into (32, n) columns (one transposing copy): the per-block
+    max/min are then reductions across rows and every other float step an in-place op on contiguous rows. The
+    levels go back to block order as bytes (one transposing copy), where 8 of them are one uint64: the nibbles
+    are one shift-or, the fifth bits one multiply that gathers a bit from each byte."""
+    nb = x.shape[0]
+    half = 1 << (bits - 1)
+    top = np.uint8(2 * half - 1)
+    out = np.empty((nb, (2 if signed else 4) + 16 + (4 if bits == 5 else 0)), np.uint8)
+    for s0 in range(0, nb, slice_blocks):
+        s1 = min(nb, s0 + slice_blocks)
+        X = to_cols(x[s0:s1], 32)
+        hi = np.maximum.reduce(X, axis=0)
+        lo = np.minimum.reduce(X, axis=0)
+        if signed:                                                  # the first element of largest |x| (the input
+            mx = np.where(-lo > hi, lo, hi)                         # is finite); +a and -a both there: look it up
+            tie = np.flatnonzero(lo + hi == 0)
+            if tie.size:
+                sub = X[:, tie]
+                mx[tie] = sub[np.argmax(np.abs(sub) == hi[tie], axis=0), np.arange(tie.size)]
+            mx += F32(0)                                            # ggml's max starts at +0.0
+            d = mx / F32(-half)
+            bias = F32(half + 0.5)
+        else:
+            zero = np.flatnonzero(lo == 0)                          # ggml's min is the first of +0 / -0
+            if zero.size:
+                sub = X[:, zero]
+                lo[zero] = sub[np.argmax(sub == 0, axis=0), np.arange(zero.size)]
+            d = (hi - lo) / F32(2 * half - 1) + F32(0)
+            bias = F32(0.5)
+        iscale = _inv(d)[:, None]
+        xs = x[s0:s1]
+        Y = scratch("Y", xs.shape)
+        if signed:
+            np.multiply(xs, iscale, out=Y)
+        else:
+            np.subtract(xs, lo[:, None], out=Y)
+            Y *= iscale
+        Y += bias
+        B = scratch("B", xs.shape, np.uint8)
+        np.copyto(B, Y, casting="unsafe")                           # values in [0, top + 1.5]: the cast truncates
+        if signed or bits == 4:
+            np.minimum(B, top, out=B)
+        bad = np.isinf(iscale[:, 0])
+        if bad.any():                                               # subnormal d: the x86 cast of +-inf or NaN is 0
+            B[bad] = 0
+        B64 = B.view(np.uint64)                                     # (n, 4): elements 0-7, 8-15, 16-23, 24-31
+        o = out[s0:s1].view(np.uint16)                             # fields are whole uint16s: no byte loops
+        o[:, 0] = fp16(d).view(np.uint16)
+        head = 1 if signed else 2                                   # uint16s before qh / the nibbles
+        if not signed:
+            o[:, 1] = fp16(lo).view(np.uint16)
+        if bits == 5:                                               # bit j of a little-endian u32: bit 4 of q_j
+            h = (B64 >> np.uint64(4)) & _LOW_BITS
+            h *= _GATHER_BITS
+            h >>= np.uint64(56)
+            o[:, head:head + 2] = h.astype(np.uint8).view(np.uint16)
+            head += 2
+            B64 &= np.uint64(0x0F0F0F0F0F0F0F0F)
+        packed = B64[:, 2:] << np.uint64(4)
+        packed |= B64[:, :2]
+        o[:, head:head + 8] = packed.view(np.uint16)
+    return out
 
 
 def _nib(q):
@@ -670,8 +721,7 @@ def _asym_weighted(x, qw, nmax):
 def _q4_0(x, qw=None):
     if qw is not None:
         return _sliced(_q4_0_weighted, x, qw)
-    d, q = _sym(x, 8, 8.5, 15)
-    return np.concatenate([d.view(np.uint8).reshape(-1, 2), _nib(q)], axis=1)
+    return _legacy(x, 4, True)
 
 
 def _q4_0_weighted(x, qw):
@@ -682,8 +732,7 @@ def _q4_0_weighted(x, qw):
 def _q5_0(x, qw=None):
     if qw is not None:
         return _sliced(_q5_0_weighted, x, qw)
-    d, q = _sym(x, 16, 16.5, 31)
-    return np.concatenate([d.view(np.uint8).reshape(-1, 2), _qh(q), _nib(q)], axis=1)
+    return _legacy(x, 5, True)
 
 
 def _q5_0_weighted(x, qw):
@@ -694,9 +743,7 @@ def _q5_0_weighted(x, qw):
 def _q4_1(x, qw=None):
     if qw is not None:
         return _sliced(_q4_1_weighted, x, qw)
-    d, m, q = _asym(x, 15)
-    q = np.minimum(q, 15)
-    return np.concatenate([d.view(np.uint8).reshape(-1, 2), m.view(np.uint8).reshape(-1, 2), _nib(q)], axis=1)
+    return _legacy(x, 4, False)
 
 
 def _q4_1_weighted(x, qw):
@@ -707,9 +754,7 @@ def _q4_1_weighted(x, qw):
 def _q5_1(x, qw=None):
     if qw is not None:
         return _sliced(_q5_1_weighted, x, qw)
-    d, m, q = _asym(x, 31)
-    q = q.astype(np.uint8)                                         # (uint8_t) cast; (x-min)*id is in [0, 31]
-    return np.concatenate([d.view(np.uint8).reshape(-1, 2), m.view(np.uint8).reshape(-1, 2), _qh(q), _nib(q)], axis=1)
+    return _legacy(x, 5, False)
 
 
 def _q5_1_weighted(x, qw):
