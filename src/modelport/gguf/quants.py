@@ -631,7 +631,6 @@ def _legacy(x: np.ndarray, bits: int, signed: bool, slice_blocks: int = 2048) ->
     are one shift-or, the fifth bits one multiply that gathers a bit from each byte."""
     nb = x.shape[0]
     half = 1 << (bits - 1)
-    top = np.uint8(2 * half - 1)
     out = np.empty((nb, (2 if signed else 4) + 16 + (4 if bits == 5 else 0)), np.uint8)
     for s0 in range(0, nb, slice_blocks):
         s1 = min(nb, s0 + slice_blocks)
@@ -665,12 +664,12 @@ def _legacy(x: np.ndarray, bits: int, signed: bool, slice_blocks: int = 2048) ->
         Y += bias
         B = scratch("B", xs.shape, np.uint8)
         np.copyto(B, Y, casting="unsafe")                           # values in [0, top + 1.5]: the cast truncates
-        if signed or bits == 4:
-            np.minimum(B, top, out=B)
         bad = np.isinf(iscale[:, 0])
         if bad.any():                                               # subnormal d: the x86 cast of +-inf or NaN is 0
             B[bad] = 0
         B64 = B.view(np.uint64)                                     # (n, 4): elements 0-7, 8-15, 16-23, 24-31
+        if signed or bits == 4:                                     # min(top, q): q <= top + 1 = 2^bits, the one
+            B64 -= (B64 >> np.uint64(bits)) & _LOW_BITS             # value with that bit; -1 per byte, no borrow
         o = out[s0:s1].view(np.uint16)                             # fields are whole uint16s: no byte loops
         o[:, 0] = fp16(d).view(np.uint16)
         head = 1 if signed else 2                                   # uint16s before qh / the nibbles
