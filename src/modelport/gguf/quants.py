@@ -631,60 +631,61 @@ def _legacy(x: np.ndarray, bits: int, signed: bool, slice_blocks: int = 2048) ->
     are one shift-or, the fifth bits one multiply that gathers a bit from each byte."""
     nb = x.shape[0]
     half = 1 << (bits - 1)
-    out = np.empty((nb, (2 if signed else 4) + 16 + (4 if bits == 5 else 0)), np.uint8)
-    for s0 in range(0, nb, slice_blocks):
+    hi, lo = np.empty(nb, F32), np.empty(nb, F32)
+    for s0 in range(0, nb, slice_blocks):                           # per-block max and min
+        X = to_cols(x[s0:s0 + slice_blocks], 32)
+        np.maximum.reduce(X, axis=0, out=hi[s0:s0 + slice_blocks])
+        np.minimum.reduce(X, axis=0, out=lo[s0:s0 + slice_blocks])
+    if signed:                                                      # the first element of largest |x| (the input is
+        mx = np.where(-lo > hi, lo, hi)                             # finite); where +a and -a both occur, look it up
+        tie = np.flatnonzero(lo + hi == 0)
+        if tie.size:
+            sub = x[tie]
+            mx[tie] = sub[np.arange(tie.size), np.argmax(np.abs(sub) == hi[tie, None], axis=1)]
+        mx += F32(0)                                                # ggml's max starts at +0.0
+        d = mx / F32(-half)
+        bias = F32(half + 0.5)
+    else:
+        zero = np.flatnonzero(lo == 0)                              # ggml's min is the first of +0 / -0
+        if zero.size:
+            sub = x[zero]
+            lo[zero] = sub[np.arange(zero.size), np.argmax(sub == 0, axis=1)]
+        d = (hi - lo) / F32(2 * half - 1) + F32(0)
+        bias = F32(0.5)
+    iscale = _inv(d)[:, None]
+    B = scratch("B", x.shape, np.uint8)
+    for s0 in range(0, nb, slice_blocks):                           # the levels, in block order
         s1 = min(nb, s0 + slice_blocks)
-        X = to_cols(x[s0:s1], 32)
-        hi = np.maximum.reduce(X, axis=0)
-        lo = np.minimum.reduce(X, axis=0)
-        if signed:                                                  # the first element of largest |x| (the input
-            mx = np.where(-lo > hi, lo, hi)                         # is finite); +a and -a both there: look it up
-            tie = np.flatnonzero(lo + hi == 0)
-            if tie.size:
-                sub = X[:, tie]
-                mx[tie] = sub[np.argmax(np.abs(sub) == hi[tie], axis=0), np.arange(tie.size)]
-            mx += F32(0)                                            # ggml's max starts at +0.0
-            d = mx / F32(-half)
-            bias = F32(half + 0.5)
-        else:
-            zero = np.flatnonzero(lo == 0)                          # ggml's min is the first of +0 / -0
-            if zero.size:
-                sub = X[:, zero]
-                lo[zero] = sub[np.argmax(sub == 0, axis=0), np.arange(zero.size)]
-            d = (hi - lo) / F32(2 * half - 1) + F32(0)
-            bias = F32(0.5)
-        iscale = _inv(d)[:, None]
-        xs = x[s0:s1]
-        Y = scratch("Y", xs.shape)
+        Y = scratch("Y", (s1 - s0, 32))
         if signed:
-            np.multiply(xs, iscale, out=Y)
+            np.multiply(x[s0:s1], iscale[s0:s1], out=Y)
         else:
-            np.subtract(xs, lo[:, None], out=Y)
-            Y *= iscale
+            np.subtract(x[s0:s1], lo[s0:s1, None], out=Y)
+            Y *= iscale[s0:s1]
         Y += bias
-        B = scratch("B", xs.shape, np.uint8)
-        np.copyto(B, Y, casting="unsafe")                           # values in [0, top + 1.5]: the cast truncates
-        bad = np.isinf(iscale[:, 0])
-        if bad.any():                                               # subnormal d: the x86 cast of +-inf or NaN is 0
-            B[bad] = 0
-        B64 = B.view(np.uint64)                                     # (n, 4): elements 0-7, 8-15, 16-23, 24-31
-        if signed or bits == 4:                                     # min(top, q): q <= top + 1 = 2^bits, the one
-            B64 -= (B64 >> np.uint64(bits)) & _LOW_BITS             # value with that bit; -1 per byte, no borrow
-        o = out[s0:s1].view(np.uint16)                             # fields are whole uint16s: no byte loops
-        o[:, 0] = fp16(d).view(np.uint16)
-        head = 1 if signed else 2                                   # uint16s before qh / the nibbles
-        if not signed:
-            o[:, 1] = fp16(lo).view(np.uint16)
-        if bits == 5:                                               # bit j of a little-endian u32: bit 4 of q_j
-            h = (B64 >> np.uint64(4)) & _LOW_BITS
-            h *= _GATHER_BITS
-            h >>= np.uint64(56)
-            o[:, head:head + 2] = h.astype(np.uint8).view(np.uint16)
-            head += 2
-            B64 &= np.uint64(0x0F0F0F0F0F0F0F0F)
-        packed = B64[:, 2:] << np.uint64(4)
-        packed |= B64[:, :2]
-        o[:, head:head + 8] = packed.view(np.uint16)
+        np.copyto(B[s0:s1], Y, casting="unsafe")                    # values in [0, top + 1.5]: the cast truncates
+    bad = np.isinf(iscale[:, 0])
+    if bad.any():                                                   # subnormal d: the x86 cast of +-inf or NaN is 0
+        B[bad] = 0
+    B64 = B.view(np.uint64)                                         # (nb, 4): elements 0-7, 8-15, 16-23, 24-31
+    if signed or bits == 4:                                         # min(top, q): q <= top + 1 = 2^bits, the one
+        B64 -= (B64 >> np.uint64(bits)) & _LOW_BITS                 # value with that bit; -1 per byte, no borrow
+    out = np.empty((nb, (2 if signed else 4) + 16 + (4 if bits == 5 else 0)), np.uint8)
+    o = out.view(np.uint16)                                         # fields are whole uint16s: no byte loops
+    o[:, 0] = fp16(d).view(np.uint16)
+    head = 1 if signed else 2                                       # uint16s before qh / the nibbles
+    if not signed:
+        o[:, 1] = fp16(lo).view(np.uint16)
+    if bits == 5:                                                   # bit j of a little-endian u32: bit 4 of q_j
+        h = (B64 >> np.uint64(4)) & _LOW_BITS
+        h *= _GATHER_BITS
+        h >>= np.uint64(56)
+        o[:, head:head + 2] = h.astype(np.uint8).view(np.uint16)
+        head += 2
+        B64 &= np.uint64(0x0F0F0F0F0F0F0F0F)
+    packed = B64[:, 2:] << np.uint64(4)
+    packed |= B64[:, :2]
+    o[:, head:head + 8] = packed.view(np.uint16)
     return out
 
 
