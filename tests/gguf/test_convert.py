@@ -339,3 +339,55 @@ print(json.dumps({{"before": before, "peak": status('VmHWM')}}))
     grew = r["peak"] - r["before"]
     assert model_mb > 200
     assert grew < 5 * largest_mb, (grew, model_mb)    # 16 MB largest tensor; the whole model would be > 200 MB
+
+
+def test_verify_has_a_bound_for_every_type_the_quantizer_writes():
+    """--verify looks the written type up in VERIFY_BOUNDS: a type without an entry would be a KeyError."""
+    from modelport.core.dtypes import DTYPES
+    from modelport.gguf import quants
+    from modelport.gguf.convert import VERIFY_BOUNDS
+
+    written = {t for t in quants.SUPPORTED if DTYPES[t].is_quantized}
+    assert {"IQ4_NL", "IQ4_XS", "MXFP4", "TQ1_0", "TQ2_0"} <= written
+    assert written <= set(VERIFY_BOUNDS), written - set(VERIFY_BOUNDS)
+    assert all(0 < b <= 1.0 for b in VERIFY_BOUNDS.values())      # an uncorrelated tensor is off by more than 1
+
+
+#: The types --verify had bounds for before the importance-matrix types came.
+OLDER_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+
+
+def _newer_types():
+    from modelport.core.dtypes import DTYPES
+    from modelport.gguf import quants
+    return [t for t in quants.SUPPORTED if DTYPES[t].is_quantized and t not in OLDER_TYPES]
+
+
+@pytest.mark.parametrize("qtype", _newer_types())
+def test_verify_bounds_the_imatrix_era_types(qtype, tmp_path):
+    """--verify knows every type added with the importance matrix (IQ4, ternary, MXFP4, and the grid types once
+    iq_grid registers them): a file of the type, quantized with importance weights where ggml uses them, passes
+    on Gaussian and on heavy-tailed rows, and the same tensor with its rows out of order fails."""
+    from modelport.core import dtypes
+    from modelport.core.errors import CheckFailed
+    from modelport.core.tensor import TensorRef
+    from modelport.formats.gguf import write_gguf
+    from modelport.gguf import quants
+    from modelport.gguf.convert import VERIFY_BOUNDS, Planned, verify_gguf
+
+    rng = np.random.default_rng(7)
+    tensors = {"blk.0.ffn_up.weight": (rng.standard_normal((16, 512)) * 0.02).astype(np.float32),
+               "blk.0.ffn_down.weight": (rng.standard_t(3, (16, 512)) * 0.01).astype(np.float32)}
+    imatrix = rng.lognormal(0, 1, 512).astype(np.float32)
+    planned = [Planned(name, x.shape, lambda x=x: x, qtype) for name, x in tensors.items()]
+    refs = [TensorRef(p.name, dtypes.DTYPES[qtype], p.shape, loader=lambda: pytest.fail("blocks are copied raw"),
+                      raw_loader=lambda x=tensors[p.name]:
+                      quants.quantize(x, qtype, imatrix=imatrix).reshape(-1), extra={"gguf_type": qtype})
+            for p in planned]
+    out = tmp_path / f"{qtype}.gguf"
+    write_gguf(refs, out, metadata={"general.architecture": "llama"})
+    worst = verify_gguf(planned, out)
+    assert 0 < worst[qtype] <= VERIFY_BOUNDS[qtype]
+    planned[0].load = lambda x=tensors["blk.0.ffn_up.weight"]: x[::-1]
+    with pytest.raises(CheckFailed, match="blk.0.ffn_up.weight"):
+        verify_gguf(planned, out)

@@ -210,9 +210,17 @@ def hf_to_gguf(source: ModelSource, dst: str | os.PathLike, quant: str | None = 
 
 #: Relative RMS error (|dequantized - source| over |source|) a tensor of each type may show before `--verify`
 #: calls the file broken: about three times what the type gives on Gaussian weights, and far below the ~1.4 of a
-#: tensor scrambled by a wrong permutation or transpose.
+#: tensor scrambled by a wrong permutation or transpose. Capped at 1.0, which anything uncorrelated with its source
+#: exceeds (sqrt(1 + |y|^2/|x|^2)); the ternary types never exceed it (each value goes to the nearer of 0 and
+#: +-absmax, no farther than 0 is), and the grid types were measured with importance weights (ggml's, via ctypes).
 VERIFY_BOUNDS = {"Q8_0": 0.02, "Q6_K": 0.06, "Q5_K": 0.12, "Q5_0": 0.15, "Q5_1": 0.15, "Q4_K": 0.25,
-                 "Q4_0": 0.3, "Q4_1": 0.3, "Q3_K": 0.5, "Q2_K": 0.9}
+                 "Q4_0": 0.3, "Q4_1": 0.3, "Q3_K": 0.5, "Q2_K": 0.9,
+                 # measured on N(0, 0.02) 256x2048 (no imatrix / lognormal imatrix): 0.076/0.075, 0.077/0.076, 0.114
+                 "IQ4_NL": 0.25, "IQ4_XS": 0.25, "MXFP4": 0.35, "TQ1_0": 1.0, "TQ2_0": 1.0,    # ternary: 0.81
+                 # with all-one / lognormal weights: IQ3_S 0.137/0.146, IQ3_XXS 0.182/0.198, IQ2_S 0.249/0.263,
+                 # IQ2_XS 0.300/0.320, IQ2_XXS 0.344/0.362, IQ1_M 0.452/0.492, IQ1_S 0.486/0.519
+                 "IQ3_S": 0.45, "IQ3_XXS": 0.6, "IQ2_S": 0.8, "IQ2_XS": 0.95, "IQ2_XXS": 1.0, "IQ1_M": 1.0,
+                 "IQ1_S": 1.0}
 
 
 def verify_gguf(planned: list[Planned], dst: Path, progress: Callable[[TensorRef], None] | None = None) -> dict[str, float]:
