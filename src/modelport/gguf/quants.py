@@ -34,13 +34,15 @@ from typing import Iterator
 import numpy as np
 
 from ..core.dtypes import DTYPES
+from .iq_grid import GRID_KERNELS
 
 QK_K = 256
 _F = np.float32
 _Q3_SUB = 512                  # blocks per slice of _make_q3's first round
 
 #: Types `quantize` can produce.
-SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+             *GRID_KERNELS)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -612,10 +614,11 @@ def _type_name(qtype) -> str:
     return name
 
 
-def quantize(data: np.ndarray, qtype, threads: int | None = None) -> np.ndarray:
+def quantize(data: np.ndarray, qtype, threads: int | None = None, imatrix: np.ndarray | None = None) -> np.ndarray:
     """Quantize `data` (rows along the last axis) to `qtype`; returns uint8 of shape (*rows, row_bytes).
 
-    The bytes are ggml's: what `ggml_quantize_chunk` (and so llama-quantize without an imatrix) writes.
+    The bytes are ggml's: what `ggml_quantize_chunk` (and so llama-quantize) writes; `imatrix` (one importance
+    weight per column) is passed to the grid IQ kernels (iq_grid.py), which need it or fall back as ggml does.
     """
     name = _type_name(qtype)
     data = np.asarray(data)
@@ -631,7 +634,14 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None) -> np.ndarray:
     dt = DTYPES[name]
     if n % dt.block_size:
         raise ValueError(f"row length {n} is not a multiple of the {name} block size {dt.block_size}")
-    kernel, chunk = _KERNELS[name]
+    kernel, chunk = (GRID_KERNELS if name in GRID_KERNELS else _KERNELS)[name]
+    qw_rows = None
+    if name in GRID_KERNELS:
+        qw_rows = None if imatrix is None else np.asarray(imatrix, dtype=_F).reshape(-1, dt.block_size)
+        if qw_rows is not None and qw_rows.shape[0] != n // dt.block_size:
+            raise ValueError(f"the importance matrix has {qw_rows.size} values for rows of {n}")
+        grid_kernel = kernel
+        kernel = None
     blocks = data.reshape(-1, dt.block_size)        # converted to float32 chunk by chunk: bounded extra memory
     nblocks = blocks.shape[0]
     out = np.empty((nblocks, dt.type_size), np.uint8)
@@ -643,7 +653,11 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None) -> np.ndarray:
             # ggml would write garbage that llama.cpp's row check rejects (max/min carry any NaN or inf along)
             if not (np.isfinite(chunk_f32.max()) and np.isfinite(chunk_f32.min())):
                 raise ValueError(f"cannot quantize to {name}: the tensor contains NaN or infinity")
-            out[start:stop] = kernel(chunk_f32)
+            if kernel is None:
+                qw = None if qw_rows is None else qw_rows[np.arange(start, stop) % qw_rows.shape[0]]
+                out[start:stop] = grid_kernel(chunk_f32, qw)
+            else:
+                out[start:stop] = kernel(chunk_f32)
 
     starts = range(0, nblocks, chunk)
     if threads is None:
