@@ -94,13 +94,26 @@ class _Grid:
                                    np.cumsum(ds[:, 1:] != ds[:, :-1], axis=1)], axis=1)
             keep = rank < nwant
             counts.append(keep.sum(axis=1))
-            lists.append(order[keep])            # row-major: each code's neighbours in order
+            # the list padded with copies of its last entry: a copy never wins over the first, so padded rows can
+            # be searched whole (the first minimum is what ggml takes)
+            last = np.take_along_axis(order, keep.sum(axis=1, keepdims=True) - 1, axis=1)
+            lists.append(np.where(keep, order, last)[:, :self.size])
         counts = np.concatenate(counts)
-        self.nbrs = np.concatenate(lists).astype(np.int32)
-        self.nstart = np.zeros(len(self.map), np.int64)
-        self.ncount = np.zeros(len(self.map), np.int64)
-        self.nstart[off] = np.cumsum(counts) - counts
-        self.ncount[off] = counts
+        width = int(counts.max())
+        step = _WIDTH[self.dim]
+        width = -(-width // step) * step
+        table = np.concatenate([np.pad(a, ((0, 0), (0, max(0, width - a.shape[1]))), mode="edge")[:, :width]
+                                for a in lists]).astype(np.int32)
+        #: per off-grid code (numbered by `slot`): its neighbour count and list (padded), flat
+        self.count = counts
+        self.width = width
+        self.table = table.reshape(-1)
+        self.slot = np.full(len(self.map), -1, np.int32)
+        self.slot[off] = np.arange(len(off), dtype=np.int32)
+        #: per round of `step` neighbours: their grid points, (dim, step, slots)
+        self.rounds = [np.ascontiguousarray(self.pos[table[:, c0:c0 + step]].transpose(2, 1, 0))
+                       for c0 in range(0, width, step)]
+        self.levT = np.ascontiguousarray(self.levels.T)
 
     def codes(self, L: np.ndarray) -> np.ndarray:
         """Levels (D, S) -> lattice codes (D/dim, S)."""
@@ -110,39 +123,65 @@ class _Grid:
             u = u | (Lg[:, i] << self.shifts[i])
         return u
 
-    def snap(self, L: np.ndarray, xval: np.ndarray, waux: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    def snap(self, L: np.ndarray, xg: np.ndarray, wg: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """Replace the groups of L (D, S) that are not grid points by their best neighbour (iq*_find_best_neighbour:
-        least sum waux*(scale*q - x)^2, the first on ties); returns the mask (G, S) of groups that were off grid."""
+        least sum waux*(scale*q - x)^2, the first on ties); xg, wg are the values and sqrt-weights by group,
+        (dim, G*S). Returns the mask (G, S) of groups that were off grid.
+
+        The lists are searched `_WIDTH` neighbours at a time (all off-grid groups for the first ones, then only
+        those with longer lists). The first minimum is found as the minimum of (d2 bits << 16 | position): d2 is
+        never negative, so its bits order as the floats do (NaN above everything, as C's `<` skips it)."""
         u = self.codes(L)
         off = self.map[u] < 0
-        g, s = np.nonzero(off)
-        if g.size == 0:
+        f = np.flatnonzero(off)
+        if f.size == 0:
             return off
-        code = u[g, s]
-        cnt = self.ncount[code]
-        total = int(cnt.sum())
-        seg_first = np.cumsum(cnt) - cnt
-        seg = np.repeat(np.arange(g.size), cnt)
-        flat = np.repeat(self.nstart[code] - seg_first, cnt) + np.arange(total)
-        cand = self.nbrs[flat]                                        # grid indices, (P,)
-        dim = self.dim
-        rows = g[:, None] * dim + np.arange(dim)                      # element rows of each group, (m, dim)
-        xg = xval[rows, s[:, None]][seg]                              # (P, dim)
-        wg = waux[rows, s[:, None]][seg]
-        sc = scale[s][seg]
-        pos = self.pos[cand]
-        d2 = None
-        for i in range(dim):
-            diff = sc * pos[:, i]
-            diff -= xg[:, i]
-            t = wg[:, i] * diff
-            t *= diff
-            d2 = t if d2 is None else d2 + t
-        best = np.minimum.reduceat(d2, seg_first)
-        idx = np.where(d2 == best[seg], np.arange(total), total)
-        win = cand[np.minimum.reduceat(idx, seg_first)]
-        L.reshape(-1, dim, L.shape[-1])[g, :, s] = self.levels[win]
+        S = L.shape[-1]
+        g, s = np.divmod(f, S)
+        slot = self.slot[u.reshape(-1)[f]]
+        sc = scale[s]
+        x = np.take(xg, f, axis=1)
+        w = np.take(wg, f, axis=1)
+        cnt = self.count[slot]
+        step = _WIDTH[self.dim]
+        best = None
+        sel = None
+        for r, pts in enumerate(self.rounds):
+            c0 = r * step
+            if r:
+                sel = np.flatnonzero(cnt > c0) if sel is None else sel[cnt[sel] > c0]
+                if sel.size == 0:
+                    break
+                sl, scs, xs, ws = slot[sel], sc[sel], x[:, sel], w[:, sel]
+            else:
+                sl, scs, xs, ws = slot, sc, x, w
+            d2 = None
+            for i in range(self.dim):
+                diff = np.take(pts[i], sl, axis=1)                    # (step, m)
+                diff *= scs
+                diff -= xs[i]
+                t = ws[i] * diff
+                t *= diff
+                if d2 is None:
+                    d2 = t
+                else:
+                    d2 += t
+            key = (d2.view(np.int32) & 0x7FFFFFFF).astype(np.int64) << 16
+            key |= np.arange(c0, c0 + step, dtype=np.int64)[:, None]
+            kmin = np.minimum.reduce(key, axis=0)
+            if r == 0:
+                best = kmin
+            else:
+                best[sel] = np.minimum(best[sel], kmin)
+        win = self.table[slot.astype(np.int64) * self.width + (best & 0xFFFF)]
+        flat = L.reshape(-1)
+        base = (g * self.dim) * S + s
+        for i in range(self.dim):
+            flat[base + i * S] = self.levT[i][win]
         return off
+
+
+_WIDTH = {4: 8, 8: 16}       # neighbours searched per round, by group size
 
 
 @functools.cache
@@ -154,14 +193,22 @@ def _grid(name: str) -> _Grid:
     return _Grid(cls, bits, nwant)
 
 
-def _levels(grid: _Grid, xval, waux, id_, nscale, kmax: int):
+def _by_group(a: np.ndarray, dim: int) -> np.ndarray:
+    """(D, S) per element -> (dim, G*S): row i holds element i of every group, group-major (g*S + s)."""
+    D, S = a.shape
+    return np.ascontiguousarray(a.reshape(D // dim, dim, S).transpose(1, 0, 2)).reshape(dim, -1)
+
+
+def _levels(grid: _Grid, xval, waux, id_, nscale, kmax: int, xg=None, wg=None):
     """Round every value to its lattice level at inverse scale id_ (per sub-block), then snap off-grid groups
     with the neighbour search at scale nscale: returns (L int32 (D, S), off-grid mask (G, S))."""
     v = xval * id_
     v -= _F(1)
     v *= _F(0.5)
     L = np.clip(nearest_int(v), 0, kmax - 1)
-    off = grid.snap(L, xval, waux, nscale)
+    if xg is None:
+        xg, wg = _by_group(xval, grid.dim), _by_group(waux, grid.dim)
+    off = grid.snap(L, xg, wg, nscale)
     return L, off
 
 
@@ -213,9 +260,10 @@ def _search(grid, xval, W, waux, id_fn, steps, kmax, init_scale):
     best = np.zeros(S, _F)
     scale = init_scale.copy()
     win_is = np.full(S, -999, np.int32)
+    xg, wg = _by_group(xval, grid.dim), _by_group(waux, grid.dim)
     for is_ in steps:
         id_ = id_fn(is_)
-        L, _ = _levels(grid, xval, waux, id_, _F(1) / id_, kmax)
+        L, _ = _levels(grid, xval, waux, id_, _F(1) / id_, kmax, xg, wg)
         sumqx, sumq2 = _sums(wx, W, L)
         with np.errstate(all="ignore"):
             win = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
