@@ -129,8 +129,7 @@ class _Grid:
         (dim, G*S). Returns the mask (G, S) of groups that were off grid.
 
         The lists are searched `_WIDTH` neighbours at a time (all off-grid groups for the first ones, then only
-        those with longer lists). The first minimum is found as the minimum of (d2 bits << 16 | position): d2 is
-        never negative, so its bits order as the floats do (NaN above everything, as C's `<` skips it)."""
+        those with longer lists); a later round wins only when strictly smaller, as in C's loop."""
         u = self.codes(L)
         off = self.map[u] < 0
         f = np.flatnonzero(off)
@@ -144,8 +143,7 @@ class _Grid:
         w = np.take(wg, f, axis=1)
         cnt = self.count[slot]
         step = _WIDTH[self.dim]
-        best = None
-        sel = None
+        sel = best_d2 = best_k = None
         for r, pts in enumerate(self.rounds):
             c0 = r * step
             if r:
@@ -155,7 +153,7 @@ class _Grid:
                 sl, scs, xs, ws = slot[sel], sc[sel], x[:, sel], w[:, sel]
             else:
                 sl, scs, xs, ws = slot, sc, x, w
-            d2 = None
+            d2 = None                                                 # C's d2, (step, m)
             for i in range(self.dim):
                 diff = np.take(pts[i], sl, axis=1)                    # (step, m)
                 diff *= scs
@@ -166,14 +164,18 @@ class _Grid:
                     d2 = t
                 else:
                     d2 += t
-            key = (d2.view(np.int32) & 0x7FFFFFFF).astype(np.int64) << 16
-            key |= np.arange(c0, c0 + step, dtype=np.int64)[:, None]
-            kmin = np.minimum.reduce(key, axis=0)
+            dmin = np.minimum.reduce(d2, axis=0)
+            # the first k with d2 == dmin: the largest of (step - k) over the matches
+            first = np.maximum.reduce(np.equal(d2, dmin).view(np.uint8) * _REV[step], axis=0)
+            k = (step - first).astype(np.int64) + c0
             if r == 0:
-                best = kmin
+                best_d2, best_k = dmin, k
             else:
-                best[sel] = np.minimum(best[sel], kmin)
-        win = self.table[slot.astype(np.int64) * self.width + (best & 0xFFFF)]
+                better = dmin < best_d2[sel]
+                upd = sel[better]
+                best_d2[upd] = dmin[better]
+                best_k[upd] = k[better]
+        win = self.table[slot.astype(np.int64) * self.width + best_k]
         flat = L.reshape(-1)
         base = (g * self.dim) * S + s
         for i in range(self.dim):
@@ -181,7 +183,8 @@ class _Grid:
         return off
 
 
-_WIDTH = {4: 8, 8: 16}       # neighbours searched per round, by group size
+_WIDTH = {4: 4, 8: 16}       # neighbours searched per round, by group size
+_REV = {n: np.arange(n, 0, -1, dtype=np.uint8)[:, None] for n in set(_WIDTH.values())}
 
 
 @functools.cache
