@@ -223,36 +223,39 @@ def _sums(wx, w, L):
 
 # ------------------------------------------------------------------------------------- shared first steps
 
-def _prepare(x, qw, n, sigma_mul):
-    """Weights and sign-folded values of sub-blocks of n, as in every grid quantizer: returns (X, W, waux, xval,
-    signs (n/8, S) uint8, max (S,)). Without qw, W = x^2 (the ggml fallback); with it, qw*sqrt(sigma2 + x^2)."""
-    nb = x.shape[0]
+def _prepare(x, qw, n, sigma_mul, parity=True, fallback="x2"):
+    """Weights and sign-folded values of sub-blocks of n, as in every grid quantizer: returns (W, waux, xval,
+    signs (n/8, S) uint8, max (S,)). With qw, W = qw*sqrt(sigma2 + x^2); without, x^2 (fallback "x2") or
+    sigma2/4 + x^2 ("sigma", IQ2_S). With `parity` (the XXS/XS types, whose signs are 7 bits a group of 8) a group
+    with an odd number of negatives keeps the sign of its least important element folded in xval."""
     per = QK_K // n
     X = _rows(x, n)
     xx = np.ascontiguousarray((x * x).T)
     sigma2 = _seq_sum(xx)
     if sigma_mul != 1:
         sigma2 = _F(sigma_mul) * sigma2
-    sigma2 = sigma2 / _F(QK_K)
-    if qw is None:
-        W = X * X
+    sigma2 = np.repeat(sigma2 / _F(QK_K), per)
+    if qw is not None:
+        W = _rows(np.asarray(qw, _F), n) * np.sqrt(sigma2 + X * X)
+    elif fallback == "sigma":
+        W = _F(0.25) * sigma2 + X * X
     else:
-        W = _rows(np.asarray(qw, _F), n) * np.sqrt(np.repeat(sigma2, per) + X * X)
+        W = X * X
     waux = np.sqrt(W)
     xval = np.abs(X)
     neg = (X < 0).reshape(n // 8, 8, -1)
     bitv = (np.uint8(1) << np.arange(8, dtype=np.uint8))[None, :, None]
     signs = (neg * bitv).sum(axis=1, dtype=np.uint8)
-    odd = (neg.sum(axis=1) & 1).astype(bool)
-    k, s = np.nonzero(odd)
-    if k.size:
-        a = ((W * X) * X).reshape(n // 8, 8, -1)
-        imin = np.argmin(a[k, :, s], axis=1)
-        xval[k * 8 + imin, s] = -xval[k * 8 + imin, s]
-        signs[k, s] ^= (np.uint8(1) << imin.astype(np.uint8))
-    signs &= np.uint8(127)
-    del nb
-    return X, W, waux, xval, signs, xval.max(axis=0)
+    if parity:
+        odd = (neg.sum(axis=1) & 1).astype(bool)
+        k, s = np.nonzero(odd)
+        if k.size:
+            a = ((W * X) * X).reshape(n // 8, 8, -1)
+            imin = np.argmin(a[k, :, s], axis=1)
+            xval[k * 8 + imin, s] = -xval[k * 8 + imin, s]
+            signs[k, s] ^= (np.uint8(1) << imin.astype(np.uint8))
+        signs &= np.uint8(127)
+    return W, waux, xval, signs, xval.max(axis=0)
 
 
 def _search(grid, xval, W, waux, id_fn, steps, kmax, init_scale):
@@ -293,13 +296,15 @@ def _block_scales(scales, per, div=_F(31)):
 
 # --------------------------------------------------------------------------------- IQ3_XXS, IQ2_XS, IQ2_XXS
 
-def _track_search(x, qw, name, n, kmax, nsteps, step, eps, sigma_mul):
-    """quantize_row_iq3_xxs_impl / quantize_row_iq2_xs_impl's per-sub-block part: the scale search that remembers
-    which groups were on the grid, then the re-rounding of the off-grid ones at the final scale.
+def _track_search(x, qw, name, n, kmax, nsteps, step, eps, sigma_mul, parity=True, fallback="x2",
+                  redo_all=False):
+    """quantize_row_iq3_xxs_impl / iq2_xs / iq3_s / iq2_s's per-sub-block part: the scale search that remembers which
+    groups were on the grid, then the re-rounding at the final scale of the off-grid groups (of all groups, and
+    also when no step won, with `redo_all`: IQ3_S). eps None: a sub-block is skipped only when its max is 0.
     Returns (L (n, S), scales (S,), signs (n/8, S), live (S,))."""
     grid = _grid(name)
-    X, W, waux, xval, signs, mx = _prepare(x, qw, n, sigma_mul)
-    live = ~(mx < _F(eps))
+    W, waux, xval, signs, mx = _prepare(x, qw, n, sigma_mul, parity, fallback)
+    live = (mx > 0) if eps is None else ~(mx < _F(eps))
     mxs = np.where(live, mx, _F(1))
     with np.errstate(all="ignore"):
         top = _F(2 * kmax - 1)
@@ -309,7 +314,7 @@ def _track_search(x, qw, name, n, kmax, nsteps, step, eps, sigma_mul):
         id_w = (top + win_is.astype(_F) * _F(step)) / mxs
         L, off = _levels(grid, xval, waux, id_w, _F(1) / id_w, kmax)
     L[:, ~won] = 0
-    off[:, ~won] = False
+    off[:, ~won] = redo_all                  # IQ3_S starts with every group marked off the grid
     redo = off.any(axis=0) & (scale > 0) & live
     if redo.any():
         cols = np.flatnonzero(redo)
@@ -317,20 +322,21 @@ def _track_search(x, qw, name, n, kmax, nsteps, step, eps, sigma_mul):
             sc = scale[cols]
             L2, _ = _levels(grid, np.ascontiguousarray(xval[:, cols]), np.ascontiguousarray(waux[:, cols]),
                             _F(1) / sc, sc, kmax)
-        keep = ~np.repeat(off[:, cols], grid.dim, axis=0)             # on-grid groups keep their levels
-        L2[keep] = L[:, cols][keep]
+        if not redo_all:
+            keep = ~np.repeat(off[:, cols], grid.dim, axis=0)         # on-grid groups keep their levels
+            L2[keep] = L[:, cols][keep]
         L[:, cols] = L2
         sumqx, sumq2 = _sums(np.ascontiguousarray((W * xval)[:, cols]), np.ascontiguousarray(W[:, cols]), L2)
         with np.errstate(all="ignore"):
             scale[cols] = np.where(sumq2 > 0, sumqx / sumq2, sc)
-    return _finish_signs(L, scale, signs, live)
+    return _finish_signs(L, scale, signs, live, 127 if parity else 255)
 
 
-def _finish_signs(L, scale, signs, live):
+def _finish_signs(L, scale, signs, live, mask=127):
     flip = scale < 0
     if flip.any():
         scale = np.where(flip, -scale, scale)
-        signs[:, flip] = (~signs[:, flip]) & np.uint8(127)
+        signs[:, flip] = (~signs[:, flip]) & np.uint8(mask)
     scale = np.where(live, scale, _F(0))
     L[:, ~live] = 0
     signs[:, ~live] = 0
@@ -390,7 +396,7 @@ def _make_qp_scale(xval, W, nmax: int) -> np.ndarray:
 def _iq2_xxs_search(x, qw):
     grid = _grid("IQ2_XXS")
     kmax = 3
-    X, W, waux, xval, signs, mx = _prepare(x, qw, 32, 1)
+    W, waux, xval, signs, mx = _prepare(x, qw, 32, 1)
     live = ~(mx < _F(1e-15))
     scale = _make_qp_scale(xval, W, kmax + 1)
     with np.errstate(all="ignore"):
@@ -463,6 +469,50 @@ def _iq2_xs(x, qw):
     return out
 
 
+def _iq3_s(x, qw):
+    nb = x.shape[0]
+    grid = _grid("IQ3_S")
+    L, scales, signs, live = _track_search(x, qw, "IQ3_S", 32, 8, 9, 0.2, None, 2, parity=False, redo_all=True)
+    gi = grid.map[grid.codes(L)]                                   # (8, S)
+    qh = ((gi >> 8) << np.arange(8, dtype=np.int32)[:, None]).sum(axis=0).astype(np.uint8).reshape(nb, 8)
+    qs = np.ascontiguousarray((gi & 255).astype(np.uint8).T).reshape(nb, 8, 8)
+    sg = np.ascontiguousarray(signs.T).reshape(nb, 8, 4)
+    # ggml advances its qs and signs pointers only past sub-blocks it quantized: a skipped (all-zero) sub-block
+    # shifts the later ones' grid indices and signs down, and the tail stays zero
+    lv = live.reshape(nb, 8)
+    if not lv.all():
+        order = np.argsort(~lv, axis=1, kind="stable")
+        qs = np.take_along_axis(qs, order[:, :, None], axis=1)
+        sg = np.take_along_axis(sg, order[:, :, None], axis=1)
+        dead = ~np.take_along_axis(lv, order, axis=1)
+        qs[dead] = 0
+        sg[dead] = 0
+    max_scale, d, ls = _block_scales(scales, 8)
+    sc = (ls[:, 0::2] | (ls[:, 1::2] << 4)).astype(np.uint8)
+    zero = max_scale == 0
+    with np.errstate(all="ignore"):
+        dh = _fp16_bytes(np.where(zero, _F(0), d * _F(1.033)))
+    sc[zero] = 0
+    return np.concatenate([dh, qs.reshape(nb, 64), qh, sg.reshape(nb, 32), sc], axis=1)
+
+
+def _iq2_s(x, qw):
+    nb = x.shape[0]
+    grid = _grid("IQ2_S")
+    L, scales, signs, _ = _track_search(x, qw, "IQ2_S", 16, 3, 9, 0.1, 1e-8, 2, parity=False, fallback="sigma")
+    gi = grid.map[grid.codes(L)]                                   # (2, S): group i8 = 2*ib + k
+    gi = np.ascontiguousarray(gi.T).reshape(nb, 32)
+    qh = ((gi >> 8).reshape(nb, 8, 4) << (2 * np.arange(4, dtype=np.int32))).sum(axis=2).astype(np.uint8)
+    sg = np.ascontiguousarray(signs.T).reshape(nb, 32)
+    max_scale, d, ls = _block_scales(scales, 16)
+    sc = (ls[:, 0::2] | (ls[:, 1::2] << 4)).astype(np.uint8)
+    zero = max_scale == 0
+    with np.errstate(all="ignore"):
+        dh = _fp16_bytes(np.where(zero, _F(0), d * _F(0.9875)))
+    sc[zero] = 0
+    return np.concatenate([dh, (gi & 255).astype(np.uint8), sg, qh, sc], axis=1)
+
+
 # ------------------------------------------------------------------------------------------------- public
 
 def _needs(name, fn):
@@ -479,4 +529,6 @@ GRID_KERNELS = {
     "IQ3_XXS": (_needs("IQ3_XXS", _iq3_xxs), 512),
     "IQ2_XXS": (_needs("IQ2_XXS", _iq2_xxs), 512),
     "IQ2_XS": (_needs("IQ2_XS", _iq2_xs), 512),
+    "IQ3_S": (_needs("IQ3_S", _iq3_s), 512),
+    "IQ2_S": (_needs("IQ2_S", _iq2_s), 512),
 }
