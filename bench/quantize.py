@@ -1,8 +1,8 @@
 """Quantization kernel throughput: modelport's NumPy kernels vs ggml's C quantizer (llama-cpp-python's libggml-base).
 
 Both sides get the same threads: the rows are cut into the same chunks and quantized on a thread pool of --threads
-(ctypes releases the GIL while ggml runs). ggml's side is `ggml_quantize_chunk` without an imatrix, the function
-llama-quantize calls. Prints M weights/s for each (best of --repeat runs, the two sides taking turns) and
+(ctypes releases the GIL while ggml runs). ggml's side is `ggml_quantize_chunk`, the function llama-quantize calls,
+without an imatrix except for the grid IQ types (iq_grid.py), which both sides get with the same random one. Prints M weights/s for each (best of --repeat runs, the two sides taking turns) and
 modelport/ggml as a ratio; also checks that the bytes agree. `--clock cpu` times by this process's CPU time
 (all threads together) instead of wall time: throughput per core, steadier on a busy machine.
 
@@ -23,8 +23,9 @@ from gguf.constants import GGMLQuantizationType
 
 from modelport.core.dtypes import DTYPES
 from modelport.gguf import quants
+from modelport.gguf.iq_grid import GRID_KERNELS
 
-TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", *GRID_KERNELS]
 
 
 def _ggml():
@@ -38,7 +39,7 @@ def _ggml():
     return lib
 
 
-def ggml_quantize(lib, x: np.ndarray, name: str, threads: int) -> np.ndarray:
+def ggml_quantize(lib, x: np.ndarray, name: str, threads: int, imatrix: np.ndarray | None = None) -> np.ndarray:
     rows, n = x.shape
     dt = DTYPES[name]
     row_bytes = n // dt.block_size * dt.type_size
@@ -48,7 +49,7 @@ def ggml_quantize(lib, x: np.ndarray, name: str, threads: int) -> np.ndarray:
     def run(r0: int) -> None:
         r1 = min(rows, r0 + per)
         lib.ggml_quantize_chunk(int(GGMLQuantizationType[name]), x[r0:r1].ctypes.data, out[r0:r1].ctypes.data,
-                                0, r1 - r0, n, None)
+                                0, r1 - r0, n, None if imatrix is None else imatrix.ctypes.data)
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(run, range(0, rows, per)))
@@ -80,12 +81,17 @@ def main() -> None:
     mw = x.size / 1e6
     print(f"{args.rows}x{args.cols} = {mw:.1f} M weights, {args.threads} thread(s), {args.clock} clock")
     print(f"{'type':6} {'modelport M/s':>14} {'ggml M/s':>10} {'ratio':>7}  bytes")
+    # the grid IQ types get an importance matrix on both sides (some need one; it is how they are made)
+    imatrix = np.random.default_rng(1).lognormal(0, 1, args.cols).astype(np.float32)
     for name in args.types.split(","):
+        im = imatrix if name in GRID_KERNELS else None
+        quants.quantize(x[:1], name, imatrix=im)                # grid tables built outside the timing, both sides
+        ggml_quantize(lib, x[:1], name, 1, im)
         t_ours = t_ggml = float("inf")
         for _ in range(args.repeat):            # interleaved, so that both sides see the same machine load
-            t, ours = _best(lambda name=name: quants.quantize(x, name, threads=args.threads), 1, clock)
+            t, ours = _best(lambda name=name: quants.quantize(x, name, threads=args.threads, imatrix=im), 1, clock)
             t_ours = min(t_ours, t)
-            t, ref = _best(lambda name=name: ggml_quantize(lib, x, name, args.threads), 1, clock)
+            t, ref = _best(lambda name=name: ggml_quantize(lib, x, name, args.threads, im), 1, clock)
             t_ggml = min(t_ggml, t)
         same = "equal" if np.array_equal(ours, ref) else "DIFFER"
         print(f"{name:6} {mw / t_ours:14.2f} {mw / t_ggml:10.2f} {t_ggml / t_ours:7.2f}  {same}", flush=True)
