@@ -100,8 +100,6 @@ class _Grid:
             lists.append(np.where(keep, order, last)[:, :self.size])
         counts = np.concatenate(counts)
         width = int(counts.max())
-        step = _WIDTH[self.dim]
-        width = -(-width // step) * step
         table = np.concatenate([np.pad(a, ((0, 0), (0, max(0, width - a.shape[1]))), mode="edge")[:, :width]
                                 for a in lists]).astype(np.int32)
         #: per off-grid code (numbered by `slot`): its neighbour count and list (padded), flat
@@ -110,9 +108,11 @@ class _Grid:
         self.table = table.reshape(-1)
         self.slot = np.full(len(self.map), -1, np.int32)
         self.slot[off] = np.arange(len(off), dtype=np.int32)
-        #: per round of `step` neighbours: their grid points, (dim, step, slots)
-        self.rounds = [np.ascontiguousarray(self.pos[table[:, c0:c0 + step]].transpose(2, 1, 0))
-                       for c0 in range(0, width, step)]
+        #: the rounds of the search: (first, end) positions in the lists and those neighbours' grid points,
+        #: (dim, end - first, slots)
+        ends = [e for e in _ROUNDS[self.dim] if e < width] + [width]
+        self.rounds = [(c0, c1, np.ascontiguousarray(self.pos[table[:, c0:c1]].transpose(2, 1, 0)))
+                       for c0, c1 in zip([0] + ends[:-1], ends)]
         self.levT = np.ascontiguousarray(self.levels.T)
 
     def codes(self, L: np.ndarray) -> np.ndarray:
@@ -128,7 +128,7 @@ class _Grid:
         least sum waux*(scale*q - x)^2, the first on ties); xg, wg are the values and sqrt-weights by group,
         (dim, G*S). Returns the mask (G, S) of groups that were off grid.
 
-        The lists are searched `_WIDTH` neighbours at a time (all off-grid groups for the first ones, then only
+        The lists are searched a few neighbours at a time (`_ROUNDS`) (all off-grid groups for the first ones, then only
         those with longer lists); a later round wins only when strictly smaller, as in C's loop."""
         u = self.codes(L)
         off = self.map[u] < 0
@@ -142,10 +142,8 @@ class _Grid:
         x = np.take(xg, f, axis=1)
         w = np.take(wg, f, axis=1)
         cnt = self.count[slot]
-        step = _WIDTH[self.dim]
         sel = best_d2 = best_k = None
-        for r, pts in enumerate(self.rounds):
-            c0 = r * step
+        for r, (c0, c1, pts) in enumerate(self.rounds):
             if r:
                 sel = np.flatnonzero(cnt > c0) if sel is None else sel[cnt[sel] > c0]
                 if sel.size == 0:
@@ -166,8 +164,8 @@ class _Grid:
                     d2 += t
             dmin = np.minimum.reduce(d2, axis=0)
             # the first k with d2 == dmin: the largest of (step - k) over the matches
-            first = np.maximum.reduce(np.equal(d2, dmin).view(np.uint8) * _REV[step], axis=0)
-            k = (step - first).astype(np.int64) + c0
+            first = np.maximum.reduce(np.equal(d2, dmin).view(np.uint8) * _rev(c1 - c0), axis=0)
+            k = (c1 - c0 - first).astype(np.int64) + c0
             if r == 0:
                 best_d2, best_k = dmin, k
             else:
@@ -183,8 +181,14 @@ class _Grid:
         return off
 
 
-_WIDTH = {4: 4, 8: 16}       # neighbours searched per round, by group size
-_REV = {n: np.arange(n, 0, -1, dtype=np.uint8)[:, None] for n in set(_WIDTH.values())}
+#: where the rounds of the neighbour search end, by group size (the last one ends at the longest list): wide
+#: enough that most groups finish in the first, few enough that NumPy's per-call cost stays small
+_ROUNDS = {4: (4, 8, 16), 8: (16, 32, 64, 128)}
+
+
+@functools.cache
+def _rev(n: int) -> np.ndarray:
+    return np.arange(n, 0, -1, dtype=np.uint8)[:, None]
 
 
 @functools.cache
@@ -526,9 +530,9 @@ def _needs(name, fn):
 
 #: gguf type name -> (fn(x, qw) -> bytes, blocks per chunk)
 GRID_KERNELS = {
-    "IQ3_XXS": (_needs("IQ3_XXS", _iq3_xxs), 512),
-    "IQ2_XXS": (_needs("IQ2_XXS", _iq2_xxs), 512),
-    "IQ2_XS": (_needs("IQ2_XS", _iq2_xs), 512),
-    "IQ3_S": (_needs("IQ3_S", _iq3_s), 512),
-    "IQ2_S": (_needs("IQ2_S", _iq2_s), 512),
+    "IQ3_XXS": (_needs("IQ3_XXS", _iq3_xxs), 1024),
+    "IQ2_XXS": (_needs("IQ2_XXS", _iq2_xxs), 1024),
+    "IQ2_XS": (_needs("IQ2_XS", _iq2_xs), 1024),
+    "IQ3_S": (_needs("IQ3_S", _iq3_s), 1024),
+    "IQ2_S": (_needs("IQ2_S", _iq2_s), 1024),
 }
