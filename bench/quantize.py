@@ -1,10 +1,11 @@
 """Quantization kernel throughput: modelport's NumPy kernels vs ggml's C quantizer (llama-cpp-python's libggml-base).
 
 Both sides get the same threads: the rows are cut into the same chunks and quantized on a thread pool of --threads
-(ctypes releases the GIL while ggml runs). ggml's side is `ggml_quantize_chunk`, the function llama-quantize calls,
-without an imatrix except for the grid IQ types (iq_grid.py), which both sides get with the same random one. Prints M weights/s for each (best of --repeat runs, the two sides taking turns) and
-modelport/ggml as a ratio; also checks that the bytes agree. `--clock cpu` times by this process's CPU time
-(all threads together) instead of wall time: throughput per core, steadier on a busy machine.
+(ctypes releases the GIL while ggml runs). ggml's side is `ggml_quantize_chunk`, the function llama-quantize
+calls, without an imatrix except for the grid IQ types (iq_grid.py), which both sides get with the same random one.
+Prints M weights/s for each (best of --repeat runs, the two sides taking turns) and modelport/ggml as a ratio;
+also checks that the bytes agree. `--clock cpu` times by this process's CPU time (all threads together) instead of
+wall time: throughput per core, steadier on a busy machine.
 
     .venv/bin/python bench/quantize.py [--rows 1024] [--cols 4096] [--threads N] [--types Q4_K,Q6_K] [--clock cpu]
 """
@@ -89,9 +90,9 @@ def main() -> None:
         ggml_quantize(lib, x[:1], name, 1, im)
         t_ours = t_ggml = float("inf")
         for _ in range(args.repeat):            # interleaved, so that both sides see the same machine load
-            t, ours = _best(lambda name=name: quants.quantize(x, name, threads=args.threads, imatrix=im), 1, clock)
+            t, ours = _best(lambda name=name, im=im: quants.quantize(x, name, threads=args.threads, imatrix=im), 1, clock)
             t_ours = min(t_ours, t)
-            t, ref = _best(lambda name=name: ggml_quantize(lib, x, name, args.threads, im), 1, clock)
+            t, ref = _best(lambda name=name, im=im: ggml_quantize(lib, x, name, args.threads, im), 1, clock)
             t_ggml = min(t_ggml, t)
         same = "equal" if np.array_equal(ours, ref) else "DIFFER"
         print(f"{name:6} {mw / t_ours:14.2f} {mw / t_ggml:10.2f} {t_ggml / t_ours:7.2f}  {same}", flush=True)

@@ -28,7 +28,7 @@ from ..core.errors import ModelportError
 QK_K = 256
 _F = np.float32
 
-#: Types ggml asserts an importance matrix for (ggml_quantize_requires_imatrix).
+#: Types ggml asserts an importance matrix for (ggml_quantize_requires_imatrix; IQ1_M too, in its quantizer).
 REQUIRES_IMATRIX = frozenset({"IQ2_XXS", "IQ2_XS", "IQ1_S"})
 
 
@@ -111,9 +111,15 @@ class _Grid:
         #: the rounds of the search: (first, end) positions in the lists and those neighbours' grid points,
         #: (dim, end - first, slots)
         ends = [e for e in _ROUNDS[self.dim] if e < width] + [width]
-        self.rounds = [(c0, c1, np.ascontiguousarray(self.pos[table[:, c0:c1]].transpose(2, 1, 0)))
-                       for c0, c1 in zip([0] + ends[:-1], ends)]
+        self._table2d = table
+        self._bounds = list(zip([0] + ends[:-1], ends))
+        self.rounds = self.rounds_for(self.pos)
         self.levT = np.ascontiguousarray(self.levels.T)
+
+    def rounds_for(self, pos: np.ndarray) -> list:
+        """The search rounds with grid points valued `pos` (G, dim): (first, end, points (dim, end - first, slots))."""
+        return [(c0, c1, np.ascontiguousarray(pos[self._table2d[:, c0:c1]].transpose(2, 1, 0)))
+                for c0, c1 in self._bounds]
 
     def codes(self, L: np.ndarray) -> np.ndarray:
         """Levels (D, S) -> lattice codes (D/dim, S)."""
@@ -123,7 +129,7 @@ class _Grid:
             u = u | (Lg[:, i] << self.shifts[i])
         return u
 
-    def snap(self, L: np.ndarray, xg: np.ndarray, wg: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    def snap(self, L: np.ndarray, xg: np.ndarray, wg: np.ndarray, scale: np.ndarray, rounds=None) -> np.ndarray:
         """Replace the groups of L (D, S) that are not grid points by their best neighbour (iq*_find_best_neighbour:
         least sum waux*(scale*q - x)^2, the first on ties); xg, wg are the values and sqrt-weights by group,
         (dim, G*S). Returns the mask (G, S) of groups that were off grid.
@@ -143,7 +149,7 @@ class _Grid:
         w = np.take(wg, f, axis=1)
         cnt = self.count[slot]
         sel = best_d2 = best_k = None
-        for r, (c0, c1, pts) in enumerate(self.rounds):
+        for r, (c0, c1, pts) in enumerate(self.rounds if rounds is None else rounds):
             if r:
                 sel = np.flatnonzero(cnt > c0) if sel is None else sel[cnt[sel] > c0]
                 if sel.size == 0:
@@ -517,6 +523,134 @@ def _iq2_s(x, qw):
     return np.concatenate([dh, (gi & 255).astype(np.uint8), sg, qh, sc], axis=1)
 
 
+# ------------------------------------------------------------------------------------------------- IQ1_S
+
+_IQ1_DELTA = _F(0.125)
+_IQ1_Q = {1: np.array([-1 + 0.125, 0.125, 1 + 0.125], _F), -1: np.array([-1 - 0.125, -0.125, 1 - 0.125], _F)}
+_I1, _I2 = np.triu_indices(33)               # the splits (i1 <= i2) in C's loop order
+
+
+def _iq1_split(x32, W):
+    """quantize_row_iq1_s_impl's exhaustive search for the two boundaries that split a sub-block's values, sorted,
+    into the levels -1, 0, +1 (shifted by +-IQ1S_DELTA): returns (L (32, S) in 0..2, scale, shift)."""
+    n, S = x32.shape
+    order = np.argsort(x32, axis=0, kind="stable")                # glibc's qsort (a merge sort) keeps ties' order
+    xs = np.take_along_axis(x32, order, axis=0)
+    ws = np.take_along_axis(W, order, axis=0)
+    sumx = np.zeros((n + 1, S), _F)
+    sumw = np.zeros((n + 1, S), _F)
+    np.cumsum(ws * xs, axis=0, out=sumx[1:])
+    np.cumsum(ws, axis=0, out=sumw[1:])
+    a_x, b_x = sumx[_I1] - sumx[0], sumx[_I2] - sumx[_I1]
+    c_x = sumx[n] - sumx[_I2]
+    a_w, b_w = sumw[_I1] - sumw[0], sumw[_I2] - sumw[_I1]
+    c_w = sumw[n] - sumw[_I2]
+    with np.errstate(all="ignore"):
+        sqx = np.empty((len(_I1), 2, S), _F)
+        sq2 = np.empty((len(_I1), 2, S), _F)
+        for h, p in enumerate((_IQ1_Q[1], _IQ1_Q[-1])):
+            sqx[:, h] = a_x * p[0] + b_x * p[1] + c_x * p[2]
+            sq2[:, h] = (a_w * p[0]) * p[0] + (b_w * p[1]) * p[1] + (c_w * p[2]) * p[2]
+        sqx = sqx.reshape(-1, S)                 # candidates in C's order: (i1, i2), +delta before -delta
+        sq2 = sq2.reshape(-1, S)
+        score = (sqx / sq2) * sqx
+        valid = sq2 > 0
+        top = np.max(np.where(valid, score, _F(0)), axis=0)
+        # C keeps a running best (update when sumqx^2 > best*sumq2). The last update, the winner, is among the
+        # candidates within float noise of the best score (any other is below the best held at its turn, or is
+        # overtaken), and a scan of those alone, from -FLT_MAX, makes the same updates: so scan only those.
+        near = valid & (score >= top * _F(1 - 1e-4))
+        col, pos = np.nonzero(near.T)
+        cnt = np.bincount(col, minlength=S)
+        k = np.arange(col.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        K = int(cnt.max()) if cnt.size else 0
+        cand = np.full((K, S), -1, np.int64)
+        cand[k, col] = pos
+        best = np.full(S, -np.finfo(_F).max, _F)
+        scale = np.max(np.abs(x32), axis=0)
+        win = np.full(S, -1, np.int64)
+        cols = np.arange(S)
+        for j in range(K):
+            c = cand[j]
+            have = c >= 0
+            cc = np.where(have, c, 0)
+            q2, qx = sq2[cc, cols], sqx[cc, cols]
+            ok = have & (q2 > 0) & (qx * qx > best * q2)
+            sc = qx / q2
+            best = np.where(ok, sc * qx, best)
+            scale = np.where(ok, sc, scale)
+            win = np.where(ok, cc, win)
+    found = win >= 0                             # win: 2*pair + (0 for the +delta levels, 1 for -delta)
+    pair = np.where(found, win // 2, 0)
+    shift = np.where(win % 2 == 0, 1, -1)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(n)[:, None], axis=0)   # position of each element in the sorted order
+    L = (rank >= _I1[pair]).astype(np.int32) + (rank >= _I2[pair])
+    neg = scale < 0
+    L = np.where(neg, 2 - L, L)
+    scale = np.where(neg, -scale, scale)
+    shift = np.where(neg, -shift, shift)
+    return L, scale, shift, found
+
+
+def _iq1_s(x, qw):
+    nb = x.shape[0]
+    grid = _grid("IQ1_S")
+    X = _rows(x, 32)
+    xx = np.ascontiguousarray((x * x).T)
+    sigma2 = np.repeat(_F(2) * _seq_sum(xx) / _F(QK_K), 8)
+    W = _rows(np.asarray(qw, _F), 32) * np.sqrt(sigma2 + X * X)
+    mx = np.abs(X).max(axis=0)
+    live = ~(mx < _F(1e-12))
+    L, scale, shift, found = _iq1_split(X, W)
+    live &= found
+    scale = np.where(live, scale, _F(0))
+    shift = np.where(live, shift, 1)
+    L[:, ~live] = 1
+    xg, wg = _by_group(X, 8), _by_group(W, 8)
+    off = np.zeros((4, X.shape[1]), bool)
+    for sh in (1, -1):                           # the neighbours are scored with the sub-block's shifted levels
+        cols = np.flatnonzero(live & (shift == sh))
+        if cols.size:
+            sub = np.ascontiguousarray(L[:, cols])
+            o = grid.snap(sub, _by_group(X[:, cols], 8), _by_group(W[:, cols], 8), scale[cols],
+                          _iq1_rounds(sh))
+            L[:, cols] = sub
+            off[:, cols] = o
+    del xg, wg
+    redo = off.any(axis=0) & live
+    if redo.any():
+        cols = np.flatnonzero(redo)
+        q = np.where(shift[cols] == 1, 1, 0)[None, :]
+        qv = np.where(q == 1, _IQ1_Q[1][L[:, cols]], _IQ1_Q[-1][L[:, cols]])
+        Wc, Xc = W[:, cols], X[:, cols]
+        sqx = _seq_sum(np.ascontiguousarray((Wc * qv) * Xc))
+        sq2 = _seq_sum(np.ascontiguousarray((Wc * qv) * qv))
+        with np.errstate(all="ignore"):
+            scale[cols] = np.where((sqx > 0) & (sq2 > 0), sqx / sq2, scale[cols])
+    gi = grid.map[grid.codes(L)]                                    # (4, S)
+    gi = np.where(live[None, :], gi, 0)
+    qs = np.ascontiguousarray((gi & 255).astype(np.uint8).T).reshape(nb, 32)
+    h = ((gi >> 8) << (3 * np.arange(4, dtype=np.int32))[:, None]).sum(axis=0).astype(np.uint16)
+    max_scale, d, _ = _block_scales(scale, 8, _F(15))
+    with np.errstate(all="ignore"):
+        v = (_F(1) / d)[:, None] * scale.reshape(nb, 8)
+        v -= _F(1)
+        v *= _F(0.5)
+    ls = np.clip(nearest_int(v), 0, 7) | np.where(shift.reshape(nb, 8) == -1, 8, 0)
+    zero = max_scale == 0
+    qh = h.reshape(nb, 8) | np.where(zero[:, None], 0, ls << 12).astype(np.uint16)
+    with np.errstate(all="ignore"):
+        dh = _fp16_bytes(np.where(zero, _F(0), d * _F(1.125)))
+    return np.concatenate([dh, qs, qh.astype("<u2").view(np.uint8).reshape(nb, 16)], axis=1)
+
+
+@functools.cache
+def _iq1_rounds(shift: int) -> list:
+    grid = _grid("IQ1_S")
+    return grid.rounds_for(_IQ1_Q[shift][grid.levels])
+
+
 # ------------------------------------------------------------------------------------------------- public
 
 def _needs(name, fn):
@@ -535,4 +669,5 @@ GRID_KERNELS = {
     "IQ2_XS": (_needs("IQ2_XS", _iq2_xs), 1024),
     "IQ3_S": (_needs("IQ3_S", _iq3_s), 1024),
     "IQ2_S": (_needs("IQ2_S", _iq2_s), 1024),
+    "IQ1_S": (_needs("IQ1_S", _iq1_s), 128),
 }
