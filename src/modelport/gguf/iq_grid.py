@@ -117,8 +117,8 @@ class _Grid:
         self.levT = np.ascontiguousarray(self.levels.T)
 
     def rounds_for(self, pos: np.ndarray) -> list:
-        """The search rounds with grid points valued `pos` (G, dim): (first, end, points (dim, end - first, slots))."""
-        return [(c0, c1, np.ascontiguousarray(pos[self._table2d[:, c0:c1]].transpose(2, 1, 0)))
+        """The search rounds with grid points valued `pos` (G, dim): (first, end, points (end - first, slots, dim))."""
+        return [(c0, c1, np.ascontiguousarray(pos[self._table2d[:, c0:c1]].transpose(1, 0, 2)))
                 for c0, c1 in self._bounds]
 
     def codes(self, L: np.ndarray) -> np.ndarray:
@@ -129,45 +129,29 @@ class _Grid:
             u = u | (Lg[:, i] << self.shifts[i])
         return u
 
-    def snap(self, L: np.ndarray, xg: np.ndarray, wg: np.ndarray, scale: np.ndarray, rounds=None) -> np.ndarray:
-        """Replace the groups of L (D, S) that are not grid points by their best neighbour (iq*_find_best_neighbour:
-        least sum waux*(scale*q - x)^2, the first on ties); xg, wg are the values and sqrt-weights by group,
-        (dim, G*S). Returns the mask (G, S) of groups that were off grid.
-
-        The lists are searched a few neighbours at a time (`_ROUNDS`) (all off-grid groups for the first ones, then only
-        those with longer lists); a later round wins only when strictly smaller, as in C's loop."""
-        u = self.codes(L)
-        off = self.map[u] < 0
-        f = np.flatnonzero(off)
-        if f.size == 0:
-            return off
-        S = L.shape[-1]
-        g, s = np.divmod(f, S)
-        slot = self.slot[u.reshape(-1)[f]]
-        sc = scale[s]
-        x = np.take(xg, f, axis=1)
-        w = np.take(wg, f, axis=1)
+    def _best(self, slot, x, w, sc, rounds) -> np.ndarray:
+        """The winning grid index for groups with neighbour lists `slot`, values x and sqrt-weights w (m, dim) at
+        scales sc (m,)."""
+        scr = np.repeat(sc, self.dim).reshape(-1, self.dim)
         cnt = self.count[slot]
         sel = best_d2 = best_k = None
-        for r, (c0, c1, pts) in enumerate(self.rounds if rounds is None else rounds):
+        for r, (c0, c1, pts) in enumerate(rounds):
             if r:
                 sel = np.flatnonzero(cnt > c0) if sel is None else sel[cnt[sel] > c0]
                 if sel.size == 0:
                     break
-                sl, scs, xs, ws = slot[sel], sc[sel], x[:, sel], w[:, sel]
+                sl, scs, xs, ws = slot[sel], scr[sel], x[sel], w[sel]
             else:
-                sl, scs, xs, ws = slot, sc, x, w
-            d2 = None                                                 # C's d2, (step, m)
-            for i in range(self.dim):
-                diff = np.take(pts[i], sl, axis=1)                    # (step, m)
-                diff *= scs
-                diff -= xs[i]
-                t = ws[i] * diff
-                t *= diff
-                if d2 is None:
-                    d2 = t
-                else:
-                    d2 += t
+                sl, scs, xs, ws = slot, scr, x, w
+            # whole grid points gathered at once, (k, m, dim): every operand below is contiguous over (m, dim)
+            diff = np.take(pts, sl, axis=1)
+            diff *= scs
+            diff -= xs
+            t = diff * ws
+            t *= diff
+            d2 = t[..., 0] + t[..., 1]                                # C's d2, summed in element order, (k, m)
+            for i in range(2, self.dim):
+                d2 += t[..., i]
             dmin = np.minimum.reduce(d2, axis=0)
             # the first k with d2 == dmin: the largest of (step - k) over the matches
             first = np.maximum.reduce(np.equal(d2, dmin).view(np.uint8) * _rev(c1 - c0), axis=0)
@@ -179,7 +163,32 @@ class _Grid:
                 upd = sel[better]
                 best_d2[upd] = dmin[better]
                 best_k[upd] = k[better]
-        win = self.table[slot.astype(np.int64) * self.width + best_k]
+        return self.table[slot.astype(np.int64) * self.width + best_k]
+
+    def snap(self, L: np.ndarray, xg: np.ndarray, wg: np.ndarray, scale: np.ndarray, rounds=None) -> np.ndarray:
+        """Replace the groups of L (D, S) that are not grid points by their best neighbour (iq*_find_best_neighbour:
+        least sum waux*(scale*q - x)^2, the first on ties); xg, wg are the values and sqrt-weights by group,
+        (G*S, dim). Returns the mask (G, S) of groups that were off grid.
+
+        The lists are searched a few neighbours at a time (`_ROUNDS`: all off-grid groups for the first ones, then
+        only those with longer lists); a later round wins only when strictly smaller, as in C's loop."""
+        u = self.codes(L)
+        off = self.map[u] < 0
+        f = np.flatnonzero(off)
+        if f.size == 0:
+            return off
+        S = L.shape[-1]
+        g, s = np.divmod(f, S)
+        slot = self.slot[u.reshape(-1)[f]]
+        sc = scale[s]
+        rounds = self.rounds if rounds is None else rounds
+        win = np.empty(f.size, np.int64)
+        # in batches of groups, so that the (neighbours, groups, dim) temporaries stay in the cache
+        batch = max(256, (1 << _BATCH_LOG2) // ((rounds[0][1] - rounds[0][0]) * self.dim))
+        for b0 in range(0, f.size, batch):
+            b1 = min(b0 + batch, f.size)
+            fb = f[b0:b1]
+            win[b0:b1] = self._best(slot[b0:b1], np.take(xg, fb, axis=0), np.take(wg, fb, axis=0), sc[b0:b1], rounds)
         flat = L.reshape(-1)
         base = (g * self.dim) * S + s
         for i in range(self.dim):
@@ -190,6 +199,7 @@ class _Grid:
 #: where the rounds of the neighbour search end, by group size (the last one ends at the longest list): wide
 #: enough that most groups finish in the first, few enough that NumPy's per-call cost stays small
 _ROUNDS = {4: (4, 8, 16), 8: (16, 32, 64, 128)}
+_BATCH_LOG2 = 21            # about this many elements in a batch of the neighbour search
 
 
 @functools.cache
@@ -207,9 +217,9 @@ def _grid(name: str) -> _Grid:
 
 
 def _by_group(a: np.ndarray, dim: int) -> np.ndarray:
-    """(D, S) per element -> (dim, G*S): row i holds element i of every group, group-major (g*S + s)."""
+    """(D, S) per element -> (G*S, dim): one row per group, group-major (g*S + s)."""
     D, S = a.shape
-    return np.ascontiguousarray(a.reshape(D // dim, dim, S).transpose(1, 0, 2)).reshape(dim, -1)
+    return np.ascontiguousarray(a.reshape(D // dim, dim, S).transpose(0, 2, 1)).reshape(-1, dim)
 
 
 def _levels(grid: _Grid, xval, waux, id_, nscale, kmax: int, xg=None, wg=None):
@@ -721,9 +731,8 @@ def _iq1_m(x, qw):
             cols = np.flatnonzero(live & (shifts[g] == sh))
             if cols.size:
                 sub = np.ascontiguousarray(L[8 * g:8 * g + 8, cols])
-                off[g, cols] = grid.snap(sub, np.ascontiguousarray(X[8 * g:8 * g + 8, cols]),
-                                         np.ascontiguousarray(W[8 * g:8 * g + 8, cols]), scale[cols],
-                                         _iq1_rounds(sh))[0]
+                off[g, cols] = grid.snap(sub, _by_group(X[8 * g:8 * g + 8, cols], 8),
+                                         _by_group(W[8 * g:8 * g + 8, cols], 8), scale[cols], _iq1_rounds(sh))[0]
                 L[8 * g:8 * g + 8, cols] = sub
     qv = np.where(np.repeat(shifts, 8, axis=0) == 1, xp[L], xm[L])      # each element's level value
     redo = off.any(axis=0) & live
