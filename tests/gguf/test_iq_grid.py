@@ -132,10 +132,11 @@ def test_the_others_fall_back_like_ggml():
         assert quants.quantize(x, qtype).nbytes == DTYPES[qtype].nbytes(x.size)
 
 
-# Upper bounds for RMS error / RMS on N(0, 1) data with a flat imatrix, about 15 % above what ggml's bytes give
-# (measured, the same for ours: see test_round_trip_through_gguf_py_dequantize's message), so a wrong scale, sign
-# or grid index fails.
-_REL_ERR = {"IQ3_XXS": 0.22, "IQ3_S": 0.19, "IQ2_XXS": 0.40, "IQ2_XS": 0.35, "IQ2_S": 0.32, "IQ1_S": 0.6, "IQ1_M": 0.6}
+# Upper bounds for RMS error / RMS on N(0, 1) data with a flat imatrix, about 15 % above what the kernels give
+# (measured: IQ3_XXS 0.184, IQ3_S 0.137, IQ2_XXS 0.344, IQ2_XS 0.301, IQ2_S 0.249, IQ1_S 0.483, IQ1_M 0.451; the
+# bytes are ggml's, checked above), so a wrong scale, sign or grid index in the decoding fails.
+_REL_ERR = {"IQ3_XXS": 0.21, "IQ3_S": 0.16, "IQ2_XXS": 0.40, "IQ2_XS": 0.35, "IQ2_S": 0.29, "IQ1_S": 0.56,
+            "IQ1_M": 0.52}
 
 
 @pytest.mark.parametrize("qtype", TYPES)
