@@ -535,7 +535,7 @@ def _iq2_s(x, qw):
 
 # ------------------------------------------------------------------------------------------------- IQ1_S
 
-_IQ1_DELTA = _F(0.125)
+#: IQ1's levels -1, 0, 1 shifted by +-IQ1S_DELTA (1/8), by shift
 _IQ1_Q = {1: np.array([-1 + 0.125, 0.125, 1 + 0.125], _F), -1: np.array([-1 - 0.125, -0.125, 1 - 0.125], _F)}
 _I1, _I2 = np.triu_indices(33)               # the splits (i1 <= i2) in C's loop order
 
@@ -631,7 +631,6 @@ def _iq1_s(x, qw):
     scale = np.where(live, scale, _F(0))
     shift = np.where(live, shift, 1)
     L[:, ~live] = 1
-    xg, wg = _by_group(X, 8), _by_group(W, 8)
     off = np.zeros((4, X.shape[1]), bool)
     for sh in (1, -1):                           # the neighbours are scored with the sub-block's shifted levels
         cols = np.flatnonzero(live & (shift == sh))
@@ -641,12 +640,10 @@ def _iq1_s(x, qw):
                           _iq1_rounds(sh))
             L[:, cols] = sub
             off[:, cols] = o
-    del xg, wg
     redo = off.any(axis=0) & live
     if redo.any():
         cols = np.flatnonzero(redo)
-        q = np.where(shift[cols] == 1, 1, 0)[None, :]
-        qv = np.where(q == 1, _IQ1_Q[1][L[:, cols]], _IQ1_Q[-1][L[:, cols]])
+        qv = np.where(shift[cols] == 1, _IQ1_Q[1][L[:, cols]], _IQ1_Q[-1][L[:, cols]])
         Wc, Xc = W[:, cols], X[:, cols]
         sqx = _seq_sum(np.ascontiguousarray((Wc * qv) * Xc))
         sq2 = _seq_sum(np.ascontiguousarray((Wc * qv) * qv))
