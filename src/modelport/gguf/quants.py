@@ -625,10 +625,11 @@ def _legacy(x: np.ndarray, bits: int, signed: bool, slice_blocks: int = 2048) ->
     """Q4_0 / Q5_0 (signed: d = absmax/-2^(bits-1), q = min(top, (int8)(x*id + 2^(bits-1) + 0.5))) and Q4_1 / Q5_1
     (d = (max-min)/(2^bits-1), m = min, q = (uint8)((x-min)*id + 0.5)), without importance weights.
 
-    Works on slices of `slice_blocks` blocks turned into (32, n) columns (one transposing copy): the per-block
-    max/min are then reductions across rows and every other float step an in-place op on contiguous rows. The
-    levels go back to block order as bytes (one transposing copy), where 8 of them are one uint64: the nibbles
-    are one shift-or, the fifth bits one multiply that gathers a bit from each byte."""
+    Each block's max and min come from slices of `slice_blocks` blocks turned into (32, n) columns (one transposing
+    copy; a reduction across rows is many times faster than one along 32-element rows); the levels are computed
+    in block order, slice by slice, in place in float32 and cast once to bytes. 8 levels are one uint64: the clamp
+    to `top`, the nibbles (one shift-or) and the fifth bits (one multiply that gathers a bit from each byte) take a
+    few operations on an eighth of the elements. The small per-block steps run once per chunk."""
     nb = x.shape[0]
     half = 1 << (bits - 1)
     hi, lo = np.empty(nb, F32), np.empty(nb, F32)
