@@ -581,4 +581,6 @@ FORMAT = FormatSpec(
     write=write_hdf5,
     description="HDF5 / Keras (.h5, .keras)",
     options={"aliases": ("h5", "keras")},
+    # h5py turns HDF5's error stack into these (a damaged heap, link or B-tree: RuntimeError; a missing object: KeyError)
+    errors=(RuntimeError, KeyError, TypeError),
 )

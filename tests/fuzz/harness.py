@@ -1,0 +1,172 @@
+"""The fuzz loop: damage a seed, then open, fully read, inspect and scan it through the public API.
+
+A damaged file may be refused (a `ModelportError`: one line naming the file) or read; anything else is a bug:
+another exception escaping (a traceback for the user), a Python allocation past `memory_bound(file size)`
+(measured with tracemalloc, which NumPy reports its buffers to), or a step past `TIMEOUT` seconds (SIGALRM).
+
+    python -m tests.fuzz.harness --inputs 20000 --seed 1 [--save tests/fuzz/corpus]    # what `make fuzz` runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import tracemalloc
+import traceback
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import modelport
+from modelport.core.errors import ModelportError
+
+from .mutate import mutate
+from .seeds import make_seeds
+
+TIMEOUT = 20            # seconds per input; the seeds take milliseconds
+MEMORY_FLOOR = 64 << 20
+
+
+def memory_bound(file_size: int) -> int:
+    """What reading a file of this size may allocate: 64 MiB plus 64 bytes per byte of file (dequantizing
+    4-bit blocks to float32 is 8x; the rest of the headroom is NumPy/h5py/zip buffers)."""
+    return MEMORY_FLOOR + 64 * file_size
+
+
+class Hang(BaseException):
+    """Raised by SIGALRM; a BaseException so that no reader's `except Exception` swallows it."""
+
+
+def _alarm(signum, frame):
+    raise Hang()
+
+
+@dataclass
+class Failure:
+    seed: str
+    index: int
+    problem: str            # "exception" | "memory" | "hang"
+    detail: str
+    data: bytes = field(repr=False, default=b"")
+
+
+def exercise(path: Path) -> str:
+    """Scan, open, read every tensor, inspect: 'read' or 'refused'. Raises whatever escapes."""
+    modelport.scan(path)
+    try:
+        with modelport.open(path, trust=True) as src:
+            for ref in src.values():
+                arr = np.asarray(ref.read())
+                arr.tobytes()                               # every byte, as a writer would pull it
+            list(src.aliases)
+        modelport.inspect(path, tensors=True, trust=True)
+    except ModelportError as exc:
+        text = str(exc)
+        if "\n" in text:
+            raise AssertionError(f"a ModelportError of several lines: {text!r}") from None
+        return "refused"
+    return "read"
+
+
+def check_one(path: Path) -> tuple[str, str]:
+    """(outcome, detail): outcome 'read', 'refused', 'exception', 'memory' or 'hang'."""
+    size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    started = tracemalloc.is_tracing()
+    if not started:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    signal.setitimer(signal.ITIMER_REAL, TIMEOUT)
+    try:
+        outcome, detail = exercise(path), ""
+    except Hang:
+        outcome, detail = "hang", f"over {TIMEOUT} s"
+    except Exception as exc:  # noqa: BLE001 - every escaping exception is the finding
+        outcome, detail = "exception", "".join(traceback.format_exception(exc)[-6:])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        peak = tracemalloc.get_traced_memory()[1] - base
+        if not started:
+            tracemalloc.stop()
+    if outcome in ("read", "refused") and peak > memory_bound(size):
+        outcome, detail = "memory", f"allocated {peak} bytes for a {size}-byte input (bound {memory_bound(size)})"
+    return outcome, detail
+
+
+@dataclass
+class Run:
+    counts: dict = field(default_factory=lambda: defaultdict(Counter))   # format -> outcome -> n
+    failures: list = field(default_factory=list)
+
+
+def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] | None = None, log=None) -> Run:
+    """`inputs` mutated files, spread round-robin over the seeds (of `formats`, if given), from `seed`."""
+    rng = random.Random(seed)
+    own = work is None
+    work = Path(tempfile.mkdtemp(prefix="fuzz-")) if own else work
+    result = Run()
+    try:
+        seeds = [s for s in make_seeds(work / "seeds") if formats is None or s.format in formats]
+        originals = {s.root / s.target: (s.root / s.target).read_bytes() for s in seeds}
+        for i in range(inputs):
+            s = seeds[i % len(seeds)]
+            case = work / "case"
+            shutil.rmtree(case, ignore_errors=True)
+            shutil.copytree(s.root, case)
+            data = mutate(originals[s.root / s.target], s.kind, rng)
+            (case / s.target).write_bytes(data)
+            opened = case / s.path
+            outcome, detail = check_one(opened)
+            result.counts[s.format][outcome] += 1
+            if outcome not in ("read", "refused"):
+                result.failures.append(Failure(f"{s.format}:{s.target.name}", i, outcome, detail, data))
+                if log:
+                    log(f"[{i}] {s.format} {s.target.name}: {outcome}\n{detail}")
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def table(result: Run) -> str:
+    lines = [f"{'format':16} {'inputs':>7} {'read':>6} {'refused':>8} {'bugs':>5}"]
+    for fmt in sorted(result.counts):
+        c = result.counts[fmt]
+        bugs = sum(v for k, v in c.items() if k not in ("read", "refused"))
+        lines.append(f"{fmt:16} {sum(c.values()):7} {c['read']:6} {c['refused']:8} {bugs:5}")
+    total = sum((result.counts[f] for f in result.counts), Counter())
+    lines.append(f"{'total':16} {sum(total.values()):7} {total['read']:6} {total['refused']:8} "
+                 f"{sum(v for k, v in total.items() if k not in ('read', 'refused')):5}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=int, default=20000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--format", action="append", help="only these seed formats (repeatable)")
+    parser.add_argument("--save", type=Path, help="keep each failing input here")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    result = run(args.inputs, args.seed, formats=set(args.format) if args.format else None,
+                 log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(table(result))
+    print(f"{args.inputs} inputs in {time.monotonic() - started:.0f} s, seed {args.seed}")
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+        for f in result.failures:
+            (args.save / f"{f.seed.replace(':', '-')}-{args.seed}-{f.index}").write_bytes(f.data)
+    return 1 if result.failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
