@@ -37,6 +37,7 @@ from .registry import FormatSpec
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_DEPTH = 64
+OPTIMIZER = "optimizer_weights"     # a Keras 2 full model's optimizer state: its group, and its tensors' name prefix
 MAX_OBJECTS = 1_000_000
 CONFIG_CAP = 16 * 1024 * 1024
 BOMB_RATIO = 1000          # declared bytes may exceed stored bytes this much (compression, fill values)
@@ -357,6 +358,29 @@ def _loader(state: dict, name: str, h5name: str, dtype: dtypes.DType, stored: np
     return load
 
 
+def _listed_weights(h5py, group, where: str, path: Path, prefix: str = "") -> list[tuple[str, str, object]]:
+    """(tensor name, hdf5 path, DatasetID) of the datasets a Keras 2 group lists in its `weight_names`."""
+    entries = []
+    for wname in _attr_names(group, "weight_names") or []:
+        at = f"{where}/{wname}"
+        require(wname in group, f"weight {wname!r} of {where!r} is missing", path)
+        node = group
+        for part in wname.split("/"):  # every link on the way must be a plain hard link
+            _require_hard(h5py, node, part, at, path)
+            node = node[part]
+        require(isinstance(node, h5py.Dataset), f"weight {at!r} is not a dataset", path)
+        entries.append((prefix + re.sub(r":\d+$", "", wname).replace("/", "."), node.name, node.id))
+    return entries
+
+
+def _optimizer_weights(h5py, h5file, path: Path) -> list[tuple[str, str, object]]:
+    """A Keras 2 full-model file's optimizer state (`optimizer_weights/`, listed in its `weight_names`): Adam's
+    m and v, the iteration count, … named `optimizer_weights.<weight name>` as the other weights are."""
+    if not isinstance(h5file.get(OPTIMIZER, getlink=True), h5py.HardLink) or not isinstance(h5file[OPTIMIZER], h5py.Group):
+        return []
+    return _listed_weights(h5py, h5file[OPTIMIZER], OPTIMIZER, path, prefix=OPTIMIZER + ".")
+
+
 def _collect(h5file, path: Path, map_base: int | None, state: dict) -> tuple[dict, dict, dict]:
     """(tensors, aliases, details) of an open HDF5 file."""
     h5py = safe_h5py()
@@ -377,24 +401,16 @@ def _collect(h5file, path: Path, map_base: int | None, state: dict) -> tuple[dic
         for layer in layers:
             require(layer in root_w, f"layer {layer!r} listed in layer_names is missing", path)
             _require_hard(h5py, root_w, layer, layer, path)
-            group = root_w[layer]
-            for wname in _attr_names(group, "weight_names") or []:
-                where = f"{layer}/{wname}"
-                require(wname in group, f"weight {wname!r} of layer {layer!r} is missing", path)
-                parts = wname.split("/")
-                node = group
-                for part in parts:  # every link on the way must be a plain hard link
-                    _require_hard(h5py, node, part, where, path)
-                    node = node[part]
-                require(isinstance(node, h5py.Dataset), f"weight {where!r} is not a dataset", path)
-                entries.append((re.sub(r":\d+$", "", wname).replace("/", "."), node.name, node.id))
+            entries.extend(_listed_weights(h5py, root_w[layer], layer, path))
         names = [e[0] for e in entries]
         if len(set(names)) != len(names):  # weight names only unique per layer: use the full path
             base = root_w.name.rstrip("/") + "/"
             entries = [(re.sub(r":\d+$", "", h5[len(base):] if h5.startswith(base) else h5.lstrip("/")).replace("/", "."), h5, d)
                        for _, h5, d in entries]
-        if "optimizer_weights" in h5file:
-            details["optimizer_weights"] = "present (not listed)"
+        optimizer = _optimizer_weights(h5py, h5file, path)
+        if optimizer:
+            details["optimizer_weights"] = len(optimizer)
+            entries.extend(optimizer)
     else:
         datasets, hard_aliases, soft = _scan(h5py, h5file, path)
         for where, dsid in datasets:
