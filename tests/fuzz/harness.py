@@ -16,8 +16,8 @@ import signal
 import sys
 import tempfile
 import time
-import tracemalloc
 import traceback
+import tracemalloc
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path

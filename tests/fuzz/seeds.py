@@ -34,12 +34,13 @@ def _arrays(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 def make_seeds(folder: Path) -> list[Seed]:
     """Write every seed in its own folder under `folder`; returns them in a fixed order."""
-    import gguf
     import h5py
     import onnx
     import torch
     from onnx import helper, numpy_helper
     from safetensors.numpy import save_file
+
+    import gguf
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,9 @@ import numpy as np
 
 from ..core import dtypes
 from ..core.errors import FormatError, UnsafeFileError, UnsupportedError, require
-from ..core.source import ModelSource, tensor_list
+from ..core.source import ModelSource, loads_json, tensor_list
 from ..core.tensor import TensorRef
+from ..core.zipmember import check_member
 from .registry import FormatSpec
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -129,10 +130,8 @@ def _member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
 def _read_member_json(z: zipfile.ZipFile, name: str, path: Path):
     info = z.getinfo(name)
     require(info.file_size <= CONFIG_CAP, f"{name} is {info.file_size} bytes; too large for a config", path)
-    try:
-        return json.loads(z.read(name).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, zipfile.BadZipFile, OSError) as exc:
-        raise FormatError(f"{name} is not valid JSON ({exc})", path) from None
+    check_member(info, path.stat().st_size, path)
+    return loads_json(z.read(name).decode("utf-8"), path, name)
 
 
 # --- Keras config as data -----------------------------------------------------------------
@@ -177,8 +176,8 @@ def _parse_config_text(text, path: Path):
     if not isinstance(text, str) or len(text) > CONFIG_CAP:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return loads_json(text, path, "the Keras config")
+    except FormatError:   # a config is a description only: unreadable, it is left out
         return None
 
 
@@ -494,15 +493,13 @@ def open_hdf5(path: Path) -> ModelSource:
                     if isinstance(meta_json, dict):
                         metadata.update({k: str(v) for k, v in meta_json.items() if isinstance(v, (str, int, float))})
                 info = z.getinfo("model.weights.h5")
-                require(info.file_size < 1 << 48, "model.weights.h5 declares an absurd size", path)
+                check_member(info, size, path)
                 if info.compress_type == zipfile.ZIP_STORED:
                     start = _member_data_offset(path, info)
                     require(info.file_size == info.compress_size, "stored member sizes disagree", path)
                     fileobj = _RangeFile(path, start, info.file_size)
                     map_base = start
                 else:  # deflated: HDF5 needs random access, so stream it out to a private temp file
-                    require(info.file_size <= 1000 * max(info.compress_size, 1) + (1 << 20),
-                            "model.weights.h5 expands suspiciously (zip bomb?)", path)
                     tmp = tempfile.NamedTemporaryFile(prefix="modelport-", suffix=".h5", delete=False)
                     with tmp, z.open(info) as src:
                         shutil.copyfileobj(src, tmp, 1 << 20)

@@ -23,13 +23,13 @@ from ..core import dtypes
 from ..core.errors import FormatError, UnsafeFileError, UnsupportedError, require
 from ..core.source import ModelSource, loads_json, tensor_list
 from ..core.tensor import TensorRef, map_bytes
+from ..core.zipmember import check_member
 from .registry import FormatSpec
 
 NPY_MAGIC = b"\x93NUMPY"
 MAX_HEADER = 10_000
 SIDECAR = "modelport.json"
 SIDECAR_CAP = 64 * 1024 * 1024
-DEFLATE_RATIO = 1032    # the most deflate can expand: 258-byte matches in 2-bit codes
 
 
 def _parse_npy_header(buf: bytes, where: str, path: Path) -> tuple[np.dtype, tuple, bool, int]:
@@ -150,6 +150,7 @@ def open_npz(path: Path) -> ModelSource:
         if SIDECAR in names:
             info = zf.getinfo(SIDECAR)
             require(info.file_size <= SIDECAR_CAP, f"{SIDECAR} is too large", path)
+            check_member(info, size, path)
             side = loads_json(zf.read(SIDECAR).decode("utf-8"), path, SIDECAR)
             require(isinstance(side, dict) and all(isinstance(side.get(k, {}), dict) for k in ("dtypes", "metadata", "aliases")),
                     f"{SIDECAR} is not an object of dtypes, metadata and aliases", path)
@@ -161,13 +162,7 @@ def open_npz(path: Path) -> ModelSource:
                     continue
                 name = info.filename[:-4]
                 stored = info.compress_type == zipfile.ZIP_STORED
-                require(stored or info.compress_type == zipfile.ZIP_DEFLATED,
-                        f"member {info.filename!r}: compression method {info.compress_type} (NumPy writes stored or deflated)",
-                        path, UnsupportedError)
-                # deflate expands 1032x at most: a member claiming more is lying (a zip bomb), refused before reading
-                require(stored or info.file_size <= DEFLATE_RATIO * info.compress_size + 64 and info.compress_size <= size,
-                        f"member {info.filename!r} claims {info.file_size} bytes from {info.compress_size} deflated (zip bomb)",
-                        path)
+                check_member(info, size, path)
                 if stored:
                     offset = _member_data_offset(f, info, path)
                     require(offset + info.file_size <= size, f"member {info.filename!r} runs past the end of the file", path)
