@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import shutil
 import signal
 import sys
@@ -50,7 +51,8 @@ def _alarm(signum, frame):
 
 @dataclass
 class Failure:
-    seed: str
+    format: str
+    target: str             # the damaged file's name
     index: int
     problem: str            # "exception" | "memory" | "hang"
     detail: str
@@ -108,6 +110,20 @@ class Run:
     failures: list = field(default_factory=list)
 
 
+def corpus_name(fmt: str, target: str, tag: str) -> str:
+    """A kept input's file name in tests/fuzz/corpus: which seed's which file it replaces, and where it came from."""
+    return f"{fmt}~{target}~{tag}"
+
+
+def replay(data: bytes, fmt: str, target: str, work: Path) -> tuple[str, str]:
+    """`check_one` on a kept input: the seed of `fmt` whose file `target` it replaces, copied into `work`."""
+    seed = next(s for s in make_seeds(work / "seeds") if s.format == fmt and s.target.name == target)
+    case = work / "case"
+    shutil.copytree(seed.root, case)
+    (case / seed.target).write_bytes(data)
+    return check_one(case / seed.path)
+
+
 def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] | None = None, log=None) -> Run:
     """`inputs` mutated files, spread round-robin over the seeds (of `formats`, if given), from `seed`."""
     rng = random.Random(seed)
@@ -128,7 +144,7 @@ def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] 
             outcome, detail = check_one(opened)
             result.counts[s.format][outcome] += 1
             if outcome not in ("read", "refused"):
-                result.failures.append(Failure(f"{s.format}:{s.target.name}", i, outcome, detail, data))
+                result.failures.append(Failure(s.format, s.target.name, i, outcome, detail, data))
                 if log:
                     log(f"[{i}] {s.format} {s.target.name}: {outcome}\n{detail}")
     finally:
@@ -163,8 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.inputs} inputs in {time.monotonic() - started:.0f} s, seed {args.seed}")
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
-        for f in result.failures:
-            (args.save / f"{f.seed.replace(':', '-')}-{args.seed}-{f.index}").write_bytes(f.data)
+        kept = set()
+        for f in result.failures:   # one input per distinct failure: format, kind and the exception's last line
+            signature = (f.format, f.problem, re.sub(r"\d+", "N", f.detail.strip().splitlines()[-1])[:80])
+            if signature not in kept:
+                kept.add(signature)
+                (args.save / corpus_name(f.format, f.target, f"{args.seed}-{f.index}")).write_bytes(f.data)
     return 1 if result.failures else 0
 
 

@@ -132,7 +132,7 @@ def json_header(data: bytearray, rng: random.Random) -> bytearray:
         return data
     try:
         header = json.loads(bytes(data[8:8 + n]))
-    except ValueError:
+    except (ValueError, RecursionError):
         return big_int(data, rng)
     names = [k for k in header if k != "__metadata__"]
     if not names:

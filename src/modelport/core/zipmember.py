@@ -18,8 +18,11 @@ DEFLATE_RATIO = 1032
 
 
 def check_member(info: zipfile.ZipInfo, file_size: int, path: Path) -> None:
-    """Refuse a member whose declared sizes cannot be true of a file of `file_size` bytes."""
+    """Refuse an encrypted member, an unusual compression, and declared sizes that cannot be true of a file of
+    `file_size` bytes."""
     name = info.filename
+    if info.flag_bits & 0x1:
+        raise UnsupportedError(f"zip member {name!r} is encrypted", path)
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise UnsupportedError(f"zip member {name!r}: compression method {info.compress_type}; "
                                "model archives use stored or deflated members", path)

@@ -247,7 +247,6 @@ def _open_zip(path: Path) -> ModelSource:
         members = {}
         for info in infos:
             require(info.filename not in members, f"zip member {info.filename!r} appears twice", path)
-            require(not info.flag_bits & 0x1, f"zip member {info.filename!r} is encrypted", path)
             check_member(info, size, path)
             members[info.filename] = info
         first = infos[0].filename

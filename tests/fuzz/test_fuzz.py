@@ -1,0 +1,37 @@
+"""The bounded fuzz run of the suite, and every input the fuzzer ever broke a reader with, replayed.
+
+The run is seeded and deterministic (the same inputs every time); `FUZZ_INPUTS` changes its size and `make fuzz`
+runs a much longer one through `python -m tests.fuzz.harness`. A failure names the seed format, the input's index
+and what escaped; `python -m tests.fuzz.harness --inputs N --seed 0 --save DIR` writes the inputs to look at.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .harness import replay, run, table
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+INPUTS = int(os.environ.get("FUZZ_INPUTS", "2100"))
+
+
+@pytest.mark.slow
+def test_bounded_fuzz_run(tmp_path):
+    result = run(INPUTS, seed=0, work=tmp_path)
+    print("\n" + table(result))
+    assert sum(sum(c.values()) for c in result.counts.values()) == INPUTS
+    assert len(result.counts) >= 15    # every seed format was damaged
+    assert all(c["refused"] for c in result.counts.values())   # and each format refused some of what it was given
+    assert not result.failures, "\n\n".join(f"[{f.index}] {f.format} {f.target}: {f.problem}\n{f.detail}"
+                                            for f in result.failures[:5])
+
+
+@pytest.mark.parametrize("entry", sorted(p.name for p in CORPUS.iterdir() if "~" in p.name), ids=str)
+def test_corpus_input_is_refused_or_read(entry, tmp_path):
+    """Each input that once escaped as a traceback, an allocation or a hang: now a one-line error (or read)."""
+    fmt, target, _ = entry.split("~")
+    outcome, detail = replay((CORPUS / entry).read_bytes(), fmt, target, tmp_path)
+    assert outcome in ("read", "refused"), detail
