@@ -107,6 +107,7 @@ def check_one(path: Path) -> tuple[str, str]:
 @dataclass
 class Run:
     counts: dict = field(default_factory=lambda: defaultdict(Counter))   # format -> outcome -> n
+    seconds: dict = field(default_factory=lambda: defaultdict(float))    # format -> time spent checking
     failures: list = field(default_factory=list)
 
 
@@ -141,7 +142,9 @@ def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] 
             data = mutate(originals[s.root / s.target], s.kind, rng)
             (case / s.target).write_bytes(data)
             opened = case / s.path
+            started = time.perf_counter()
             outcome, detail = check_one(opened)
+            result.seconds[s.format] += time.perf_counter() - started
             result.counts[s.format][outcome] += 1
             if outcome not in ("read", "refused"):
                 result.failures.append(Failure(s.format, s.target.name, i, outcome, detail, data))
@@ -154,11 +157,12 @@ def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] 
 
 
 def table(result: Run) -> str:
-    lines = [f"{'format':16} {'inputs':>7} {'read':>6} {'refused':>8} {'bugs':>5}"]
+    lines = [f"{'format':16} {'inputs':>7} {'read':>6} {'refused':>8} {'bugs':>5} {'ms/input':>9}"]
     for fmt in sorted(result.counts):
         c = result.counts[fmt]
         bugs = sum(v for k, v in c.items() if k not in ("read", "refused"))
-        lines.append(f"{fmt:16} {sum(c.values()):7} {c['read']:6} {c['refused']:8} {bugs:5}")
+        lines.append(f"{fmt:16} {sum(c.values()):7} {c['read']:6} {c['refused']:8} {bugs:5} "
+                     f"{1000 * result.seconds[fmt] / max(1, sum(c.values())):9.1f}")
     total = sum((result.counts[f] for f in result.counts), Counter())
     lines.append(f"{'total':16} {sum(total.values()):7} {total['read']:6} {total['refused']:8} "
                  f"{sum(v for k, v in total.items() if k not in ('read', 'refused')):5}")
