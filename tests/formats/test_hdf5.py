@@ -317,3 +317,21 @@ def test_oversized_name_attribute_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(hdf5_fmt, "CONFIG_CAP", 100_000)
     with pytest.raises(FormatError, match="attribute 'layer_names'"):
         modelport.open(path)
+
+
+def test_a_heap_hdf5_loops_on_is_refused(tmp_path, monkeypatch):
+    """Found by the fuzzer: a Keras 2 file whose global heap (the variable-length strings of every Keras attribute)
+    has its first objects zeroed sends HDF5's C code into an endless loop on the first attribute read, which no
+    signal interrupts. `hdf5.preflight` walks the structure in a forked child first and refuses the file when the
+    child does not finish."""
+    from modelport.formats import hdf5
+
+    data = bytearray(fixture("keras2_weights.h5").read_bytes())
+    heap = data.index(b"GCOL")
+    data[heap + 16:heap + 80] = bytes(64)
+    path = tmp_path / "loop.h5"
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(hdf5, "PREFLIGHT_SECONDS", 2.0)
+    with pytest.raises(FormatError, match="did not finish reading the file's structure in 2 s"):
+        hdf5.open_hdf5(path)
+    hdf5.preflight(fixture("keras2_weights.h5"))          # the intact file passes at once

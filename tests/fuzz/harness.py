@@ -2,7 +2,8 @@
 
 A damaged file may be refused (a `ModelportError`: one line naming the file) or read; anything else is a bug:
 another exception escaping (a traceback for the user), a Python allocation past `memory_bound(file size)`
-(measured with tracemalloc, which NumPy reports its buffers to), or a step past `TIMEOUT` seconds (SIGALRM).
+(measured with tracemalloc, which NumPy reports its buffers to), a step past `TIMEOUT` seconds (SIGALRM) or a
+loop in C code past `HARD_TIMEOUT` (each input runs in a forked child), or the interpreter dying.
 
     python -m tests.fuzz.harness --inputs 20000 --seed 1 [--save tests/fuzz/corpus]    # what `make fuzz` runs
 """
@@ -10,6 +11,8 @@ another exception escaping (a traceback for the user), a Python allocation past 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import re
 import shutil
@@ -31,7 +34,8 @@ from modelport.core.errors import ModelportError
 from .mutate import mutate
 from .seeds import make_seeds
 
-TIMEOUT = 20            # seconds per input; the seeds take milliseconds
+TIMEOUT = 20            # seconds per input in Python (SIGALRM); the seeds take milliseconds
+HARD_TIMEOUT = 60       # seconds before the child is killed (HDF5's own preflight refuses a loop after 10 s)
 MEMORY_FLOOR = 64 << 20
 
 
@@ -77,30 +81,62 @@ def exercise(path: Path) -> str:
     return "read"
 
 
-def check_one(path: Path) -> tuple[str, str]:
-    """(outcome, detail): outcome 'read', 'refused', 'exception', 'memory' or 'hang'."""
+def _check_here(path: Path) -> tuple[str, str]:
+    """check_one's work, in the forked child."""
     size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    previous = signal.signal(signal.SIGALRM, _alarm)
-    started = tracemalloc.is_tracing()
-    if not started:
-        tracemalloc.start()
-    tracemalloc.reset_peak()
+    signal.signal(signal.SIGALRM, _alarm)
+    tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     signal.setitimer(signal.ITIMER_REAL, TIMEOUT)
     try:
         outcome, detail = exercise(path), ""
     except Hang:
-        outcome, detail = "hang", f"over {TIMEOUT} s"
+        outcome, detail = "hang", f"over {TIMEOUT} s (in Python)"
     except Exception as exc:  # noqa: BLE001 - every escaping exception is the finding
         outcome, detail = "exception", "".join(traceback.format_exception(exc)[-6:])
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
         peak = tracemalloc.get_traced_memory()[1] - base
-        if not started:
-            tracemalloc.stop()
+        tracemalloc.stop()
     if outcome in ("read", "refused") and peak > memory_bound(size):
         outcome, detail = "memory", f"allocated {peak} bytes for a {size}-byte input (bound {memory_bound(size)})"
+    return outcome, detail
+
+
+def check_one(path: Path) -> tuple[str, str]:
+    """(outcome, detail): outcome 'read', 'refused', 'exception', 'memory', 'hang' or 'crash'.
+
+    Each input runs in a forked child: a loop inside a C library (which no signal interrupts) is killed after
+    `HARD_TIMEOUT`, and a crash of the interpreter (SIGSEGV, SIGBUS from a map past the end) is reported, not
+    suffered."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_end)
+        try:
+            result = _check_here(path)
+        except BaseException as exc:  # noqa: BLE001
+            result = ("exception", repr(exc))
+        with os.fdopen(write_end, "w") as out:
+            json.dump(result, out)
+        os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + HARD_TIMEOUT
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_end)
+            return "hang", f"over {HARD_TIMEOUT} s (killed: a loop in C code)"
+        time.sleep(0.002)
+    with os.fdopen(read_end) as got:
+        text = got.read()
+    if not text:
+        return "crash", f"the child died: wait status {status}"
+    outcome, detail = json.loads(text)
     return outcome, detail
 
 
@@ -134,6 +170,8 @@ def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] 
     try:
         seeds = [s for s in make_seeds(work / "seeds") if formats is None or s.format in formats]
         originals = {s.root / s.target: (s.root / s.target).read_bytes() for s in seeds}
+        for s in seeds:   # import every lazily imported library here, once, not in each forked child
+            exercise(s.root / s.path)
         for i in range(inputs):
             s = seeds[i % len(seeds)]
             case = work / "case"
@@ -146,6 +184,8 @@ def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] 
             outcome, detail = check_one(opened)
             result.seconds[s.format] += time.perf_counter() - started
             result.counts[s.format][outcome] += 1
+            if log and (i + 1) % 500 == 0:
+                log(f"after {i + 1} inputs:\n{table(result)}")
             if outcome not in ("read", "refused"):
                 result.failures.append(Failure(s.format, s.target.name, i, outcome, detail, data))
                 if log:

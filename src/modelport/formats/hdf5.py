@@ -59,6 +59,53 @@ def safe_h5py():
     return h5py
 
 
+# --- a damaged file that HDF5 loops on -----------------------------------------------------
+
+PREFLIGHT_SECONDS = 10.0    # walking links and reading attributes takes milliseconds on any real file
+
+
+def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float | None = None) -> None:
+    """Refuse a file on which the HDF5 library loops forever, before this process reads it.
+
+    A damaged global heap (where variable-length strings, hence every Keras attribute, live) can send HDF5's C
+    code into an endless loop that no signal interrupts. A forked child walks every link and reads every attribute
+    first; if it does not finish in `timeout` seconds it is killed and the file refused. The child's other failures
+    are left to the reader, which turns them into its own errors. `window`: (start, size) of a stored zip member."""
+    import os
+    import signal
+    import time
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            h5py = safe_h5py()
+            with h5py.File(_RangeFile(path, *window) if window else path, "r") as f:
+                def touch(_name, obj=None):
+                    for key in (obj if obj is not None else f).attrs:
+                        (obj if obj is not None else f).attrs.get(key)
+                touch(None)
+                f.visititems(touch)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    timeout = PREFLIGHT_SECONDS if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise FormatError(f"HDF5 did not finish reading the file's structure in {timeout:.0f} s "
+                              "(a damaged heap or link loop); refused", path)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 # --- detection ----------------------------------------------------------------------------
 
 def _zip_names(path: Path) -> list[str] | None:
@@ -508,6 +555,7 @@ def open_hdf5(path: Path) -> ModelSource:
                     fileobj, map_base = None, 0
                     state.update(path=tmp_path, size=tmp_path.stat().st_size)
                     details["weights_member"] = "deflated (extracted to a temporary file)"
+            preflight(state["path"], None if fileobj is None else (map_base, info.file_size))
             try:
                 h5file = h5py.File(fileobj, "r") if fileobj is not None else h5py.File(state["path"], "r")
             except OSError as exc:
@@ -515,6 +563,7 @@ def open_hdf5(path: Path) -> ModelSource:
             if fileobj is not None:
                 closers.append(fileobj.close)
         else:
+            preflight(path)
             try:
                 h5file = h5py.File(path, "r")
             except OSError as exc:
