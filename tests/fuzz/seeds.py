@@ -8,6 +8,7 @@ the rest are written here by torch, safetensors, NumPy, gguf-py and onnx.
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,15 @@ def _arrays(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return {"embed.weight": rng.standard_normal((8, 4)).astype(np.float32),
             "norm.bias": rng.standard_normal(4).astype(np.float16),
             "head.idx": np.arange(6, dtype=np.int64).reshape(2, 3)}
+
+
+def _fixed_storage_keys(data: bytes) -> bytes:
+    """The legacy format names storages by their memory address: renamed (same length) so the seed's bytes, and
+    hence every mutation of them, are the same on every run."""
+    keys = list(dict.fromkeys(re.findall(rb"X[\x08-\x14]\x00\x00\x00(\d{8,20})", data)))
+    for i, key in enumerate(keys):
+        data = data.replace(key, str(10 ** (len(key) - 1) + i).encode())
+    return data
 
 
 def make_seeds(folder: Path) -> list[Seed]:
@@ -60,7 +70,9 @@ def make_seeds(folder: Path) -> list[Seed]:
     state["tied"] = state["embed.weight"]                       # a shared storage: the pickle's memo
     state["view"] = state["embed.weight"][2:4]                  # a view with an offset
     torch.save(state, one("torch-zip", "model.pt", "zip"))
-    torch.save(state, one("torch-legacy", "legacy.bin", "pickle"), _use_new_zipfile_serialization=False)
+    legacy = one("torch-legacy", "legacy.bin", "pickle")
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(_fixed_storage_keys(legacy.read_bytes()))
 
     np.save(one("npy", "array.npy", "npy"), arrays["embed.weight"])
     np.savez(one("npz", "arrays.npz", "zip"), **arrays)
