@@ -10,7 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+import modelport
+from modelport.core.errors import FormatError
+from tests.conftest import assert_one_line_error
 
 from .harness import replay, run, table
 
@@ -35,3 +40,21 @@ def test_corpus_input_is_refused_or_read(entry, tmp_path):
     fmt, target, _ = entry.split("~")
     outcome, detail = replay((CORPUS / entry).read_bytes(), fmt, target, tmp_path)
     assert outcome in ("read", "refused"), detail
+
+
+def test_damage_surfacing_only_when_a_tensor_is_read(tmp_path, cli):
+    """The issue's case: a compressed .npz whose member header is intact (open succeeds) but whose deflate stream
+    is damaged further on; the zlib error or bad CRC comes when the tensor is read, in the middle of a convert.
+    The boundary around every loader makes it the one-line error, naming the file and the tensor."""
+    path = tmp_path / "damaged.npz"
+    np.savez_compressed(path, w=np.random.default_rng(0).standard_normal(50_000).astype("f4"))
+    data = bytearray(path.read_bytes())
+    for at in range(len(data) // 2, len(data) // 2 + 64):
+        data[at] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with modelport.open(path, trust=True) as src:                 # the header at the member's start reads fine
+        with pytest.raises(FormatError, match=r"damaged or truncated numpy file: tensor 'w': .*\((error|BadZipFile)\)"):
+            src["w"].read()
+    result = cli("convert", path, tmp_path / "out.safetensors", "--trust")
+    assert_one_line_error(result, str(path), "tensor 'w'")
+    assert not (tmp_path / "out.safetensors").exists()
