@@ -152,9 +152,9 @@ def corpus_name(fmt: str, target: str, tag: str) -> str:
     return f"{fmt}~{target}~{tag}"
 
 
-def replay(data: bytes, fmt: str, target: str, work: Path) -> tuple[str, str]:
-    """`check_one` on a kept input: the seed of `fmt` whose file `target` it replaces, copied into `work`."""
-    seed = next(s for s in make_seeds(work / "seeds") if s.format == fmt and s.target.name == target)
+def replay(data: bytes, fmt: str, target: str, seeds: list, work: Path) -> tuple[str, str]:
+    """`check_one` on a kept input: the seed (of `seeds`) of `fmt` whose file `target` it replaces, copied into `work`."""
+    seed = next(s for s in seeds if s.format == fmt and s.target.name == target)
     case = work / "case"
     shutil.copytree(seed.root, case)
     (case / seed.target).write_bytes(data)

@@ -18,6 +18,7 @@ from modelport.core.errors import FormatError
 from tests.conftest import assert_one_line_error
 
 from .harness import replay, run, table
+from .seeds import make_seeds
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 INPUTS = int(os.environ.get("FUZZ_INPUTS", "2100"))
@@ -34,11 +35,16 @@ def test_bounded_fuzz_run(tmp_path):
                                             for f in result.failures[:5])
 
 
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    return make_seeds(tmp_path_factory.mktemp("seeds"))
+
+
 @pytest.mark.parametrize("entry", sorted(p.name for p in CORPUS.iterdir() if "~" in p.name), ids=str)
-def test_corpus_input_is_refused_or_read(entry, tmp_path):
+def test_corpus_input_is_refused_or_read(entry, seeds, tmp_path):
     """Each input that once escaped as a traceback, an allocation or a hang: now a one-line error (or read)."""
     fmt, target, _ = entry.split("~")
-    outcome, detail = replay((CORPUS / entry).read_bytes(), fmt, target, tmp_path)
+    outcome, detail = replay((CORPUS / entry).read_bytes(), fmt, target, seeds, tmp_path)
     assert outcome in ("read", "refused"), detail
 
 
