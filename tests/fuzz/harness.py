@@ -3,7 +3,7 @@
 A damaged file may be refused (a `ModelportError`: one line naming the file) or read; anything else is a bug:
 another exception escaping (a traceback for the user), a Python allocation past `memory_bound(file size)`
 (measured with tracemalloc, which NumPy reports its buffers to), a step past `TIMEOUT` seconds (SIGALRM) or a
-loop in C code past `HARD_TIMEOUT` (each input runs in a forked child), or the interpreter dying.
+loop in C code past `HARD_TIMEOUT` (inputs are checked in a worker process), or the interpreter dying.
 
     python -m tests.fuzz.harness --inputs 20000 --seed 1 [--save tests/fuzz/corpus]    # what `make fuzz` runs
 """
@@ -82,7 +82,7 @@ def exercise(path: Path) -> str:
 
 
 def _check_here(path: Path) -> tuple[str, str]:
-    """check_one's work, in the forked child."""
+    """(outcome, detail) of one input: 'read', 'refused', 'exception', 'memory' or 'hang'; run in the worker."""
     size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     signal.signal(signal.SIGALRM, _alarm)
     tracemalloc.start()
@@ -103,41 +103,70 @@ def _check_here(path: Path) -> tuple[str, str]:
     return outcome, detail
 
 
-def check_one(path: Path) -> tuple[str, str]:
-    """(outcome, detail): outcome 'read', 'refused', 'exception', 'memory', 'hang' or 'crash'.
+MARK = "@@fuzz-result "
 
-    Each input runs in a forked child: a loop inside a C library (which no signal interrupts) is killed after
-    `HARD_TIMEOUT`, and a crash of the interpreter (SIGSEGV, SIGBUS from a map past the end) is reported, not
-    suffered."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        os.close(read_end)
+
+class Worker:
+    """A long-lived child interpreter that checks inputs one by one (`python -m tests.fuzz.harness --worker`).
+
+    The parent waits for each answer at most `HARD_TIMEOUT` seconds: a loop inside a C library (which no signal
+    interrupts) gets the worker killed and replaced, and so does a crash of the interpreter (SIGSEGV, SIGBUS from a
+    map past the end). A separate process, not a fork per input: forking a process with torch loaded costs more
+    than checking the input."""
+
+    def __init__(self):
+        self.proc = None
+
+    def _start(self) -> None:
+        import subprocess
+
+        root = Path(__file__).resolve().parents[2]
+        paths = [str(Path(modelport.__file__).resolve().parents[1]), str(root), os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz.harness", "--worker"], cwd=root, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, bufsize=1)
+
+    def check(self, path: Path) -> tuple[str, str]:
+        import select
+
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        self.proc.stdin.write(str(path) + "\n")
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + HARD_TIMEOUT
+        while True:
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                self.close()
+                return "hang", f"over {HARD_TIMEOUT} s (killed: a loop in C code)"
+            line = self.proc.stdout.readline()
+            if not line:
+                code = self.proc.wait()
+                self.proc = None
+                return "crash", f"the worker died (exit status {code})"
+            if line.startswith(MARK):
+                outcome, detail = json.loads(line[len(MARK):])
+                return outcome, detail
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+def serve_worker() -> None:
+    """The worker's side: a path per line in, a marked JSON line out."""
+    out = sys.stdout
+    sys.stdout = sys.stderr        # whatever the libraries print stays out of the answers
+    for line in sys.stdin:
         try:
-            result = _check_here(path)
+            result = _check_here(Path(line.rstrip("\n")))
         except BaseException as exc:  # noqa: BLE001
             result = ("exception", repr(exc))
-        with os.fdopen(write_end, "w") as out:
-            json.dump(result, out)
-        os._exit(0)
-    os.close(write_end)
-    deadline = time.monotonic() + HARD_TIMEOUT
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(read_end)
-            return "hang", f"over {HARD_TIMEOUT} s (killed: a loop in C code)"
-        time.sleep(0.002)
-    with os.fdopen(read_end) as got:
-        text = got.read()
-    if not text:
-        return "crash", f"the child died: wait status {status}"
-    outcome, detail = json.loads(text)
-    return outcome, detail
+        out.write(MARK + json.dumps(result) + "\n")
+        out.flush()
 
 
 @dataclass
@@ -152,13 +181,13 @@ def corpus_name(fmt: str, target: str, tag: str) -> str:
     return f"{fmt}~{target}~{tag}"
 
 
-def replay(data: bytes, fmt: str, target: str, seeds: list, work: Path) -> tuple[str, str]:
-    """`check_one` on a kept input: the seed (of `seeds`) of `fmt` whose file `target` it replaces, copied into `work`."""
+def replay(data: bytes, fmt: str, target: str, seeds: list, work: Path, worker: Worker) -> tuple[str, str]:
+    """Check a kept input: the seed (of `seeds`) of `fmt` whose file `target` it replaces, copied into `work`."""
     seed = next(s for s in seeds if s.format == fmt and s.target.name == target)
     case = work / "case"
     shutil.copytree(seed.root, case)
     (case / seed.target).write_bytes(data)
-    return check_one(case / seed.path)
+    return worker.check(case / seed.path)
 
 
 def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] | None = None, log=None) -> Run:
@@ -167,11 +196,10 @@ def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] 
     own = work is None
     work = Path(tempfile.mkdtemp(prefix="fuzz-")) if own else work
     result = Run()
+    worker = Worker()
     try:
         seeds = [s for s in make_seeds(work / "seeds") if formats is None or s.format in formats]
         originals = {s.root / s.target: (s.root / s.target).read_bytes() for s in seeds}
-        for s in seeds:   # import every lazily imported library here, once, not in each forked child
-            exercise(s.root / s.path)
         for i in range(inputs):
             s = seeds[i % len(seeds)]
             case = work / "case"
@@ -181,7 +209,7 @@ def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] 
             (case / s.target).write_bytes(data)
             opened = case / s.path
             started = time.perf_counter()
-            outcome, detail = check_one(opened)
+            outcome, detail = worker.check(opened)
             result.seconds[s.format] += time.perf_counter() - started
             result.counts[s.format][outcome] += 1
             if log and (i + 1) % 500 == 0:
@@ -191,6 +219,7 @@ def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] 
                 if log:
                     log(f"[{i}] {s.format} {s.target.name}: {outcome}\n{detail}")
     finally:
+        worker.close()
         if own:
             shutil.rmtree(work, ignore_errors=True)
     return result
@@ -215,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--format", action="append", help="only these seed formats (repeatable)")
     parser.add_argument("--save", type=Path, help="keep each failing input here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        serve_worker()
+        return 0
     started = time.monotonic()
     result = run(args.inputs, args.seed, formats=set(args.format) if args.format else None,
                  log=lambda m: print(m, file=sys.stderr, flush=True))

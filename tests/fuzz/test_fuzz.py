@@ -17,7 +17,7 @@ import modelport
 from modelport.core.errors import FormatError
 from tests.conftest import assert_one_line_error
 
-from .harness import replay, run, table
+from .harness import Worker, replay, run, table
 from .seeds import make_seeds
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -40,11 +40,18 @@ def seeds(tmp_path_factory):
     return make_seeds(tmp_path_factory.mktemp("seeds"))
 
 
+@pytest.fixture(scope="module")
+def worker():
+    worker = Worker()
+    yield worker
+    worker.close()
+
+
 @pytest.mark.parametrize("entry", sorted(p.name for p in CORPUS.iterdir() if "~" in p.name), ids=str)
-def test_corpus_input_is_refused_or_read(entry, seeds, tmp_path):
+def test_corpus_input_is_refused_or_read(entry, seeds, worker, tmp_path):
     """Each input that once escaped as a traceback, an allocation or a hang: now a one-line error (or read)."""
     fmt, target, _ = entry.split("~")
-    outcome, detail = replay((CORPUS / entry).read_bytes(), fmt, target, seeds, tmp_path)
+    outcome, detail = replay((CORPUS / entry).read_bytes(), fmt, target, seeds, tmp_path, worker)
     assert outcome in ("read", "refused"), detail
 
 
