@@ -34,8 +34,9 @@ from modelport.core.errors import ModelportError
 from .mutate import mutate
 from .seeds import make_seeds
 
-TIMEOUT = 20            # seconds per input in Python (SIGALRM); the seeds take milliseconds
-HARD_TIMEOUT = 60       # seconds before the child is killed (HDF5's own preflight refuses a loop after 10 s)
+TIMEOUT = 45            # seconds per input in Python (SIGALRM); the seeds take milliseconds, HDF5's preflight
+                        # refuses a loop after 10 s (once per file)
+HARD_TIMEOUT = 90       # seconds before the worker is killed
 MEMORY_FLOOR = 64 << 20
 
 

@@ -62,6 +62,7 @@ def safe_h5py():
 # --- a damaged file that HDF5 loops on -----------------------------------------------------
 
 PREFLIGHT_SECONDS = 10.0    # walking links and reading attributes takes milliseconds on any real file
+_preflight_refused: dict = {}   # (path, size, mtime, window) -> message: scan, open and inspect wait only once
 
 
 def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float | None = None) -> None:
@@ -92,6 +93,10 @@ def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float 
         except BaseException:
             code = 1
         os._exit(code)
+    stat = os.stat(path)
+    key = (os.fspath(path), stat.st_size, stat.st_mtime_ns, window)
+    if key in _preflight_refused:
+        raise FormatError(_preflight_refused[key], path)
     timeout = PREFLIGHT_SECONDS if timeout is None else timeout
     deadline = time.monotonic() + timeout
     delay = 0.001
@@ -102,8 +107,10 @@ def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float 
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            raise FormatError(f"HDF5 did not finish reading the file's structure in {timeout:.0f} s "
-                              "(a damaged heap or link loop); refused", path)
+            message = (f"HDF5 did not finish reading the file's structure in {timeout:.0f} s "
+                       "(a damaged heap or link loop); refused")
+            _preflight_refused[key] = message
+            raise FormatError(message, path)
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
 
