@@ -59,7 +59,7 @@ class Failure:
     format: str
     target: str             # the damaged file's name
     index: int
-    problem: str            # "exception" | "memory" | "hang"
+    problem: str            # "exception" | "memory" | "hang" | "crash"
     detail: str
     data: bytes = field(repr=False, default=b"")
 
