@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.modelport-installed
 
-.PHONY: setup demo test check-long bench clean
+.PHONY: setup demo test check-long fuzz bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ test: setup
 # SmolLM2 LoRA teaching a fact that its Q4_K_M export states).
 check-long: setup
 	$(PY) -m pytest -m long
+
+# A long seeded fuzz run over every reader and the scanner (`make test` runs a bounded one): damaged files from
+# real libraries' seeds, opened, fully read, inspected and scanned. Each new kind of failure is saved into
+# tests/fuzz/corpus, where the suite replays it. FUZZ_INPUTS=200000 FUZZ_SEED=7 make fuzz for another run.
+FUZZ_INPUTS ?= 30000
+FUZZ_SEED ?= 1
+fuzz: setup
+	$(PY) -m tests.fuzz.harness --inputs $(FUZZ_INPUTS) --seed $(FUZZ_SEED) --save tests/fuzz/corpus
 
 # Anchor tools for the side-by-side benches (not needed by the tests). modelscan pins rich<15; it runs fine on 15.
 bench: setup

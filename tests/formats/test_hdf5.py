@@ -31,8 +31,9 @@ def test_keras2_weights_equal_what_keras_read(name):
     expected = load_expected(name)
     with modelport.open(fixture(name)) as src:
         assert src.format == "hdf5"
-        assert sorted(src.tensors) == sorted(expected)
-        for key, ref in src.tensors.items():
+        model = {k: r for k, r in src.tensors.items() if not k.startswith("optimizer_weights.")}
+        assert sorted(model) == sorted(expected)
+        for key, ref in model.items():
             arr = ref.read()
             _same(arr, expected[key])
             assert isinstance(arr, np.memmap) and ref.offset is not None  # contiguous: mapped, not copied
@@ -40,6 +41,49 @@ def test_keras2_weights_equal_what_keras_read(name):
     if name == "keras2_model.h5":
         assert src.details["keras_model"]["layer_classes"]["Dense"] == 2
         assert src.metadata["keras_version"] == "2.21.0"
+        # model.save() with a compiled Adam keeps its state: the iteration count and m, v per trained weight
+        assert src.details["optimizer_weights"] == 11 == len(src.tensors) - len(expected)
+        with h5py.File(fixture(name), "r") as f:
+            for wname in f["optimizer_weights"].attrs["weight_names"]:
+                key = "optimizer_weights." + wname.removesuffix(":0").replace("/", ".")
+                _same(src[key].read(), f["optimizer_weights"][wname][()])
+    else:
+        assert "optimizer_weights" not in src.details
+
+
+def test_keras2_optimizer_weights_are_read(tmp_path):
+    """Keras 2's full-model layout written by h5py (no TensorFlow needed): model_weights/<layer>/<weight> listed by
+    layer_names/weight_names, optimizer_weights/<optimizer path> listed by its own weight_names, older Keras's
+    split attribute chunks (weight_names0, weight_names1) included."""
+    rng = np.random.default_rng(5)
+    kernel, bias = rng.standard_normal((4, 3)).astype("f4"), rng.standard_normal(3).astype("f4")
+    state = {"iter:0": np.array(7, "i8"), "training/Adam/dense/kernel/m:0": rng.standard_normal((4, 3)).astype("f4"),
+             "training/Adam/dense/kernel/v:0": rng.standard_normal((4, 3)).astype("f2"),
+             "training/Adam/dense/bias/m:0": rng.standard_normal(3).astype("f4")}
+    path = tmp_path / "keras2_full.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"] = "2.3.1"
+        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense"}]}})
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = [b"dense"]
+        layer = mw.create_group("dense")
+        layer.attrs["weight_names"] = [b"dense/kernel:0", b"dense/bias:0"]
+        layer["dense/kernel:0"], layer["dense/bias:0"] = kernel, bias
+        opt = f.create_group("optimizer_weights")
+        names = [n.encode() for n in state]
+        opt.attrs["weight_names0"], opt.attrs["weight_names1"] = names[:2], names[2:]
+        for name, value in state.items():
+            opt[name] = value
+    with modelport.open(path) as src:
+        assert list(src) == ["dense.kernel", "dense.bias", "optimizer_weights.iter",
+                             "optimizer_weights.training.Adam.dense.kernel.m", "optimizer_weights.training.Adam.dense.kernel.v",
+                             "optimizer_weights.training.Adam.dense.bias.m"]
+        _same(src["dense.kernel"].read(), kernel)
+        _same(src["dense.bias"].read(), bias)
+        with h5py.File(path, "r") as f:
+            for name in state:
+                _same(src["optimizer_weights." + name[:-2].replace("/", ".")].read(), f["optimizer_weights"][name][()])
+        assert src.details["optimizer_weights"] == 4 and src.details["layout"] == "keras2 model"
 
 
 def test_keras3_archive_matches_h5py_and_keras():
@@ -273,3 +317,21 @@ def test_oversized_name_attribute_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(hdf5_fmt, "CONFIG_CAP", 100_000)
     with pytest.raises(FormatError, match="attribute 'layer_names'"):
         modelport.open(path)
+
+
+def test_a_heap_hdf5_loops_on_is_refused(tmp_path, monkeypatch):
+    """Found by the fuzzer: a Keras 2 file whose global heap (the variable-length strings of every Keras attribute)
+    has its first objects zeroed sends HDF5's C code into an endless loop on the first attribute read, which no
+    signal interrupts. `hdf5.preflight` walks the structure in a forked child first and refuses the file when the
+    child does not finish."""
+    from modelport.formats import hdf5
+
+    data = bytearray(fixture("keras2_weights.h5").read_bytes())
+    heap = data.index(b"GCOL")
+    data[heap + 16:heap + 80] = bytes(64)
+    path = tmp_path / "loop.h5"
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(hdf5, "PREFLIGHT_SECONDS", 2.0)
+    with pytest.raises(FormatError, match="did not finish reading the file's structure in 2 s"):
+        hdf5.open_hdf5(path)
+    hdf5.preflight(fixture("keras2_weights.h5"))          # the intact file passes at once

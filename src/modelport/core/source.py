@@ -8,6 +8,7 @@ picks the reader.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -16,6 +17,8 @@ from .errors import FormatError
 from .tensor import TensorRef
 
 CONFIG_CAP = 16 * 1024 * 1024   # config.json larger than this is not a config
+JSON_DEPTH = 100                 # nesting a model's JSON may have; Python's parser recurses once per level
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 @dataclass
@@ -83,6 +86,29 @@ class ModelSource:
         self.close()
 
 
+def json_depth(text: str) -> int:
+    """How deeply a JSON text nests its arrays and objects (strings skipped), without parsing it."""
+    depth = deepest = 0
+    for char in _JSON_STRING.sub("", text):
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def loads_json(text: str, path: Path, what: str = "JSON", hook=None) -> Any:
+    """`json.loads` for text from a model file: nesting past `JSON_DEPTH` is refused before the parser recurses
+    into it, and a syntax error is a one-line `FormatError` naming the file."""
+    if text.count("[") + text.count("{") > JSON_DEPTH and json_depth(text) > JSON_DEPTH:
+        raise FormatError(f"{what} nests deeper than {JSON_DEPTH} levels", path)
+    try:
+        return json.loads(text, object_pairs_hook=hook)
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{what} is not valid JSON ({exc.msg} at {exc.pos})", path) from None
+
+
 def read_json(path: Path, cap: int = CONFIG_CAP) -> Any:
     """A JSON side file, size-capped, parsed as data only; duplicate keys rejected."""
     size = path.stat().st_size
@@ -98,9 +124,10 @@ def read_json(path: Path, cap: int = CONFIG_CAP) -> Any:
         return obj
 
     try:
-        return json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise FormatError(f"not valid JSON ({exc})", path) from None
+    return loads_json(text, path, "the file", no_duplicates)
 
 
 def safe_member(folder: Path, name: str, what: str) -> Path:

@@ -31,12 +31,14 @@ import numpy as np
 
 from ..core import dtypes
 from ..core.errors import FormatError, UnsafeFileError, UnsupportedError, require
-from ..core.source import ModelSource, tensor_list
+from ..core.source import ModelSource, loads_json, tensor_list
 from ..core.tensor import TensorRef
+from ..core.zipmember import check_member
 from .registry import FormatSpec
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_DEPTH = 64
+OPTIMIZER = "optimizer_weights"     # a Keras 2 full model's optimizer state: its group, and its tensors' name prefix
 MAX_OBJECTS = 1_000_000
 CONFIG_CAP = 16 * 1024 * 1024
 BOMB_RATIO = 1000          # declared bytes may exceed stored bytes this much (compression, fill values)
@@ -55,6 +57,62 @@ def safe_h5py():
     except Exception:  # pragma: no cover - very old HDF5
         pass
     return h5py
+
+
+# --- a damaged file that HDF5 loops on -----------------------------------------------------
+
+PREFLIGHT_SECONDS = 10.0    # walking links and reading attributes takes milliseconds on any real file
+_preflight_refused: dict = {}   # (path, size, mtime, window) -> message: scan, open and inspect wait only once
+
+
+def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float | None = None) -> None:
+    """Refuse a file on which the HDF5 library loops forever, before this process reads it.
+
+    A damaged global heap (where variable-length strings, hence every Keras attribute, live) can send HDF5's C
+    code into an endless loop that no signal interrupts. A forked child walks every link and reads every attribute
+    first; if it does not finish in `timeout` seconds it is killed and the file refused. The child's other failures
+    are left to the reader, which turns them into its own errors. `window`: (start, size) of a stored zip member."""
+    import os
+    import signal
+    import time
+
+    if not hasattr(os, "fork"):   # Windows: no child to sacrifice; the reader runs unguarded
+        return
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            h5py = safe_h5py()
+            with h5py.File(_RangeFile(path, *window) if window else path, "r") as f:
+                def touch(_name, obj=None):
+                    for key in (obj if obj is not None else f).attrs:
+                        (obj if obj is not None else f).attrs.get(key)
+                touch(None)
+                f.visititems(touch)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    stat = os.stat(path)
+    key = (os.fspath(path), stat.st_size, stat.st_mtime_ns, window)
+    if key in _preflight_refused:
+        raise FormatError(_preflight_refused[key], path)
+    timeout = PREFLIGHT_SECONDS if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            message = (f"HDF5 did not finish reading the file's structure in {timeout:.0f} s "
+                       "(a damaged heap or link loop); refused")
+            _preflight_refused[key] = message
+            raise FormatError(message, path)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 # --- detection ----------------------------------------------------------------------------
@@ -128,10 +186,8 @@ def _member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
 def _read_member_json(z: zipfile.ZipFile, name: str, path: Path):
     info = z.getinfo(name)
     require(info.file_size <= CONFIG_CAP, f"{name} is {info.file_size} bytes; too large for a config", path)
-    try:
-        return json.loads(z.read(name).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, zipfile.BadZipFile, OSError) as exc:
-        raise FormatError(f"{name} is not valid JSON ({exc})", path) from None
+    check_member(info, path.stat().st_size, path)
+    return loads_json(z.read(name).decode("utf-8"), path, name)
 
 
 # --- Keras config as data -----------------------------------------------------------------
@@ -176,8 +232,8 @@ def _parse_config_text(text, path: Path):
     if not isinstance(text, str) or len(text) > CONFIG_CAP:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return loads_json(text, path, "the Keras config")
+    except FormatError:   # a config is a description only: unreadable, it is left out
         return None
 
 
@@ -357,6 +413,29 @@ def _loader(state: dict, name: str, h5name: str, dtype: dtypes.DType, stored: np
     return load
 
 
+def _listed_weights(h5py, group, where: str, path: Path, prefix: str = "") -> list[tuple[str, str, object]]:
+    """(tensor name, hdf5 path, DatasetID) of the datasets a Keras 2 group lists in its `weight_names`."""
+    entries = []
+    for wname in _attr_names(group, "weight_names") or []:
+        at = f"{where}/{wname}"
+        require(wname in group, f"weight {wname!r} of {where!r} is missing", path)
+        node = group
+        for part in wname.split("/"):  # every link on the way must be a plain hard link
+            _require_hard(h5py, node, part, at, path)
+            node = node[part]
+        require(isinstance(node, h5py.Dataset), f"weight {at!r} is not a dataset", path)
+        entries.append((prefix + re.sub(r":\d+$", "", wname).replace("/", "."), node.name, node.id))
+    return entries
+
+
+def _optimizer_weights(h5py, h5file, path: Path) -> list[tuple[str, str, object]]:
+    """A Keras 2 full-model file's optimizer state (`optimizer_weights/`, listed in its `weight_names`): Adam's
+    m and v, the iteration count, … named `optimizer_weights.<weight name>` as the other weights are."""
+    if not isinstance(h5file.get(OPTIMIZER, getlink=True), h5py.HardLink) or not isinstance(h5file[OPTIMIZER], h5py.Group):
+        return []
+    return _listed_weights(h5py, h5file[OPTIMIZER], OPTIMIZER, path, prefix=OPTIMIZER + ".")
+
+
 def _collect(h5file, path: Path, map_base: int | None, state: dict) -> tuple[dict, dict, dict]:
     """(tensors, aliases, details) of an open HDF5 file."""
     h5py = safe_h5py()
@@ -377,24 +456,16 @@ def _collect(h5file, path: Path, map_base: int | None, state: dict) -> tuple[dic
         for layer in layers:
             require(layer in root_w, f"layer {layer!r} listed in layer_names is missing", path)
             _require_hard(h5py, root_w, layer, layer, path)
-            group = root_w[layer]
-            for wname in _attr_names(group, "weight_names") or []:
-                where = f"{layer}/{wname}"
-                require(wname in group, f"weight {wname!r} of layer {layer!r} is missing", path)
-                parts = wname.split("/")
-                node = group
-                for part in parts:  # every link on the way must be a plain hard link
-                    _require_hard(h5py, node, part, where, path)
-                    node = node[part]
-                require(isinstance(node, h5py.Dataset), f"weight {where!r} is not a dataset", path)
-                entries.append((re.sub(r":\d+$", "", wname).replace("/", "."), node.name, node.id))
+            entries.extend(_listed_weights(h5py, root_w[layer], layer, path))
         names = [e[0] for e in entries]
         if len(set(names)) != len(names):  # weight names only unique per layer: use the full path
             base = root_w.name.rstrip("/") + "/"
             entries = [(re.sub(r":\d+$", "", h5[len(base):] if h5.startswith(base) else h5.lstrip("/")).replace("/", "."), h5, d)
                        for _, h5, d in entries]
-        if "optimizer_weights" in h5file:
-            details["optimizer_weights"] = "present (not listed)"
+        optimizer = _optimizer_weights(h5py, h5file, path)
+        if optimizer:
+            details["optimizer_weights"] = len(optimizer)
+            entries.extend(optimizer)
     else:
         datasets, hard_aliases, soft = _scan(h5py, h5file, path)
         for where, dsid in datasets:
@@ -478,15 +549,13 @@ def open_hdf5(path: Path) -> ModelSource:
                     if isinstance(meta_json, dict):
                         metadata.update({k: str(v) for k, v in meta_json.items() if isinstance(v, (str, int, float))})
                 info = z.getinfo("model.weights.h5")
-                require(info.file_size < 1 << 48, "model.weights.h5 declares an absurd size", path)
+                check_member(info, size, path)
                 if info.compress_type == zipfile.ZIP_STORED:
                     start = _member_data_offset(path, info)
                     require(info.file_size == info.compress_size, "stored member sizes disagree", path)
                     fileobj = _RangeFile(path, start, info.file_size)
                     map_base = start
                 else:  # deflated: HDF5 needs random access, so stream it out to a private temp file
-                    require(info.file_size <= 1000 * max(info.compress_size, 1) + (1 << 20),
-                            "model.weights.h5 expands suspiciously (zip bomb?)", path)
                     tmp = tempfile.NamedTemporaryFile(prefix="modelport-", suffix=".h5", delete=False)
                     with tmp, z.open(info) as src:
                         shutil.copyfileobj(src, tmp, 1 << 20)
@@ -495,6 +564,7 @@ def open_hdf5(path: Path) -> ModelSource:
                     fileobj, map_base = None, 0
                     state.update(path=tmp_path, size=tmp_path.stat().st_size)
                     details["weights_member"] = "deflated (extracted to a temporary file)"
+            preflight(state["path"], None if fileobj is None else (map_base, info.file_size))
             try:
                 h5file = h5py.File(fileobj, "r") if fileobj is not None else h5py.File(state["path"], "r")
             except OSError as exc:
@@ -502,6 +572,7 @@ def open_hdf5(path: Path) -> ModelSource:
             if fileobj is not None:
                 closers.append(fileobj.close)
         else:
+            preflight(path)
             try:
                 h5file = h5py.File(path, "r")
             except OSError as exc:
@@ -581,4 +652,6 @@ FORMAT = FormatSpec(
     write=write_hdf5,
     description="HDF5 / Keras (.h5, .keras)",
     options={"aliases": ("h5", "keras")},
+    # h5py turns HDF5's error stack into these (a damaged heap, link or B-tree: RuntimeError; a missing object: KeyError)
+    errors=(RuntimeError, KeyError, TypeError),
 )

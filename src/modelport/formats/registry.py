@@ -7,10 +7,14 @@ only chooses the writer for an output path.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import struct
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..core.errors import FormatError, ModelportError, UnsupportedError
 from ..core.source import ModelSource, cache_link, own_file, read_json, safe_member
@@ -36,6 +40,7 @@ class FormatSpec:
     shard_pattern: str | None = None            # "model-{i:05d}-of-{n:05d}.safetensors"
     description: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    errors: tuple[type[Exception], ...] = ()    # what the format's parsing library raises on a damaged file (h5py…)
 
 
 _specs: list[FormatSpec] | None = None
@@ -87,9 +92,54 @@ def detect(path: Path) -> FormatSpec:
     raise FormatError(f"not a model file modelport knows (starts with {head[:8].hex(' ')})", path)
 
 
+# --- the error boundary -------------------------------------------------------------------
+
+# What parsing damaged bytes raises in any reader: the standard library's zip, zlib and struct, file reads past a
+# damaged offset, NumPy given sizes that disagree (ValueError), text that is not UTF-8 (a ValueError too).
+DAMAGED = (OSError, EOFError, ValueError, OverflowError, struct.error, zlib.error, zipfile.BadZipFile,
+           zipfile.LargeZipFile)
+MESSAGE_CAP = 200
+
+
+@contextlib.contextmanager
+def boundary(spec: FormatSpec, path: Path, what: str = "") -> Iterator[None]:
+    """The one place a reader's library errors become a one-line `FormatError` naming the file.
+
+    Readers raise `ModelportError`s for what they check; what they do not anticipate in a damaged file surfaces
+    as the exceptions in `DAMAGED` plus the format's own `FormatSpec.errors`, here, whether while opening or
+    later while a tensor is read. Anything else (a TypeError, a MemoryError) stays a bug to fix at its cause."""
+    try:
+        yield
+    except ModelportError:
+        raise
+    except (*DAMAGED, *spec.errors) as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if len(text) > MESSAGE_CAP:
+            text = text[:MESSAGE_CAP] + "…"
+        raise FormatError(f"damaged or truncated {spec.name} file: {what}{text} ({type(exc).__name__})", path) from None
+
+
+def _bounded_loader(spec: FormatSpec, path: Path, ref: TensorRef, load: Callable) -> Callable:
+    def read():
+        with boundary(spec, Path(ref.file) if ref.file else path, f"tensor {ref.name!r}: "):
+            return load()
+    return read
+
+
+def open_with(spec: FormatSpec, path: Path) -> ModelSource:
+    """`spec.open(path)` inside the format's error boundary, and every tensor's read inside it too."""
+    with boundary(spec, path):
+        source = spec.open(path)
+    for ref in source.tensors.values():
+        ref.loader = _bounded_loader(spec, path, ref, ref.loader)
+        if ref.raw_loader is not None:
+            ref.raw_loader = _bounded_loader(spec, path, ref, ref.raw_loader)
+    return source
+
+
 def open_file(path: Path, format: str | None = None) -> ModelSource:
     spec = get(format) if format else detect(path)
-    return spec.open(path)
+    return open_with(spec, path)
 
 
 # --- sharded sets -------------------------------------------------------------------------
@@ -200,7 +250,7 @@ def side_files(folder: Path, used: set[Path]) -> dict[str, Path]:
 def open_folder(folder: Path) -> ModelSource:
     for spec in formats():
         if spec.detect_folder and spec.detect_folder(folder):
-            return spec.open(folder)
+            return open_with(spec, folder)
     files = weight_files(folder)
     if not files:
         raise FormatError("no model weights in this folder (looked for *.safetensors, *.bin, *.gguf, ...)", folder)

@@ -23,7 +23,7 @@ import numpy as np
 from ..core import dtypes
 from ..core.errors import FormatError, UnsupportedError, require
 from ..core.packing import pack_nibbles, unpack_nibbles
-from ..core.source import ModelSource, tensor_list
+from ..core.source import ModelSource, loads_json, tensor_list
 from ..core.tensor import VERBATIM, TensorRef, copy_range, map_bytes, open_for_writing, write_all
 from .registry import FormatSpec
 
@@ -68,10 +68,7 @@ def read_header(path: Path) -> tuple[int, dict]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise FormatError("header is not UTF-8", path) from None
-    try:
-        header = json.loads(text, object_pairs_hook=_pairs_no_duplicates(path))
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"header is not valid JSON ({exc.msg} at {exc.pos})", path) from None
+    header = loads_json(text, path, "header", _pairs_no_duplicates(path))
     require(isinstance(header, dict), "header is not a JSON object", path)
     return 8 + n, header
 

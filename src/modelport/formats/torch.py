@@ -33,6 +33,7 @@ from ..core import dtypes
 from ..core.errors import FormatError, ModelportError, UnsupportedError, require
 from ..core.source import ModelSource, tensor_list
 from ..core.tensor import VERBATIM, TensorRef, map_bytes
+from ..core.zipmember import check_member
 from . import torch_pickle
 from .registry import FormatSpec
 
@@ -247,7 +248,7 @@ def _open_zip(path: Path) -> ModelSource:
         members = {}
         for info in infos:
             require(info.filename not in members, f"zip member {info.filename!r} appears twice", path)
-            require(not info.flag_bits & 0x1, f"zip member {info.filename!r} is encrypted", path)
+            check_member(info, size, path)
             members[info.filename] = info
         first = infos[0].filename
         require("/" in first, f"first zip member {first!r} has no folder prefix; not a torch archive", path)

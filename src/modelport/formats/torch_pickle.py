@@ -238,6 +238,24 @@ def allowed(module: str, name: str):
 
 # --- pass 1: opcode scan ------------------------------------------------------------------------
 
+class _Window:
+    """The part of a stream a pickle may still use, for genops: a string opcode's length comes from the pickle
+    itself, and a buffered file's `read(n)` allocates n bytes first, so every read is clamped to what is left."""
+
+    def __init__(self, stream, end: int):
+        self.stream, self.end = stream, end
+
+    def tell(self) -> int:
+        return self.stream.tell()
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self.end - self.stream.tell())
+        return self.stream.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self.stream.readline(max(0, self.end - self.stream.tell()))
+
+
 @dataclass
 class Scan:
     start: int                  # where the pickle starts in the stream given to `prescan`
@@ -252,6 +270,9 @@ def prescan(stream, cap: int, base: int = 0) -> Scan:
     `base` is added to reported positions so errors name the byte in the file. Raises `FormatError`
     for a truncated or malformed pickle, one longer than `cap`, or opcodes a checkpoint never uses."""
     start = stream.tell()
+    stream.seek(0, io.SEEK_END)
+    stream = _Window(stream, min(stream.tell(), start + cap + 1))
+    stream.stream.seek(start)
     protocol = 0
     scan = Scan(start, start, 0)
     memo: dict[int, object] = {}

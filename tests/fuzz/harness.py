@@ -1,0 +1,270 @@
+"""The fuzz loop: damage a seed, then open, fully read, inspect and scan it through the public API.
+
+A damaged file may be refused (a `ModelportError`: one line naming the file) or read; anything else is a bug:
+another exception escaping (a traceback for the user), a Python allocation past `memory_bound(file size)`
+(measured with tracemalloc, which NumPy reports its buffers to), a step past `TIMEOUT` seconds (SIGALRM) or a
+loop in C code past `HARD_TIMEOUT` (inputs are checked in a worker process), or the interpreter dying.
+
+    python -m tests.fuzz.harness --inputs 20000 --seed 1 [--save tests/fuzz/corpus]    # what `make fuzz` runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import tracemalloc
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import modelport
+from modelport.core.errors import ModelportError
+
+from .mutate import mutate
+from .seeds import make_seeds
+
+TIMEOUT = 45            # seconds per input in Python (SIGALRM); the seeds take milliseconds, HDF5's preflight
+                        # refuses a loop after 10 s (once per file)
+HARD_TIMEOUT = 90       # seconds before the worker is killed
+MEMORY_FLOOR = 64 << 20
+
+
+def memory_bound(file_size: int) -> int:
+    """What reading a file of this size may allocate: 64 MiB plus 64 bytes per byte of file (dequantizing
+    4-bit blocks to float32 is 8x; the rest of the headroom is NumPy/h5py/zip buffers)."""
+    return MEMORY_FLOOR + 64 * file_size
+
+
+class Hang(BaseException):
+    """Raised by SIGALRM; a BaseException so that no reader's `except Exception` swallows it."""
+
+
+def _alarm(signum, frame):
+    raise Hang()
+
+
+@dataclass
+class Failure:
+    format: str
+    target: str             # the damaged file's name
+    index: int
+    problem: str            # "exception" | "memory" | "hang" | "crash"
+    detail: str
+    data: bytes = field(repr=False, default=b"")
+
+
+def exercise(path: Path) -> str:
+    """Scan, open, read every tensor, inspect: 'read' or 'refused'. Raises whatever escapes."""
+    modelport.scan(path)
+    try:
+        with modelport.open(path, trust=True) as src:
+            for ref in src.values():
+                arr = np.asarray(ref.read())
+                arr.tobytes()                               # every byte, as a writer would pull it
+            list(src.aliases)
+        modelport.inspect(path, tensors=True, trust=True)
+    except ModelportError as exc:
+        text = str(exc)
+        if "\n" in text:
+            raise AssertionError(f"a ModelportError of several lines: {text!r}") from None
+        return "refused"
+    return "read"
+
+
+def _check_here(path: Path) -> tuple[str, str]:
+    """(outcome, detail) of one input: 'read', 'refused', 'exception', 'memory' or 'hang'; run in the worker."""
+    size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    signal.signal(signal.SIGALRM, _alarm)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    signal.setitimer(signal.ITIMER_REAL, TIMEOUT)
+    try:
+        outcome, detail = exercise(path), ""
+    except Hang:
+        outcome, detail = "hang", f"over {TIMEOUT} s (in Python)"
+    except Exception as exc:  # noqa: BLE001 - every escaping exception is the finding
+        outcome, detail = "exception", "".join(traceback.format_exception(exc)[-6:])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        peak = tracemalloc.get_traced_memory()[1] - base
+        tracemalloc.stop()
+    if outcome in ("read", "refused") and peak > memory_bound(size):
+        outcome, detail = "memory", f"allocated {peak} bytes for a {size}-byte input (bound {memory_bound(size)})"
+    return outcome, detail
+
+
+MARK = "@@fuzz-result "
+
+
+class Worker:
+    """A long-lived child interpreter that checks inputs one by one (`python -m tests.fuzz.harness --worker`).
+
+    The parent waits for each answer at most `HARD_TIMEOUT` seconds: a loop inside a C library (which no signal
+    interrupts) gets the worker killed and replaced, and so does a crash of the interpreter (SIGSEGV, SIGBUS from a
+    map past the end). A separate process, not a fork per input: forking a process with torch loaded costs more
+    than checking the input."""
+
+    def __init__(self):
+        self.proc = None
+
+    def _start(self) -> None:
+        import subprocess
+
+        root = Path(__file__).resolve().parents[2]
+        paths = [str(Path(modelport.__file__).resolve().parents[1]), str(root), os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz.harness", "--worker"], cwd=root, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, bufsize=1)
+
+    def check(self, path: Path) -> tuple[str, str]:
+        import select
+
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        self.proc.stdin.write(str(path) + "\n")
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + HARD_TIMEOUT
+        while True:
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                self.close()
+                return "hang", f"over {HARD_TIMEOUT} s (killed: a loop in C code)"
+            line = self.proc.stdout.readline()
+            if not line:
+                code = self.proc.wait()
+                self.proc = None
+                return "crash", f"the worker died (exit status {code})"
+            if line.startswith(MARK):
+                outcome, detail = json.loads(line[len(MARK):])
+                return outcome, detail
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+def serve_worker() -> None:
+    """The worker's side: a path per line in, a marked JSON line out."""
+    out = sys.stdout
+    sys.stdout = sys.stderr        # whatever the libraries print stays out of the answers
+    for line in sys.stdin:
+        try:
+            result = _check_here(Path(line.rstrip("\n")))
+        except BaseException as exc:  # noqa: BLE001
+            result = ("exception", repr(exc))
+        out.write(MARK + json.dumps(result) + "\n")
+        out.flush()
+
+
+@dataclass
+class Run:
+    counts: dict = field(default_factory=lambda: defaultdict(Counter))   # format -> outcome -> n
+    seconds: dict = field(default_factory=lambda: defaultdict(float))    # format -> time spent checking
+    failures: list = field(default_factory=list)
+
+
+def corpus_name(fmt: str, target: str, tag: str) -> str:
+    """A kept input's file name in tests/fuzz/corpus: which seed's which file it replaces, and where it came from."""
+    return f"{fmt}~{target}~{tag}"
+
+
+def replay(data: bytes, fmt: str, target: str, seeds: list, work: Path, worker: Worker) -> tuple[str, str]:
+    """Check a kept input: the seed (of `seeds`) of `fmt` whose file `target` it replaces, copied into `work`."""
+    seed = next(s for s in seeds if s.format == fmt and s.target.name == target)
+    case = work / "case"
+    shutil.copytree(seed.root, case)
+    (case / seed.target).write_bytes(data)
+    return worker.check(case / seed.path)
+
+
+def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] | None = None, log=None) -> Run:
+    """`inputs` mutated files, spread round-robin over the seeds (of `formats`, if given), from `seed`."""
+    rng = random.Random(seed)
+    own = work is None
+    work = Path(tempfile.mkdtemp(prefix="fuzz-")) if own else work
+    result = Run()
+    worker = Worker()
+    try:
+        seeds = [s for s in make_seeds(work / "seeds") if formats is None or s.format in formats]
+        originals = {s.root / s.target: (s.root / s.target).read_bytes() for s in seeds}
+        for i in range(inputs):
+            s = seeds[i % len(seeds)]
+            case = work / "case"
+            shutil.rmtree(case, ignore_errors=True)
+            shutil.copytree(s.root, case)
+            data = mutate(originals[s.root / s.target], s.kind, rng)
+            (case / s.target).write_bytes(data)
+            opened = case / s.path
+            started = time.perf_counter()
+            outcome, detail = worker.check(opened)
+            result.seconds[s.format] += time.perf_counter() - started
+            result.counts[s.format][outcome] += 1
+            if log and (i + 1) % 500 == 0:
+                log(f"after {i + 1} inputs:\n{table(result)}")
+            if outcome not in ("read", "refused"):
+                result.failures.append(Failure(s.format, s.target.name, i, outcome, detail, data))
+                if log:
+                    log(f"[{i}] {s.format} {s.target.name}: {outcome}\n{detail}")
+    finally:
+        worker.close()
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def table(result: Run) -> str:
+    lines = [f"{'format':16} {'inputs':>7} {'read':>6} {'refused':>8} {'bugs':>5} {'ms/input':>9}"]
+    for fmt in sorted(result.counts):
+        c = result.counts[fmt]
+        bugs = sum(v for k, v in c.items() if k not in ("read", "refused"))
+        lines.append(f"{fmt:16} {sum(c.values()):7} {c['read']:6} {c['refused']:8} {bugs:5} "
+                     f"{1000 * result.seconds[fmt] / max(1, sum(c.values())):9.1f}")
+    total = sum((result.counts[f] for f in result.counts), Counter())
+    lines.append(f"{'total':16} {sum(total.values()):7} {total['read']:6} {total['refused']:8} "
+                 f"{sum(v for k, v in total.items() if k not in ('read', 'refused')):5}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=int, default=20000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--format", action="append", help="only these seed formats (repeatable)")
+    parser.add_argument("--save", type=Path, help="keep each failing input here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        serve_worker()
+        return 0
+    started = time.monotonic()
+    result = run(args.inputs, args.seed, formats=set(args.format) if args.format else None,
+                 log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(table(result))
+    print(f"{args.inputs} inputs in {time.monotonic() - started:.0f} s, seed {args.seed}")
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+        kept = set()
+        for f in result.failures:   # one input per distinct failure: format, kind and the exception's last line
+            signature = (f.format, f.problem, re.sub(r"\d+", "N", f.detail.strip().splitlines()[-1])[:80])
+            if signature not in kept:
+                kept.add(signature)
+                (args.save / corpus_name(f.format, f.target, f"{args.seed}-{f.index}")).write_bytes(f.data)
+    return 1 if result.failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""The bounded fuzz run of the suite, and every input the fuzzer ever broke a reader with, replayed.
+
+The run is seeded and deterministic (the same inputs every time); `FUZZ_INPUTS` changes its size and `make fuzz`
+runs a much longer one through `python -m tests.fuzz.harness`. A failure names the seed format, the input's index
+and what escaped; `python -m tests.fuzz.harness --inputs N --seed 0 --save DIR` writes the inputs to look at.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import modelport
+from modelport.core.errors import FormatError
+from tests.conftest import assert_one_line_error
+
+from .harness import Worker, replay, run, table
+from .seeds import make_seeds
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+INPUTS = int(os.environ.get("FUZZ_INPUTS", "2100"))
+
+
+@pytest.mark.slow
+def test_bounded_fuzz_run(tmp_path):
+    result = run(INPUTS, seed=0, work=tmp_path)
+    print("\n" + table(result))
+    assert sum(sum(c.values()) for c in result.counts.values()) == INPUTS
+    assert len(result.counts) >= 15    # every seed format was damaged
+    assert all(c["refused"] for c in result.counts.values())   # and each format refused some of what it was given
+    assert not result.failures, "\n\n".join(f"[{f.index}] {f.format} {f.target}: {f.problem}\n{f.detail}"
+                                            for f in result.failures[:5])
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    return make_seeds(tmp_path_factory.mktemp("seeds"))
+
+
+@pytest.fixture(scope="module")
+def worker():
+    worker = Worker()
+    yield worker
+    worker.close()
+
+
+@pytest.mark.parametrize("entry", sorted(p.name for p in CORPUS.iterdir() if "~" in p.name), ids=str)
+def test_corpus_input_is_refused_or_read(entry, seeds, worker, tmp_path):
+    """Each input that once escaped as a traceback, an allocation or a hang: now a one-line error (or read)."""
+    fmt, target, _ = entry.split("~")
+    outcome, detail = replay((CORPUS / entry).read_bytes(), fmt, target, seeds, tmp_path, worker)
+    assert outcome in ("read", "refused"), detail
+
+
+def test_damage_surfacing_only_when_a_tensor_is_read(tmp_path, cli):
+    """The issue's case: a compressed .npz whose member header is intact (open succeeds) but whose deflate stream
+    is damaged further on; the zlib error or bad CRC comes when the tensor is read, in the middle of a convert.
+    The boundary around every loader makes it the one-line error, naming the file and the tensor."""
+    path = tmp_path / "damaged.npz"
+    np.savez_compressed(path, w=np.random.default_rng(0).standard_normal(50_000).astype("f4"))
+    data = bytearray(path.read_bytes())
+    for at in range(len(data) // 2, len(data) // 2 + 64):
+        data[at] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with modelport.open(path, trust=True) as src:                 # the header at the member's start reads fine
+        with pytest.raises(FormatError, match=r"damaged or truncated numpy file: tensor 'w': .*\((error|BadZipFile)\)"):
+            src["w"].read()
+    result = cli("convert", path, tmp_path / "out.safetensors", "--trust")
+    assert_one_line_error(result, str(path), "tensor 'w'")
+    assert not (tmp_path / "out.safetensors").exists()
