@@ -395,8 +395,8 @@ def chat_tokenizer(folder: Path, template: str | None, bos: str = "<|im_start|>"
     return tok.get_vocab_size()
 
 
-def chat_model(folder: Path, template: str | None = CHATML, seed: int = 0, **tok_kwargs) -> Path:
-    """The runtime tests' tiny llama (hidden 32, 2 layers, 256 positions) with `chat_tokenizer`; its lm_head
+def chat_model(folder: Path, template: str | None = CHATML, seed: int = 0, positions: int = 256, **tok_kwargs) -> Path:
+    """The runtime tests' tiny llama (hidden 32, 2 layers, 256 positions unless told) with `chat_tokenizer`; its lm_head
     scaled up so that sampled text varies with the seed."""
     import torch
     from tokenizers import Tokenizer
@@ -404,7 +404,7 @@ def chat_model(folder: Path, template: str | None = CHATML, seed: int = 0, **tok
     vocab = chat_tokenizer(folder, template, **tok_kwargs)
     t = Tokenizer.from_file(str(folder / "tokenizer.json"))
     model = random_model("llama", seed, vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions,
                          bos_token_id=t.token_to_id(tok_kwargs.get("bos", "<|im_start|>")),
                          eos_token_id=t.token_to_id(tok_kwargs.get("eos", "<|im_end|>")), tie_word_embeddings=False)
     with torch.no_grad():   # sharper logits than the tiny init, so sampled text varies with the seed

@@ -36,7 +36,8 @@ def test_a_finding_exits_1(tmp_path):
 def test_ctrl_c_exits_130_without_a_traceback(tmp_path):
     """SIGINT while `run` streams an answer: the process ends with 130, the shell's code for Ctrl-C, quietly.
     (`chat` is different on purpose: Ctrl-C stops the answer and keeps the conversation; tests/cli/test_ux.py.)"""
-    argv, env = cli_process("run", chat_model(tmp_path / "tiny"), "-p", "Hello", "--max-tokens", "100000",
+    # 8192 positions: the answer outlasts a loaded machine's delay between the first character and the signal
+    argv, env = cli_process("run", chat_model(tmp_path / "tiny", positions=8192), "-p", "Hello", "--max-tokens", "100000",
                             "--ignore-eos", "--raw")
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
