@@ -24,10 +24,12 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from ..core import protobuf as pb
 from ..formats import onnx as onnx_format
+from ..formats import registry
 from ..formats import tf as tf_format
 from . import formats, pickle_vm
-from .findings import DANGEROUS, SUSPICIOUS, FileReport, Finding
+from .findings import DANGEROUS, SUSPICIOUS, UNKNOWN, FileReport, Finding
 
 MAX_DEPTH = 4                 # archives inside archives
 MAX_INFLATE = 256 << 20       # decompressed bytes analysed per member / stream (pickles are far smaller)
@@ -38,6 +40,13 @@ _UNOPENABLE = {b"7z\xbc\xaf\x27\x1c": "7z", b"Rar!\x1a\x07": "RAR", b"MSCF": "CA
                b"\xed\xab\xee\xdb": "RPM", b"070707": "cpio", b"070701": "cpio", b"\x04\x22\x4d\x18": "LZ4",
                b"LZIP": "lzip", b"\x89LZO": "LZO", b"\x28\xb5\x2f\xfd": "zstd"}
 _COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
+# Content that holds no model and nothing a model loader runs, recognised by its magic number.
+_INERT = {b"\x7fELF": "native-code", b"\xcf\xfa\xed\xfe": "native-code", b"\xce\xfa\xed\xfe": "native-code",
+          b"\xca\xfe\xba\xbe": "native-code", b"\x89PNG\r\n\x1a\n": "image", b"\xff\xd8\xff": "image",
+          b"GIF87a": "image", b"GIF89a": "image", b"\x00\x00\x01\x00": "image", b"wOFF": "font", b"wOF2": "font",
+          b"OTTO": "font", b"\x00\x01\x00\x00\x00": "font", b"%PDF-": "pdf"}
+_UNANALYSED = {"empty", "text", "tensor-data", "unknown", "audio", *_INERT.values()}   # no CRC check needed
+_NOT_CHECKED = "so nothing in it was checked; an unread file is never called safe"
 
 
 class _SliceIO(io.RawIOBase):
@@ -135,7 +144,7 @@ class Scanner:
                 formats.check_safetensors(path, self._emitter(None), self.reader_checks)
                 return self.report
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                self.report.kind = self.blob(mm, 0, size, None, 0, name)
+                self.report.kind = self.blob(mm, 0, size, None, 0, name, path)
         return self.report
 
     def _json(self, path: Path, head: bytes, size: int) -> None:
@@ -149,11 +158,14 @@ class Scanner:
         if isinstance(data, dict) and ("class_name" in data and "config" in data):
             self.report.kind = "keras-config"
             formats.check_keras_config(data, self._emitter(None), None)
+        formats.check_hf_config(data, self._emitter(None), None)
 
     # ---- any bytes -----------------------------------------------------------------------------
 
-    def blob(self, buf, start: int, end: int, member: str | None, depth: int, name: str = "") -> str:
-        """Analyse buf[start:end] by content; returns what it was taken for."""
+    def blob(self, buf, start: int, end: int, member: str | None, depth: int, name: str = "",
+             path: Path | None = None) -> str:
+        """Analyse buf[start:end] by content; returns what it was taken for. Content nothing here recognises
+        is reported `unknown`. `path`: the file itself, when buf is the whole of it."""
         if end <= start:
             return "empty"
         head = bytes(buf[start:min(end, start + 300)])
@@ -173,25 +185,76 @@ class Scanner:
             if head.startswith(magic):
                 self.compressed(buf, start, end, member, depth, kind)
                 return kind
+        if head.startswith(b"ZF") and head[21:22] == b"\x78":   # joblib < 0.10: "ZF", hex length, a zlib stream
+            self.compressed(buf, start + 21, end, member, depth, "zlib")
+            return "joblib-zlib"
+        if head.startswith(b"\x5d\x00\x00") and len(head) >= 13:   # .lzma ("alone"): properties, dictionary size
+            self.compressed(buf, start, end, member, depth, "lzma")
+            return "lzma"
         for magic, kind in _UNOPENABLE.items():
             if head.startswith(magic):
-                emit(SUSPICIOUS, f"{kind} archive", f"modelport cannot open {kind} archives, so what is inside "
-                     "was not checked; unpack it and scan the contents.", start, None)
+                emit(UNKNOWN, f"{kind} archive", f"modelport cannot open {kind} archives, {_NOT_CHECKED}; unpack it "
+                     "and scan the contents.", start, None)
                 return kind
-        if depth and (head.startswith(b"GGUF") or head.startswith(b"\x89HDF")):
-            return "data"
+        if depth and head.startswith(b"GGUF"):
+            return "gguf"      # headers only; a GGUF carries no code (its chat template renders sandboxed)
+        if depth and head.startswith(b"\x89HDF"):
+            return self._nested_hdf5(buf, start, end, member)
+        if member and _TORCH_DATA.search(member) and not (head[:1] == b"\x80" and end - start > 1 and head[1] <= 5):
+            return "tensor-data"   # torch never unpickles its storage members; only a real protocol-2+ pickle is news
         if pickle_vm.looks_like_pickle(head) or name.endswith((".pkl", ".pickle")):
-            return self.pickle(buf, start, end, member, name)
-        return "data"
+            kind = self.pickle(buf, start, end, member, name)
+            if kind != "data":
+                return kind
+        return self.identify(buf, start, end, head, member, name, path, depth)
+
+    def identify(self, buf, start: int, end: int, head: bytes, member: str | None, name: str,
+                 path: Path | None, depth: int = 0) -> str:
+        """What content that is neither an archive nor a pickle is: an inert kind, a graph or model format
+        found by content, or `unknown` (a finding: nothing in it was checked)."""
+        kind = _inert_kind(buf, start, end, head)
+        if kind:
+            return kind
+        kind = formats.detect_tf_graph(buf[start:end] if end - start < (1 << 31) else b"")
+        if kind:
+            formats.check_tf_graph(path or self.path, self._emitter(member), kind == "tf-savedmodel",
+                                   buf=buf[start:end])
+            return kind
+        if head[:1] == b"\x78" and len(head) > 2 and (head[0] << 8 | head[1]) % 31 == 0 and _inflates(head):
+            self.compressed(buf, start, end, member, depth, "zlib")   # a bare zlib stream (joblib's "zlib" compressor)
+            return "zlib"
+        if path is not None:
+            kind = _known_format(path, head)
+            if kind:
+                return kind
+        if _sentencepiece(buf, start, end):
+            return "sentencepiece"
+        self._emitter(member)(UNKNOWN, "unidentified content", f"modelport does not recognise these bytes, "
+                              f"{_NOT_CHECKED}.", start, None)
+        return "unknown"
+
+    def _nested_hdf5(self, buf, start: int, end: int, member: str | None) -> str:
+        """An HDF5 file inside an archive (the weights of a .keras file): its configs checked from a temporary copy."""
+        import tempfile
+        if end - start > MAX_INFLATE:
+            self._emitter(member)(UNKNOWN, "HDF5 in an archive", f"too large to check inside the archive, {_NOT_CHECKED}; "
+                                  "extract it and scan it.", start, None)
+            return "hdf5"
+        with tempfile.TemporaryDirectory(prefix="modelport-scan-") as tmp:
+            copy = Path(tmp) / "member.h5"
+            copy.write_bytes(bytes(buf[start:end]))
+            formats.check_hdf5(copy, self._emitter(member), self.reader_checks)
+        return "hdf5"
 
     def pickle(self, buf, start: int, end: int, member: str | None, name: str = "") -> str:
         emit = self._emitter(member)
         is_data = bool(member and _TORCH_DATA.search(member))
-        if is_data and not (buf[start] == 0x80 and end - start > 1 and buf[start + 1] <= 5):
-            return "data"   # torch never unpickles its storage members; only a real protocol-2+ pickle there is news
         if is_data or not (buf[start] == 0x80 or name.endswith((".pkl", ".pickle"))):
-            # weak evidence (a protocol 0/1 lookalike, a torch data member): only a stream that decodes to STOP is a pickle
-            if not pickle_vm.decodes_as_pickle(buf, start, end):
+            # weak evidence (a protocol 0/1 lookalike such as text starting with "import", a torch data member):
+            # a pickle is a stream that decodes to STOP, or one a loader would import something from before
+            # it breaks; text that breaks before any import is not one.
+            trial = pickle_vm.scan_stream(buf, start, end, lambda *a, **k: None, max_pickles=1)
+            if not trial or not (trial[0].complete or trial[0].imports):
                 return "data"
         first = pickle_vm.scan_stream(buf, start, end, emit, max_pickles=1)
         r = first[0] if first else None
@@ -214,9 +277,7 @@ class Scanner:
         except Exception as exc:
             emit(SUSPICIOUS, "npy header", f"the .npy header does not parse ({exc}); a reader may misbehave.", start, None, malformed=True)
             return
-        if dtype.hasobject:
-            emit(SUSPICIOUS, "numpy object array", "object arrays are stored as a pickle that np.load(allow_pickle=True) "
-                 "runs; real weights never need one.", data, None)
+        if dtype.hasobject:   # stored as a pickle that np.load(allow_pickle=True) runs: graded like any pickle
             pickle_vm.scan_stream(buf, data, end, emit)
             return
         import math
@@ -354,25 +415,26 @@ class Scanner:
                 return
         elif not (pickle_vm.looks_like_pickle(head) or head[:4] in (b"PK\x03\x04", b"PK\x05\x06")
                   or head[257:262] == b"ustar" or any(head.startswith(m) for m in (*_COMPRESSED, *_UNOPENABLE))
-                  or name.endswith((".pkl", ".pickle", ".json"))):
-            return
+                  or name.endswith((".pkl", ".pickle", ".json"))) and _inert_kind(head, 0, len(head), head):
+            return     # text, native code, images: the start says it all
         raw = self._inflate(buf, a, b, method, where)
         if raw is not None:
             self._member_content(raw, 0, len(raw), where, depth, info)
 
     def _member_content(self, buf, a, b, where, depth, info) -> None:
         kind = self.blob(buf, a, b, where, depth + 1, info.filename.lower() if info else "")
-        if kind not in ("data", "empty") and info is not None and b - a <= MAX_INFLATE:
+        if kind not in _UNANALYSED and info is not None and b - a <= MAX_INFLATE:
             if zlib.crc32(buf[a:b]) != info.CRC:
                 self.emit(SUSPICIOUS, "bad CRC", "the member's CRC does not match its bytes; Python's zipfile refuses "
                           "it (scanners crash) while torch loads it.", a, where)
-        if kind == "data" and info is not None and info.filename.endswith("config.json") and b - a < (16 << 20):
+        if kind == "text" and info is not None and info.filename.endswith("config.json") and b - a < (16 << 20):
             import json
             try:
                 config = json.loads(bytes(buf[a:b]))
             except ValueError:
                 return
             formats.check_keras_config(config, self._emitter(where), None)
+            formats.check_hf_config(config, self._emitter(where), None)
 
     def _zip_local_walk(self, buf, start, end, member, depth) -> None:
         """Walk local headers one after another (when the central directory cannot be trusted)."""
@@ -422,9 +484,14 @@ class Scanner:
         raw = None
         try:
             src = io.BufferedReader(_SliceIO(buf, start, end))
-            opener = {"gzip": gzip.GzipFile, "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}[kind]
-            with opener(fileobj=src) as f:
-                raw = f.read(MAX_INFLATE + 1)
+            if kind == "zlib":
+                d = zlib.decompressobj()
+                raw = d.decompress(src.read(), MAX_INFLATE + 1)
+            else:
+                opener = {"gzip": lambda f: gzip.GzipFile(fileobj=f), "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile,
+                          "lzma": lambda f: lzma.LZMAFile(f, format=lzma.FORMAT_ALONE)}[kind]
+                with opener(src) as f:
+                    raw = f.read(MAX_INFLATE + 1)
         except Exception as exc:
             self._emitter(member)(SUSPICIOUS, f"corrupt {kind} stream", f"it does not decompress ({exc}).", start, None, malformed=True)
             if not raw:
@@ -433,6 +500,109 @@ class Scanner:
             self._emitter(member)(SUSPICIOUS, f"oversized {kind} stream", "only the start was checked.", start, None)
             raw = raw[:MAX_INFLATE]
         self.blob(raw, 0, len(raw), f"{member + '>' if member else ''}<{kind}>", depth + 1)
+
+
+def _inert_kind(buf, start: int, end: int, head: bytes) -> str | None:
+    """Text, native code, images, fonts: recognised from the first bytes (`buf` may hold only the start)."""
+    for magic, kind in _INERT.items():
+        if head.startswith(magic):
+            return kind
+    if head.startswith(b"MZ") and _is_pe(buf, start, end):
+        return "native-code"
+    if head.startswith(b"RIFF") and head[8:12] in (b"WEBP", b"WAVE"):
+        return "image" if head[8:12] == b"WEBP" else "audio"
+    if _is_text(bytes(buf[start:min(end, start + 8192)]), end - start <= 8192):
+        return "text"
+    return None
+
+
+def _inflates(head: bytes) -> bool:
+    """Whether the start of some bytes decompresses as a zlib stream."""
+    try:
+        zlib.decompressobj().decompress(head, 64)
+        return True
+    except zlib.error:
+        return False
+
+
+def _is_text(sample: bytes, whole: bool) -> bool:
+    """UTF-8 (or UTF-16 with a byte-order mark) text without NUL bytes: source, docs, configs, vocabularies."""
+    if sample.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return bool(sample[2:len(sample) & ~1].decode("utf-16-be" if sample[0] == 0xFE else "utf-16-le"))
+        except UnicodeDecodeError:
+            return False
+    if b"\x00" in sample:
+        return False
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if whole or exc.start < len(sample) - 3:   # a character cut by the sample's end is fine
+            return False
+    controls = sum(1 for b in sample if b < 32 and b not in (9, 10, 12, 13, 27))
+    return controls * 100 <= len(sample)
+
+
+def _is_pe(buf, start: int, end: int) -> bool:
+    """A Windows executable or DLL: MZ header pointing at a PE signature."""
+    if end - start < 64:
+        return False
+    (pe,) = struct.unpack("<I", bytes(buf[start + 60:start + 64]))
+    return start + pe + 4 <= end and bytes(buf[start + pe:start + pe + 4]) == b"PE\x00\x00"
+
+
+def _sentencepiece(buf, start: int, end: int) -> bool:
+    """A SentencePiece model (tokenizer.model): ModelProto whose first pieces are (piece, score) messages."""
+    if bytes(buf[start:start + 1]) != b"\x0a" or end - start > (1 << 30):
+        return False
+    try:
+        pieces = 0
+        for f, w, a, b in pb.fields(buf, start, end):
+            if f == 1 and w == pb.LEN:
+                inner = {(g, v) for g, v, _x, _y in pb.fields(buf, a, b)}
+                if not inner <= {(1, pb.LEN), (2, pb.I32), (3, pb.VARINT)} or (1, pb.LEN) not in inner:
+                    return False
+                pieces += 1
+            elif f not in (2, 3, 4, 5) or w != pb.LEN:
+                return False
+        return pieces > 0
+    except Exception:
+        return False
+
+
+def _known_format(path: Path, head: bytes) -> str | None:
+    """Formats modelport reads that hold only data (TFLite flatbuffers, TF bundles, Flax msgpack), and the
+    raw tensor files that an ONNX model next to this one names as its external data."""
+    if len(head) < registry.HEAD_BYTES:
+        with path.open("rb") as f:
+            head = f.read(registry.HEAD_BYTES)
+    for name in ("tflite", "tf", "flax"):
+        try:
+            if registry.get(name).detect(path, head):
+                return name if name != "tf" else "tf-bundle"
+        except Exception:
+            continue
+    if path.resolve() in _onnx_external_files(path.parent.resolve()):
+        return "onnx-external-data"
+    return None
+
+
+def _onnx_external_files(folder: Path) -> set[Path]:
+    """Files that the ONNX models in a folder (at most 16) name as external data, resolved."""
+    found: set[Path] = set()
+    try:
+        models = sorted(folder.glob("*.onnx"))[:16]
+    except OSError:
+        return found
+    for model in models:
+        try:
+            for _name, info in onnx_format.external_entries(model):
+                loc = info.get("location", "")
+                if loc:
+                    found.add((folder / loc).resolve())
+        except Exception:
+            continue
+    return found
 
 
 def _npy_header(buf, start: int, end: int):
