@@ -44,8 +44,9 @@ _COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
 _INERT = {b"\x7fELF": "native-code", b"\xcf\xfa\xed\xfe": "native-code", b"\xce\xfa\xed\xfe": "native-code",
           b"\xca\xfe\xba\xbe": "native-code", b"\x89PNG\r\n\x1a\n": "image", b"\xff\xd8\xff": "image",
           b"GIF87a": "image", b"GIF89a": "image", b"\x00\x00\x01\x00": "image", b"wOFF": "font", b"wOF2": "font",
-          b"OTTO": "font", b"\x00\x01\x00\x00\x00": "font", b"%PDF-": "pdf"}
-_UNANALYSED = {"empty", "text", "tensor-data", "unknown", "audio", *_INERT.values()}   # no CRC check needed
+          b"OTTO": "font", b"\x00\x01\x00\x00\x00": "font", b"%PDF-": "pdf", b"ID3": "audio", b"\xff\xfb": "audio",
+          b"fLaC": "audio", b"OggS": "audio", b"bplist00": "plist"}
+_UNANALYSED = {"empty", "text", "tensor-data", "unknown", "audio", "video", *_INERT.values()}   # no CRC check needed
 _NOT_CHECKED = "so nothing in it was checked; an unread file is never called safe"
 
 
@@ -199,7 +200,9 @@ class Scanner:
         if depth and head.startswith(b"GGUF"):
             return "gguf"      # headers only; a GGUF carries no code (its chat template renders sandboxed)
         if depth and head.startswith(b"\x89HDF"):
-            return self._nested_hdf5(buf, start, end, member)
+            return self._nested_file(buf, start, end, member, "hdf5", formats.check_hdf5)
+        if depth and onnx_format.detect(Path(name or "member"), head):
+            return self._nested_file(buf, start, end, member, "onnx", formats.check_onnx)
         if member and _TORCH_DATA.search(member) and not (head[:1] == b"\x80" and end - start > 1 and head[1] <= 5):
             return "tensor-data"   # torch never unpickles its storage members; only a real protocol-2+ pickle is news
         if pickle_vm.looks_like_pickle(head) or name.endswith((".pkl", ".pickle")):
@@ -233,18 +236,21 @@ class Scanner:
                               f"{_NOT_CHECKED}.", start, None)
         return "unknown"
 
-    def _nested_hdf5(self, buf, start: int, end: int, member: str | None) -> str:
-        """An HDF5 file inside an archive (the weights of a .keras file): its configs checked from a temporary copy."""
+    def _nested_file(self, buf, start: int, end: int, member: str | None, kind: str, check) -> str:
+        """An HDF5 or ONNX file inside an archive (the weights of a .keras file, a test model in a wheel): the
+        checks that need a file run on a temporary copy (an ONNX member's external data is then missing)."""
         import tempfile
         if end - start > MAX_INFLATE:
-            self._emitter(member)(UNKNOWN, "HDF5 in an archive", f"too large to check inside the archive, {_NOT_CHECKED}; "
-                                  "extract it and scan it.", start, None)
-            return "hdf5"
+            self._emitter(member)(UNKNOWN, f"{kind} in an archive", f"too large to check inside the archive, "
+                                  f"{_NOT_CHECKED}; extract it and scan it.", start, None)
+            return kind
         with tempfile.TemporaryDirectory(prefix="modelport-scan-") as tmp:
-            copy = Path(tmp) / "member.h5"
+            copy = Path(tmp) / f"member.{kind}"
             copy.write_bytes(bytes(buf[start:end]))
-            formats.check_hdf5(copy, self._emitter(member), self.reader_checks)
-        return "hdf5"
+            emit = self._emitter(member)
+            check(copy, lambda sev, what, why, *a, **k: None if "is missing" in why else emit(sev, what, why, *a, **k),
+                  self.reader_checks)
+        return kind
 
     def pickle(self, buf, start: int, end: int, member: str | None, name: str = "") -> str:
         emit = self._emitter(member)
@@ -509,6 +515,8 @@ def _inert_kind(buf, start: int, end: int, head: bytes) -> str | None:
             return kind
     if head.startswith(b"MZ") and _is_pe(buf, start, end):
         return "native-code"
+    if head[4:8] == b"ftyp":
+        return "video"
     if head.startswith(b"RIFF") and head[8:12] in (b"WEBP", b"WAVE"):
         return "image" if head[8:12] == b"WEBP" else "audio"
     if _is_text(bytes(buf[start:min(end, start + 8192)]), end - start <= 8192):

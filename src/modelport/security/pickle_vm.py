@@ -157,7 +157,8 @@ class Machine:
         return self.stack[-1]
 
     def _import(self, module: str, name: str, pos: int, how: str) -> Glob:
-        self.imports += 1
+        if all(p.isidentifier() for p in f"{module}.{name}".split(".")):
+            self.imports += 1      # a name no import can resolve ("cmake_minimum_required(...") imports nothing
         full = rules.normalize(module, name)
         severity, why = rules.classify(module, name)
         if severity != SAFE:
