@@ -232,6 +232,8 @@ class Scanner:
                 return kind
         if _sentencepiece(buf, start, end):
             return "sentencepiece"
+        if _onnx_tensor(buf, start, end):
+            return "onnx-tensor"
         self._emitter(member)(UNKNOWN, "unidentified content", f"modelport does not recognise these bytes, "
                               f"{_NOT_CHECKED}.", start, None)
         return "unknown"
@@ -353,9 +355,13 @@ class Scanner:
         if method != info.compress_type:
             emit(SUSPICIOUS, f"zip method mismatch in {name!r}", "local and central headers disagree on compression.",
                  lh, None)
-        if (flags | info.flag_bits) & 0x1:
-            emit(SUSPICIOUS, f"zip member {name!r} flagged encrypted", "the encryption flag makes Python's zipfile "
-                 "refuse the member while torch reads it anyway; a known way to hide a pickle from scanners.", lh, None)
+        parts = re.split(r"[\\/]", name)
+        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+            emit(DANGEROUS, f"zip path {name!r}", "the member would be written outside the extraction folder "
+                 "(zip slip).", lh, None)
+        elif "\\" in name:
+            emit(SUSPICIOUS, f"zip name {name!r} with backslashes", "readers split such names differently, so a "
+                 "scanner and a loader can see different members.", lh, None)
         if not flags & 0x8 and csize != 0xFFFFFFFF and (crc, csize) != (info.CRC, info.compress_size & 0xFFFFFFFF):
             emit(SUSPICIOUS, f"zip header mismatch in {name!r}", "local and central headers disagree on size or CRC.",
                  lh, None)
@@ -366,6 +372,12 @@ class Scanner:
                  data, None, malformed=True)
             stop = end
         method = info.compress_type
+        if (flags | info.flag_bits) & 0x1:
+            if not self._plain(buf, data, stop, method):
+                emit(UNKNOWN, f"encrypted zip member {name!r}", f"the member is encrypted, {_NOT_CHECKED}.", lh, None)
+                return (lh, stop)
+            emit(SUSPICIOUS, f"zip member {name!r} flagged encrypted", "the encryption flag makes Python's zipfile "
+                 "refuse the member while torch reads it anyway; a known way to hide a pickle from scanners.", lh, None)
         if method == 0:
             self._member_content(buf, data, stop, where, depth, info)
         elif method in (8, 12, 14):
@@ -374,6 +386,20 @@ class Scanner:
             emit(SUSPICIOUS, f"zip member {name!r} method {method}", "compressed with a method modelport cannot "
                  "read, so it was not checked.", data, None)
         return (lh, stop)
+
+    def _plain(self, buf, a, b, method) -> bool:
+        """Whether a member flagged encrypted is really plain: its bytes (inflated if deflated) are recognisable."""
+        raw = bytes(buf[a:min(b, a + 4096)])
+        if method == 8:
+            try:
+                raw = zlib.decompressobj(-15).decompress(bytes(buf[a:min(b, a + (1 << 16))]), 4096)
+            except zlib.error:
+                return False
+        elif method != 0:
+            return False
+        return bool(raw) and (pickle_vm.looks_like_pickle(raw) and pickle_vm.decodes_as_pickle(raw, 0, len(raw))
+                              or raw[:4] == b"PK\x03\x04" or raw.startswith(b"\x93NUMPY")
+                              or _inert_kind(raw, 0, len(raw), raw) is not None)
 
     def _inflate(self, buf, a, b, method, where, limit=None):
         """Decompress a member, fed in chunks and stopped after `limit` bytes of output (bomb-proof)."""
@@ -578,6 +604,21 @@ def _sentencepiece(buf, start: int, end: int) -> bool:
         return False
 
 
+def _onnx_tensor(buf, start: int, end: int) -> bool:
+    """An ONNX TensorProto (the .pb test data of ONNX models): dims, data_type, name and data fields only,
+    with no external data (field 13, a file path)."""
+    allowed = {(1, pb.VARINT), (1, pb.LEN), (2, pb.VARINT), (3, pb.LEN), (4, pb.LEN), (4, pb.I32), (5, pb.LEN),
+               (5, pb.VARINT), (6, pb.LEN), (6, pb.VARINT), (7, pb.LEN), (7, pb.VARINT), (8, pb.LEN), (9, pb.LEN),
+               (10, pb.LEN), (10, pb.I64), (11, pb.LEN), (11, pb.VARINT), (12, pb.LEN), (14, pb.VARINT), (16, pb.LEN)}
+    if end - start > (1 << 30):
+        return False
+    try:
+        seen = {(f, w) for f, w, _a, _b in pb.fields(buf, start, end)}
+    except Exception:
+        return False
+    return (2, pb.VARINT) in seen and seen <= allowed
+
+
 def _known_format(path: Path, head: bytes) -> str | None:
     """Formats modelport reads that hold only data (TFLite flatbuffers, TF bundles, Flax msgpack), and the
     raw tensor files that an ONNX model next to this one names as its external data."""
@@ -625,7 +666,8 @@ def _npy_header(buf, start: int, end: int):
         hstart = start + 12
     if hlen > 1 << 20 or hstart + hlen > end:
         raise ValueError(f"header length {hlen} runs past the data")
-    header = ast.literal_eval(bytes(buf[hstart:hstart + hlen]).decode("latin-1"))
+    text = re.sub(r"(\d+)L\b", r"\1", bytes(buf[hstart:hstart + hlen]).decode("latin-1"))   # Python 2 longs
+    header = ast.literal_eval(text)
     dtype = np.lib.format.descr_to_dtype(header["descr"])
     shape = header["shape"]
     if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):

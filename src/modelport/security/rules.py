@@ -7,7 +7,7 @@ suspicious, because a pickle can call any importable callable and nobody can lis
 
 from __future__ import annotations
 
-from .findings import DANGEROUS, SAFE, SUSPICIOUS
+from .findings import DANGEROUS, SAFE, SUSPICIOUS, UNKNOWN
 
 # Python 2 / alias module names a loader maps to today's (pickle's _compat_pickle does the same).
 _ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg", "cPickle": "pickle", "exceptions": "builtins",
@@ -61,7 +61,7 @@ SAFE_GLOBALS: frozenset[str] = frozenset(
        "lightning.fabric.utilities.data.AttributeDict",
        # numpy matrices (joblib and scikit-learn store them), dill's lookup of a builtin type by name (any
        # call on what it returns is graded as a call on a load-time result)
-       "numpy.matrix", "numpy.matrixlib.defmatrix.matrix", "dill._dill._load_type"]
+       "numpy.matrix", "numpy.matrixlib.defmatrix.matrix", "dill._dill._load_type", "numpy.core._internal._reconstruct"]
 )
 
 # Data wrappers a pickle-family format needs to store arrays: rebuilding one runs no code of the file's
@@ -136,7 +136,12 @@ PICKLE_LOADERS: frozenset[str] = frozenset({
 def normalize(module: str, name: str) -> str:
     """The dotted name a loader would resolve, with Python 2 module names mapped to today's."""
     module = _ALIASES.get(module, module)
-    return f"{module}.{name}" if name else module
+    full = f"{module}.{name}" if name else module
+    return _NAME_ALIASES.get(full, full)
+
+
+_NAME_ALIASES = {"builtins.xrange": "builtins.range", "builtins.unicode": "builtins.str", "builtins.long": "builtins.int",
+                 "builtins.basestring": "builtins.str"}
 
 
 def _under(full: str, prefixes) -> str | None:
@@ -153,6 +158,9 @@ def classify(module: str, name: str) -> tuple[str, str]:
     full = normalize(module, name)
     if full in SAFE_GLOBALS:
         return SAFE, "needed to rebuild tensors, arrays or plain containers"
+    if full.startswith("__torch__."):
+        return UNKNOWN, ("a TorchScript class: torch.jit.load compiles and runs the TorchScript in the archive's "
+                         "code/ folder, which modelport does not analyse")
     if full in DATA_WRAPPERS:
         return SAFE, "a data wrapper joblib needs to store arrays; it runs no code of the file's choosing"
     hit = _under(full, DANGEROUS_MODULES)
