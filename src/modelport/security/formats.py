@@ -150,6 +150,16 @@ def check_hf_config(config, emit, member: str | None) -> None:
         first = next(iter(auto_map.values()), "") if isinstance(auto_map, dict) else auto_map
         emit(SUSPICIOUS, f"auto_map {str(first)[:80]!r}", "the config names custom Python code that transformers "
              "imports and runs when loaded with trust_remote_code=True (modelport never does).", None, member)
+    template = config.get("chat_template")
+    texts = [template] if isinstance(template, str) else \
+        [t.get("template") for t in template if isinstance(t, dict)] if isinstance(template, list) else []
+    for text in texts:
+        hit = isinstance(text, str) and re.search(r"__\w+__|\|\s*attr\b|\bimport\b|\bos\.|popen|subprocess", text)
+        if hit:
+            emit(SUSPICIOUS, f"chat template reaches {hit.group(0)!r}", "a chat template has no reason to touch "
+                 "Python internals; this is how Jinja sandbox escapes start (modelport renders it sandboxed).",
+                 None, member)
+            break
     if config.get("trust_remote_code") is True:
         emit(SUSPICIOUS, "trust_remote_code: true", "the config asks loaders to run the repository's own Python "
              "code (modelport never does).", None, member)
