@@ -72,8 +72,8 @@ def _verbs(path, tmp):
     p = str(path)
     verbs = {"inspect": ["inspect", p], "diff": ["diff", p, p], "quantize": ["quantize", p, str(tmp / "q.gguf")],
              "run": ["run", p, "-p", "hi", "-n", "2"], "chat": ["chat", p, "-n", "2"], "compare": ["compare", p, p,
-             "--tokens", "8"], "perplexity": ["perplexity", p, "--ctx", "16"], "estimate": ["estimate", p],
-             "recommend": ["recommend", p], "train": ["train", p, str(data), "--max-steps", "1", "--out",
+             "--tokens", "8"], "perplexity": ["perplexity", p, "--text", str(data), "--ctx", "16"], "estimate": ["estimate", p],
+             "recommend": ["recommend", p, "--goal", "cpu"], "train": ["train", p, str(data), "--max-steps", "1", "--out",
                                                       str(tmp / "trained")],
              "embed": ["embed", p, "hi"], "check": ["check", p], "serve": ["serve", p, "--port", "0"]}
     for ext in WRITERS:
