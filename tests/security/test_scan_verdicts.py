@@ -301,3 +301,27 @@ def test_legacy_multi_pickle_torch_file(tmp_path):
 def test_protocol0_string_payload_in_text_file(tmp_path):
     (tmp_path / "x.txt").write_bytes(b"(" + _str0("true") + b"ios\nsystem\n.")
     assert _verdict(tmp_path / "x.txt") == DANGEROUS
+
+
+def test_what_model_folders_and_wheels_hold_is_identified(tmp_path):
+    """Unknown must stay rare to mean something: text, native libraries, images, SentencePiece models and ONNX
+    tensor protos are recognised by content (and graded safe), under any name."""
+    import struct as st
+    import sys
+    import zlib
+
+    from onnx import numpy_helper
+    png = b"\x89PNG\r\n\x1a\n" + st.pack(">I", 13) + b"IHDR" + bytes(13)
+    spm = _protobuf([(1, _protobuf([(1, "<unk>"), (3, 2)])), (1, _protobuf([(1, "\u2581the")]))])
+    with open(sys.executable, "rb") as f:
+        elf = f.read(4096)
+    files = {"README": b"# model card\n\nweights for x\n", "logo.bin": png, "native.so": elf, "tokenizer.model": spm,
+             "input_0.pb": numpy_helper.from_array(np.ones(3, np.float32), "x").SerializeToString(),
+             "notes.z": zlib.compress(b"plain text inside zlib\n")}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    report = scan(tmp_path)
+    kinds = {os.path.basename(r.path): r.kind for r in report.files}
+    assert report.verdict == SAFE, [(r.path, r.findings) for r in report.files if r.findings]
+    assert kinds == {"README": "text", "logo.bin": "image", "native.so": "native-code", "tokenizer.model": "sentencepiece",
+                     "input_0.pb": "onnx-tensor", "notes.z": "zlib"}
