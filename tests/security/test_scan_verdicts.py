@@ -325,3 +325,27 @@ def test_what_model_folders_and_wheels_hold_is_identified(tmp_path):
     assert report.verdict == SAFE, [(r.path, r.findings) for r in report.files if r.findings]
     assert kinds == {"README": "text", "logo.bin": "image", "native.so": "native-code", "tokenizer.model": "sentencepiece",
                      "input_0.pb": "onnx-tensor", "notes.z": "zlib"}
+
+
+def test_compressed_tar_is_streamed_member_by_member(tmp_path, monkeypatch):
+    """An sdist (.tar.gz) larger than what the scanner holds in memory is read as a stream: every member is
+    checked, a payload in the last one too, and a member too big to hold is unknown, not safe."""
+    import tarfile
+
+    from modelport.security import containers
+    monkeypatch.setattr(containers, "MAX_INFLATE", 4096)
+    with tarfile.open(tmp_path / "pkg-1.0.tar.gz", "w:gz") as t:
+        for i in range(8):
+            data = (f"# module {i}\n" + "x = 1\n" * 600).encode()
+            ti = tarfile.TarInfo(f"pkg-1.0/m{i}.py")
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+        big = np.random.default_rng(1).integers(0, 256, 8192, dtype=np.uint8).tobytes()
+        for name, data in (("pkg-1.0/blob.bin", big), ("pkg-1.0/tests/model.pkl", EVIL)):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    report = scan(tmp_path / "pkg-1.0.tar.gz")
+    by = {(f.severity, f.what) for f in report.findings}
+    assert (DANGEROUS, "os.system") in by and (UNKNOWN, "oversized member of a compressed tar") in by, by
+    assert not any(f.what.startswith("oversized gzip") for f in report.findings)

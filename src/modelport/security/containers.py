@@ -495,25 +495,60 @@ class Scanner:
     # ---- tar and compressed streams --------------------------------------------------------------
 
     def tar(self, buf, start, end, member, depth) -> None:
+        """A plain tar inside `buf`: members analysed in place."""
         emit = self._emitter(member)
-        prefix = f"{member}>" if member else ""
         try:
             with tarfile.open(fileobj=io.BufferedReader(_SliceIO(buf, start, end)), mode="r:") as tf:
                 for ti in tf:
-                    if ti.issym() or ti.islnk():
-                        emit(SUSPICIOUS, f"tar link {ti.name!r} -> {ti.linkname!r}", "links in an archive can point "
-                             "outside the extraction folder.", start + ti.offset, None)
-                    elif ti.name.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", ti.name):
-                        emit(DANGEROUS, f"tar path {ti.name!r}", "the member would be written outside the "
-                             "extraction folder.", start + ti.offset, None)
+                    self._tar_entry(ti, start + ti.offset, member, emit)
                     if ti.isfile():
                         a = start + ti.offset_data
-                        self.blob(buf, a, min(end, a + ti.size), f"{prefix}{ti.name}", depth + 1, ti.name.lower())
+                        self.blob(buf, a, min(end, a + ti.size), self._tar_name(member, ti), depth + 1, ti.name.lower())
         except tarfile.TarError as exc:
             emit(SUSPICIOUS, "tar archive", f"it does not read as tar ({exc}).", start, None, malformed=True)
 
+    def _tar_stream(self, stream, member, depth, kind) -> None:
+        """A compressed tar (.tar.gz sdists, checkpoints): read as a stream, one member in memory at a time, so
+        its size is not bounded by MAX_INFLATE; a member larger than that is checked by its start only."""
+        emit = self._emitter(member)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tf:
+                for ti in tf:
+                    self._tar_entry(ti, None, member, emit)
+                    if not ti.isfile():
+                        continue
+                    f = tf.extractfile(ti)
+                    name = self._tar_name(member, ti)
+                    if ti.size <= MAX_INFLATE:
+                        data = f.read()
+                        self.blob(data, 0, len(data), name, depth + 1, ti.name.lower())
+                        continue
+                    head = f.read(1 << 16)
+                    if _inert_kind(head, 0, len(head), head) is None:
+                        self.emit(UNKNOWN, "oversized member of a compressed tar", f"{ti.size} bytes, past the "
+                                  f"{MAX_INFLATE >> 20} MB the scanner holds in memory, {_NOT_CHECKED}; extract it "
+                                  "and scan it.", None, name)
+        except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+            emit(SUSPICIOUS, f"corrupt {kind} tar", f"it stops decompressing or reading as tar ({exc}).", None, None,
+                 malformed=True)
+
+    @staticmethod
+    def _tar_name(member, ti) -> str:
+        return f"{member}>{ti.name}" if member else ti.name
+
+    @staticmethod
+    def _tar_entry(ti, offset, member, emit) -> None:
+        """Links and paths that leave the extraction folder."""
+        if ti.issym() or ti.islnk():
+            emit(SUSPICIOUS, f"tar link {ti.name!r} -> {ti.linkname!r}", "links in an archive can point "
+                 "outside the extraction folder.", offset, None)
+        elif ti.name.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", ti.name):
+            emit(DANGEROUS, f"tar path {ti.name!r}", "the member would be written outside the "
+                 "extraction folder.", offset, None)
+
     def compressed(self, buf, start, end, member, depth, kind) -> None:
         raw = None
+        emit = self._emitter(member)
         try:
             src = io.BufferedReader(_SliceIO(buf, start, end))
             if kind == "zlib":
@@ -523,13 +558,19 @@ class Scanner:
                 opener = {"gzip": lambda f: gzip.GzipFile(fileobj=f), "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile,
                           "lzma": lambda f: lzma.LZMAFile(f, format=lzma.FORMAT_ALONE)}[kind]
                 with opener(src) as f:
-                    raw = f.read(MAX_INFLATE + 1)
+                    raw = f.read(512)
+                    if raw[257:262] == b"ustar":
+                        f.seek(0)
+                        self._tar_stream(f, f"{member + '>' if member else ''}<{kind}>", depth + 1, kind)
+                        return
+                    raw += f.read(MAX_INFLATE + 1 - len(raw))
         except Exception as exc:
-            self._emitter(member)(SUSPICIOUS, f"corrupt {kind} stream", f"it does not decompress ({exc}).", start, None, malformed=True)
+            emit(SUSPICIOUS, f"corrupt {kind} stream", f"it does not decompress ({exc}).", start, None, malformed=True)
             if not raw:
                 return
         if len(raw) > MAX_INFLATE:
-            self._emitter(member)(SUSPICIOUS, f"oversized {kind} stream", "only the start was checked.", start, None)
+            emit(SUSPICIOUS, f"oversized {kind} stream", f"it inflates past {MAX_INFLATE >> 20} MB; only the start was "
+                 "checked (a decompression bomb hides what follows from scanners).", start, None)
             raw = raw[:MAX_INFLATE]
         self.blob(raw, 0, len(raw), f"{member + '>' if member else ''}<{kind}>", depth + 1)
 
