@@ -87,6 +87,7 @@ class Scanner:
         self.reader_checks = reader_checks
         self.report = FileReport(str(path), "unknown")
         self._seen: dict[tuple, int] = {}
+        self._tmp = None          # a temporary folder for archive members checked as files
 
     def emit(self, severity: str, what: str, why: str, offset, member, malformed: bool = False) -> None:
         key = (severity, what, member)
@@ -247,12 +248,16 @@ class Scanner:
             self._emitter(member)(UNKNOWN, f"{kind} in an archive", f"too large to check inside the archive, "
                                   f"{_NOT_CHECKED}; extract it and scan it.", start, None)
             return kind
-        with tempfile.TemporaryDirectory(prefix="modelport-scan-") as tmp:
-            copy = Path(tmp) / f"member.{kind}"
-            copy.write_bytes(bytes(buf[start:end]))
-            emit = self._emitter(member)
+        if self._tmp is None:     # one folder per scanned file (creating and removing folders is slow on some disks)
+            self._tmp = tempfile.TemporaryDirectory(prefix="modelport-scan-")
+        copy = Path(self._tmp.name) / f"member.{kind}"
+        copy.write_bytes(bytes(buf[start:end]))
+        emit = self._emitter(member)
+        try:
             check(copy, lambda sev, what, why, *a, **k: None if "is missing" in why else emit(sev, what, why, *a, **k),
                   self.reader_checks)
+        finally:
+            copy.unlink()
         return kind
 
     def pickle(self, buf, start: int, end: int, member: str | None, name: str = "") -> str:
@@ -718,7 +723,7 @@ def _npy_header(buf, start: int, end: int):
 
 
 def scan_file(path: Path, reader_checks: bool = True) -> FileReport:
-    """One file's report. A file the scanner cannot read or analyse is suspicious, never clean.
+    """One file's report. A file the scanner cannot read is unknown, one it cannot analyse suspicious: never clean.
 
     `reader_checks=False` skips opening the file with modelport's own reader to grade its layout
     (HDF5, ONNX): `guard` passes it because the reader about to open the file refuses those itself."""
@@ -727,12 +732,16 @@ def scan_file(path: Path, reader_checks: bool = True) -> FileReport:
         return scanner.scan()
     except OSError as exc:
         report = FileReport(str(path), "unreadable")
-        report.findings.append(Finding(SUSPICIOUS, "unreadable", f"cannot read: {exc.strerror or exc}", str(path)))
+        report.findings.append(Finding(UNKNOWN, "unreadable", f"cannot read: {exc.strerror or exc}; {_NOT_CHECKED}",
+                                       str(path)))
         return report
     except Exception as exc:  # a malformed structure the checks above did not anticipate
         scanner.emit(SUSPICIOUS, "unanalysable structure", f"the scanner could not finish ({type(exc).__name__}: "
                      f"{str(exc)[:120]}); treat the file as unchecked.", None, None)
         return scanner.report
+    finally:
+        if scanner._tmp is not None:
+            scanner._tmp.cleanup()
 
 
 def iter_files(path: Path):
