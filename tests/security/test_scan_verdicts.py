@@ -4,6 +4,7 @@ pickle-family formats people ship graded by the same allowlist, and published by
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import struct
@@ -349,3 +350,17 @@ def test_compressed_tar_is_streamed_member_by_member(tmp_path, monkeypatch):
     by = {(f.severity, f.what) for f in report.findings}
     assert (DANGEROUS, "os.system") in by and (UNKNOWN, "oversized member of a compressed tar") in by, by
     assert not any(f.what.startswith("oversized gzip") for f in report.findings)
+
+
+def test_savedmodel_side_files(tmp_path):
+    """A Keras SavedModel's keras_metadata.pb holds each layer's JSON config, Lambda bytecode included;
+    fingerprint.pb is hashes. Neither is left unknown."""
+    lam = {"class_name": "Lambda", "config": {"name": "lam", "function": ["4wEAAAAA", None, None]}}
+    dense = {"class_name": "Dense", "config": {"name": "d", "units": 2}}
+    nodes = [_protobuf([(2, i), (3, "root.layer"), (4, "_tf_keras_layer"), (5, json.dumps(c))])
+             for i, c in enumerate((dense, lam))]
+    (tmp_path / "keras_metadata.pb").write_bytes(_protobuf([(1, n) for n in nodes]))
+    (tmp_path / "fingerprint.pb").write_bytes(_protobuf([(1, 123456789), (2, 42), (3, 7), (4, 9), (5, 1)]))
+    report = scan(tmp_path)
+    kinds = {os.path.basename(r.path): (r.kind, r.verdict) for r in report.files}
+    assert kinds == {"keras_metadata.pb": ("keras-metadata", DANGEROUS), "fingerprint.pb": ("tf-fingerprint", SAFE)}

@@ -232,6 +232,11 @@ class Scanner:
             kind = _known_format(path, head)
             if kind:
                 return kind
+        if name.endswith("keras_metadata.pb") and end - start < (1 << 30) \
+                and formats.check_keras_metadata(buf[start:end], self._emitter(member), None):
+            return "keras-metadata"
+        if name.endswith("fingerprint.pb") and _all_varints(buf, start, end):
+            return "tf-fingerprint"
         if _sentencepiece(buf, start, end):
             return "sentencepiece"
         if _onnx_tensor(buf, start, end):
@@ -647,6 +652,15 @@ def _sentencepiece(buf, start: int, end: int) -> bool:
             elif f not in (2, 3, 4, 5) or w != pb.LEN:
                 return False
         return pieces > 0
+    except Exception:
+        return False
+
+
+def _all_varints(buf, start: int, end: int) -> bool:
+    """A small protobuf of numbers only (a SavedModel's fingerprint.pb: hashes and a version)."""
+    try:
+        return end - start < 4096 and all(w in (pb.VARINT, pb.LEN) and (w == pb.VARINT or f == 7)
+                                          for f, w, _a, _b in pb.fields(buf, start, end))
     except Exception:
         return False
 

@@ -140,6 +140,28 @@ def check_tf_graph(path: Path, emit, saved_model: bool, buf=None) -> None:
                  "when the model runs.", at, None)
 
 
+def check_keras_metadata(buf, emit, member: str | None) -> bool:
+    """`keras_metadata.pb` of a Keras SavedModel (SavedMetadata > SavedObject.metadata, a JSON layer config per
+    object): Keras rebuilds layers from it, Lambda bytecode included. False when the bytes are not one."""
+    configs = []
+    try:
+        for f, w, a, b in pb.fields(buf, 0, len(buf)):
+            if (f, w) != (1, pb.LEN):
+                return False
+            for g, v, x, y in pb.fields(buf, a, b):
+                if (g, v) not in {(2, pb.VARINT), (3, pb.LEN), (4, pb.LEN), (5, pb.LEN), (6, pb.LEN)}:
+                    return False
+                if g == 5:
+                    configs.append(json.loads(bytes(buf[x:y]).decode("utf-8")))
+    except (ModelportError, ValueError, UnicodeDecodeError):
+        return False
+    if not configs:
+        return False
+    for config in configs:
+        check_keras_config(config, emit, member)
+    return True
+
+
 def check_hf_config(config, emit, member: str | None) -> None:
     """A transformers config that names custom code: `auto_map` points at Python files that
     `trust_remote_code=True` imports and runs."""
