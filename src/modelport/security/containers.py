@@ -45,7 +45,9 @@ _INERT = {b"\x7fELF": "native-code", b"\xcf\xfa\xed\xfe": "native-code", b"\xce\
           b"\xca\xfe\xba\xbe": "native-code", b"\x89PNG\r\n\x1a\n": "image", b"\xff\xd8\xff": "image",
           b"GIF87a": "image", b"GIF89a": "image", b"\x00\x00\x01\x00": "image", b"wOFF": "font", b"wOF2": "font",
           b"OTTO": "font", b"\x00\x01\x00\x00\x00": "font", b"%PDF-": "pdf", b"ID3": "audio", b"\xff\xfb": "audio",
-          b"fLaC": "audio", b"OggS": "audio", b"bplist00": "plist"}
+          b"fLaC": "audio", b"OggS": "audio", b"bplist00": "plist",
+          # llama.cpp weights from before GGUF (ggml, ggmf, ggjt; ggla adapters): tensors and a vocabulary, no code
+          b"lmgg": "ggml-legacy", b"fmgg": "ggml-legacy", b"tjgg": "ggml-legacy", b"algg": "ggml-legacy"}
 _CONTROLS = bytes(b for b in range(32) if b not in (9, 10, 12, 13, 27))   # bytes text does not hold
 _UNANALYSED = {"empty", "text", "tensor-data", "unknown", "audio", "video", *_INERT.values()}   # no CRC check needed
 _NOT_CHECKED = "so nothing in it was checked; an unread file is never called safe"
@@ -220,20 +222,19 @@ class Scanner:
         kind = _inert_kind(buf, start, end, head)
         if kind:
             return kind
-        kind = formats.detect_tf_graph(buf[start:end] if end - start < (1 << 31) else b"")
-        if kind:
-            formats.check_tf_graph(path or self.path, self._emitter(member), kind == "tf-savedmodel",
-                                   buf=buf[start:end])
-            return kind
-        if head[:1] == b"\x78" and len(head) > 2 and (head[0] << 8 | head[1]) % 31 == 0 and _inflates(head):
-            self.compressed(buf, start, end, member, depth, "zlib")   # a bare zlib stream (joblib's "zlib" compressor)
-            return "zlib"
         if path is not None:
             kind = _known_format(path, head)
             if kind:
                 return kind
-        if name.endswith("keras_metadata.pb") and end - start < (1 << 30) \
-                and formats.check_keras_metadata(buf[start:end], self._emitter(member), None):
+        kind = formats.detect_tf_graph(buf, start, end) if end - start < (1 << 31) else None
+        if kind:
+            formats.check_tf_graph(path or self.path, self._emitter(member), kind == "tf-savedmodel", buf, start, end)
+            return kind
+        if head[:1] == b"\x78" and len(head) > 2 and (head[0] << 8 | head[1]) % 31 == 0 and _inflates(head):
+            self.compressed(buf, start, end, member, depth, "zlib")   # a bare zlib stream (joblib's "zlib" compressor)
+            return "zlib"
+        if name.endswith("keras_metadata.pb") and end - start < (64 << 20) \
+                and formats.check_keras_metadata(bytes(buf[start:end]), self._emitter(member), None):
             return "keras-metadata"
         if name.endswith("fingerprint.pb") and _all_varints(buf, start, end):
             return "tf-fingerprint"

@@ -69,7 +69,7 @@ _SAVEDMODEL_NORMAL = {"SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilen
 _DANGER_TF = {"PyFunc", "EagerPyFunc", "PyFuncStateless", "WriteFile", "ReadFile", "ImmutableConst"}
 
 
-def tf_graph_ops(buf, saved_model: bool, path=None) -> dict[str, int]:
+def tf_graph_ops(buf, saved_model: bool, path=None, start: int = 0, end: int | None = None) -> dict[str, int]:
     """Every op (name -> first offset) of every graph and function in a SavedModel (SavedModel > MetaGraphDef
     > GraphDef) or a GraphDef (GraphDef > NodeDef.op, FunctionDefLibrary > FunctionDef > NodeDef.op), read
     with the core's bounds-checked protobuf walker. Raises ModelportError when the bytes are not that message."""
@@ -91,25 +91,26 @@ def tf_graph_ops(buf, saved_model: bool, path=None) -> dict[str, int]:
                 for nx, ny in sub(fx, fy, 3):   # FunctionDef.node_def
                     node_def(nx, ny)
 
-    for f, w, _a, _b in pb.fields(buf, 0, len(buf), path):
+    end = len(buf) if end is None else end
+    for f, w, _a, _b in pb.fields(buf, start, end, path):
         if (f, w) not in top:
             raise ModelportError(f"top-level field {f} (wire type {w}) is not part of a "
                                  f"{'SavedModel' if saved_model else 'GraphDef'}", path)
     if saved_model:
-        for a, b in sub(0, len(buf), 2):        # SavedModel.meta_graphs
+        for a, b in sub(start, end, 2):         # SavedModel.meta_graphs
             for x, y in sub(a, b, 2):           # MetaGraphDef.graph_def
                 graph_def(x, y)
     else:
-        graph_def(0, len(buf))
+        graph_def(start, end)
     return seen
 
 
-def detect_tf_graph(buf) -> str | None:
+def detect_tf_graph(buf, start: int = 0, end: int | None = None) -> str | None:
     """"tf-savedmodel" or "tf-graphdef" when the bytes parse as one whose ops are all plain names, whatever
     the file is called (TensorFlow parses fields in any order, so no first-bytes test is enough)."""
     for kind, saved in (("tf-savedmodel", True), ("tf-graphdef", False)):
         try:
-            ops = tf_graph_ops(buf, saved)
+            ops = tf_graph_ops(buf, saved, None, start, end)
         except (ModelportError, IndexError, ValueError):
             continue
         if ops and all(op.isidentifier() for op in ops):
@@ -117,7 +118,7 @@ def detect_tf_graph(buf) -> str | None:
     return None
 
 
-def check_tf_graph(path: Path, emit, saved_model: bool, buf=None) -> None:
+def check_tf_graph(path: Path, emit, saved_model: bool, buf=None, start: int = 0, end: int | None = None) -> None:
     """The ops a graph runs: file, Python and debug-output ops are findings. Both readings of the bytes
     (SavedModel and GraphDef) are tried; the ops of each that parses are judged."""
     buf = path.read_bytes() if buf is None else buf
@@ -125,7 +126,7 @@ def check_tf_graph(path: Path, emit, saved_model: bool, buf=None) -> None:
     parsed = False
     for saved in dict.fromkeys((saved_model, not saved_model)):
         try:
-            seen.update(tf_graph_ops(buf, saved, path))
+            seen.update(tf_graph_ops(buf, saved, path, start, end))
             parsed = True
         except (ModelportError, IndexError, ValueError) as exc:
             if saved == saved_model:
