@@ -364,3 +364,9 @@ def test_savedmodel_side_files(tmp_path):
     report = scan(tmp_path)
     kinds = {os.path.basename(r.path): (r.kind, r.verdict) for r in report.files}
     assert kinds == {"keras_metadata.pb": ("keras-metadata", DANGEROUS), "fingerprint.pb": ("tf-fingerprint", SAFE)}
+
+
+def test_a_pickle_named_like_json_is_analysed(tmp_path):
+    """Names are never trusted: bytes that do not parse as JSON are analysed by content."""
+    (tmp_path / "config.json").write_bytes(EVIL)
+    assert _verdict(tmp_path / "config.json") == DANGEROUS

@@ -142,10 +142,8 @@ class Scanner:
                 self.report.kind = "hdf5"
                 formats.check_hdf5(path, self._emitter(None), self.reader_checks)
                 return self.report
-            if name.endswith(".json"):
-                self.report.kind = "json"
-                self._json(path, head, size)
-                return self.report
+            if name.endswith(".json") and self._json(path, size):
+                return self.report      # (bytes that are not JSON are analysed by content below, whatever the name)
             if name.endswith(".safetensors") or (len(head) > 9 and head[8:9] == b"{"):
                 self.report.kind = "safetensors"
                 formats.check_safetensors(path, self._emitter(None), self.reader_checks)
@@ -154,18 +152,21 @@ class Scanner:
                 self.report.kind = self.blob(mm, 0, size, None, 0, name, path)
         return self.report
 
-    def _json(self, path: Path, head: bytes, size: int) -> None:
+    def _json(self, path: Path, size: int) -> bool:
+        """A JSON file's configs checked; False when it is not JSON (or too large to parse here)."""
         import json
         if size > 64 << 20:
-            return
+            return False
         try:
             data = json.loads(path.read_text("utf-8"))
         except (ValueError, UnicodeDecodeError):
-            return
+            return False
+        self.report.kind = "json"
         if isinstance(data, dict) and ("class_name" in data and "config" in data):
             self.report.kind = "keras-config"
             formats.check_keras_config(data, self._emitter(None), None)
         formats.check_hf_config(data, self._emitter(None), None)
+        return True
 
     # ---- any bytes -----------------------------------------------------------------------------
 
