@@ -1,4 +1,7 @@
-"""`modelport scan PATH...`: what in these files would run code or harm a reader. Exit 0 clean, 1 flagged."""
+"""`modelport scan PATH...`: what in these files would run code or harm a reader.
+
+Exit 0 clean, 1 flagged or unknown (content never read is not clean), 2 on bad input. `--allow-unknown` lets
+unknown content pass (it is still listed), for trees that also hold files modelport does not know."""
 
 from __future__ import annotations
 
@@ -11,10 +14,10 @@ from rich.table import Table
 
 from ..core.errors import ModelportError
 from ..locate import require
-from ..security import DANGEROUS, SAFE, SUSPICIOUS, scan
+from ..security import DANGEROUS, SAFE, SUSPICIOUS, UNKNOWN, scan
 from .output import console, print_json
 
-_STYLE = {SAFE: "green", SUSPICIOUS: "yellow", DANGEROUS: "bold red"}
+_STYLE = {SAFE: "green", UNKNOWN: "magenta", SUSPICIOUS: "yellow", DANGEROUS: "bold red"}
 _LEVELS = {"suspicious": (SUSPICIOUS, DANGEROUS), "dangerous": (DANGEROUS,)}
 LIST_ALL_UP_TO = 20   # a small scan lists every file; a big tree lists the flagged ones and counts the rest
 
@@ -27,15 +30,21 @@ def register(app: typer.Typer) -> None:
         severity: str = typer.Option("suspicious", "--severity", help="Show findings at or above: suspicious|dangerous."),
         show_all: bool = typer.Option(False, "--all", help=f"List every file (by default past {LIST_ALL_UP_TO} files "
                                                            "only the flagged ones)."),
+        allow_unknown: bool = typer.Option(False, "--allow-unknown", help="Exit 0 even when some content is unknown "
+                                           "(still listed): for trees that also hold files modelport does not know."),
     ) -> None:
         """Find pickled code, loader gadgets and lying headers without loading anything.
 
-        Exit 0 when nothing is flagged, 1 when anything is (at or above --severity), 2 on a usage error."""
+        Verdicts: safe, unknown (content modelport could not identify or open, e.g. random bytes, a 7z archive,
+        an encrypted zip member: nothing in it was checked, so it is never called safe), suspicious, dangerous.
+
+        Exit 0 when nothing is flagged, 1 when anything is (at or above --severity) or any content is unknown
+        (unless --allow-unknown), 2 on a usage error."""
         if severity not in _LEVELS:
             raise ModelportError(f"--severity must be suspicious or dangerous, not {severity!r}")
         paths = [p if p.exists() else require(str(p)) for p in paths]   # a name: the HF cache or Ollama store
         report = scan(paths)
-        shown = _LEVELS[severity]
+        shown = (UNKNOWN, *_LEVELS[severity])
         if as_json:
             data = report.to_dict()
             for f in data["files"]:
@@ -64,5 +73,6 @@ def register(app: typer.Typer) -> None:
             quiet = len(report.files) - len(listed)
             console.print(f"verdict: [{_STYLE[report.verdict]}]{report.verdict}[/] ({len(report.files)} files"
                           + (f"; {quiet} safe ones not listed, --all lists them" if quiet else "") + ")")
-        if any(f.severity in shown for f in report.findings):
+        fails = _LEVELS[severity] if allow_unknown else shown
+        if any(f.severity in fails for f in report.findings):
             sys.exit(1)  # not typer.Exit: with standalone_mode=False click returns its code instead of exiting

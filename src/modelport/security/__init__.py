@@ -1,8 +1,11 @@
 """`modelport.scan`: find what would run code or harm a reader, in every format, without loading anything.
 
     report = modelport.scan("model.bin")       # a file, a folder (recursive), or several
-    report.verdict                              # "safe" | "suspicious" | "dangerous"
+    report.verdict                              # "safe" | "unknown" | "suspicious" | "dangerous"
     for f in report.findings: print(f.severity, f.what, f.where(), f.why)
+
+`unknown`: content the scanner could not identify or open (a 7z archive, an encrypted member, random
+bytes): nothing in it was checked, so it is never called safe.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from typing import Iterable
 
 from ..core.errors import ModelportError, UnsafeFileError
 from .containers import iter_files, scan_file
-from .findings import DANGEROUS, SAFE, SUSPICIOUS, FileReport, Finding, ScanReport
+from .findings import DANGEROUS, SAFE, SUSPICIOUS, UNKNOWN, FileReport, Finding, ScanReport
 
-__all__ = ["scan", "guard", "scan_file", "ScanReport", "FileReport", "Finding", "SAFE", "SUSPICIOUS", "DANGEROUS"]
+__all__ = ["scan", "guard", "scan_file", "ScanReport", "FileReport", "Finding", "SAFE", "UNKNOWN", "SUSPICIOUS",
+           "DANGEROUS"]
 
 
 def scan(path: str | os.PathLike | Iterable[str | os.PathLike], reader_checks: bool = True) -> ScanReport:
@@ -37,7 +41,8 @@ def scan(path: str | os.PathLike | Iterable[str | os.PathLike], reader_checks: b
 
 def guard(path: str | os.PathLike, trust: bool = False) -> ScanReport:
     """The check every command that opens a model runs first: a dangerous file is refused, a suspicious
-    one too unless `trust` (the `--trust` flag). Raises `UnsafeFileError` naming the first finding."""
+    one too unless `trust` (the `--trust` flag). Raises `UnsafeFileError` naming the first finding.
+    Unknown content is left to the format reader, which refuses what it cannot identify."""
     report = scan(path, reader_checks=False)   # the reader opening it next makes those checks itself
     # A merely malformed structure is left to the format's reader, which refuses it with a sharper message.
     findings = [f for f in report.findings if not f.malformed]

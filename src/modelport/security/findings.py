@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-SAFE, SUSPICIOUS, DANGEROUS = "safe", "suspicious", "dangerous"
-_RANK = {SAFE: 0, SUSPICIOUS: 1, DANGEROUS: 2}
+SAFE, UNKNOWN, SUSPICIOUS, DANGEROUS = "safe", "unknown", "suspicious", "dangerous"
+# `unknown`: content the scanner could not identify or open (an unread file is never called safe);
+# worse than safe, milder than any sign of harm.
+_RANK = {SAFE: 0, UNKNOWN: 1, SUSPICIOUS: 2, DANGEROUS: 3}
 
 
 def worst(severities) -> str:
@@ -23,7 +25,7 @@ def worst(severities) -> str:
 
 @dataclass(frozen=True)
 class Finding:
-    severity: str            # "suspicious" | "dangerous"
+    severity: str            # "unknown" | "suspicious" | "dangerous"
     what: str                # the import or construct: "os.system", "zip: bad CRC", ...
     why: str                 # one sentence for a person
     file: str
@@ -73,6 +75,11 @@ class ScanReport:
     @property
     def flagged(self) -> bool:
         return self.verdict != SAFE
+
+    @property
+    def unknown(self) -> list[FileReport]:
+        """Files with content the scanner could not identify or open (wholly or in part)."""
+        return [r for r in self.files if any(f.severity == UNKNOWN for f in r.findings)]
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "files": [r.to_dict() for r in self.files]}

@@ -69,15 +69,15 @@ _SAVEDMODEL_NORMAL = {"SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilen
 _DANGER_TF = {"PyFunc", "EagerPyFunc", "PyFuncStateless", "WriteFile", "ReadFile", "ImmutableConst"}
 
 
-def check_tf_graph(path: Path, emit, saved_model: bool) -> None:
-    """Every op of every graph and function in a SavedModel `saved_model.pb` (SavedModel > MetaGraphDef >
-    GraphDef) or a frozen GraphDef `.pb`: GraphDef > NodeDef.op and FunctionDefLibrary > FunctionDef >
-    NodeDef.op, read with the core's bounds-checked protobuf walker."""
-    buf = path.read_bytes()
+def tf_graph_ops(buf, saved_model: bool, path=None, start: int = 0, end: int | None = None) -> dict[str, int]:
+    """Every op (name -> first offset) of every graph and function in a SavedModel (SavedModel > MetaGraphDef
+    > GraphDef) or a GraphDef (GraphDef > NodeDef.op, FunctionDefLibrary > FunctionDef > NodeDef.op), read
+    with the core's bounds-checked protobuf walker. Raises ModelportError when the bytes are not that message."""
     seen: dict[str, int] = {}
+    top = {(1, pb.VARINT), (2, pb.LEN)} if saved_model else {(1, pb.LEN), (2, pb.LEN), (3, pb.LEN), (4, pb.VARINT)}
 
     def sub(a, b, number):
-        return [(x, y) for f, w, x, y in pb.fields(buf, a, b, path) if f == number and w == 2]
+        return [(x, y) for f, w, x, y in pb.fields(buf, a, b, path) if f == number and w == pb.LEN]
 
     def node_def(a, b):
         for x, y in sub(a, b, 2):   # NodeDef.op
@@ -91,21 +91,101 @@ def check_tf_graph(path: Path, emit, saved_model: bool) -> None:
                 for nx, ny in sub(fx, fy, 3):   # FunctionDef.node_def
                     node_def(nx, ny)
 
-    try:
-        if saved_model:
-            for a, b in sub(0, len(buf), 2):        # SavedModel.meta_graphs
-                for x, y in sub(a, b, 2):           # MetaGraphDef.graph_def
-                    graph_def(x, y)
-        else:
-            graph_def(0, len(buf))
-    except ModelportError as exc:
-        emit(SUSPICIOUS, "TF graph protobuf", f"the graph does not parse ({exc.message}); a loader may read it "
+    end = len(buf) if end is None else end
+    for f, w, _a, _b in pb.fields(buf, start, end, path):
+        if (f, w) not in top:
+            raise ModelportError(f"top-level field {f} (wire type {w}) is not part of a "
+                                 f"{'SavedModel' if saved_model else 'GraphDef'}", path)
+    if saved_model:
+        for a, b in sub(start, end, 2):         # SavedModel.meta_graphs
+            for x, y in sub(a, b, 2):           # MetaGraphDef.graph_def
+                graph_def(x, y)
+    else:
+        graph_def(start, end)
+    return seen
+
+
+def detect_tf_graph(buf, start: int = 0, end: int | None = None) -> str | None:
+    """"tf-savedmodel" or "tf-graphdef" when the bytes parse as one whose ops are all plain names, whatever
+    the file is called (TensorFlow parses fields in any order, so no first-bytes test is enough)."""
+    for kind, saved in (("tf-savedmodel", True), ("tf-graphdef", False)):
+        try:
+            ops = tf_graph_ops(buf, saved, None, start, end)
+        except (ModelportError, IndexError, ValueError):
+            continue
+        if ops and all(op.isidentifier() for op in ops):
+            return kind
+    return None
+
+
+def check_tf_graph(path: Path, emit, saved_model: bool, buf=None, start: int = 0, end: int | None = None) -> None:
+    """The ops a graph runs: file, Python and debug-output ops are findings. Both readings of the bytes
+    (SavedModel and GraphDef) are tried; the ops of each that parses are judged."""
+    buf = path.read_bytes() if buf is None else buf
+    seen: dict[str, int] = {}
+    parsed = False
+    for saved in dict.fromkeys((saved_model, not saved_model)):
+        try:
+            seen.update(tf_graph_ops(buf, saved, path, start, end))
+            parsed = True
+        except (ModelportError, IndexError, ValueError) as exc:
+            if saved == saved_model:
+                error = getattr(exc, "message", str(exc))
+    if not parsed:
+        emit(SUSPICIOUS, "TF graph protobuf", f"the graph does not parse ({error}); a loader may read it "
              "differently.", None, None, malformed=True)
     for op, at in seen.items():
         if op in _BAD_TF_OPS and op not in _SAVEDMODEL_NORMAL:
             sev = DANGEROUS if op in _DANGER_TF else SUSPICIOUS
             emit(sev, f"TF op {op}", f"the graph contains {op}, which {_BAD_TF_OPS[op] or 'reaches outside the model'} "
                  "when the model runs.", at, None)
+
+
+def check_keras_metadata(buf, emit, member: str | None) -> bool:
+    """`keras_metadata.pb` of a Keras SavedModel (SavedMetadata > SavedObject.metadata, a JSON layer config per
+    object): Keras rebuilds layers from it, Lambda bytecode included. False when the bytes are not one."""
+    configs = []
+    try:
+        for f, w, a, b in pb.fields(buf, 0, len(buf)):
+            if (f, w) != (1, pb.LEN):
+                return False
+            for g, v, x, y in pb.fields(buf, a, b):
+                if (g, v) not in {(2, pb.VARINT), (3, pb.LEN), (4, pb.LEN), (5, pb.LEN), (6, pb.LEN)}:
+                    return False
+                if g == 5:
+                    configs.append(json.loads(bytes(buf[x:y]).decode("utf-8")))
+    except (ModelportError, ValueError, UnicodeDecodeError):
+        return False
+    if not configs:
+        return False
+    for config in configs:
+        check_keras_config(config, emit, member)
+    return True
+
+
+def check_hf_config(config, emit, member: str | None) -> None:
+    """A transformers config that names custom code: `auto_map` points at Python files that
+    `trust_remote_code=True` imports and runs."""
+    if not isinstance(config, dict):
+        return
+    auto_map = config.get("auto_map")
+    if auto_map:
+        first = next(iter(auto_map.values()), "") if isinstance(auto_map, dict) else auto_map
+        emit(SUSPICIOUS, f"auto_map {str(first)[:80]!r}", "the config names custom Python code that transformers "
+             "imports and runs when loaded with trust_remote_code=True (modelport never does).", None, member)
+    template = config.get("chat_template")
+    texts = [template] if isinstance(template, str) else \
+        [t.get("template") for t in template if isinstance(t, dict)] if isinstance(template, list) else []
+    for text in texts:
+        hit = isinstance(text, str) and re.search(r"__\w+__|\|\s*attr\b|\bimport\b|\bos\.|popen|subprocess", text)
+        if hit:
+            emit(SUSPICIOUS, f"chat template reaches {hit.group(0)!r}", "a chat template has no reason to touch "
+                 "Python internals; this is how Jinja sandbox escapes start (modelport renders it sandboxed).",
+                 None, member)
+            break
+    if config.get("trust_remote_code") is True:
+        emit(SUSPICIOUS, "trust_remote_code: true", "the config asks loaders to run the repository's own Python "
+             "code (modelport never does).", None, member)
 
 
 def check_keras_config(config, emit, member: str | None) -> None:

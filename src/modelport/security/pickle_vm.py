@@ -11,7 +11,9 @@ called or unpickled; a truncated or corrupt stream becomes a finding at the offs
 from __future__ import annotations
 
 import io
+import math
 import pickletools
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -125,6 +127,7 @@ class PickleResult:
     complete: bool            # reached STOP
     value: object = None      # the symbolic result (for the legacy torch magic number)
     ops: int = 0
+    imports: int = 0          # imports made before the walk ended (a loader makes them too, even if it then fails)
 
 
 class Machine:
@@ -132,6 +135,7 @@ class Machine:
 
     def __init__(self, emit: Emit, depth: int = 0, where: str = ""):
         self.emit, self.depth, self.where = emit, depth, where
+        self.imports = 0
 
     # stack helpers
     def _pop(self):
@@ -153,6 +157,8 @@ class Machine:
         return self.stack[-1]
 
     def _import(self, module: str, name: str, pos: int, how: str) -> Glob:
+        if all(p.isidentifier() for p in f"{module}.{name}".split(".")):
+            self.imports += 1      # a name no import can resolve ("cmake_minimum_required(...") imports nothing
         full = rules.normalize(module, name)
         severity, why = rules.classify(module, name)
         if severity != SAFE:
@@ -205,6 +211,7 @@ class Machine:
         """Walk the pickle at `start`; `opened` is a (stream, base) from `_open` shared by consecutive pickles."""
         self.stack, self.marks, self.memo = [], [], {}
         stream, base = opened or _open(buf, start, end)
+        self._buf, self._stream, self._base, self._end = buf, stream, base, end
         stream.seek(start - base)
         ops, pos, value = 0, start, None
         try:
@@ -214,10 +221,10 @@ class Machine:
                 if ops > MAX_OPS:
                     self.emit(SUSPICIOUS, "oversized pickle", f"more than {MAX_OPS} opcodes; the rest was not analysed.",
                               pos, self.where)
-                    return PickleResult(stream.tell() + base, False, None, ops)
+                    return PickleResult(stream.tell() + base, False, None, ops, self.imports)
                 if op.name == "STOP":
                     value = self._pop() if self.stack else None
-                    return PickleResult(stream.tell() + base, True, value, ops)
+                    return PickleResult(stream.tell() + base, True, value, ops, self.imports)
                 self._step(op.name, arg, pos)
         except _Malformed as exc:
             self.emit(SUSPICIOUS, "malformed pickle", f"the opcode stream is inconsistent ({exc}); loaders "
@@ -227,7 +234,7 @@ class Machine:
             self.emit(SUSPICIOUS, "truncated or corrupt pickle",
                       f"decoding stopped at byte {at} ({type(exc).__name__}: {str(exc)[:120]}); a loader still "
                       "runs every opcode before that point.", at, self.where, malformed=True)
-        return PickleResult(stream.tell() + base, False, None, ops)
+        return PickleResult(stream.tell() + base, False, None, ops, self.imports)
 
     def _step(self, name: str, arg, pos: int) -> None:
         push = self.stack.append
@@ -311,6 +318,11 @@ class Machine:
             state = self._pop()
             target = self._top()
             self._mutates(target, "BUILD", pos)
+            wrapper = _class_name(target)
+            if wrapper in rules.INLINE_ARRAY_WRAPPERS:
+                self._skip_joblib_array(state, pos)
+            elif wrapper in rules.FILE_ARRAY_WRAPPERS:
+                self._check_array_file(state, pos)
             if isinstance(state, Seq) and state.kind == "dict":
                 keys = [k.value for k in state.items[0::2] if isinstance(k, Const) and isinstance(k.value, str)]
                 special = [k for k in keys if k.startswith("__")]
@@ -336,6 +348,79 @@ class Machine:
             pass
         else:  # pragma: no cover - genops knows no other opcodes
             raise _Malformed(f"unhandled opcode {name}")
+
+
+    def _skip_joblib_array(self, state, pos: int) -> None:
+        """joblib writes an array's bytes (or, for object arrays, a whole pickle) right after the wrapper's
+        BUILD, inside the pickle stream: skip the bytes, analyse the pickle, then walk on."""
+        fields = _dict_of(state)
+        shape, dtype = fields.get("shape"), _dtype_descr(fields.get("dtype"))
+        dims = [d.value for d in shape.items] if isinstance(shape, Seq) else None
+        if dims is None or not all(isinstance(d, Const) for d in shape.items) or dtype is None \
+                or not all(isinstance(d, int) and d >= 0 for d in dims):
+            raise _Malformed("a joblib array wrapper whose shape or dtype cannot be read, so the array bytes "
+                             "that follow cannot be skipped")
+        at = self._stream.tell() + self._base
+        if dtype == "object":
+            where = f"{self.where}>joblib object array @{pos}" if self.where else f"joblib object array @{pos}"
+            inner = Machine(self.emit, self.depth + 1, where).run(self._buf, at, self._end, (self._stream, self._base))
+            if not inner.complete:
+                raise _Malformed("the pickled object array inside the joblib stream does not end")
+            at = inner.end
+        else:
+            align = fields.get("numpy_array_alignment_bytes")
+            if isinstance(align, Const) and align.value is not None:
+                if at >= self._end:
+                    raise _Malformed("the joblib array padding runs past the end")
+                at += 1 + self._buf[at]
+            at += math.prod(dims) * dtype
+        if at > self._end:
+            raise _Malformed(f"the joblib array bytes run past the end of the stream (to byte {at})")
+        self._stream.seek(at - self._base)
+
+    def _check_array_file(self, state, pos: int) -> None:
+        """joblib < 0.10 names a sibling .npy file that the loader opens: it must stay in the folder."""
+        name = _dict_of(state).get("filename")
+        name = name.value if isinstance(name, Const) else None
+        if not isinstance(name, str) or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) \
+                or ".." in re.split(r"[\\/]", name):
+            self.emit(DANGEROUS, f"joblib array file {name!r}", "an array wrapper names a file outside the "
+                      "pickle's folder (or no plain name), which the loader opens.", pos, self.where)
+
+
+def _class_name(obj) -> str | None:
+    """The class an object was built from: NEWOBJ/REDUCE on a class, or copyreg._reconstructor(cls, ...)."""
+    if not isinstance(obj, Obj) or not isinstance(obj.callee, Glob):
+        return None
+    if obj.callee.name == "copyreg._reconstructor" and isinstance(obj.args, Seq) and obj.args.items \
+            and isinstance(obj.args.items[0], Glob):
+        return obj.args.items[0].name
+    return obj.callee.name
+
+
+def _dict_of(state) -> dict:
+    """The string-keyed entries of a symbolic dict (the state a BUILD sets)."""
+    if isinstance(state, Seq) and state.kind == "tuple" and state.items:   # (state, slotstate)
+        state = state.items[0]
+    if not (isinstance(state, Seq) and state.kind == "dict"):
+        return {}
+    items = state.items
+    return {k.value: v for k, v in zip(items[0::2], items[1::2]) if isinstance(k, Const) and isinstance(k.value, str)}
+
+
+def _dtype_descr(dtype) -> int | str | None:
+    """Item size of a pickled numpy dtype (`numpy.dtype('f8', False, True)`), "object", or None when unknown."""
+    if not (isinstance(dtype, Obj) and isinstance(dtype.callee, Glob) and dtype.callee.name == "numpy.dtype"
+            and isinstance(dtype.args, Seq) and dtype.args.items and isinstance(dtype.args.items[0], Const)):
+        return None
+    descr = dtype.args.items[0].value
+    descr = descr.decode("latin-1") if isinstance(descr, bytes) else descr
+    m = re.fullmatch(r"([biufcmMSUVO])(\d+)", descr) if isinstance(descr, str) else None
+    if not m:
+        return None
+    if m.group(1) == "O":
+        return "object"
+    return int(m.group(2)) * (4 if m.group(1) == "U" else 1)
 
 
 def scan_stream(buf, start: int, end: int, emit: Emit, *, depth: int = 0, where: str = "",

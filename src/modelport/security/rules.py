@@ -7,7 +7,7 @@ suspicious, because a pickle can call any importable callable and nobody can lis
 
 from __future__ import annotations
 
-from .findings import DANGEROUS, SAFE, SUSPICIOUS
+from .findings import DANGEROUS, SAFE, SUSPICIOUS, UNKNOWN
 
 # Python 2 / alias module names a loader maps to today's (pickle's _compat_pickle does the same).
 _ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg", "cPickle": "pickle", "exceptions": "builtins",
@@ -58,8 +58,28 @@ SAFE_GLOBALS: frozenset[str] = frozenset(
        "pathlib.WindowsPath", "pathlib.PurePosixPath", "pathlib.PureWindowsPath", "pathlib.Path",
        # hyper-parameter dicts of Lightning-style checkpoints (dict subclasses with attribute access)
        "pytorch_lightning.utilities.parsing.AttributeDict", "lightning_fabric.utilities.data.AttributeDict",
-       "lightning.fabric.utilities.data.AttributeDict"]
+       "lightning.fabric.utilities.data.AttributeDict",
+       # numpy matrices (joblib and scikit-learn store them), dill's lookup of a builtin type by name (any
+       # call on what it returns is graded as a call on a load-time result)
+       "numpy.matrix", "numpy.matrixlib.defmatrix.matrix", "dill._dill._load_type", "numpy.core._internal._reconstruct"]
 )
+
+# Data wrappers a pickle-family format needs to store arrays: rebuilding one runs no code of the file's
+# choosing. joblib writes each array as a NumpyArrayWrapper followed by the array's raw bytes inside the
+# pickle stream; joblib < 0.10 (and sklearn.externals.joblib) named a sibling .npy file (NDArrayWrapper,
+# ZNDArrayWrapper), whose name the scanner checks stays inside the folder.
+INLINE_ARRAY_WRAPPERS: frozenset[str] = frozenset(
+    f"{p}joblib.numpy_pickle.NumpyArrayWrapper" for p in ("", "sklearn.externals."))
+FILE_ARRAY_WRAPPERS: frozenset[str] = frozenset(
+    f"{p}joblib.{m}.{n}" for p in ("", "sklearn.externals.") for m in ("numpy_pickle", "numpy_pickle_compat")
+    for n in ("NDArrayWrapper", "ZNDArrayWrapper"))
+DATA_WRAPPERS = INLINE_ARRAY_WRAPPERS | FILE_ARRAY_WRAPPERS
+
+# Libraries whose classes real pickles (scikit-learn models, pandas frames) rebuild: not gadgets by name,
+# but loading imports the library and runs its code on the file's data, so they stay suspicious.
+KNOWN_LIBRARIES = {"sklearn": "scikit-learn", "scipy": "SciPy", "pandas": "pandas", "xgboost": "XGBoost",
+                   "lightgbm": "LightGBM", "catboost": "CatBoost", "transformers": "transformers",
+                   "tokenizers": "tokenizers", "numpy": "NumPy", "torch": "PyTorch", "statsmodels": "statsmodels"}
 
 # Modules (and everything under them) whose callables run code, touch files or the network, or load
 # more pickles. Entries are full prefixes: "torch.fx" covers "torch.fx.graph_module._exec".
@@ -86,6 +106,10 @@ DANGEROUS_MODULES: frozenset[str] = frozenset({
     "torch.utils.cpp_extension", "torch.utils.data.datapipes", "torch._C._jit", "torch.ops", "torch.library",
     "torch.export", "torch._export", "torch.compile", "torch.from_file", "torch.classes", "torch.cuda.memory",
     "torch.distributed", "keras", "tensorflow", "fickling", "picklescan", "modelscan", "modelport",
+    # published bypasses of other scanners: torch's own subprocess runner, numpy 2's loader modules,
+    # pandas' readers (files and URLs) and its expression evaluator
+    "torch.utils.collect_env", "torch.utils._config_module", "numpy.lib._npyio_impl", "numpy.lib._format_impl",
+    "pandas.io", "pandas.eval", "pandas.core.computation",
 })
 
 # Attribute names that are gadgets wherever they come from (reached through any module or attribute walk).
@@ -99,7 +123,7 @@ DANGEROUS_NAMES: frozenset[str] = frozenset({
     "unlink", "remove", "rmdir", "urlopen", "urlretrieve", "create_connection", "breakpoint", "set_trace",
     "__builtins__", "__globals__", "__code__", "__subclasses__", "__getattribute__", "__reduce__",
     "__reduce_ex__", "__setstate__", "__class__", "__dict__", "__bases__", "__mro__", "__init_subclass__",
-    "__loader__", "__spec__", "modules", "timeit", "repeat", "main",
+    "__loader__", "__spec__", "modules", "timeit", "repeat", "main", "spawnv_passfds", "fork_exec",
 })
 
 # Callables that unpickle bytes: their argument is itself a pickle, analysed in turn.
@@ -112,7 +136,12 @@ PICKLE_LOADERS: frozenset[str] = frozenset({
 def normalize(module: str, name: str) -> str:
     """The dotted name a loader would resolve, with Python 2 module names mapped to today's."""
     module = _ALIASES.get(module, module)
-    return f"{module}.{name}" if name else module
+    full = f"{module}.{name}" if name else module
+    return _NAME_ALIASES.get(full, full)
+
+
+_NAME_ALIASES = {"builtins.xrange": "builtins.range", "builtins.unicode": "builtins.str", "builtins.long": "builtins.int",
+                 "builtins.basestring": "builtins.str"}
 
 
 def _under(full: str, prefixes) -> str | None:
@@ -129,6 +158,11 @@ def classify(module: str, name: str) -> tuple[str, str]:
     full = normalize(module, name)
     if full in SAFE_GLOBALS:
         return SAFE, "needed to rebuild tensors, arrays or plain containers"
+    if full.startswith("__torch__."):
+        return UNKNOWN, ("a TorchScript class: torch.jit.load compiles and runs the TorchScript in the archive's "
+                         "code/ folder, which modelport does not analyse")
+    if full in DATA_WRAPPERS:
+        return SAFE, "a data wrapper joblib needs to store arrays; it runs no code of the file's choosing"
     hit = _under(full, DANGEROUS_MODULES)
     if hit:
         return DANGEROUS, f"'{hit}' can run code, touch files or the network, or load more pickles when called"
@@ -144,4 +178,10 @@ def classify(module: str, name: str) -> tuple[str, str]:
     for p in parts[1:]:
         if _under(p, DANGEROUS_MODULES):
             return DANGEROUS, f"the name walks through attribute '{p}', a module that can run code"
+    if parts[-1].startswith("read_") or parts[-1] in ("to_pickle", "to_csv", "to_parquet"):
+        return DANGEROUS, f"'{parts[-1]}' reads or writes files or URLs when called"
+    library = KNOWN_LIBRARIES.get(parts[0])
+    if library:
+        return SUSPICIOUS, (f"a {library} class or function, not a known gadget, but not on the allowlist: "
+                            f"loading imports {library} and runs its code on the file's data")
     return SUSPICIOUS, "not on the allowlist of what checkpoints need; a loader would import and may call it"
