@@ -203,6 +203,7 @@ def check_keras_config(config, emit, member: str | None) -> None:
 
 def check_hdf5(path: Path, emit, reader_checks: bool = True) -> None:
     try:
+        hdf5.preflight(path)        # HDF5 can loop forever on a damaged heap: a forked child reads it first
         h5py = hdf5.safe_h5py()
         with h5py.File(path, "r") as f:
             for key in ("model_config", "training_config"):
