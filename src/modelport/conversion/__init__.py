@@ -34,12 +34,14 @@ __all__ = ["convert", "ConvertResult", "Request", "Route", "ROUTES"]
 def convert(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, *, to: str | None = None,
             dtype: str | None = None, shard_size: str | int | None = None, force: bool = False, verify: bool | None = None,
             dequantize: bool = False, progress: Progress | None = None, quant: str | None = None,
-            config: str | os.PathLike | None = None, trust: bool = False, quantize: str | None = None) -> ConvertResult:
+            config: str | os.PathLike | None = None, trust: bool = False, quantize: str | None = None,
+            imatrix: str | os.PathLike | None = None) -> ConvertResult:
     """Convert a model file or folder (a path, or a source already opened with `modelport.open`); the output
     format comes from `to` or the extension of `dst`.
 
     `quant` (a llama.cpp file type such as Q4_K_M) and `config` (an HF config.json for a bare weights file)
-    apply to GGUF output; `quantize` ("int8") to ONNX output. `verify` defaults to on for ONNX output (the graph
+    apply to GGUF output, and `imatrix` (an importance matrix file, `modelport imatrix`) to GGUF output with `quant`;
+    `quantize` ("int8") to ONNX output. `verify` defaults to on for ONNX output (the graph
     is proved against PyTorch) and off elsewhere. `trust` lets a file the scanner finds suspicious (not dangerous)
     be opened."""
     to = to.lower() if to else None
@@ -47,10 +49,13 @@ def convert(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, *, to:
         verify = to == "onnx"
     if quantize is not None and to != "onnx":
         raise UnsupportedError("--quantize applies to ONNX output (--to onnx); GGUF output takes --quant", dst)
+    if imatrix is not None and quant is None:
+        raise UnsupportedError("--imatrix applies to quantized GGUF output: give --quant too", dst)
     request = Request(Path(dst), to=to, dtype=dtype, quant=quant,
                       config=Path(config) if config is not None else None, shard_size=shard_size,
                       dequantize=dequantize, force=force, verify=verify, trust=trust, progress=progress,
-                      quantize=quantize.lower() if quantize else None)
+                      quantize=quantize.lower() if quantize else None,
+                      imatrix=Path(imatrix) if imatrix is not None else None)
     with opened(src, trust) as source:
         inputs = {source.path.resolve(), *(f.resolve() for f in source.files)}
         if request.dst.resolve() in inputs:
