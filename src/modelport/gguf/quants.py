@@ -1,19 +1,22 @@
-"""GGML block quantizers in NumPy, byte-identical to ggml's reference quantizers.
+"""GGML block quantizers in NumPy, byte-identical to ggml's `ggml_quantize_chunk`, with or without an imatrix.
 
 Why our own: gguf-py (0.19) cannot quantize the K-quants at all (its Q2_K..Q6_K classes only dequantize), and
-its legacy quantizers differ from ggml in the sign of zero-valued fp16 scales. llama-quantize without an
-importance matrix calls ggml's `quantize_row_*_ref` functions for every type we support, so these are
-ports of those algorithms (docs/gguf.md §6), vectorised over all blocks of a chunk at once.
+its legacy quantizers differ from ggml in the sign of zero-valued fp16 scales. These are ports of ggml's algorithms
+(docs/gguf.md §6), vectorised over all blocks of a chunk at once, with the float32 rules of `quant_math`.
 
-Byte identity depends on doing exactly what the C code does in float32:
-- the same expression order (`w*x*l` is `(w*x)*l`), no fused multiply-adds;
-- sums accumulated sequentially: we keep sub-blocks as columns of an (n, S) array, so `np.add.reduce(axis=0)`
-  adds row after row in element order (NumPy only uses pairwise summation along the contiguous axis);
-- ggml's `nearest_int` (the 1.5*2^23 trick, round-half-even, with its wrap-around outside +-2^22), emulated exactly
-  wherever the argument is not bounded; `np.rint` is identical where it is;
-- fp16 conversion with round-to-nearest-even (`astype(np.float16)`, the same as GGML_FP32_TO_FP16).
+What ggml does with an importance matrix (`quant_weights`, one weight per column of a row):
+- none (NULL): `quantize_row_*_ref` for the legacy and K types; IQ4_NL/IQ4_XS still search 15 scales (ntry 7,
+  weights x*x), which is not what their own `_ref` functions do;
+- given: the `*_impl` searches: Q4_0/Q5_0 and Q3_K/Q6_K weighted `make_qx_quants`, Q4_1/Q5_1/Q2_K/Q4_K/Q5_K
+  `make_qkx3_quants`, and the K-quants' sub-block scales through `make_qp_quants` (Q2_K, Q4_K, Q5_K) or a second
+  `make_qx_quants` (Q3_K). The legacy types weight by `qw * sqrt(sigma2 + x^2)` with sigma2 the mean x^2 of the
+  whole row; the K and IQ4 types use the mean of their 256 (or 32) element block;
+- ignored: Q8_0, TQ1_0, TQ2_0, MXFP4.
 
-Decoding is gguf-py's job (`dequantize`), which is also what the tests check our round trip against.
+Kernels: `fn(x, qw)` with x the (nblocks, block_elems) float32 blocks of a chunk and qw their importance weights
+(same shape) or None, returning (nblocks, type_size) uint8. The grid types (IQ1_S .. IQ3_S) live in `iq_grid` and
+join `_KERNELS` through its `GRID_KERNELS`.
+
 Large tensors are cut into chunks of blocks that are quantized on a thread pool: NumPy releases the GIL in its
 loops, and blocks are independent, so the chunking never changes the bytes.
 
@@ -27,108 +30,32 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from ..core.dtypes import DTYPES
+from .iq_grid import GRID_KERNELS
+from .quant_math import (
+    F32,
+    GROUP_MAX_EPS,
+    absmax_cols,
+    block_sumsq,
+    drop_scratch,
+    first_absmax,
+    fp16,
+    ggml_weights,
+    nearest_int,
+    nibbles,
+    pack2,
+    rint_clip,
+    scratch,
+    seq_sum,
+    to_cols,
+)
 
-QK_K = 256
-_F = np.float32
 _Q3_SUB = 512                  # blocks per slice of _make_q3's first round
-
-#: Types `quantize` can produce.
-SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-
-_SCRATCH = threading.local()
-
-
-def _scratch(name: str, shape: tuple, dtype=_F) -> np.ndarray:
-    """A per-thread work array, reused from chunk to chunk (contents undefined); `quantize` drops them at the end.
-
-    Every fresh array of a chunk's size is fresh pages from the OS (glibc maps large blocks anew each time), and on
-    a virtual machine those page faults cost more than the arithmetic done in them. At most about 13 MiB a thread."""
-    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
-    n = math.prod(shape)
-    flat = bufs.get((name, dtype))
-    if flat is None or flat.size < n:
-        flat = bufs[(name, dtype)] = np.empty(n, dtype)
-    return flat[:n].reshape(shape)
-
-
-def _nearest_int(v: np.ndarray) -> np.ndarray:
-    """ggml's nearest_int, bit for bit (also for |v| > 2^22, where it wraps)."""
-    i = (v.astype(_F, copy=False) + _F(12582912.0)).view(np.int32)
-    return (i & 0x007FFFFF) - 0x00400000
-
-
-def _rint_clip(v: np.ndarray, lo, hi, out=None) -> np.ndarray:
-    """clamp(nearest_int(v), lo, hi) as float32: np.rint where that is exact (|v| < 2^22), the bit trick elsewhere.
-
-    The test for |v| >= 2^22 is two NaN-ignoring reductions (no temporary); NaN (0/0) lanes are never used."""
-    big = None
-    if v.size and (np.fmax.reduce(v, axis=None) >= _F(4194303) or np.fmin.reduce(v, axis=None) <= _F(-4194303)):
-        big = np.flatnonzero(np.abs(v) >= _F(4194303))
-        wrapped = np.clip(_nearest_int(v.reshape(-1)[big]), lo, hi)
-    r = np.rint(v, out=out)                         # out may be v itself
-    np.clip(r, lo, hi, out=r)
-    if big is not None:
-        r.reshape(-1)[big] = wrapped
-    return r
-
-
-def _sum(a: np.ndarray) -> np.ndarray:
-    """Sequential float32 sum over axis 0 (a C loop `s = 0; s += a[i]`): row after row, then +0 for -0 sums."""
-    return np.add.reduce(a, axis=0) + _F(0.0)
-
-
-def _fp16(v: np.ndarray) -> np.ndarray:
-    return np.asarray(v, dtype=_F).astype(np.float16)
-
-
-def _first_absmax(x: np.ndarray, axis: int) -> np.ndarray:
-    """The signed element with the largest |x| (the first one on ties), as ggml's `if (ax > amax)` loops pick it."""
-    if axis == 0:
-        return _absmax_cols(x)
-    idx = np.argmax(np.abs(x), axis=axis)
-    return np.take_along_axis(x, np.expand_dims(idx, axis), axis=axis).squeeze(axis)
-
-
-def _absmax_cols(X: np.ndarray) -> np.ndarray:
-    """_first_absmax over axis 0 from the column max and min (fast reductions); where both +a and -a occur, the
-    first of them is looked up in those few columns only."""
-    hi = X.max(axis=0)
-    lo = X.min(axis=0)
-    best = np.where(-lo > hi, lo, hi)
-    tie = np.flatnonzero((-lo == hi) & (hi != 0))
-    if tie.size:
-        sub = X[:, tie]
-        first = np.argmax(np.abs(sub) == hi[tie], axis=0)
-        best[tie] = sub[first, np.arange(tie.size)]
-    return best
-
-
-def _cols(x: np.ndarray, n: int) -> np.ndarray:
-    """(nb, 256) blocks -> (n, nb*256/n): one sub-block of n elements per column, contiguous rows (a scratch array)."""
-    X = _scratch("X", (n, x.size // n))
-    np.copyto(X, x.reshape(-1, n).T)
-    return X
-
-
-def _pack2(L: np.ndarray) -> np.ndarray:
-    """2-bit fields of 256 elements (nb, 256) uint8 -> (nb, 64): byte 32h+l holds 128h+l, +32, +64, +96.
-
-    Works on 8 bytes at a time as uint64: the values are below 4, so no shift carries into the next byte."""
-    q = np.ascontiguousarray(L).view(np.uint64).reshape(-1, 2, 4, 4)
-    out = q[:, :, 0] | (q[:, :, 1] << np.uint64(2))
-    out |= q[:, :, 2] << np.uint64(4)
-    out |= q[:, :, 3] << np.uint64(6)
-    return out.view(np.uint8).reshape(-1, 64)
 
 
 # ----------------------------------------------------------------------------------- K-quant searches
@@ -138,22 +65,22 @@ def _make_qkx2(X, W, nmax, rmin, rdelta, nstep, use_mad):
 
     The hot loop works in preallocated buffers (out=) to avoid a temporary per operation. A step only remembers the
     scale and min that made the winning levels (column vectors); L is recomputed once from them at the end."""
-    nmax_f = _F(nmax)
+    nmax_f = F32(nmax)
     mn = X.min(axis=0)
     mx = X.max(axis=0)
     sum_w = np.add.reduce(W, axis=0)           # C starts these sums from element 0, not from 0.0
     sum_x = np.add.reduce(W * X, axis=0)
-    mn = np.where(mn > 0, _F(0), mn)
+    mn = np.where(mn > 0, F32(0), mn)
     const = mx == mn
-    La = _scratch("qkx2_La", X.shape)
-    WL = _scratch("qkx2_WL", X.shape)
-    t = _scratch("qkx2_t", X.shape)
+    La = scratch("qkx2_La", X.shape)
+    WL = scratch("qkx2_WL", X.shape)
+    t = scratch("qkx2_t", X.shape)
 
     def candidate(iscale, mn):
         np.subtract(X, mn, out=La)
         np.multiply(La, iscale, out=La)
         np.rint(La, out=La)
-        np.clip(La, _F(0), nmax_f, out=La)          # (np.maximum/np.minimum with a scalar and out= is 10x slower)
+        np.clip(La, F32(0), nmax_f, out=La)          # (np.maximum/np.minimum with a scalar and out= is 10x slower)
 
     def error(scale, mn_):
         np.multiply(La, scale, out=t)
@@ -164,28 +91,28 @@ def _make_qkx2(X, W, nmax, rmin, rdelta, nstep, use_mad):
         else:
             np.multiply(t, t, out=t)
         np.multiply(t, W, out=t)
-        return _sum(t)
+        return seq_sum(t)
 
     iscale = nmax_f / (mx - mn)
-    scale = np.array(_F(1) / iscale)
+    scale = np.array(F32(1) / iscale)
     candidate(iscale, mn)
     best = error(scale, mn)
     win_iscale, win_mn = iscale, mn.copy()
     for step in range(nstep + 1):
-        iscale = (_F(rmin) + _F(rdelta) * _F(step) + nmax_f) / (mx - mn)
+        iscale = (F32(rmin) + F32(rdelta) * F32(step) + nmax_f) / (mx - mn)
         candidate(iscale, mn)
         np.multiply(W, La, out=WL)
-        sum_l = _sum(WL)
+        sum_l = seq_sum(WL)
         np.multiply(WL, La, out=t)
-        sum_l2 = _sum(t)
+        sum_l2 = seq_sum(t)
         np.multiply(WL, X, out=t)
-        sum_xl = _sum(t)
+        sum_xl = seq_sum(t)
         D = sum_w * sum_l2 - sum_l * sum_l
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
         this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
         pos = this_min > 0
         if pos.any():
-            this_min = np.where(pos, _F(0), this_min)
+            this_min = np.where(pos, F32(0), this_min)
             this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
         cur = error(this_scale, this_min)
         win = (D > 0) & (cur < best)
@@ -199,31 +126,33 @@ def _make_qkx2(X, W, nmax, rmin, rdelta, nstep, use_mad):
     L = La
     if const.any():
         L[:, const] = 0
-        scale = np.where(const, _F(0), scale)
+        scale = np.where(const, F32(0), scale)
     return L, scale, -mn
 
 
-def _make_qx(X, nmax):
-    """make_qx_quants(rmse_type=1) over columns: returns (levels, scale), levels(cols) giving L (offset by +nmax).
+def _make_qx(X, nmax, W=None):
+    """make_qx_quants(rmse_type=1) over columns, with weights W (same layout) or x*x: returns (levels, scale),
+    levels(cols) giving L (offset by +nmax).
 
     ggml tries 19 scales per sub-block and keeps the first best. Each trial here is 8 whole-chunk passes in
     preallocated buffers that only yield the two sums per column; the accept test then runs over those column
     vectors, remembering which scale won, and L is recomputed once with the winner, as ggml does."""
-    amax_signed = _absmax_cols(X)
-    zero = np.abs(amax_signed) < _F(1e-15)
-    nmax_f = _F(nmax)
+    amax_signed = absmax_cols(X)
+    zero = np.abs(amax_signed) < F32(1e-15)
+    nmax_f = F32(nmax)
     lo, hi = -nmax_f, nmax_f - 1
     steps = [s for s in range(-9, 10) if s != 0]
-    iscales = _scratch("qx_iscales", (len(steps) + 1, X.shape[1]))  # row 0: the first guess, then steps -9..9
+    iscales = scratch("qx_iscales", (len(steps) + 1, X.shape[1]))  # row 0: the first guess, then steps -9..9
     np.divide(-nmax_f, amax_signed, out=iscales[0])
     for k, step in enumerate(steps, 1):
-        np.divide(-(nmax_f + _F(0.1) * _F(step)), amax_signed, out=iscales[k])
-    slx = _scratch("qx_slx", iscales.shape)
-    sl2 = _scratch("qx_sl2", iscales.shape)
-    W = np.multiply(X, X, out=_scratch("qx_W", X.shape))
-    WX = np.multiply(W, X, out=_scratch("qx_WX", X.shape))
-    l = _scratch("qx_l", X.shape)
-    t = _scratch("qx_t", X.shape)
+        np.divide(-(nmax_f + F32(0.1) * F32(step)), amax_signed, out=iscales[k])
+    slx = scratch("qx_slx", iscales.shape)
+    sl2 = scratch("qx_sl2", iscales.shape)
+    if W is None:
+        W = np.multiply(X, X, out=scratch("qx_W", X.shape))
+    WX = np.multiply(W, X, out=scratch("qx_WX", X.shape))
+    l = scratch("qx_l", X.shape)
+    t = scratch("qx_t", X.shape)
     for k in range(iscales.shape[0]):
         np.multiply(X, iscales[k], out=l)
         np.rint(l, out=l)
@@ -233,11 +162,11 @@ def _make_qx(X, nmax):
         np.multiply(W, l, out=t)
         np.multiply(t, l, out=t)
         np.add.reduce(t, axis=0, out=sl2[k])
-    slx += _F(0)                                                   # C sums start at +0.0
-    sl2 += _F(0)
+    slx += F32(0)                                                   # C sums start at +0.0
+    sl2 += F32(0)
     # ggml's accept test, trial after trial, on column vectors
     win = np.zeros(X.shape[1], np.intp)
-    scale = np.where(sl2[0] != 0, slx[0] / sl2[0], _F(0))
+    scale = np.where(sl2[0] != 0, slx[0] / sl2[0], F32(0))
     best = scale * slx[0]
     for k in range(1, iscales.shape[0]):
         a, b = slx[k], sl2[k]
@@ -273,25 +202,25 @@ def _make_q3(x, nmax):
     whose sums are the same; a sub-block where nothing is accepted is final (another pass would test the same).
     Only sub-blocks with sumlx > 0 can change at all: ggml tests slx > 0, and every term of sumlx has the sign of
     -max (l has the sign of -x/max), so for max > 0 the sum is <= every term and slx = sumlx - term <= 0."""
-    nmax_f = _F(nmax)
+    nmax_f = F32(nmax)
     lo, hi = -nmax_f, nmax_f - 1
     XT = x.reshape(-1, 16)                          # sub-blocks as rows
     k, n = XT.shape
-    LT = _scratch("q3_LT", (k, n))
-    sumlx = np.empty(k, _F)
-    suml2 = np.empty(k, _F)
+    LT = scratch("q3_LT", (k, n))
+    sumlx = np.empty(k, F32)
+    suml2 = np.empty(k, F32)
     zero = np.empty(k, bool)
     for b0 in range(0, x.shape[0], _Q3_SUB):        # the first guess and its sums, on cache-sized slices
-        X = _cols(x[b0:b0 + _Q3_SUB], 16)
+        X = to_cols(x[b0:b0 + _Q3_SUB], 16)
         c0, c1 = b0 * 16, b0 * 16 + X.shape[1]
-        amax_signed = _absmax_cols(X)
-        zero[c0:c1] = np.abs(amax_signed) < _F(1e-15)
+        amax_signed = absmax_cols(X)
+        zero[c0:c1] = np.abs(amax_signed) < F32(1e-15)
         iscale = -nmax_f / amax_signed
-        L = np.multiply(X, iscale, out=_scratch("q3_L", X.shape))
+        L = np.multiply(X, iscale, out=scratch("q3_L", X.shape))
         np.rint(L, out=L)
         np.clip(L, lo, hi, out=L)
-        W = np.multiply(X, X, out=_scratch("q3_W", X.shape))
-        t = np.multiply(W, X, out=_scratch("q3_t", X.shape))
+        W = np.multiply(X, X, out=scratch("q3_W", X.shape))
+        t = np.multiply(W, X, out=scratch("q3_t", X.shape))
         t *= L
         np.add.reduce(t, axis=0, out=sumlx[c0:c1])
         np.multiply(W, L, out=t)
@@ -300,8 +229,8 @@ def _make_q3(x, nmax):
         rows = np.multiply(XT[c0:c1], iscale[:, None], out=LT[c0:c1])   # the same levels again, as rows:
         np.rint(rows, out=rows)                                         # cheaper than transposing L
         np.clip(rows, lo, hi, out=rows)
-    sumlx += _F(0)                                   # C sums start at +0.0
-    suml2 += _F(0)
+    sumlx += F32(0)                                   # C sums start at +0.0
+    suml2 += F32(0)
     start = np.zeros(k, np.intp)                    # the element each sub-block visits next
     npass = np.zeros(k, np.intp)                    # its pass (0..4)
     act = np.flatnonzero(sumlx > 0)
@@ -322,7 +251,7 @@ def _make_q3(x, nmax):
         npass[g] += r < start[g]
         start[g] = r + 1
         act = g
-    scale = np.where(suml2 > 0, sumlx / suml2, _F(0))
+    scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
     scale[zero] = 0
 
     def levels(c):
@@ -340,19 +269,19 @@ def _q3_round(x, l, sumlx, suml2, lo, hi):
 
     Only rint(v) != l is tested on whole arrays; slx > 0, ggml's exact nearest_int, the clamp (which can only undo
     a change) and the rest of the test run on the few elements that pass it."""
-    w = np.multiply(x, x, out=_scratch("q3_w", x.shape))
-    wx = np.multiply(w, x, out=_scratch("q3_wx", x.shape))
-    slx = np.multiply(wx, l, out=_scratch("q3_slx", x.shape))
+    w = np.multiply(x, x, out=scratch("q3_w", x.shape))
+    wx = np.multiply(w, x, out=scratch("q3_wx", x.shape))
+    slx = np.multiply(wx, l, out=scratch("q3_slx", x.shape))
     np.subtract(sumlx[:, None], slx, out=slx)        # the sums without each element
-    sl2 = np.multiply(w, l, out=_scratch("q3_sl2", x.shape))
+    sl2 = np.multiply(w, l, out=scratch("q3_sl2", x.shape))
     sl2 *= l
     np.subtract(suml2[:, None], sl2, out=sl2)
-    v = np.multiply(x, sl2, out=_scratch("q3_v", x.shape))
+    v = np.multiply(x, sl2, out=scratch("q3_v", x.shape))
     v /= slx
-    cand = np.not_equal(np.rint(v, out=_scratch("q3_r", x.shape)), l, out=_scratch("q3_c", x.shape, bool))
+    cand = np.not_equal(np.rint(v, out=scratch("q3_r", x.shape)), l, out=scratch("q3_c", x.shape, bool))
     idx = np.flatnonzero(cand)
     idx = idx[slx.reshape(-1)[idx] > 0]
-    nw = _rint_clip(v.reshape(-1)[idx], lo, hi)
+    nw = rint_clip(v.reshape(-1)[idx], lo, hi)
     keep = nw != l.reshape(-1)[idx]
     idx, nw = idx[keep], nw[keep]
     nslx = slx.reshape(-1)[idx] + wx.reshape(-1)[idx] * nw
@@ -371,66 +300,157 @@ def _requant(x, d, L, lo, hi, offset=0, dm=None):
     S = d.size
     xs = x.reshape(S, -1)
     d = d.reshape(S, 1)
-    v = _scratch("v", xs.shape)
+    v = scratch("v", xs.shape)
     if dm is not None:
         np.add(xs, dm.reshape(S, 1), out=v)
         v /= d
     else:
         np.divide(xs, d, out=v)
-    q = _rint_clip(v, _F(lo), _F(hi), out=v)
+    q = rint_clip(v, F32(lo), F32(hi), out=v)
     keep = np.flatnonzero(d.reshape(-1) == 0)
     if keep.size:
-        q[keep] = L(keep) - _F(offset) if callable(L) else np.take(L, keep, axis=1).T
-    u8 = _scratch("u8", x.shape, np.uint8)
-    np.add(q, _F(offset), out=u8.reshape(xs.shape), casting="unsafe")
+        q[keep] = L(keep) - F32(offset) if callable(L) else np.take(L, keep, axis=1).T
+    u8 = scratch("u8", x.shape, np.uint8)
+    np.add(q, F32(offset), out=u8.reshape(xs.shape), casting="unsafe")
     return u8
 
 
 # ----------------------------------------------------------------------------------------- K-quants
 
-def _q2_k(x: np.ndarray) -> np.ndarray:
+def _make_qp(X, nmax, W):
+    """make_qp_quants over columns X (n, S) with weights W: returns (L int (n, S) as the uint8 ggml stores, scale).
+
+    The coordinate descent (5 passes over the n elements, in order) runs element by element over all columns at
+    once; a pass that changes nothing in a column would change nothing again, so running every column for the
+    passes of the slowest one gives ggml's result. L keeps ggml's uint8 wrap-around for negative levels."""
+    n, S = X.shape
+    nmax_f = F32(nmax)
+    mx = np.maximum(X.max(axis=0), F32(0))
+    zero = mx < GROUP_MAX_EPS
+    mx = np.where(zero, F32(1), mx)
+    iscale = nmax_f / mx
+    L = nearest_int(iscale * X) & 0xFF                              # stored in uint8_t
+    scale = F32(1) / iscale
+    d = X - scale * L.astype(F32)
+    best = seq_sum((W * d) * d)
+    for step in (-4, -3, -2, -1, 1, 2, 3, 4):
+        iscale_is = (F32(0.1) * F32(step) + nmax_f) / mx
+        scale_is = F32(1) / iscale_is
+        l = np.minimum(nmax, nearest_int(iscale_is * X)).astype(F32)
+        d = X - scale_is * l
+        mse = seq_sum((W * d) * d)
+        better = mse < best
+        best = np.where(better, mse, best)
+        iscale = np.where(better, iscale_is, iscale)
+    li = np.minimum(nmax, nearest_int(iscale * X))
+    lf = li.astype(F32)
+    sumlx = seq_sum((W * X) * lf)
+    suml2 = seq_sum((W * lf) * lf)
+    Lf = (li & 0xFF).astype(F32)
+    WX = W * X
+    for _ in range(5):
+        changed = False
+        for i in range(n):
+            w, x, li_ = W[i], X[i], Lf[i]
+            slx = sumlx - WX[i] * li_
+            sl2 = suml2 - (w * li_) * li_
+            ok = (slx > 0) & (sl2 > 0)
+            if not ok.any():
+                continue
+            new = np.minimum(nmax, nearest_int((x * sl2) / slx)).astype(F32)
+            ok &= new != li_
+            slx = slx + WX[i] * new
+            sl2 = sl2 + (w * new) * new
+            ok &= (slx * slx) * suml2 > (sumlx * sumlx) * sl2
+            if ok.any():
+                changed = True
+                Lf[i] = np.where(ok, (new.astype(np.int32) & 0xFF).astype(F32), li_)
+                sumlx = np.where(ok, slx, sumlx)
+                suml2 = np.where(ok, sl2, suml2)
+        if not changed:
+            break
+    scale = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, F32(1)), F32(0))
+    Lf[:, zero] = 0
+    scale[zero] = 0
+    return Lf.astype(np.int32), scale
+
+
+def _k_weights(x, X, qw, n, twice):
+    """The K-quants' importance weights in columns layout (n, S), as ggml's *_impl build them: qw * sqrt(sigma2 +
+    x^2) with sigma2 the mean x^2 of the 256-element block (twice that when `twice`); and their sums per
+    sub-block."""
+    s = block_sumsq(x)
+    sigma2 = (F32(2) * s) / F32(256) if twice else s / F32(256)
+    QW = to_cols(qw, n, "QW")
+    W = ggml_weights(QW, np.repeat(sigma2, 256 // n), X)
+    return W, seq_sum(W)
+
+
+def _q2_k_pack(x, L, sbytes, d16, dmin16):
     nb = x.shape[0]
-    X = _cols(x, 16)
-    L, scales, mins = _make_qkx2(X, np.abs(X), 3, -0.5, 0.1, 15, True)
-    scales = scales.reshape(nb, 16)
-    mins = mins.reshape(nb, 16)
-    max_scale = np.maximum(scales.max(axis=1), _F(0))
-    max_min = np.maximum(mins.max(axis=1), _F(0))
-    q4 = _F(15)
-    has_s = max_scale > 0
-    has_m = max_min > 0
-    sc = np.where(has_s[:, None], _nearest_int((q4 / np.where(has_s, max_scale, 1))[:, None] * scales), 0) & 0xFF
-    m = np.where(has_m[:, None], _nearest_int((q4 / np.where(has_m, max_min, 1))[:, None] * mins), 0)
-    sbytes = (sc | ((m << 4) & 0xFF)).astype(np.uint8)
-    d16 = np.where(has_s, _fp16(max_scale / q4), np.float16(0))
-    dmin16 = np.where(has_m, _fp16(max_min / q4), np.float16(0))
-    d = (d16.astype(_F)[:, None] * (sbytes & 0xF).astype(_F)).reshape(1, -1)
-    dm = (dmin16.astype(_F)[:, None] * (sbytes >> 4).astype(_F)).reshape(1, -1)
+    d = (d16.astype(F32)[:, None] * (sbytes & 0xF).astype(F32)).reshape(1, -1)
+    dm = (dmin16.astype(F32)[:, None] * (sbytes >> 4).astype(F32)).reshape(1, -1)
     L = _requant(x, d, L, 0, 3, dm=dm)
     out = np.empty((nb, 84), np.uint8)
     out[:, 0:16] = sbytes
-    out[:, 16:80] = _pack2(L)
+    out[:, 16:80] = pack2(L)
     out[:, 80:82] = d16.view(np.uint8).reshape(nb, 2)
     out[:, 82:84] = dmin16.view(np.uint8).reshape(nb, 2)
     return out
 
 
-def _q3_k(x: np.ndarray) -> np.ndarray:
+def _q2_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     nb = x.shape[0]
-    levels, scales = _make_q3(x, 4)
+    X = to_cols(x, 16)
+    if qw is not None:                                                # quantize_row_q2_K_impl
+        W, sw = _k_weights(x, X, qw, 16, False)
+        L, scales, mins = _make_qkx2(X, W, 3, -0.9, 0.05, 36, False)
+        SW = sw.reshape(nb, 16).T
+        Ls, dm = _make_qp(np.ascontiguousarray(scales.reshape(nb, 16).T), 15, SW)
+        Lm, mm = _make_qp(np.ascontiguousarray(mins.reshape(nb, 16).T), 15, SW)
+        sbytes = ((Ls.T | (Lm.T << 4)) & 0xFF).astype(np.uint8)
+        return _q2_k_pack(x, L, sbytes, fp16(dm), fp16(mm))
+    L, scales, mins = _make_qkx2(X, np.abs(X), 3, -0.5, 0.1, 15, True)
     scales = scales.reshape(nb, 16)
-    max_scale = _first_absmax(scales, 1)
-    nz = max_scale != 0
-    iscale = _F(-32) / np.where(nz, max_scale, _F(1))
-    l = _nearest_int(iscale[:, None] * scales)
-    l = ((l + 128) & 0xFF) - 128                                   # int8_t truncation
-    code = np.where(nz[:, None], np.clip(l, -32, 31) + 32, 0).astype(np.uint8)
+    mins = mins.reshape(nb, 16)
+    max_scale = np.maximum(scales.max(axis=1), F32(0))
+    max_min = np.maximum(mins.max(axis=1), F32(0))
+    q4 = F32(15)
+    has_s = max_scale > 0
+    has_m = max_min > 0
+    sc = np.where(has_s[:, None], nearest_int((q4 / np.where(has_s, max_scale, 1))[:, None] * scales), 0) & 0xFF
+    m = np.where(has_m[:, None], nearest_int((q4 / np.where(has_m, max_min, 1))[:, None] * mins), 0)
+    sbytes = (sc | ((m << 4) & 0xFF)).astype(np.uint8)
+    d16 = np.where(has_s, fp16(max_scale / q4), np.float16(0))
+    dmin16 = np.where(has_m, fp16(max_min / q4), np.float16(0))
+    return _q2_k_pack(x, L, sbytes, d16, dmin16)
+
+
+def _q3_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+    nb = x.shape[0]
+    if qw is not None:                                                # quantize_row_q3_K_impl
+        X = to_cols(x, 16)
+        W, sw = _k_weights(x, X, qw, 16, True)
+        levels, scales = _make_qx(X, 4, W)
+        lv, d_block = _make_qx(np.ascontiguousarray(scales.reshape(nb, 16).T), 32,
+                               np.ascontiguousarray(sw.reshape(nb, 16).T))
+        code = lv(np.arange(nb)).astype(np.uint8)                   # 0..63, the 6-bit scale codes
+        d16 = fp16(d_block)
+    else:
+        levels, scales = _make_q3(x, 4)
+        scales = scales.reshape(nb, 16)
+        max_scale = first_absmax(scales, 1)
+        nz = max_scale != 0
+        iscale = F32(-32) / np.where(nz, max_scale, F32(1))
+        l = nearest_int(iscale[:, None] * scales)
+        l = ((l + 128) & 0xFF) - 128                                   # int8_t truncation
+        code = np.where(nz[:, None], np.clip(l, -32, 31) + 32, 0).astype(np.uint8)
+        d16 = np.where(nz, fp16(F32(1) / iscale), np.float16(0))
     sb = np.zeros((nb, 12), np.uint8)
     sb[:, 0:8] = (code[:, 0:8] & 0xF) | ((code[:, 8:16] & 0xF) << 4)
     hi2 = (code >> 4).reshape(nb, 4, 4)                            # [j//4, j%4]
     sb[:, 8:12] = hi2[:, 0] | (hi2[:, 1] << 2) | (hi2[:, 2] << 4) | (hi2[:, 3] << 6)
-    d16 = np.where(nz, _fp16(_F(1) / iscale), np.float16(0))
-    d = (d16.astype(_F)[:, None] * (code.astype(_F) - _F(32))).reshape(1, -1)
+    d = (d16.astype(F32)[:, None] * (code.astype(F32) - F32(32))).reshape(1, -1)
     L = _requant(x, d, levels, -4, 3, offset=4)
     hb = np.right_shift(L, 2).view(np.uint64).reshape(nb, 8, 4)   # bytes of 0/1 (L > 3), 8 at a time
     hm = hb[:, 0].copy()
@@ -440,39 +460,63 @@ def _q3_k(x: np.ndarray) -> np.ndarray:
     L &= 3
     out = np.empty((nb, 110), np.uint8)
     out[:, 0:32] = hmask
-    out[:, 32:96] = _pack2(L)
+    out[:, 32:96] = pack2(L)
     out[:, 96:108] = sb
     out[:, 108:110] = d16.view(np.uint8).reshape(nb, 2)
     return out
 
 
-def _k4_scales(scales, mins):
-    """Q4_K/Q5_K: 6-bit scale and min codes, the 12 packed bytes, and fp16 d, dmin."""
-    nb = scales.shape[0]
-    max_scale = np.maximum(scales.max(axis=1), _F(0))
-    max_min = np.maximum(mins.max(axis=1), _F(0))
-    inv_s = np.where(max_scale > 0, _F(63) / np.where(max_scale > 0, max_scale, 1), _F(0))
-    inv_m = np.where(max_min > 0, _F(63) / np.where(max_min > 0, max_min, 1), _F(0))
-    ls = np.minimum(_nearest_int(inv_s[:, None] * scales) & 0xFF, 63).astype(np.uint8)
-    lm = np.minimum(_nearest_int(inv_m[:, None] * mins) & 0xFF, 63).astype(np.uint8)
+def _k4_pack(ls, lm):
+    """Q4_K/Q5_K: the 12 scale bytes from 6-bit scale and min codes (uint8 arithmetic, as ggml packs them), and
+    the codes read back the way get_scale_min_k4 does."""
+    nb = ls.shape[0]
+    ls = ls.astype(np.uint8)
+    lm = lm.astype(np.uint8)
     sb = np.empty((nb, 12), np.uint8)
     sb[:, 0:4] = ls[:, 0:4] | ((ls[:, 4:8] >> 4) << 6)
     sb[:, 4:8] = lm[:, 0:4] | ((lm[:, 4:8] >> 4) << 6)
     sb[:, 8:12] = (ls[:, 4:8] & 0xF) | ((lm[:, 4:8] & 0xF) << 4)
-    d16 = _fp16(max_scale / _F(63))
-    dmin16 = _fp16(max_min / _F(63))
-    return ls, lm, sb, d16, dmin16
+    sc = np.empty((nb, 8), np.uint8)
+    mn = np.empty((nb, 8), np.uint8)
+    sc[:, 0:4] = sb[:, 0:4] & 63
+    mn[:, 0:4] = sb[:, 4:8] & 63
+    sc[:, 4:8] = (sb[:, 8:12] & 0xF) | ((sb[:, 0:4] >> 6) << 4)
+    mn[:, 4:8] = (sb[:, 8:12] >> 4) | ((sb[:, 4:8] >> 6) << 4)
+    return sb, sc, mn
 
 
-def _qk_45(x: np.ndarray, nmax: int, rmin: float, nstep: int):
+def _k4_scales(scales, mins):
+    """Q4_K/Q5_K without weights: 6-bit scale and min codes, the 12 packed bytes, and fp16 d, dmin."""
+    max_scale = np.maximum(scales.max(axis=1), F32(0))
+    max_min = np.maximum(mins.max(axis=1), F32(0))
+    inv_s = np.where(max_scale > 0, F32(63) / np.where(max_scale > 0, max_scale, 1), F32(0))
+    inv_m = np.where(max_min > 0, F32(63) / np.where(max_min > 0, max_min, 1), F32(0))
+    ls = np.minimum(nearest_int(inv_s[:, None] * scales) & 0xFF, 63)
+    lm = np.minimum(nearest_int(inv_m[:, None] * mins) & 0xFF, 63)
+    sb, ls, lm = _k4_pack(ls, lm)
+    return ls, lm, sb, fp16(max_scale / F32(63)), fp16(max_min / F32(63))
+
+
+def _qk_45(x: np.ndarray, qw, nmax: int, rmin: float, nstep: int):
     nb = x.shape[0]
-    X = _cols(x, 32)
-    av_x = np.sqrt(_sum(X * X) / _F(32))
-    W = av_x + np.abs(X)
-    L, scales, mins = _make_qkx2(X, W, nmax, rmin, 0.1, nstep, False)
-    ls, lm, sb, d16, dmin16 = _k4_scales(scales.reshape(nb, 8), mins.reshape(nb, 8))
-    d = (d16.astype(_F)[:, None] * ls.astype(_F)).reshape(1, -1)
-    dm = (dmin16.astype(_F)[:, None] * lm.astype(_F)).reshape(1, -1)
+    X = to_cols(x, 32)
+    if qw is not None:                                                # quantize_row_q4_K_impl / q5_K_impl
+        W, sw = _k_weights(x, X, qw, 32, True)
+        L, scales, mins = _make_qkx2(X, W, nmax, -0.9, 0.05, 36, False)
+        SW = sw.reshape(nb, 8).T
+        Ls, d_block = _make_qp(np.ascontiguousarray(scales.reshape(nb, 8).T), 63, SW)
+        Lm, m_block = _make_qp(np.ascontiguousarray(mins.reshape(nb, 8).T), 63, SW)
+        if nmax == 31:                                                # only Q5_K clamps the codes
+            Ls, Lm = np.minimum(Ls, 63), np.minimum(Lm, 63)
+        sb, ls, lm = _k4_pack(Ls.T, Lm.T)
+        d16, dmin16 = fp16(d_block), fp16(m_block)
+    else:
+        av_x = np.sqrt(seq_sum(X * X) / F32(32))
+        W = av_x + np.abs(X)
+        L, scales, mins = _make_qkx2(X, W, nmax, rmin, 0.1, nstep, False)
+        ls, lm, sb, d16, dmin16 = _k4_scales(scales.reshape(nb, 8), mins.reshape(nb, 8))
+    d = (d16.astype(F32)[:, None] * ls.astype(F32)).reshape(1, -1)
+    dm = (dmin16.astype(F32)[:, None] * lm.astype(F32)).reshape(1, -1)
     L = _requant(x, d, L, 0, nmax, dm=dm)
     head = np.empty((nb, 16), np.uint8)
     head[:, 0:2] = d16.view(np.uint8).reshape(nb, 2)
@@ -481,14 +525,14 @@ def _qk_45(x: np.ndarray, nmax: int, rmin: float, nstep: int):
     return head, L.reshape(nb, 4, 2, 32)                           # [chunk c, low/high half, l]
 
 
-def _q4_k(x: np.ndarray) -> np.ndarray:
-    head, L = _qk_45(x, 15, -1.0, 20)
+def _q4_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+    head, L = _qk_45(x, qw, 15, -1.0, 20)
     qs = (L[:, :, 0] | (L[:, :, 1] << 4)).reshape(-1, 128)
     return np.concatenate([head, qs], axis=1)
 
 
-def _q5_k(x: np.ndarray) -> np.ndarray:
-    head, L = _qk_45(x, 31, -0.5, 15)
+def _q5_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+    head, L = _qk_45(x, qw, 31, -0.5, 15)
     nb = L.shape[0]
     hi = (L >> 4).astype(np.uint8)                                  # (nb, 4, 2, 32)
     qh = np.zeros((nb, 32), np.uint8)
@@ -499,18 +543,18 @@ def _q5_k(x: np.ndarray) -> np.ndarray:
     return np.concatenate([head, qh, qs], axis=1)
 
 
-def _q6_k(x: np.ndarray) -> np.ndarray:
+def _q6_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     nb = x.shape[0]
-    X = _cols(x, 16)
-    levels, scales = _make_qx(X, 32)
+    X = to_cols(x, 16)
+    levels, scales = _make_qx(X, 32, None if qw is None else to_cols(qw, 16, "QW"))   # impl: the raw weights
     scales = scales.reshape(nb, 16)
-    max_scale = _first_absmax(scales, 1)
-    ok = np.abs(max_scale) >= _F(1e-15)
-    iscale = _F(-128) / np.where(ok, max_scale, _F(1))
-    d16 = np.where(ok, _fp16(_F(1) / iscale), np.float16(0))
-    sc = np.minimum(127, _nearest_int(iscale[:, None] * scales))
+    max_scale = first_absmax(scales, 1)
+    ok = np.abs(max_scale) >= F32(1e-15)
+    iscale = F32(-128) / np.where(ok, max_scale, F32(1))
+    d16 = np.where(ok, fp16(F32(1) / iscale), np.float16(0))
+    sc = np.minimum(127, nearest_int(iscale[:, None] * scales))
     sc = np.where(ok[:, None], ((sc + 128) & 0xFF) - 128, 0)       # stored as int8
-    d = (d16.astype(_F)[:, None] * sc.astype(_F)).reshape(1, -1)
+    d = (d16.astype(F32)[:, None] * sc.astype(F32)).reshape(1, -1)
     L = _requant(x, d, levels, -32, 31, offset=32)
     L[~ok] = 0
     L = L.reshape(nb, 2, 4, 32)                                    # [half, quarter, l]
@@ -527,40 +571,41 @@ def _q6_k(x: np.ndarray) -> np.ndarray:
     return out
 
 
+
 # ------------------------------------------------------------------------------------- legacy types
 
 def _inv(d):
     with np.errstate(divide="ignore"):
-        return np.where(d != 0, _F(1) / d, _F(0))
+        return np.where(d != 0, F32(1) / d, F32(0))
 
 
-def _q8_0(x: np.ndarray) -> np.ndarray:
+def _q8_0(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     nb = x.shape[0]
-    d = np.abs(x).max(axis=1) / _F(127)
+    d = np.abs(x).max(axis=1) / F32(127)
     v = (x * _inv(d)[:, None]).astype(np.float64)                  # roundf: half away from zero, exact in f64
     q = np.trunc(v + np.copysign(0.5, v)).astype(np.int8)
     out = np.empty((nb, 34), np.uint8)
-    out[:, 0:2] = _fp16(d).view(np.uint8).reshape(nb, 2)
+    out[:, 0:2] = fp16(d).view(np.uint8).reshape(nb, 2)
     out[:, 2:] = q.view(np.uint8)
     return out
 
 
 def _sym(x, div, bias, top):
     """Q4_0/Q5_0: d = max/-div, q = min(top, (int8)(x*id + bias))."""
-    mx = _first_absmax(x, 1)
-    mx = np.where(mx == 0, _F(0), mx)                               # ggml's max starts at +0.0
-    d = mx / _F(-div)
-    q = np.minimum(np.trunc(x * _inv(d)[:, None] + _F(bias)), top).astype(np.uint8)
-    return _fp16(d), q
+    mx = first_absmax(x, 1)
+    mx = np.where(mx == 0, F32(0), mx)                               # ggml's max starts at +0.0
+    d = mx / F32(-div)
+    q = np.minimum(np.trunc(x * _inv(d)[:, None] + F32(bias)), top).astype(np.uint8)
+    return fp16(d), q
 
 
 def _asym(x, div):
     """Q4_1/Q5_1: d = (max-min)/div, m = min, q = (int)((x-min)*id + 0.5)."""
     mn = np.take_along_axis(x, np.argmin(x, axis=1)[:, None], axis=1)[:, 0]
     mx = np.take_along_axis(x, np.argmax(x, axis=1)[:, None], axis=1)[:, 0]
-    d = (mx - mn) / _F(div)
-    q = np.trunc((x - mn[:, None]) * _inv(d)[:, None] + _F(0.5))
-    return _fp16(d), _fp16(mn), q
+    d = (mx - mn) / F32(div)
+    q = np.trunc((x - mn[:, None]) * _inv(d)[:, None] + F32(0.5))
+    return fp16(d), fp16(mn), q
 
 
 def _nib(q):
@@ -573,33 +618,262 @@ def _qh(q):
     return np.packbits(((q.astype(np.uint8) >> 4) & 1).astype(bool), axis=1, bitorder="little")
 
 
-def _q4_0(x):
+def _sliced(fn, x, qw, blocks=2048):
+    """fn over slices of `blocks` blocks: the weighted 32-element searches keep their arrays in cache."""
+    if x.shape[0] <= blocks:
+        return fn(x, qw)
+    return np.concatenate([fn(x[i:i + blocks], qw[i:i + blocks]) for i in range(0, x.shape[0], blocks)])
+
+
+def _sym_weighted(x, qw, nmax):
+    """quantize_row_q4_0_impl / q5_0_impl: make_qx_quants with the (row-scaled) weights; fp16 d and levels."""
+    levels, scale = _make_qx(to_cols(x, 32), nmax, to_cols(qw, 32, "QW"))
+    return fp16(scale), levels(np.arange(x.shape[0])).astype(np.uint8)
+
+
+def _asym_weighted(x, qw, nmax):
+    """quantize_row_q4_1_impl / q5_1_impl: make_qkx3_quants(nmax, -0.9, 0.05, 36); fp16 d, fp16 m and levels."""
+    L, scale, the_min = _make_qkx2(to_cols(x, 32), to_cols(qw, 32, "QW"), nmax, -0.9, 0.05, 36, False)
+    return fp16(scale), fp16(-the_min), L.T.astype(np.uint8)
+
+
+def _q4_0(x, qw=None):
+    if qw is not None:
+        return _sliced(_q4_0_weighted, x, qw)
     d, q = _sym(x, 8, 8.5, 15)
     return np.concatenate([d.view(np.uint8).reshape(-1, 2), _nib(q)], axis=1)
 
 
-def _q5_0(x):
+def _q4_0_weighted(x, qw):
+    d, q = _sym_weighted(x, qw, 8)
+    return np.concatenate([d.view(np.uint8).reshape(-1, 2), _nib(q)], axis=1)
+
+
+def _q5_0(x, qw=None):
+    if qw is not None:
+        return _sliced(_q5_0_weighted, x, qw)
     d, q = _sym(x, 16, 16.5, 31)
     return np.concatenate([d.view(np.uint8).reshape(-1, 2), _qh(q), _nib(q)], axis=1)
 
 
-def _q4_1(x):
+def _q5_0_weighted(x, qw):
+    d, q = _sym_weighted(x, qw, 16)
+    return np.concatenate([d.view(np.uint8).reshape(-1, 2), _qh(q), _nib(q)], axis=1)
+
+
+def _q4_1(x, qw=None):
+    if qw is not None:
+        return _sliced(_q4_1_weighted, x, qw)
     d, m, q = _asym(x, 15)
     q = np.minimum(q, 15)
     return np.concatenate([d.view(np.uint8).reshape(-1, 2), m.view(np.uint8).reshape(-1, 2), _nib(q)], axis=1)
 
 
-def _q5_1(x):
+def _q4_1_weighted(x, qw):
+    d, m, q = _asym_weighted(x, qw, 15)
+    return np.concatenate([d.view(np.uint8).reshape(-1, 2), m.view(np.uint8).reshape(-1, 2), _nib(q)], axis=1)
+
+
+def _q5_1(x, qw=None):
+    if qw is not None:
+        return _sliced(_q5_1_weighted, x, qw)
     d, m, q = _asym(x, 31)
     q = q.astype(np.uint8)                                         # (uint8_t) cast; (x-min)*id is in [0, 31]
     return np.concatenate([d.view(np.uint8).reshape(-1, 2), m.view(np.uint8).reshape(-1, 2), _qh(q), _nib(q)], axis=1)
 
 
-_KERNELS = {  # kernel, blocks per chunk (sized so that a chunk's temporaries stay in cache)
+def _q5_1_weighted(x, qw):
+    d, m, q = _asym_weighted(x, qw, 31)
+    return np.concatenate([d.view(np.uint8).reshape(-1, 2), m.view(np.uint8).reshape(-1, 2), _qh(q), _nib(q)], axis=1)
+
+
+def _row_weights(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
+    """The legacy types' weights `qw * sqrt(sigma2 + x^2)`, sigma2 the mean x^2 of the whole row (x: whole rows)."""
+    sigma2 = block_sumsq(x) / F32(x.shape[1])
+    return ggml_weights(qw, sigma2[:, None], x)
+
+
+# ------------------------------------------------------------------------------------ 4-bit non-linear
+
+_IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], F32)
+# best_index_int8 as a table: for u = floor(2*x) in [-256, 256] (index u + 256), the nearest value's index, the
+# upper one on a tie. Midpoints between the values are multiples of 0.5 and x - value is exact near them, so
+# "x >= midpoint" decides exactly as ggml's float comparison does. NaN maps to 15, as ggml's search ends there.
+_IQ4_LUT = np.searchsorted(((_IQ4_VALUES[:-1] + _IQ4_VALUES[1:])).astype(np.int64),
+                           np.arange(-256, 257), side="right").astype(np.intp)
+
+
+def _iq4_index(v: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """best_index_int8(16, kvalues_iq4nl, v) for an array v (float32), as intp, into `out`."""
+    u = np.multiply(v, F32(2), out=scratch("iq4_u", v.shape))
+    np.floor(u, out=u)
+    np.fmin(u, F32(256), out=u)
+    np.fmax(u, F32(-256), out=u)
+    u += F32(256)
+    np.copyto(out, u, casting="unsafe")
+    return np.take(_IQ4_LUT, out, out=out)
+
+
+def _iq4_search(X: np.ndarray, W: np.ndarray):
+    """The per-sub-block part of quantize_row_iq4_nl_impl (ntry 7) over columns X (32, S) with weights W: returns
+    (scale, levels of the first guess as intp (32, S))."""
+    amax_signed = absmax_cols(X)
+    zero = np.abs(amax_signed) < GROUP_MAX_EPS
+    mx = np.where(zero, F32(1), amax_signed)
+    d = (-mx) / F32(-127)
+    idx = np.empty(X.shape, np.intp)
+    q = scratch("iq4_q", X.shape)
+    t = scratch("iq4_t", X.shape)
+
+    def sums(iscale):
+        np.multiply(X, iscale, out=t)
+        np.take(_IQ4_VALUES, _iq4_index(t, idx), out=q)
+        np.multiply(W, q, out=t)                                    # w*q
+        np.multiply(t, q, out=q)
+        sumq2 = seq_sum(q)
+        np.multiply(t, X, out=t)
+        return seq_sum(t), sumq2
+
+    sumqx, sumq2 = sums(F32(1) / d)
+    levels = idx.copy()
+    pos = sumq2 > 0
+    d = np.where(pos, sumqx / np.where(pos, sumq2, F32(1)), F32(0))
+    best = d * sumqx
+    for itry in range(-7, 8):
+        sumqx, sumq2 = sums(F32(itry - 127) / mx)
+        ok = (sumq2 > 0) & ((sumqx * sumqx) > best * sumq2)
+        if ok.any():
+            d = np.where(ok, sumqx / np.where(ok, sumq2, F32(1)), d)
+            best = np.where(ok, d * sumqx, best)
+    d[zero] = 0
+    return d, levels
+
+
+def _iq4_weights(x, qw, X, n):
+    """IQ4 weights in columns layout: qw * sqrt(sigma2 + x^2), sigma2 = 2/n * sum(x^2) over the n-element
+    super-block; x*x without an imatrix."""
+    if qw is None:
+        return np.multiply(X, X, out=scratch("iq4_w", X.shape))
+    sigma2 = block_sumsq(x.reshape(-1, n)) * F32(2.0 / n)
+    return ggml_weights(to_cols(qw, 32, "QW"), np.repeat(sigma2, n // 32), X)
+
+
+def _iq4_nl(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+    X = to_cols(x, 32)
+    d, _ = _iq4_search(X, _iq4_weights(x, qw, X, 32))
+    iscale = np.where(d != 0, F32(1) / np.where(d != 0, d, F32(1)), F32(0))
+    L = _iq4_index(np.multiply(x, iscale[:, None], out=scratch("iq4_v", x.shape)), np.empty(x.shape, np.intp))
+    out = np.empty((x.shape[0], 18), np.uint8)
+    out[:, 0:2] = fp16(d).view(np.uint8).reshape(-1, 2)
+    out[:, 2:18] = nibbles(L)
+    return out
+
+
+def _iq4_xs(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+    nb = x.shape[0]
+    X = to_cols(x, 32)
+    scales, _ = _iq4_search(X, _iq4_weights(x, qw, X, 256))
+    scales = scales.reshape(nb, 8)
+    max_scale = first_absmax(scales, 1)
+    d = -max_scale / F32(32)
+    iscale = np.where(d != 0, F32(1) / np.where(d != 0, d, F32(1)), F32(0))
+    l = np.clip(np.rint(iscale[:, None] * scales), -32, 31)
+    dl = d[:, None] * l
+    idl = np.where(dl != 0, F32(1) / np.where(dl != 0, dl, F32(1)), F32(0))
+    v = np.multiply(x.reshape(nb, 8, 32), idl[:, :, None], out=scratch("iq4_v", (nb, 8, 32)))
+    L = _iq4_index(v, np.empty(v.shape, np.intp)).reshape(nb, 256)
+    code = (l + 32).astype(np.uint8)
+    low = code & 0xF
+    high = (code >> 4).astype(np.uint16) << (2 * np.arange(8, dtype=np.uint16))
+    out = np.empty((nb, 136), np.uint8)
+    out[:, 0:2] = fp16(d).view(np.uint8).reshape(nb, 2)
+    out[:, 2:4] = np.bitwise_or.reduce(high, axis=1).astype("<u2").view(np.uint8).reshape(nb, 2)
+    out[:, 4:8] = low[:, 0::2] | (low[:, 1::2] << 4)
+    out[:, 8:136] = nibbles(L)
+    return out
+
+
+# ------------------------------------------------------------------------------------ ternary and MXFP4
+
+def _trits(x: np.ndarray) -> np.ndarray:
+    """lroundf(x / amax) + 1 per element of 256-element blocks (0, 1, 2), and fp16 amax (TQ1_0, TQ2_0)."""
+    amax = np.abs(x).max(axis=1)
+    iscale = np.where(amax != 0, F32(1) / np.where(amax != 0, amax, F32(1)), F32(0))
+    v = np.multiply(x, iscale[:, None], out=scratch("tq_v", x.shape))
+    t = np.greater_equal(v, F32(0.5)).view(np.uint8)                # lroundf rounds half away from zero
+    t = t + np.uint8(1)
+    t -= np.less_equal(v, F32(-0.5)).view(np.uint8)
+    return t, fp16(amax)
+
+
+def _tq1_0(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+    nb = x.shape[0]
+    t, d = _trits(x)
+    t = t.astype(np.uint16)
+    a = t[:, :160].reshape(nb, 5, 32)                                # 5 trits per byte, first most significant
+    b = t[:, 160:240].reshape(nb, 5, 16)
+    c = t[:, 240:].reshape(nb, 4, 4)
+    qa = (((a[:, 0] * 3 + a[:, 1]) * 3 + a[:, 2]) * 3 + a[:, 3]) * 3 + a[:, 4]
+    qb = (((b[:, 0] * 3 + b[:, 1]) * 3 + b[:, 2]) * 3 + b[:, 3]) * 3 + b[:, 4]
+    qc = (((c[:, 0] * 3 + c[:, 1]) * 3 + c[:, 2]) * 3 + c[:, 3]) * 3
+    out = np.empty((nb, 54), np.uint8)
+    for lo, q in ((0, qa), (32, qb), (48, qc)):                      # ceil(q * 256 / 243)
+        out[:, lo:lo + q.shape[1]] = (q * 256 + 242) // 243
+    out[:, 52:54] = d.view(np.uint8).reshape(nb, 2)
+    return out
+
+
+def _tq2_0(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+    nb = x.shape[0]
+    t, d = _trits(x)
+    out = np.empty((nb, 66), np.uint8)
+    out[:, 0:64] = pack2(t)
+    out[:, 64:66] = d.view(np.uint8).reshape(nb, 2)
+    return out
+
+
+# best_index_mxfp4 as a table over u = ceil(|x| / (d/2)) (0..32) and the sign: the nearest of 0, 1, 2, 3, 4, 6, 8,
+# 12 (times d), the smaller on a tie; negative values take the second half of kvalues_mxfp4, except for 0.
+_MXFP4_MAG = np.searchsorted(np.array([1, 3, 5, 7, 10, 14, 20]), np.arange(33), side="left")
+_MXFP4_LUT = np.concatenate([_MXFP4_MAG, np.where(_MXFP4_MAG > 0, _MXFP4_MAG + 8, 0)]).astype(np.uint8)
+
+
+def _mxfp4(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+    nb = x.shape[0]
+    a = np.abs(x, out=scratch("mx_a", x.shape))
+    amax = a.max(axis=1)
+    pos = amax > 0
+    with np.errstate(divide="ignore"):
+        lg = np.floor(np.log2(amax.astype(np.float64)).astype(F32))  # floorf(log2f(amax)): log2f is exact enough
+    e = np.where(pos, (np.where(pos, lg, 0).astype(np.int32) + 125) & 0xFF, 0).astype(np.uint32)
+    half = np.where(e < 2, np.uint32(0x00200000) << e, (e - 1) << 23).astype(np.uint32).view(F32) / F32(2)
+    np.divide(a, half[:, None], out=a)                              # exact: half is a power of two
+    np.ceil(a, out=a)
+    np.fmin(a, F32(32), out=a)
+    u = a.astype(np.uint8)
+    u += np.less(x, 0).view(np.uint8) * np.uint8(33)
+    idx = np.take(_MXFP4_LUT, u)
+    out = np.empty((nb, 17), np.uint8)
+    out[:, 0] = e
+    out[:, 1:17] = nibbles(idx)
+    return out
+
+
+_KERNELS: dict[str, tuple[Callable, int]] = {  # kernel, blocks per chunk (a chunk's temporaries stay in cache)
     "Q8_0": (_q8_0, 1 << 13), "Q4_0": (_q4_0, 1 << 15), "Q4_1": (_q4_1, 1 << 15),
     "Q5_0": (_q5_0, 1 << 15), "Q5_1": (_q5_1, 1 << 15),
     "Q2_K": (_q2_k, 1024), "Q3_K": (_q3_k, 2048), "Q4_K": (_q4_k, 1024), "Q5_K": (_q5_k, 1024), "Q6_K": (_q6_k, 512),
+    "IQ4_NL": (_iq4_nl, 4096), "IQ4_XS": (_iq4_xs, 512),
+    "TQ1_0": (_tq1_0, 1024), "TQ2_0": (_tq2_0, 1024), "MXFP4": (_mxfp4, 8192),
+    **GRID_KERNELS,
 }
+#: Types whose ggml weights use the mean x^2 of the whole row: `quantize` hands their kernels the final weights.
+_ROW_WEIGHTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
+#: Types for which ggml uses the importance weights at all (the others ignore them).
+USES_IMATRIX = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
+                *GRID_KERNELS)
+#: Types `quantize` can produce.
+SUPPORTED = ("F32", "F16", "BF16", *_KERNELS)
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -612,10 +886,37 @@ def _type_name(qtype) -> str:
     return name
 
 
-def quantize(data: np.ndarray, qtype, threads: int | None = None) -> np.ndarray:
+#: Types ggml refuses to quantize without importance weights (ggml_quantize_requires_imatrix).
+REQUIRES_IMATRIX = ("IQ2_XXS", "IQ2_XS", "IQ1_S")
+
+
+def _check_imatrix(imatrix, data: np.ndarray, name: str) -> np.ndarray | None:
+    """The importance weights as float32 of shape (ncols,) or, for a 3-D tensor, (n_expert, ncols); None where
+    ggml ignores them."""
+    n = data.shape[-1]
+    if imatrix is None:
+        if name in REQUIRES_IMATRIX:
+            raise ValueError(f"cannot quantize to {name} without an importance matrix (ggml requires one)")
+        return None
+    if name not in USES_IMATRIX:
+        return None
+    imatrix = np.asarray(imatrix, dtype=F32)
+    per_expert = data.ndim == 3 and imatrix.shape == (data.shape[0], n)
+    if imatrix.shape != (n,) and not per_expert:
+        expected = f"({n},)" + (f" or ({data.shape[0]}, {n})" if data.ndim == 3 else "")
+        raise ValueError(f"importance weights of shape {imatrix.shape} do not fit a tensor of shape {data.shape}: "
+                         f"expected {expected}")
+    if not np.isfinite(imatrix).all():
+        raise ValueError("the importance weights contain NaN or infinity")
+    return imatrix
+
+
+def quantize(data: np.ndarray, qtype, threads: int | None = None, imatrix: np.ndarray | None = None) -> np.ndarray:
     """Quantize `data` (rows along the last axis) to `qtype`; returns uint8 of shape (*rows, row_bytes).
 
-    The bytes are ggml's: what `ggml_quantize_chunk` (and so llama-quantize without an imatrix) writes.
+    The bytes are ggml's: what `ggml_quantize_chunk` writes (llama-quantize's per-tensor call). `imatrix`: None, or
+    importance weights, one per column shared by all rows (ncols,), or for a 3-D tensor (n_expert, rows, ncols)
+    one row of them per expert (n_expert, ncols), as llama-quantize passes each expert its own slice.
     """
     name = _type_name(qtype)
     data = np.asarray(data)
@@ -626,24 +927,38 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None) -> np.ndarray:
     if name in ("F32", "F16", "BF16"):
         from gguf.constants import GGMLQuantizationType
         from gguf.quants import quantize as gq
-        res = gq(np.ascontiguousarray(data, dtype=_F), GGMLQuantizationType[name])
+        res = gq(np.ascontiguousarray(data, dtype=F32), GGMLQuantizationType[name])
         return np.ascontiguousarray(res).view(np.uint8).reshape(*lead, -1)
     dt = DTYPES[name]
     if n % dt.block_size:
         raise ValueError(f"row length {n} is not a multiple of the {name} block size {dt.block_size}")
+    imatrix = _check_imatrix(imatrix, data, name)
+    if imatrix is not None and imatrix.ndim == 2:                   # one expert at a time, each its own weights
+        return np.stack([quantize(data[e], name, threads, imatrix[e]) for e in range(data.shape[0])])
     kernel, chunk = _KERNELS[name]
     blocks = data.reshape(-1, dt.block_size)        # converted to float32 chunk by chunk: bounded extra memory
     nblocks = blocks.shape[0]
+    per_row = n // dt.block_size
+    qw_row = None
+    if imatrix is not None:                         # chunks of whole rows, each with the row's weights
+        chunk = max(1, chunk // per_row) * per_row
+        qw_row = imatrix.reshape(per_row, dt.block_size)
     out = np.empty((nblocks, dt.type_size), np.uint8)
 
     def run(start: int) -> None:
         stop = min(start + chunk, nblocks)
         with np.errstate(all="ignore"):
-            chunk_f32 = np.ascontiguousarray(blocks[start:stop], dtype=_F)
+            chunk_f32 = np.ascontiguousarray(blocks[start:stop], dtype=F32)
             # ggml would write garbage that llama.cpp's row check rejects (max/min carry any NaN or inf along)
             if not (np.isfinite(chunk_f32.max()) and np.isfinite(chunk_f32.min())):
                 raise ValueError(f"cannot quantize to {name}: the tensor contains NaN or infinity")
-            out[start:stop] = kernel(chunk_f32)
+            qw = None
+            if qw_row is not None:
+                qw = np.tile(qw_row, ((stop - start) // per_row, 1))
+                if name in _ROW_WEIGHTED:
+                    rows = chunk_f32.reshape(-1, n)
+                    qw = _row_weights(rows, qw.reshape(rows.shape)).reshape(chunk_f32.shape)
+            out[start:stop] = kernel(chunk_f32, qw)
 
     starts = range(0, nblocks, chunk)
     if threads is None:
@@ -653,7 +968,7 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None) -> np.ndarray:
             for s in starts:
                 run(s)
         finally:
-            _SCRATCH.__dict__.pop("bufs", None)
+            drop_scratch()
     else:                                           # the pool's threads take their scratch arrays with them
         with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
             list(pool.map(run, starts))
@@ -671,12 +986,12 @@ def dequantize(data: np.ndarray, qtype, rows_per_chunk: int | None = None) -> np
     data = np.asarray(data)
     if rows_per_chunk is None or data.ndim < 2 or math.prod(data.shape[:-1]) <= rows_per_chunk:
         name = str(getattr(qtype, "name", qtype)).upper()
-        return np.asarray(gdq(data, GGMLQuantizationType[name]), dtype=_F)
+        return np.asarray(gdq(data, GGMLQuantizationType[name]), dtype=F32)
     rows = data.reshape(-1, data.shape[-1])
     out = None
     for start, part in dequantize_chunks(rows, qtype, rows_per_chunk):
         if out is None:
-            out = np.empty((rows.shape[0], part.shape[-1]), _F)
+            out = np.empty((rows.shape[0], part.shape[-1]), F32)
         out[start:start + len(part)] = part
     return out.reshape(*data.shape[:-1], -1)
 
