@@ -86,7 +86,8 @@ def apply_imatrix(planned: list[Planned], ftype: str, imatrix: ImportanceMatrix 
     """Give every quantized tensor its importance weights, as llama-quantize does: an entry of the wrong size is
     an error (but for the token embedding, which is then quantized without), a tensor of a type that needs
     weights and has none is refused with the reason; `keep(p)` marks tensors copied as they are (no weights)."""
-    quantized = [p for p in planned if dtypes.DTYPES[p.type].is_quantized and not keep(p)]
+    by_name = {p.name: p for p in planned if dtypes.DTYPES[p.type].is_quantized and not keep(p)}
+    quantized = [by_name[n] for n in mixes.processing_order(by_name)]
     for p in quantized:
         weights = imatrix.importance(p.name) if imatrix is not None else None
         if weights is not None:

@@ -114,6 +114,11 @@ def _sort_key(name: str):
     return (int(m.group(1)) if m else -1, name.encode())
 
 
+def processing_order(names) -> list[str]:
+    """`names` in the order llama-quantize visits them (the order its counters and its refusals follow)."""
+    return sorted(names, key=_sort_key)
+
+
 def _use_more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
@@ -311,7 +316,7 @@ def choose_types(tensors: dict, ftype: str, model: ModelShape, has_imatrix: bool
     if ftype not in BASE_TYPE:
         raise ValueError(f"unknown file type {ftype}; supported: {', '.join(BASE_TYPE)}")
     base = BASE_TYPE[ftype]
-    names = sorted(tensors, key=_sort_key)
+    names = processing_order(tensors)
     st = _State(model, names, has_imatrix)
     out = {}
     for name in names:
