@@ -141,7 +141,7 @@ def test_bad_files_are_one_line_errors(tmp_path, cli):
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
     folder = tmp_path_factory.mktemp("imatrix") / "llama"
-    return make_model(folder, "llama", "gpt2", hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, max_positions=128)
+    return make_model(folder, "llama", "gpt2", hidden=256, layers=2, heads=4, kv_heads=2, ffn=256, max_positions=128)
 
 
 def _independent_sums(folder, chunks):
@@ -349,3 +349,30 @@ def test_quantize_with_imatrix_equals_llama_quantize(llama_cpp, tmp_path, ftype)
     differ = [t.name for t, u in zip(mine.tensors, GGUFReader(str(plain)).tensors)
               if not np.array_equal(np.asarray(t.data).view(np.uint8), np.asarray(u.data).view(np.uint8))]
     assert any(n.startswith("blk.") for n in differ)                      # the weights did change the bytes
+
+
+# ----------------------------------------------------------------------- convert --quant --imatrix and estimate
+
+@pytest.mark.slow
+def test_convert_with_imatrix_makes_iq_files_estimate_predicts_and_llama_cpp_runs(tiny_llama, tmp_path, cli):
+    from modelport.conversion import convert
+    from modelport.estimate import estimate
+
+    out = tmp_path / "tiny.imatrix.gguf"
+    assert cli("imatrix", str(tiny_llama), "--ctx", "64", "--chunks", "2", "-o", str(out)).code == 0
+    predicted = estimate(tiny_llama)["weights"]
+    plain = cli("convert", str(tiny_llama), str(tmp_path / "refused.gguf"), "--quant", "IQ2_M")
+    assert plain.code == 2 and "needs an importance matrix" in plain.stderr
+    for ftype in ("IQ2_M", "IQ4_XS"):
+        dst = tmp_path / f"tiny-{ftype}.gguf"
+        convert(tiny_llama, dst, quant=ftype, imatrix=out)
+        r = GGUFReader(str(dst))
+        types = {}
+        for t in r.tensors:
+            types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+        assert types == predicted[ftype]["tensor_types"], ftype
+        assert predicted[ftype]["tensor_bytes"] == dst.stat().st_size - r.data_offset, ftype
+        assert abs(predicted[ftype]["bytes"] / dst.stat().st_size - 1) < 0.01
+        assert bytes(r.fields["quantize.imatrix.file"].parts[-1]).decode() == str(out)
+        llama = pytest.importorskip("llama_cpp").Llama(str(dst), n_ctx=64, verbose=False)
+        assert len(llama.tokenize(b"The capital of France")) > 0 and llama.eval(llama.tokenize(b"Hello")) is None
