@@ -376,3 +376,45 @@ def test_convert_with_imatrix_makes_iq_files_estimate_predicts_and_llama_cpp_run
         assert bytes(r.fields["quantize.imatrix.file"].parts[-1]).decode() == str(out)
         llama = pytest.importorskip("llama_cpp").Llama(str(dst), n_ctx=64, verbose=False)
         assert len(llama.tokenize(b"The capital of France")) > 0 and llama.eval(llama.tokenize(b"Hello")) is None
+
+
+def test_ggml_gguf_reader_reads_our_file_as_llama_imatrix_does(tmp_path):
+    """ggml's own GGUF reader (libggml-base from llama-cpp-python, what common_imatrix_load calls): every tensor
+    with its data, the keys where llama-quantize looks for them."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from pathlib import Path
+
+    lib = ctypes.CDLL(str(next(iter(sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml-base.*"))))))
+
+    class InitParams(ctypes.Structure):
+        _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.POINTER(ctypes.c_void_p))]
+
+    lib.gguf_init_from_file.restype = ctypes.c_void_p
+    lib.gguf_init_from_file.argtypes = [ctypes.c_char_p, InitParams]
+    lib.gguf_find_key.restype = ctypes.c_int64
+    lib.gguf_find_key.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.gguf_get_val_u32.restype = ctypes.c_uint32
+    lib.gguf_get_val_u32.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    lib.gguf_get_val_str.restype = ctypes.c_char_p
+    lib.gguf_get_val_str.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    lib.gguf_get_n_tensors.restype = ctypes.c_int64
+    lib.gguf_get_n_tensors.argtypes = [ctypes.c_void_p]
+    lib.gguf_get_tensor_name.restype = ctypes.c_char_p
+    lib.gguf_get_tensor_name.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    lib.gguf_free.argtypes = [ctypes.c_void_p]
+    lib.ggml_free.argtypes = [ctypes.c_void_p]
+    m = _matrix(np.random.default_rng(7))
+    path = imx.write(m, tmp_path / "m.imatrix.gguf")
+    ggml_ctx = ctypes.c_void_p()
+    g = lib.gguf_init_from_file(str(path).encode(), InitParams(False, ctypes.pointer(ggml_ctx)))
+    assert g, "ggml could not read the file"
+    try:
+        assert lib.gguf_get_val_str(g, lib.gguf_find_key(g, b"general.type")) == b"imatrix"
+        assert lib.gguf_get_val_u32(g, lib.gguf_find_key(g, b"imatrix.chunk_count")) == 2
+        assert lib.gguf_get_val_u32(g, lib.gguf_find_key(g, b"imatrix.chunk_size")) == 512
+        assert lib.gguf_find_key(g, b"imatrix.datasets") >= 0
+        names = [lib.gguf_get_tensor_name(g, i).decode() for i in range(lib.gguf_get_n_tensors(g))]
+        assert names == [n + s for n in sorted(m.entries) for s in (".in_sum2", ".counts")]
+    finally:
+        lib.gguf_free(g)
+        lib.ggml_free(ggml_ctx)
