@@ -207,6 +207,10 @@ def main() -> None:
     oracle = compare_with_llama_imatrix(f32, calib, imat, args.ctx, args.chunks)
     if oracle:
         print("against llama-imatrix:", json.dumps(oracle), flush=True)
+    else:       # no llama-imatrix build: llama.cpp's activations through llama-cpp-python's eval callback
+        oracle = compare_with_llama_cpp(imat, llama_cpp_imatrix(f32, activations.calibration_text(), args.ctx,
+                                                                args.chunks))
+        print("against llama.cpp's activations (eval callback):", json.dumps(oracle), flush=True)
     loads = llama_quantize_loads(f32, imat)
     if loads is not None:
         print(f"llama-quantize --imatrix loads ours: {loads}", flush=True)
