@@ -9,6 +9,7 @@ on the same GGUF and text (correlation and relative error of the per-column impo
 llama-quantize loads ours.
 
     PYTHONPATH=src python bench/imatrix.py [--types Q4_K_M,IQ4_XS,IQ3_M,IQ2_M] [--ctx 512] [--chunks 0]
+        [--ppl-ctx 512] [--text-limit N] [--no-oracle]
 """
 
 from __future__ import annotations
@@ -176,6 +177,9 @@ def main() -> None:
     ap.add_argument("--types", default="Q4_K_M,IQ4_XS,IQ3_M,IQ2_M")
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--chunks", type=int, default=0)
+    ap.add_argument("--ppl-ctx", type=int, default=512, help="perplexity window")
+    ap.add_argument("--text-limit", type=int, default=0, help="score only the first N characters of the held-out text")
+    ap.add_argument("--no-oracle", action="store_true", help="skip the comparison with llama.cpp's activations")
     args = ap.parse_args()
 
     from modelport.conversion import convert
@@ -192,7 +196,7 @@ def main() -> None:
     f32 = OUT / "smollm2-f32.gguf"
     if not f32.is_file():
         convert(hf, f32, quant="F32")
-    text = heldout_text()
+    text = heldout_text()[:args.text_limit or None]
     imat = OUT / "smollm2.imatrix.gguf"
     if not imat.is_file():
         t0 = time.perf_counter()
@@ -204,10 +208,10 @@ def main() -> None:
               f"({got.tokens} tokens) in {time.perf_counter() - t0:.0f} s", flush=True)
     calib = OUT / "calibration.txt"
     calib.write_text(activations.calibration_text(), "utf-8")
-    oracle = compare_with_llama_imatrix(f32, calib, imat, args.ctx, args.chunks)
+    oracle = None if args.no_oracle else compare_with_llama_imatrix(f32, calib, imat, args.ctx, args.chunks)
     if oracle:
         print("against llama-imatrix:", json.dumps(oracle), flush=True)
-    else:       # no llama-imatrix build: llama.cpp's activations through llama-cpp-python's eval callback
+    elif not args.no_oracle:       # no llama-imatrix build: llama.cpp's activations through llama-cpp-python's eval callback
         oracle = compare_with_llama_cpp(imat, llama_cpp_imatrix(f32, activations.calibration_text(), args.ctx,
                                                                 args.chunks))
         print("against llama.cpp's activations (eval callback):", json.dumps(oracle), flush=True)
@@ -215,7 +219,7 @@ def main() -> None:
     if loads is not None:
         print(f"llama-quantize --imatrix loads ours: {loads}", flush=True)
 
-    rows = [{"type": "F32", "imatrix": False, "bytes": f32.stat().st_size, "perplexity": perplexity(f32, text, args.ctx)}]
+    rows = [{"type": "F32", "imatrix": False, "bytes": f32.stat().st_size, "perplexity": perplexity(f32, text, args.ppl_ctx)}]
     print(f"{'F32':<8} {'-':<8} {rows[0]['bytes'] / 1e6:8.1f} MB  ppl {rows[0]['perplexity']:.4f}", flush=True)
     for qtype in args.types.split(","):
         assert qtype in FTYPES, qtype
@@ -230,7 +234,7 @@ def main() -> None:
                 continue
             seconds = time.perf_counter() - t0
             row = {"type": qtype, "imatrix": with_imatrix, "bytes": dst.stat().st_size, "quantize_s": round(seconds, 1),
-                   "perplexity": perplexity(dst, text, args.ctx)}
+                   "perplexity": perplexity(dst, text, args.ppl_ctx)}
             rows.append(row)
             print(f"{qtype:<8} {'imatrix' if with_imatrix else 'plain':<8} {row['bytes'] / 1e6:8.1f} MB  "
                   f"ppl {row['perplexity']:.4f}  ({seconds:.0f} s to write)", flush=True)
