@@ -46,7 +46,18 @@ def test_cpu_picks_the_best_quantization_that_fits(llama2_config):
     assert recommend(llama2_config, "cpu", device="cpu-16gb")["precision"] == "Q8_0"
     assert recommend(llama2_config, "cpu", memory="4.5GB", ctx=512)["precision"] == "Q4_K_M"
     nothing = recommend(llama2_config, "cpu", memory="2GB")
-    assert nothing["precision"] == "Q2_K" and nothing["fits"] is False and "does not fit" in " ".join(nothing["why"])
+    assert nothing["precision"] == "IQ1_M" and nothing["fits"] is False and "does not fit" in " ".join(nothing["why"])
+    iq3 = recommend(llama2_config, "cpu", memory=sizes["inference"]["total"]["IQ3_M"])      # Q4_0 and IQ4_XS do not
+    assert iq3["precision"] == "IQ3_M" and iq3["fits"] is True and "importance matrix" in " ".join(iq3["why"])
+
+
+def test_cpu_answers_an_iq_type_with_the_imatrix_command_that_makes_it(tiny_hf):
+    totals = estimate(tiny_hf, ctx=64)["inference"]["total"]
+    r = recommend(tiny_hf, "cpu", memory=totals["IQ2_M"], ctx=64)
+    assert r["precision"].startswith("IQ") and r["fits"] is True, r
+    imatrix = f"tiny-{r['precision']}.imatrix.gguf"
+    assert r["command"] == (f"modelport imatrix {tiny_hf} -o {imatrix} && modelport convert {tiny_hf} "
+                            f"tiny-{r['precision']}.gguf --quant {r['precision']} --imatrix {imatrix}")
 
 
 def test_train_follows_the_guides_hardware_rule(llama2_config):

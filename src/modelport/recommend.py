@@ -21,7 +21,7 @@ from typing import Any
 from . import families
 from .conversion.hf_to_gguf import model_config
 from .core.errors import ModelportError, UnsupportedError
-from .estimate import LADDER, Device, ModelView, device_for, estimate_view, load_view, training_memory
+from .estimate import LADDER, QUALITY_ORDER, Device, ModelView, device_for, estimate_view, load_view, training_memory
 from .formats import registry
 from .gguf.tokenizer import TOKENIZER_FILES
 from .opening import open as open_model
@@ -35,7 +35,7 @@ GUIDE = {"train": "PyTorch (.pt/.pth)", "serve-gpu": "Hugging Face safetensors",
 #: The device assumed for a goal when neither --device nor --memory is given.
 DEFAULT_DEVICE = {"train": "rtx3090", "serve-gpu": "rtx3090", "cpu": "cpu-16gb", "mobile": "phone-8gb"}
 
-_CPU_LADDER = tuple(f for f in LADDER if f != "F16")                  # F16 on a CPU: twice the memory, no gain
+_CPU_LADDER = tuple(f for f in QUALITY_ORDER if f != "F16")           # F16 on a CPU: twice the memory, no gain
 _MOBILE_LADDER = ("Q4_0", "Q3_K_M", "Q2_K")                           # Q4_0: llama.cpp repacks it for ARM at load
 _FLOAT_FTYPES = (None, "ALL_F32", "F16", "BF16", "MOSTLY_F16")         # GGUF file types that are not quantized
 
@@ -98,8 +98,13 @@ def _gguf_command(model: str, view: ModelView, ftype: str, out: str,
         if view.file_type not in _FLOAT_FTYPES:
             return None, (f"the file is already quantized ({view.file_type}); re-quantizing loses quality, "
                           "start from the F16/BF16 or Hugging Face original")
-        return f"modelport quantize {shlex.quote(model)} {shlex.quote(out)} --type {ftype}", None
-    return f"modelport convert {shlex.quote(model)} {shlex.quote(out)} --quant {ftype}", None
+        command = f"modelport quantize {shlex.quote(model)} {shlex.quote(out)} --type {ftype}"
+    else:
+        command = f"modelport convert {shlex.quote(model)} {shlex.quote(out)} --quant {ftype}"
+    if ftype.startswith("IQ"):       # made with an importance matrix (the IQ1/IQ2 mixes cannot be made without one)
+        imatrix = shlex.quote(str(Path(out).with_suffix("")) + ".imatrix.gguf")
+        command = f"modelport imatrix {shlex.quote(model)} -o {imatrix} && {command} --imatrix {imatrix}"
+    return command, None
 
 
 def _hf_command(model: str, view: ModelView, out: str, extra: str = "",
@@ -223,5 +228,8 @@ def recommend(model: str | os.PathLike, goal: str, *, device: str | None = None,
     else:
         why.append(f"{ftype} is the {'highest-quality' if goal == 'cpu' else 'phone-friendly'} type whose weights, "
                    f"KV cache and compute ({totals[ftype] / 1e9:.2f} GB) fit {dev.description}")
+    if ftype.startswith("IQ"):
+        why.append(f"{ftype} is made with an importance matrix: 'modelport imatrix' runs the model on a calibration "
+                   "text first (a few minutes on a CPU), so that the quantizers keep the weights that matter most")
     command, note = _gguf_command(model, view, ftype, f"{stem}-{ftype}.gguf", blocked)
     return answer("GGUF", ftype, sizes[ftype], totals[ftype], command, note)

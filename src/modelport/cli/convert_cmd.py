@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
         shard_size: str = typer.Option(None, "--shard-size", help="Split the output into shards of at most this size (e.g. 2GB)."),
         dequantize: bool = typer.Option(False, "--dequantize", help="Write block-quantized tensors as float32."),
         quant: str = typer.Option(None, "--quant", help="GGUF output: llama.cpp file type (F16, Q8_0, Q4_K_M, ...)."),
+        imatrix: Path = typer.Option(None, "--imatrix", help="GGUF output with --quant: importance matrix "
+                                                             "(modelport imatrix) to weigh the quantizers with."),
         config: Path = typer.Option(None, "--config", help="GGUF output from a bare weights file: its HF config.json."),
         verify: bool = typer.Option(None, "--verify/--no-verify",
                                     help="Re-open the output and compare every tensor with the source (bit for bit; "
@@ -44,7 +46,7 @@ def register(app: typer.Typer) -> None:
                 result = convert(source, dst, to=to, dtype=dtype, shard_size=shard_size, force=force, verify=verify,
                                  dequantize=dequantize, progress=progress, quant=quant, config=config,
                                  quantize=quantize, split_max_size=split_max_size,
-                                 split_max_tensors=split_max_tensors)
+                                 split_max_tensors=split_max_tensors, imatrix=imatrix)
         if as_json:
             print_json(result.__dict__)
             return

@@ -27,6 +27,7 @@ from . import (
     diff_cmd,
     embed_cmd,
     estimate_cmd,
+    imatrix_cmd,
     inspect_cmd,
     list_cmd,
     perplexity_cmd,
@@ -41,8 +42,8 @@ from . import (
 from .options import show_library_logs
 
 # Command modules, in the order `--help` lists them.
-COMMANDS = (list_cmd, inspect_cmd, scan_cmd, check_cmd, convert_cmd, quantize_cmd, diff_cmd, estimate_cmd, recommend_cmd, run_cmd,
-            chat_cmd, compare_cmd, perplexity_cmd, embed_cmd, serve_cmd, train_cmd, tour_cmd)
+COMMANDS = (list_cmd, inspect_cmd, scan_cmd, check_cmd, convert_cmd, quantize_cmd, imatrix_cmd, diff_cmd, estimate_cmd, recommend_cmd,
+            run_cmd, chat_cmd, compare_cmd, perplexity_cmd, embed_cmd, serve_cmd, train_cmd, tour_cmd)
 
 app = typer.Typer(
     name="modelport",

@@ -20,7 +20,11 @@ def register(app: typer.Typer) -> None:
         dst: Path = typer.Argument(..., help="The quantized GGUF to write (an Ollama Modelfile is written beside it)."),
         qtype: str = typer.Option("Q4_K_M", "--type", "-t",
                                   help="llama.cpp file type: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S/M/L, "
-                                       "Q4_K_S/M, Q5_K_S/M, Q6_K, F16, BF16, F32."),
+                                       "Q4_K_S/M, Q5_K_S/M, Q6_K, IQ4_NL, IQ4_XS, IQ3_M/S/XS/XXS, IQ2_M/S/XS/XXS, "
+                                       "IQ1_M/S, TQ1_0, TQ2_0, MXFP4_MOE, F16, BF16, F32 (IQ1/IQ2 and IQ3_XXS/XS need "
+                                       "--imatrix)."),
+        imatrix: Path = typer.Option(None, "--imatrix", help="Importance matrix (modelport imatrix, or llama-imatrix's "
+                                                             ".gguf/.dat) to weigh the quantizers with."),
         verify: bool = typer.Option(False, "--verify", help="Re-read the output: every tensor within its type's "
                                                             "error bound of the source."),
         split_max_size: str = split_max_size_option(),
@@ -35,7 +39,7 @@ def register(app: typer.Typer) -> None:
             progress.phase("reading")
             with open_model(src, trust=trust) as source:   # opened (and scanned) once; requantize checks it is GGUF
                 result = requantize(source, dst, qtype, force=force, progress=progress, verify=verify,
-                                    split=GgufSplit.parse(split_max_size, split_max_tensors))
+                                    split=GgufSplit.parse(split_max_size, split_max_tensors), imatrix=imatrix)
         if as_json:
             print_json(result.__dict__)
             return

@@ -15,8 +15,19 @@ from ..core import dtypes
 from ..core.errors import UnsupportedError
 from ..core.source import ModelSource
 from ..core.tensor import TensorRef, as_float32
+from ..gguf import imatrix as imx
 from ..gguf import mixes
-from ..gguf.convert import FLOAT_FTYPES, Planned, file_metadata, model_shape, parse_ftype, to_refs, verify_gguf
+from ..gguf.convert import (
+    FLOAT_FTYPES,
+    Planned,
+    apply_imatrix,
+    file_metadata,
+    imatrix_metadata,
+    model_shape,
+    parse_ftype,
+    to_refs,
+    verify_gguf,
+)
 from ..gguf.modelfile import modelfile_path, write_modelfile
 from ..writing import ConvertResult, GgufSplit, check_output_name, report_phase, write_gguf_output
 from .route import Request, opened, writing_phase
@@ -30,12 +41,14 @@ def float32_loader(ref: TensorRef):
 
 def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qtype: str, *, force: bool = False,
                progress=None, modelfile: bool = True, trust: bool = False, verify: bool = False,
-               split: GgufSplit | None = None) -> ConvertResult:
+               split: GgufSplit | None = None, imatrix: str | os.PathLike | None = None) -> ConvertResult:
     """An F32/F16/BF16 GGUF (a path, or an opened source) to the llama.cpp file type `qtype` at `dst` (or a split
-    set)."""
+    set); `imatrix` (an imatrix file, GGUF or .dat) weighs the quantizers and changes some of the mix's types, as in
+    llama-quantize."""
     dst = Path(dst)
     ftype = parse_ftype(qtype, default="Q4_K_M")
     check_output_name(dst, "gguf")
+    matrix = imx.read(imatrix) if imatrix is not None else None
     with opened(src, trust) as source:
         if dst.exists() and dst.resolve() in {f.resolve() for f in source.files}:
             raise UnsupportedError("the output would overwrite the input", dst)
@@ -56,13 +69,20 @@ def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qty
                 if mixes.allows_quantization(p.name, p.shape):
                     p.type = ftype
         else:
-            chosen = mixes.choose_types({p.name: (p.shape, p.type) for p in planned}, ftype, shape)
+            chosen = mixes.choose_types({p.name: (p.shape, p.type) for p in planned}, ftype, shape, matrix is not None)
             for p in planned:
                 p.type = chosen[p.name]
+
+        def unchanged(p: Planned) -> bool:
+            return p.type == source.tensors[p.name].dtype.name
+
+        if ftype not in FLOAT_FTYPES:
+            apply_imatrix(planned, ftype, matrix, keep=unchanged)
         for p in planned:   # tensors llama-quantize leaves alone keep their bytes (F16 norms stay F16)
-            if p.type == source.tensors[p.name].dtype.name:
+            if unchanged(p):
                 p.load = source.tensors[p.name].read
         meta.update(file_metadata(ftype, ftype not in FLOAT_FTYPES))
+        meta.update(imatrix_metadata(matrix, imatrix))
         errors: dict[str, float] = {}
 
         def check(path: Path) -> None:
@@ -93,4 +113,5 @@ class GgufRequantize:
 
     def run(self, source: ModelSource, request: Request) -> ConvertResult:
         return requantize(source, request.dst, request.quant, force=request.force, progress=request.progress,
-                          verify=request.verify, split=request.split)
+                          verify=request.verify, split=request.split,
+                          imatrix=request.imatrix)

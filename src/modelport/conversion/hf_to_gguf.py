@@ -14,6 +14,7 @@ import numpy as np
 from ..core import dtypes
 from ..core.errors import UnsupportedError
 from ..core.source import ModelSource, own_file
+from ..gguf import imatrix as imx
 from ..gguf.convert import load_config, parse_ftype, plan_hf, to_refs, verify_gguf
 from ..gguf.modelfile import modelfile_path, write_modelfile
 from ..gguf.tokenizer import TOKENIZER_FILES
@@ -48,14 +49,15 @@ def model_config(source: ModelSource, config_path: Path | None) -> tuple[dict | 
 
 def write_hf_as_gguf(source: ModelSource, dst: Path, *, quant: str | None = None, config_path: Path | None = None,
                      force: bool = False, progress=None, modelfile: bool = True, verify: bool = False,
-                     split: GgufSplit | None = None) -> ConvertResult:
+                     split: GgufSplit | None = None, imatrix: Path | None = None) -> ConvertResult:
     """`source` (an opened HF model) as the GGUF file `dst` (or a split set), `quant` (default F16), with a
-    Modelfile beside it."""
+    Modelfile beside it; `imatrix` (a file) weighs the quantizers as llama-quantize's --imatrix does."""
     config, side = model_config(source, config_path)
     if config is None:
         raise UnsupportedError(NEEDS_CONFIG, source.path)
     check_output_name(dst, "gguf")
-    plan = plan_hf(source, parse_ftype(quant), config, side)
+    matrix = imx.read(imatrix) if imatrix is not None else None
+    plan = plan_hf(source, parse_ftype(quant), config, side, imatrix=matrix, imatrix_path=imatrix)
     errors: dict[str, float] = {}
 
     def check(path: Path) -> None:
@@ -92,4 +94,5 @@ class HfToGguf:
     def run(self, source: ModelSource, request: Request) -> ConvertResult:
         return write_hf_as_gguf(source, request.dst, quant=request.quant if request.quant is not None else request.dtype,
                                 config_path=request.config, force=request.force, progress=request.progress,
-                                verify=request.verify, split=request.split)
+                                verify=request.verify, split=request.split,
+                                imatrix=request.imatrix)

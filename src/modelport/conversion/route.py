@@ -34,6 +34,7 @@ class Request:
     to: str | None = None                 # output format name, lower case; None: from dst's extension
     dtype: str | None = None              # cast floats: f32, f16, bf16
     quant: str | None = None              # GGUF output: a llama.cpp file type
+    imatrix: Path | None = None           # GGUF output with --quant: an importance matrix file
     config: Path | None = None            # GGUF output from a bare weights file: its config.json
     shard_size: str | int | None = None
     dequantize: bool = False

@@ -16,8 +16,10 @@ from typing import Any
 from ..core.errors import UnsupportedError
 from .devices import DEVICES, Device, cpu_has_fast_bf16, device_for, fits, parse_memory
 from .inference import (
+    IQ_ROWS,
     KV_TYPES,
     LADDER,
+    QUALITY_ORDER,
     ROWS,
     RUNTIME_BYTES,
     UBATCH,
@@ -112,7 +114,8 @@ def estimate_view(view: ModelView, *, model: str = "", ctx: int | None = None, b
 
 
 __all__ = ["ACTIVATION_PEAK", "TRAINING_RUNTIME_BYTES", "cpu_has_fast_bf16",
-           "DEVICES", "KV_TYPES", "LADDER", "LORA_TARGETS", "METHODS", "NF4_BYTES", "OPTIMIZERS", "ROWS", "RUNTIME_BYTES",
+           "DEVICES", "IQ_ROWS", "KV_TYPES", "LADDER",
+           "QUALITY_ORDER", "LORA_TARGETS", "METHODS", "NF4_BYTES", "OPTIMIZERS", "ROWS", "RUNTIME_BYTES",
            "UBATCH", "default_ctx", "hf_activation_bytes", "running_memory", "running_memory_of_view",
            "Device", "Hyper", "ModelView", "activation_bytes", "compute_buffer_bytes", "default_lora_targets",
            "device_for", "estimate", "estimate_view", "experts", "fits", "gguf_types", "header_bytes", "hyper_from_config",

@@ -34,8 +34,15 @@ from .model import Hyper, ModelView, kv_bytes, tensor_infos_bytes
 
 #: The rows of the size table: (label, llama.cpp ftype). F16 stands for BF16 too (same size).
 ROWS = ("F32", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
+#: The importance-matrix types in the size table (made with `modelport imatrix` + `--imatrix`).
+IQ_ROWS = ("IQ4_XS", "IQ3_M", "IQ3_XXS", "IQ2_M", "IQ2_XXS", "IQ1_M")
 #: Best first: what "the best quantization that fits" walks down (F32 is never better than F16 for inference).
 LADDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
+#: LADDER with the IQ types, best first, each IQ type made with an imatrix: llama.cpp's published bits per weight
+#: order (tools/quantize's list), IQ4_XS above Q4_0 and IQ3_M above Q3_K_M as llama.cpp's measurements have them
+#: (fewer bits, lower perplexity with an imatrix); bench/imatrix.py measures the order on SmolLM2.
+QUALITY_ORDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q4_0", "IQ3_M", "Q3_K_M", "IQ3_XXS", "Q2_K",
+                 "IQ2_M", "IQ2_XXS", "IQ1_M")
 KV_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
 UBATCH = 512
 #: Peak RSS of the process before a model loads: Python, modelport and the engine's libraries (measured on Linux
@@ -65,15 +72,16 @@ def header_bytes(view: ModelView, quantized: bool = False) -> int:
 
 
 def gguf_types(view: ModelView, ftype: str) -> dict[str, str]:
-    """The type each tensor gets in a `ftype` GGUF (llama-quantize's rules, `modelport.gguf.mixes`)."""
+    """The type each tensor gets in a `ftype` GGUF (llama-quantize's rules, `modelport.gguf.mixes`); the IQ types
+    as made with an imatrix (some of their rules depend on it, and the IQ1/IQ2 ones cannot be made without)."""
     # For F32/F16/BF16 this is also what the converter writes: 1-D tensors and norms F32, other matrices the outtype.
-    chosen = choose_types(view.tensors, ftype, _model_shape(view))
+    chosen = choose_types(view.tensors, ftype, _model_shape(view), has_imatrix=ftype.startswith("IQ"))
     if view.kind != "gguf":     # the converter copies these as they are (gpt-oss's MXFP4 experts)
         chosen.update({name: qtype for name, (_, qtype) in view.tensors.items() if qtype in KEPT_AS_IS})
     return chosen
 
 
-def weight_sizes(view: ModelView, rows=ROWS) -> dict[str, dict[str, Any]]:
+def weight_sizes(view: ModelView, rows=ROWS + IQ_ROWS) -> dict[str, dict[str, Any]]:
     """For each file type: the GGUF file's bytes (header + aligned tensor data) and its tensor types."""
     out = {}
     for ftype in rows:

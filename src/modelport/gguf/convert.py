@@ -29,12 +29,14 @@ from ..core.source import ModelSource, read_json
 from ..core.tensor import TensorRef, as_float32
 from ..formats.gguf import open_gguf, write_gguf
 from . import mixes, quants
+from .imatrix import ImportanceMatrix
 from .tokenizer import TOKENIZER_FILES, Vocab, load_vocab
 
 FLOAT_FTYPES = ("F32", "F16", "BF16")
 #: What `--quant` accepts (llama.cpp file types).
 QUANT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L",
-               "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
+               "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M",
+               "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4_MOE")
 QUANTIZATION_VERSION = 2
 
 
@@ -63,6 +65,7 @@ class Planned:
     load: Callable[[], np.ndarray]  # float32 values in GGUF orientation
     type: str = "F32"
     raw: Callable[[], np.ndarray] | None = None
+    importance: np.ndarray | None = None   # imatrix weights for the quantizer: (ncols,) or (n_expert, ncols)
 
 
 #: Tensors llama.cpp's converter keeps in F32 whatever the outtype (MoE routers: the expert choice is sensitive).
@@ -75,15 +78,61 @@ def _float_type(name: str, shape, ftype: str) -> str:
     return ftype
 
 
-def assign_types(planned: list[Planned], ftype: str, shape: mixes.ModelShape) -> None:
-    """Per-tensor types for `ftype`: the converter's rule for float files, llama-quantize's mix otherwise."""
+def assign_types(planned: list[Planned], ftype: str, shape: mixes.ModelShape,
+                 imatrix: ImportanceMatrix | None = None) -> None:
+    """Per-tensor types for `ftype`: the converter's rule for float files, llama-quantize's mix otherwise (some of
+    its rules depend on whether an imatrix is given), then the importance weights (`apply_imatrix`)."""
     if ftype in FLOAT_FTYPES:
         for p in planned:
             p.type = p.type if p.raw is not None else _float_type(p.name, p.shape, ftype)
         return
-    chosen = mixes.choose_types({p.name: (p.shape, "F32") for p in planned}, ftype, shape)
+    chosen = mixes.choose_types({p.name: (p.shape, "F32") for p in planned}, ftype, shape, imatrix is not None)
     for p in planned:
         p.type = p.type if p.raw is not None else chosen[p.name]
+    apply_imatrix(planned, ftype, imatrix, keep=lambda p: p.raw is not None)
+
+
+def apply_imatrix(planned: list[Planned], ftype: str, imatrix: ImportanceMatrix | None,
+                  keep: Callable[[Planned], bool] = lambda p: False) -> None:
+    """Give every quantized tensor its importance weights, as llama-quantize does: an entry of the wrong size is
+    an error (but for the token embedding, which is then quantized without), a tensor of a type that needs
+    weights and has none is refused with the reason; `keep(p)` marks tensors copied as they are (no weights)."""
+    by_name = {p.name: p for p in planned if dtypes.DTYPES[p.type].is_quantized and not keep(p)}
+    quantized = [by_name[n] for n in mixes.processing_order(by_name)]
+    for p in quantized:
+        weights = imatrix.importance(p.name) if imatrix is not None else None
+        if weights is not None:
+            n_expert = int(p.shape[-3]) if len(p.shape) >= 3 else 1
+            if weights.size != int(p.shape[-1]) * n_expert:
+                if p.name in ("token_embd.weight", "per_layer_token_embd.weight"):
+                    weights = None
+                else:
+                    raise UnsupportedError(f"the imatrix has {weights.size} values for {p.name}, which has rows of "
+                                           f"{p.shape[-1]} (x{n_expert} experts): it was made for another model")
+        p.importance = weights
+        if weights is None and mixes.requires_imatrix(p.name, p.type):
+            how = ("the imatrix has no entry for it" if imatrix is not None else
+                   "make one with 'modelport imatrix MODEL -o model.imatrix.gguf' and pass --imatrix")
+            raise UnsupportedError(f"{ftype} needs an importance matrix: {p.name} would be {p.type}, which is garbage "
+                                   f"without one ({how})")
+    for p in quantized:
+        if p.type not in quants.SUPPORTED:
+            raise UnsupportedError(f"modelport cannot write {p.type} tensors yet ({ftype} puts {p.name} in {p.type})")
+
+
+def imatrix_metadata(imatrix: ImportanceMatrix | None, path: str | os.PathLike | None) -> dict[str, Any]:
+    """The keys llama-quantize adds when it is given an imatrix (quantize.imatrix.*)."""
+    if imatrix is None:
+        return {}
+    meta: dict[str, Any] = {}
+    if path is not None:
+        meta["quantize.imatrix.file"] = os.fspath(path)[:127]
+    if imatrix.datasets:
+        meta["quantize.imatrix.dataset"] = imatrix.datasets[0][:127]
+    meta["quantize.imatrix.entries_count"] = np.uint32(len(imatrix.entries))
+    if imatrix.chunk_count > 0:
+        meta["quantize.imatrix.chunks_count"] = np.uint32(imatrix.chunk_count)
+    return meta
 
 
 def to_refs(planned: list[Planned], threads: int | None = None) -> list[TensorRef]:
@@ -97,7 +146,9 @@ def to_refs(planned: list[Planned], threads: int | None = None) -> list[TensorRe
         elif dt.is_quantized:
             def raw(p=p):
                 data = np.ascontiguousarray(p.load(), dtype=np.float32)
-                return quants.quantize(data, p.type, threads=threads).reshape(-1)
+                if p.importance is None:
+                    return quants.quantize(data, p.type, threads=threads).reshape(-1)
+                return quants.quantize(data, p.type, threads=threads, imatrix=p.importance).reshape(-1)
             refs.append(TensorRef(p.name, dt, p.shape, loader=_no_read(p.name), raw_loader=raw,
                                   extra={"gguf_type": p.type}))
         else:
@@ -142,8 +193,10 @@ def _naming(path):
         raise
 
 
-def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_files: dict[str, Path] | None = None) -> Plan:
-    """Everything about the output, from headers and side files only; raises before anything is written."""
+def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_files: dict[str, Path] | None = None,
+            imatrix: ImportanceMatrix | None = None, imatrix_path: str | os.PathLike | None = None) -> Plan:
+    """Everything about the output, from headers and side files only; raises before anything is written.
+    With `imatrix`, quantized tensors get its importance weights (as llama-quantize on our F32 file would)."""
     config = config if config is not None else source.config
     arch = families.for_config(config, source.path)
     groups: dict[str, list[TensorRef]] = {}     # output name -> the HF tensors it is made of (the family's n -> 1)
@@ -181,7 +234,7 @@ def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_fi
 
     shape = mixes.ModelShape(n_layer=arch.n_layer, n_head=arch.n_head, n_head_kv=arch.n_head_kv,
                              n_expert=getattr(arch, "n_expert", 0), arch=arch.name)
-    assign_types(planned, ftype, shape)
+    assign_types(planned, ftype, shape, imatrix if ftype not in FLOAT_FTYPES else None)
     meta: dict[str, Any] = {"general.architecture": arch.name, "general.type": "model"}
     name = config.get("_name_or_path") or source.path.stem
     if isinstance(name, str) and name:
@@ -189,6 +242,7 @@ def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_fi
     meta.update(hparams)
     meta.update(file_metadata(ftype, ftype not in FLOAT_FTYPES))
     meta.update(vocab.metadata())
+    meta.update(imatrix_metadata(imatrix, imatrix_path))
     return Plan(arch, vocab, planned, meta, ftype)
 
 

@@ -1,8 +1,10 @@
 """Per-tensor type choice for llama.cpp file types (Q4_K_M etc.), as llama-quantize makes it.
 
-A transcription of `llama_tensor_get_type` in llama.cpp's src/llama-quant.cpp (docs/gguf.md §8) for the ftypes modelport
-writes, without imatrix, `--pure` or manual overrides. No library exposes this choice without quantizing the whole
-file, so it is ours; tests compare it with what `llama_cpp.llama_model_quantize` picks.
+A transcription of `llama_tensor_get_type` in llama.cpp's src/llama-quant.cpp (docs/gguf.md §8) for every ftype
+llama-quantize offers but Q2_K_S, Q1_0/Q2_0 and NVFP4, with or without an imatrix (some rules depend on it), without
+`--pure` or manual overrides; and its refusal of the very-low-bit types without importance data. No library exposes
+this choice without quantizing the whole file, so it is ours; tests compare it with what
+`llama_cpp.llama_model_quantize` picks (importance data passed through its params).
 
 Rules that depend on the order of tensors (the attn_v and ffn_down counters) use llama.cpp's processing order:
 non-block tensors first, then blk.0.*, blk.1.*, ..., by name within a layer.
@@ -19,7 +21,9 @@ from ..core.dtypes import DTYPES
 FTYPES = {
     "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10,
     "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17,
-    "Q6_K": 18, "BF16": 32,
+    "Q6_K": 18, "IQ2_XXS": 19, "IQ2_XS": 20, "IQ3_XS": 22, "IQ3_XXS": 23, "IQ1_S": 24, "IQ4_NL": 25,
+    "IQ3_S": 26, "IQ3_M": 27, "IQ2_S": 28, "IQ2_M": 29, "IQ4_XS": 30, "IQ1_M": 31, "BF16": 32,
+    "TQ1_0": 36, "TQ2_0": 37, "MXFP4_MOE": 38,
 }
 
 #: The tensor type each ftype starts from (llama_ftype_get_default_type).
@@ -27,10 +31,22 @@ BASE_TYPE = {
     "F32": "F32", "F16": "F16", "BF16": "BF16", "Q4_0": "Q4_0", "Q4_1": "Q4_1", "Q5_0": "Q5_0", "Q5_1": "Q5_1",
     "Q8_0": "Q8_0", "Q2_K": "Q2_K", "Q3_K_S": "Q3_K", "Q3_K_M": "Q3_K", "Q3_K_L": "Q3_K",
     "Q4_K_S": "Q4_K", "Q4_K_M": "Q4_K", "Q5_K_S": "Q5_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K",
+    "IQ2_XXS": "IQ2_XXS", "IQ2_XS": "IQ2_XS", "IQ2_S": "IQ2_XS", "IQ2_M": "IQ2_S", "IQ3_XXS": "IQ3_XXS",
+    "IQ3_XS": "IQ3_S", "IQ3_S": "IQ3_S", "IQ3_M": "IQ3_S", "IQ1_S": "IQ1_S", "IQ1_M": "IQ1_M",
+    "IQ4_NL": "IQ4_NL", "IQ4_XS": "IQ4_XS", "TQ1_0": "TQ1_0", "TQ2_0": "TQ2_0", "MXFP4_MOE": "MXFP4",
 }
 
+#: Tensor types llama-quantize refuses to write without importance data (tensor_requires_imatrix); the token
+#: embedding and output are exempt.
+NEEDS_IMATRIX = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS")
+
 # tensor_type_fallback: a type whose block does not divide the row length falls back to a 32-block type.
-_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "TQ1_0": "Q4_0",
+             "TQ2_0": "Q4_0", **{t: "IQ4_NL" for t in ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS",
+                                                       "IQ3_S", "IQ4_XS")}}
+
+# ftypes whose non-embedding tensors follow the very-low-bit branch of llama_tensor_get_type_impl.
+_LOW_BIT = ("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M")
 
 # Names llama.cpp never quantizes (substrings), from tensor_allows_quantization.
 _NEVER = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel", "per_layer_model_proj",
@@ -98,19 +114,25 @@ def _sort_key(name: str):
     return (int(m.group(1)) if m else -1, name.encode())
 
 
+def processing_order(names) -> list[str]:
+    """`names` in the order llama-quantize visits them (the order its counters and its refusals follow)."""
+    return sorted(names, key=_sort_key)
+
+
 def _use_more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
 class _State:
-    def __init__(self, model: ModelShape, names):
+    def __init__(self, model: ModelShape, names, has_imatrix: bool):
         self.model = model
+        self.has_imatrix = has_imatrix
         cats = [_category(n) for n in names]
-        self.n_attention_wv = sum(c in ("attn_v", "attn_qkv", "attn_kv_b") for c in cats)
+        self.n_attention_wv = sum(c in _ATTN_V for c in cats)
         self.tied = "output" not in cats
         self.i_attention_wv = 0
-        self.i_ffn_down = 0
-        self.n_ffn_down = model.n_layer
+        self.i_ffn_down = self.i_ffn_gate = self.i_ffn_up = 0
+        self.n_layer = model.n_layer
 
     def layer(self, i: int, name: str) -> int:
         if max(1, self.model.n_expert) > 1:
@@ -121,68 +143,159 @@ class _State:
         return i
 
 
-def _impl(st: _State, new: str, name: str, ncols: int, ftype: str) -> str:
-    """llama_tensor_get_type_impl for the K and legacy ftypes."""
+_ATTN_V = ("attn_v", "attn_qkv", "attn_kv_b")
+
+
+def _output(st: _State, new: str, ncols: int, ftype: str) -> str:
+    """The output tensor (and a tied token embedding)."""
+    if ftype == "MXFP4_MOE" or st.model.arch == "falcon" or ncols % DTYPES[new].block_size:
+        return "Q8_0"
+    if ftype in ("IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M"):
+        return "Q5_K"
+    return new if new == "Q8_0" else "Q6_K"
+
+
+def _token_embd(new: str, ftype: str) -> str:
+    if ftype in ("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ1_M"):
+        return "Q2_K"
+    if ftype in ("IQ2_S", "IQ2_M", "IQ3_XXS"):
+        return "IQ3_S"
+    if ftype in ("TQ1_0", "TQ2_0"):
+        return "Q4_K"
+    return new
+
+
+def _low_bit(st: _State, new: str, cat: str, ftype: str) -> str:
+    """IQ1_S/M and IQ2_*: attn_v, attn_k (8 experts), the first eighth of ffn_down and attn_output get more bits."""
     m = st.model
-    cat = _category(name)
-    falcon = m.arch == "falcon"
-    if cat == "output" or (st.tied and cat == "token_embd"):
-        if falcon or ncols % DTYPES[new].block_size:
-            return "Q8_0"
-        return new if new == "Q8_0" else "Q6_K"
-    if cat == "token_embd":
-        return new
-    if cat in ("attn_v", "attn_qkv", "attn_kv_b"):
-        if ftype == "Q2_K":
-            new = "Q4_K" if m.n_gqa >= 4 else "Q3_K"
-        elif ftype == "Q3_K_M":
-            new = "Q5_K" if st.i_attention_wv < 2 else "Q4_K"
-        elif ftype == "Q3_K_L":
-            new = "Q5_K"
-        elif ftype in ("Q4_K_M", "Q5_K_M") and _use_more_bits(st.i_attention_wv, st.n_attention_wv):
-            new = "Q6_K"
-        elif ftype == "Q4_K_S" and st.i_attention_wv < 4:
-            new = "Q5_K"
-        if m.is_70b and new in ("Q3_K", "Q4_K"):
-            new = "Q5_K"
-        if m.n_expert == 8:
-            new = "Q8_0"
+    s_or_m = ftype in ("IQ2_S", "IQ2_M")
+    if cat in _ATTN_V:
+        new = "Q4_K" if m.n_gqa >= 4 or m.n_expert >= 4 else "IQ3_S" if s_or_m else "Q2_K"
         st.i_attention_wv += 1
-    elif cat == "attn_k":
-        if m.n_expert == 8:
-            new = "Q8_0"
+    elif m.n_expert == 8 and cat == "attn_k":
+        new = "Q4_K"
     elif cat == "ffn_down":
-        i, n = st.layer(st.i_ffn_down, name), st.n_ffn_down
-        if ftype == "Q2_K":
-            new = "Q3_K"
-        elif ftype == "Q3_K_M":
-            new = "Q5_K" if i < n // 16 else "Q4_K" if (not falcon or _use_more_bits(i, n)) else "Q3_K"
-        elif ftype == "Q3_K_L":
-            new = "Q4_K" if falcon else "Q5_K"
-        elif ftype == "Q4_K_M":
-            if falcon:
-                new = "Q6_K" if i < n // 16 else "Q5_K" if _use_more_bits(i, n) else "Q4_K"
-            elif _use_more_bits(i, n):
-                new = "Q6_K"
-        elif ftype == "Q5_K_M" and _use_more_bits(i, n):
-            new = "Q6_K"
-        elif ftype == "Q4_K_S" and not falcon and i < n // 8:
-            new = "Q5_K"
+        if st.i_ffn_down < st.n_layer // 8:
+            new = "IQ3_S" if s_or_m else "Q2_K"
         st.i_ffn_down += 1
     elif cat == "attn_output":
-        if not falcon:
-            if m.n_expert == 8:
-                if ftype in ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_S", "Q4_K_M"):
-                    new = "Q5_K"
-            elif ftype == "Q2_K":
-                new = "Q3_K"
-            elif ftype == "Q3_K_M":
-                new = "Q4_K"
-            elif ftype == "Q3_K_L":
-                new = "Q5_K"
-        elif ftype == "Q3_K_L":
-            new = "Q4_K"
-    # attn_qkv's own branch is unreachable (it is an attn_v category); ffn_gate/ffn_up rules are IQ-only.
+        if m.n_expert == 8:
+            new = "Q5_K"
+        elif ftype in ("IQ1_S", "IQ1_M"):
+            new = "IQ2_XXS"
+        elif s_or_m:
+            new = "IQ3_S"
+    return new
+
+
+def _attn_v(st: _State, new: str, ftype: str) -> str:
+    m = st.model
+    gqa4 = m.n_gqa >= 4
+    if ftype == "Q2_K":
+        new = "Q4_K" if gqa4 else "Q3_K"
+    elif ftype == "IQ3_XXS":
+        new = "Q4_K" if gqa4 else "IQ3_XXS" if st.has_imatrix else "IQ3_S"
+    elif ftype in ("IQ3_XS", "IQ3_S") and gqa4:
+        new = "Q4_K"
+    elif ftype == "IQ3_M":
+        new = "Q4_K"
+    elif ftype == "Q3_K_M":
+        new = "Q5_K" if st.i_attention_wv < 2 else "Q4_K"
+    elif ftype == "Q3_K_L":
+        new = "Q5_K"
+    elif ftype in ("IQ4_NL", "IQ4_XS") and gqa4:
+        new = "Q5_K"
+    elif ftype in ("Q4_K_M", "Q5_K_M") and _use_more_bits(st.i_attention_wv, st.n_attention_wv):
+        new = "Q6_K"
+    elif ftype == "Q4_K_S" and st.i_attention_wv < 4:
+        new = "Q5_K"
+    if m.is_70b and new in ("Q3_K", "Q4_K"):
+        new = "Q5_K"
+    if m.n_expert == 8:
+        new = "Q8_0"
+    st.i_attention_wv += 1
+    return new
+
+
+def _ffn_down(st: _State, new: str, name: str, ftype: str) -> str:
+    m = st.model
+    falcon = m.arch == "falcon"
+    i, n = st.layer(st.i_ffn_down, name), st.n_layer
+    if ftype == "Q2_K":
+        new = "Q3_K"
+    elif ftype == "IQ3_XXS" and not st.has_imatrix:
+        new = "Q4_K" if i < n // 8 else "Q3_K"
+    elif ftype == "Q3_K_M":
+        new = "Q5_K" if i < n // 16 else "Q4_K" if (not falcon or _use_more_bits(i, n)) else "Q3_K"
+    elif ftype == "IQ3_M" and (i < n // 8 or (m.n_expert == 8 and _use_more_bits(i, n))):
+        new = "Q4_K"
+    elif ftype == "Q3_K_L":
+        new = "Q4_K" if falcon else "Q5_K"
+    elif ftype == "Q4_K_M":
+        if falcon:
+            new = "Q6_K" if i < n // 16 else "Q5_K" if _use_more_bits(i, n) else "Q4_K"
+        elif _use_more_bits(i, n):
+            new = "Q6_K"
+    elif i < n // 8 and ftype in ("IQ4_NL", "IQ4_XS") and not st.has_imatrix:
+        new = "Q5_K"
+    elif ftype == "Q5_K_M" and _use_more_bits(i, n):
+        new = "Q6_K"
+    elif ftype == "Q4_K_S" and not falcon and i < n // 8:
+        new = "Q5_K"
+    elif ftype in ("Q4_0", "Q5_0") and st.has_imatrix and i < n // 8:
+        new = "Q4_1" if ftype == "Q4_0" else "Q5_1"     # llama.cpp's guard for the first ffn_down layers
+    st.i_ffn_down += 1
+    return new
+
+
+def _attn_output(st: _State, new: str, ftype: str) -> str:
+    m = st.model
+    if m.arch == "falcon":
+        return "Q4_K" if ftype == "Q3_K_L" else new
+    if m.n_expert == 8:
+        if ftype in ("Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ3_S", "IQ3_M",
+                     "IQ4_XS"):
+            new = "Q5_K"
+        return new
+    return {"Q2_K": "Q3_K", "IQ3_XXS": "IQ3_S", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K", "IQ3_M": "Q4_K"}.get(ftype, new)
+
+
+def _ffn_gate_up(st: _State, new: str, name: str, ftype: str, counter: str) -> str:
+    i = st.layer(getattr(st, counter), name)
+    if ftype == "IQ3_XS" and st.n_layer // 8 <= i < 7 * st.n_layer // 8:
+        new = "IQ3_XXS"
+    setattr(st, counter, getattr(st, counter) + 1)
+    return new
+
+
+def _impl(st: _State, new: str, name: str, shape, ftype: str) -> str:
+    """llama_tensor_get_type_impl: the mix's rule for one tensor."""
+    cat = _category(name)
+    ncols = int(shape[-1])
+    if cat == "output" or (st.tied and cat == "token_embd"):
+        return _output(st, new, ncols, ftype)
+    if ftype == "MXFP4_MOE":                         # expert tensors (3-D) MXFP4, the rest Q8_0
+        return "MXFP4" if len(shape) >= 3 and int(shape[-3]) > 1 else "Q8_0"
+    if cat == "token_embd":
+        return _token_embd(new, ftype)
+    if ftype in _LOW_BIT:
+        return _low_bit(st, new, cat, ftype)
+    if cat in _ATTN_V:
+        return _attn_v(st, new, ftype)
+    if cat == "attn_k":
+        if st.model.n_expert == 8:
+            return "Q8_0"
+        return {"IQ3_XS": "IQ3_XXS", "IQ3_XXS": "IQ2_S"}.get(ftype, new)
+    if cat == "attn_q":
+        return {"IQ3_XS": "IQ3_XXS", "IQ3_XXS": "IQ2_S"}.get(ftype, new)
+    if cat == "ffn_down":
+        return _ffn_down(st, new, name, ftype)
+    if cat == "attn_output":
+        return _attn_output(st, new, ftype)
+    if cat == "ffn_gate":
+        return _ffn_gate_up(st, new, name, ftype, "i_ffn_gate")
+    if cat == "ffn_up":
+        return _ffn_gate_up(st, new, name, ftype, "i_ffn_up")
     return new
 
 
@@ -193,8 +306,8 @@ def _fallback(new: str, ncols: int) -> str:
     return new if ncols % DTYPES[new].block_size == 0 else "F16"
 
 
-def choose_types(tensors: dict, ftype: str, model: ModelShape) -> dict[str, str]:
-    """The type llama-quantize gives each tensor for `ftype` (a key of FTYPES).
+def choose_types(tensors: dict, ftype: str, model: ModelShape, has_imatrix: bool = False) -> dict[str, str]:
+    """The type llama-quantize gives each tensor for `ftype` (a key of FTYPES), with or without an imatrix.
 
     `tensors` maps GGUF tensor name -> (shape in NumPy order, i.e. row length last; current type name).
     Returns name -> type name, in llama.cpp's processing order. Tensors it does not quantize keep their type.
@@ -203,8 +316,8 @@ def choose_types(tensors: dict, ftype: str, model: ModelShape) -> dict[str, str]
     if ftype not in BASE_TYPE:
         raise ValueError(f"unknown file type {ftype}; supported: {', '.join(BASE_TYPE)}")
     base = BASE_TYPE[ftype]
-    names = sorted(tensors, key=_sort_key)
-    st = _State(model, names)
+    names = processing_order(tensors)
+    st = _State(model, names, has_imatrix)
     out = {}
     for name in names:
         shape, cur = tensors[name]
@@ -213,7 +326,20 @@ def choose_types(tensors: dict, ftype: str, model: ModelShape) -> dict[str, str]
             continue
         new = base
         if DTYPES[base].is_quantized:
-            ncols = int(shape[-1])
-            new = _fallback(_impl(st, new, name, ncols, ftype), ncols)
+            new = _fallback(_impl(st, new, name, shape, ftype), int(shape[-1]))
         out[name] = new
     return out
+
+
+def requires_imatrix(name: str, qtype: str) -> bool:
+    """Whether llama-quantize refuses to write tensor `name` as `qtype` without importance data."""
+    return qtype in NEEDS_IMATRIX and name not in ("token_embd.weight", "per_layer_token_embd.weight", "output.weight")
+
+
+def missing_imatrix(types: dict[str, str], has_entry) -> str | None:
+    """The first tensor (in processing order) that needs importance data and has none (`has_entry(name)` false),
+    with its type, as llama-quantize's refusal names it; None when nothing is missing."""
+    for name, qtype in types.items():
+        if requires_imatrix(name, qtype) and not has_entry(name):
+            return f"{name} ({qtype})"
+    return None
