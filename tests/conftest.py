@@ -11,6 +11,7 @@ unimportable before modelport starts (`pre`).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -18,6 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# A suite started in the background by a non-interactive shell (`make test &`, nohup) inherits SIGINT ignored, and so
+# would every modelport process the tests start: the Ctrl-C tests would see nothing. Children inherit an ignored
+# signal but not a handler, so a handler here gives them the default back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The environment the subprocess gives the CLI, set here too: before modelport's rich consoles are made (they
 # read COLUMNS once) and before transformers and tqdm are imported (they read their variables once).
