@@ -34,7 +34,11 @@ def size_of(path: Path) -> int:
 
 
 def answers(journal: Journal, artefacts: list[Artefact], questions: list[str], max_tokens: int) -> None:
-    with journal.step("answers", "The same questions through llama.cpp, transformers and onnxruntime, base vs fine-tuned") as step:
+    names = list(dict.fromkeys(ENGINE_NAMES[a.engine] for a in artefacts))
+    kinds = " vs ".join(dict.fromkeys(a.weights for a in artefacts))
+    title = f"The same questions through {', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else \
+        f"The same questions through {names[0]}"
+    with journal.step("answers", f"{title}, {kinds}") as step:
         rows = []
         with journal.bar("answering", len(artefacts) * len(questions)) as advance:
             for art in artefacts:
