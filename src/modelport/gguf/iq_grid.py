@@ -117,8 +117,8 @@ class _Grid:
         self.levT = np.ascontiguousarray(self.levels.T)
 
     def rounds_for(self, pos: np.ndarray) -> list:
-        """The search rounds with grid points valued `pos` (G, dim): (first, end, points (end - first, dim, slots))."""
-        return [(c0, c1, np.ascontiguousarray(pos[self._table2d[:, c0:c1]].transpose(1, 2, 0)))
+        """The search rounds with grid points valued `pos` (G, dim): (first, end, points (end - first, slots, dim))."""
+        return [(c0, c1, np.ascontiguousarray(pos[self._table2d[:, c0:c1]].transpose(1, 0, 2)))
                 for c0, c1 in self._bounds]
 
     def codes(self, L: np.ndarray) -> np.ndarray:
@@ -130,8 +130,9 @@ class _Grid:
         return u
 
     def _best(self, slot, x, w, sc, rounds) -> np.ndarray:
-        """The winning grid index for groups with neighbour lists `slot`, values x and sqrt-weights w (dim, m) at
+        """The winning grid index for groups with neighbour lists `slot`, values x and sqrt-weights w (m, dim) at
         scales sc (m,)."""
+        scr = np.repeat(sc, self.dim).reshape(-1, self.dim)
         cnt = self.count[slot]
         sel = best_d2 = best_k = None
         for r, (c0, c1, pts) in enumerate(rounds):
@@ -139,23 +140,21 @@ class _Grid:
                 sel = np.flatnonzero(cnt > c0) if sel is None else sel[cnt[sel] > c0]
                 if sel.size == 0:
                     break
-                sl, scs, xs, ws = slot[sel], sc[sel], x[:, sel], w[:, sel]
+                sl, scs, xs, ws = slot[sel], scr[sel], x[sel], w[sel]
             else:
-                sl, scs, xs, ws = slot, sc, x, w
-            # whole grid points gathered at once, (k, dim, m): every per-dimension slice below is contiguous over m
-            diff = np.take(pts, sl, axis=2)
+                sl, scs, xs, ws = slot, scr, x, w
+            # whole grid points gathered at once, (k, m, dim): every operand below is contiguous over (m, dim)
+            diff = np.take(pts, sl, axis=1)
             diff *= scs
             diff -= xs
-            t = np.multiply(diff, ws)
+            t = diff * ws
             t *= diff
-            d2 = np.add(t[:, 0], t[:, 1], out=diff[:, 0])             # C's d2, summed in element order, (k, m)
+            d2 = t[..., 0] + t[..., 1]                                # C's d2, summed in element order, (k, m)
             for i in range(2, self.dim):
-                d2 += t[:, i]
+                d2 += t[..., i]
             dmin = np.minimum.reduce(d2, axis=0)
             # the first k with d2 == dmin: the largest of (step - k) over the matches
-            eq = np.equal(d2, dmin).view(np.uint8)
-            eq *= _rev(c1 - c0)
-            first = np.maximum.reduce(eq, axis=0)
+            first = np.maximum.reduce(np.equal(d2, dmin).view(np.uint8) * _rev(c1 - c0), axis=0)
             k = (c1 - c0 - first).astype(np.int64) + c0
             if r == 0:
                 best_d2, best_k = dmin, k
@@ -169,7 +168,7 @@ class _Grid:
     def snap(self, L: np.ndarray, xg: np.ndarray, wg: np.ndarray, scale: np.ndarray, rounds=None) -> np.ndarray:
         """Replace the groups of L (D, S) that are not grid points by their best neighbour (iq*_find_best_neighbour:
         least sum waux*(scale*q - x)^2, the first on ties); xg, wg are the values and sqrt-weights by group,
-        (dim, G*S). Returns the mask (G, S) of groups that were off grid.
+        (G*S, dim). Returns the mask (G, S) of groups that were off grid.
 
         The lists are searched a few neighbours at a time (`_ROUNDS`: all off-grid groups for the first ones, then
         only those with longer lists); a later round wins only when strictly smaller, as in C's loop."""
@@ -189,7 +188,7 @@ class _Grid:
         for b0 in range(0, f.size, batch):
             b1 = min(b0 + batch, f.size)
             fb = f[b0:b1]
-            win[b0:b1] = self._best(slot[b0:b1], np.take(xg, fb, axis=1), np.take(wg, fb, axis=1), sc[b0:b1], rounds)
+            win[b0:b1] = self._best(slot[b0:b1], np.take(xg, fb, axis=0), np.take(wg, fb, axis=0), sc[b0:b1], rounds)
         flat = L.reshape(-1)
         base = (g * self.dim) * S + s
         for i in range(self.dim):
@@ -218,9 +217,9 @@ def _grid(name: str) -> _Grid:
 
 
 def _by_group(a: np.ndarray, dim: int) -> np.ndarray:
-    """(D, S) per element -> (dim, G*S): one column per group, group-major (g*S + s)."""
+    """(D, S) per element -> (G*S, dim): one row per group, group-major (g*S + s)."""
     D, S = a.shape
-    return np.ascontiguousarray(a.reshape(D // dim, dim, S).transpose(1, 0, 2)).reshape(dim, -1)
+    return np.ascontiguousarray(a.reshape(D // dim, dim, S).transpose(0, 2, 1)).reshape(-1, dim)
 
 
 def _levels(grid: _Grid, xval, waux, id_, nscale, kmax: int, xg=None, wg=None):
