@@ -141,10 +141,12 @@ class _Grid:
         sel = best_d2 = best_k = None
         for r, (c0, c1, pts) in enumerate(rounds):
             if r:
-                sel = np.flatnonzero(cnt > c0) if sel is None else sel[cnt[sel] > c0]
+                sel = np.flatnonzero(cnt > c0) if sel is None else np.compress(np.take(cnt, sel) > c0, sel)
                 if sel.size == 0:
                     break
-                sl, scs, xs, ws = slot[sel], scr[sel], x[sel], w[sel]
+                # np.take rather than fancy indexing: the same rows, without the indexing machinery's cost
+                sl, scs = np.take(slot, sel), np.take(scr, sel, axis=0)
+                xs, ws = np.take(x, sel, axis=0), np.take(w, sel, axis=0)
             else:
                 sl, scs, xs, ws = slot, scr, x, w
             # whole grid points gathered at once, (k, m, dim): every operand below is contiguous over (m, dim)
@@ -158,12 +160,14 @@ class _Grid:
                 d2 += t[..., i]
             dmin = np.minimum.reduce(d2, axis=0)
             # the first k with d2 == dmin: the largest of (step - k) over the matches
-            first = np.maximum.reduce(np.equal(d2, dmin).view(np.uint8) * _rev(c1 - c0), axis=0)
+            eq = np.equal(d2, dmin).view(np.uint8)
+            eq *= _rev(c1 - c0)
+            first = np.maximum.reduce(eq, axis=0)
             k = (c1 - c0 - first).astype(np.int64) + c0
             if r == 0:
                 best_d2, best_k = dmin, k
             else:
-                better = dmin < best_d2[sel]
+                better = np.take(best_d2, sel) > dmin
                 upd = sel[better]
                 best_d2[upd] = dmin[better]
                 best_k[upd] = k[better]
