@@ -178,14 +178,14 @@ class _Grid:
         The lists are searched a few neighbours at a time (`_ROUNDS`: all off-grid groups for the first ones, then
         only those with longer lists); a later round wins only when strictly smaller, as in C's loop."""
         u = self.codes(L)
-        off = np.take(self.map, u) < 0
+        off = self.map[u] < 0
         f = np.flatnonzero(off)
         if f.size == 0:
             return off
         S = L.shape[-1]
         g, s = np.divmod(f, S)
-        slot = np.take(self.slot, np.take(u, f))
-        sc = np.take(scale, s)
+        slot = self.slot[u.reshape(-1)[f]]
+        sc = scale[s]
         rounds = self.rounds if rounds is None else rounds
         win = np.empty(f.size, np.int64)
         # in batches of groups, so that the (neighbours, groups, dim) temporaries stay in the cache
@@ -197,7 +197,7 @@ class _Grid:
         flat = L.reshape(-1)
         base = (g * self.dim) * S + s
         for i in range(self.dim):
-            flat[base + i * S] = np.take(self.levT[i], win)
+            flat[base + i * S] = self.levT[i][win]
         return off
 
 
