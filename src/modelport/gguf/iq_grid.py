@@ -122,9 +122,9 @@ class _Grid:
         # the search, then moves a quarter of the bytes, and int8 -> float32 is exact (measured 10-20 % faster; for
         # IQ3's groups of 4 the extra conversion costs more than it saves)
         small = self.dim == 8 and bool(np.all(pos == np.round(pos)) and np.abs(pos).max() < 128)
-        dtype = np.int8 if small else pos.dtype
-        return [(c0, c1, np.ascontiguousarray(pos[self._table2d[:, c0:c1]].transpose(1, 0, 2)).astype(dtype))
-                for c0, c1 in self._bounds]
+        rounds = [(c0, c1, np.ascontiguousarray(pos[self._table2d[:, c0:c1]].transpose(1, 0, 2)))
+                  for c0, c1 in self._bounds]
+        return [(c0, c1, pts.astype(np.int8)) for c0, c1, pts in rounds] if small else rounds
 
     def codes(self, L: np.ndarray) -> np.ndarray:
         """Levels (D, S) -> lattice codes (D/dim, S)."""
@@ -149,7 +149,9 @@ class _Grid:
             else:
                 sl, scs, xs, ws = slot, scr, x, w
             # whole grid points gathered at once, (k, m, dim): every operand below is contiguous over (m, dim)
-            diff = np.take(pts, sl, axis=1).astype(_F, copy=False)
+            diff = np.take(pts, sl, axis=1)
+            if diff.dtype != _F:
+                diff = diff.astype(_F)
             diff *= scs
             diff -= xs
             t = diff * ws
