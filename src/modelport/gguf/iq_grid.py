@@ -118,8 +118,13 @@ class _Grid:
 
     def rounds_for(self, pos: np.ndarray) -> list:
         """The search rounds with grid points valued `pos` (G, dim): (first, end, points (end - first, slots, dim))."""
-        return [(c0, c1, np.ascontiguousarray(pos[self._table2d[:, c0:c1]].transpose(1, 0, 2)))
-                for c0, c1 in self._bounds]
+        # groups of 8 integer coordinates (IQ2's, not IQ1's shifted ones) are kept as int8: the gather, which dominates
+        # the search, then moves a quarter of the bytes, and int8 -> float32 is exact (measured 10-20 % faster; for
+        # IQ3's groups of 4 the extra conversion costs more than it saves)
+        small = self.dim == 8 and bool(np.all(pos == np.round(pos)) and np.abs(pos).max() < 128)
+        rounds = [(c0, c1, np.ascontiguousarray(pos[self._table2d[:, c0:c1]].transpose(1, 0, 2)))
+                  for c0, c1 in self._bounds]
+        return [(c0, c1, pts.astype(np.int8)) for c0, c1, pts in rounds] if small else rounds
 
     def codes(self, L: np.ndarray) -> np.ndarray:
         """Levels (D, S) -> lattice codes (D/dim, S)."""
@@ -145,6 +150,8 @@ class _Grid:
                 sl, scs, xs, ws = slot, scr, x, w
             # whole grid points gathered at once, (k, m, dim): every operand below is contiguous over (m, dim)
             diff = np.take(pts, sl, axis=1)
+            if diff.dtype != _F:
+                diff = diff.astype(_F)
             diff *= scs
             diff -= xs
             t = diff * ws
