@@ -158,7 +158,13 @@ class Worker:
 
 
 def serve_worker() -> None:
-    """The worker's side: a path per line in, a marked JSON line out."""
+    """The worker's side: a path per line in, a marked JSON line out. It dies with its parent (Linux), so a run
+    interrupted while a worker is stuck on an input (HDF5 can loop in C) leaves nothing spinning."""
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))    # PR_SET_PDEATHSIG
     out = sys.stdout
     sys.stdout = sys.stderr        # whatever the libraries print stays out of the answers
     for line in sys.stdin:
