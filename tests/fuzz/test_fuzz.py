@@ -24,11 +24,15 @@ CORPUS = Path(__file__).resolve().parent / "corpus"
 INPUTS = int(os.environ.get("FUZZ_INPUTS", "2100"))
 
 
-@pytest.mark.slow
+@pytest.mark.long      # ~2 minutes with its seeds: `make check-long` (and `make fuzz`, longer), to keep `make test` in its budget
 def test_bounded_fuzz_run(tmp_path):
-    result = run(INPUTS, seed=0, work=tmp_path)
+    check_run(INPUTS, tmp_path)
+
+
+def check_run(inputs: int, tmp_path: Path) -> None:
+    result = run(inputs, seed=0, work=tmp_path)
     print("\n" + table(result))
-    assert sum(sum(c.values()) for c in result.counts.values()) == INPUTS
+    assert sum(sum(c.values()) for c in result.counts.values()) == inputs
     assert len(result.counts) >= 15    # every seed format was damaged
     assert all(c["refused"] for c in result.counts.values())   # and each format refused some of what it was given
     assert not result.failures, "\n\n".join(f"[{f.index}] {f.format} {f.target}: {f.problem}\n{f.detail}"
