@@ -72,16 +72,24 @@ def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float 
     code into an endless loop that no signal interrupts. A forked child walks every link and reads every attribute
     first; if it does not finish in `timeout` seconds it is killed and the file refused. The child's other failures
     are left to the reader, which turns them into its own errors. `window`: (start, size) of a stored zip member."""
+    import ctypes
     import os
     import signal
+    import sys
     import time
 
     if not hasattr(os, "fork"):   # Windows: no child to sacrifice; the reader runs unguarded
         return
+    stat = os.stat(path)
+    key = (os.fspath(path), stat.st_size, stat.st_mtime_ns, window)
+    if key in _preflight_refused:
+        raise FormatError(_preflight_refused[key], path)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 0
         try:
+            if sys.platform == "linux":    # dies with this process, whatever ends it
+                ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))    # PR_SET_PDEATHSIG
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             h5py = safe_h5py()
             with h5py.File(_RangeFile(path, *window) if window else path, "r") as f:
@@ -93,26 +101,26 @@ def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float 
         except BaseException:
             code = 1
         os._exit(code)
-    stat = os.stat(path)
-    key = (os.fspath(path), stat.st_size, stat.st_mtime_ns, window)
-    if key in _preflight_refused:
-        raise FormatError(_preflight_refused[key], path)
     timeout = PREFLIGHT_SECONDS if timeout is None else timeout
     deadline = time.monotonic() + timeout
     delay = 0.001
-    while True:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return
-        if time.monotonic() > deadline:
+    try:
+        while True:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                pid = 0
+                return
+            if time.monotonic() > deadline:
+                message = (f"HDF5 did not finish reading the file's structure in {timeout:.0f} s "
+                           "(a damaged heap or link loop); refused")
+                _preflight_refused[key] = message
+                raise FormatError(message, path)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+    finally:     # refused, interrupted or timed out by a caller: the child never outlives the wait
+        if pid:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            message = (f"HDF5 did not finish reading the file's structure in {timeout:.0f} s "
-                       "(a damaged heap or link loop); refused")
-            _preflight_refused[key] = message
-            raise FormatError(message, path)
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
 
 
 # --- detection ----------------------------------------------------------------------------
