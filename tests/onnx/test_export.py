@@ -16,6 +16,7 @@ import pytest
 from modelport.conversion import convert
 from modelport.conversion import onnx_graph as graph
 from modelport.families import REGISTRY
+from modelport.families.base import Experts
 from tests.factory import CHATML, chat_model, random_model, save_model
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,8 @@ FAMILY_CONFIGS = {
 
 
 def test_every_registered_family_has_a_config_here():
-    assert {cls.name for cls in REGISTRY} == set(FAMILY_CONFIGS)
+    """Every dense family; exporting the mixture-of-experts families to ONNX is not covered yet."""
+    assert {cls.name for cls in REGISTRY if not issubclass(cls, Experts)} == set(FAMILY_CONFIGS)
 
 
 @pytest.fixture(scope="module")
