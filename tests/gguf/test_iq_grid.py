@@ -4,7 +4,6 @@ llama.cpp (llama_cpp.Llama) running a tiny model stored in each type."""
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from modelport.core.dtypes import DTYPES
 from modelport.core.errors import ModelportError
 from modelport.gguf import quants
 from modelport.gguf.iq_grid import GRID_KERNELS, REQUIRES_IMATRIX
+from tests.gguf.ggml_oracle import ggml_quantizer
 
 TYPES = list(GRID_KERNELS)
 # ggml builds its neighbour tables on first use of a type: 1.5 s of CPU for IQ2_XXS, but 3.4 s for IQ2_XS, 7 s for
@@ -27,26 +27,7 @@ ORACLE_TYPES = [pytest.param(t, marks=pytest.mark.long) if t in _LONG_INIT else 
 @pytest.fixture(scope="module")
 def ggml():
     """ggml_quantize_chunk(type, src, dst, 0, rows, n_per_row, imatrix) from llama-cpp-python's libggml-base."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    libdir = Path(llama_cpp.__file__).parent / "lib"
-    path = next(iter(sorted(libdir.glob("libggml-base.*"))), None)
-    assert path is not None, f"no libggml-base in {libdir}"
-    lib = ctypes.CDLL(str(path))
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-
-    def run(x: np.ndarray, name: str, imatrix: np.ndarray | None) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        rows, n = x.shape
-        out = np.zeros((rows, n // 256 * DTYPES[name].type_size), np.uint8)
-        im = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
-        size = lib.ggml_quantize_chunk(int(GGMLQuantizationType[name]), x.ctypes.data, out.ctypes.data, 0, rows, n,
-                                       None if im is None else im.ctypes.data)
-        assert size == out.nbytes
-        return out
-
-    return run
+    return ggml_quantizer()
 
 
 def _cases(n: int = 512) -> dict[str, np.ndarray]:

@@ -3,15 +3,13 @@ and against gguf-py (its legacy quantizers and its dequantizers)."""
 
 from __future__ import annotations
 
-import ctypes
-from pathlib import Path
-
 import numpy as np
 import pytest
 from gguf.constants import GGMLQuantizationType
 from gguf.quants import quantize as gguf_quantize
 
 from modelport.gguf import quant_math, quants
+from tests.gguf.ggml_oracle import ggml_quantizer
 
 LEGACY = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
 KQUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
@@ -60,27 +58,7 @@ def _cases(n: int = 512) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def ggml():
     """ggml_quantize_chunk from the libggml-base that llama-cpp-python ships (optional dev extra)."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    libdir = Path(llama_cpp.__file__).parent / "lib"
-    path = next(iter(sorted(libdir.glob("libggml-base.*"))), None)
-    assert path is not None, f"no libggml-base in {libdir}"
-    lib = ctypes.CDLL(str(path))
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-
-    def run(x: np.ndarray, name: str) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        rows, n = x.shape
-        from modelport.core.dtypes import DTYPES
-        dt = DTYPES[name] if name in DTYPES and DTYPES[name].is_quantized else None
-        row_bytes = n // dt.block_size * dt.type_size if dt else n * 2
-        out = np.zeros((rows, row_bytes), np.uint8)
-        size = lib.ggml_quantize_chunk(int(GGMLQuantizationType[name]), x.ctypes.data, out.ctypes.data, 0, rows, n, None)
-        assert size == out.nbytes
-        return out
-
-    return run
+    return ggml_quantizer()
 
 
 @pytest.mark.parametrize("qtype", ALL + ["F16", "BF16"])

@@ -10,6 +10,7 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFWriter
 from modelport.core.dtypes import DTYPES
 from modelport.gguf import quants
+from tests.gguf.ggml_oracle import ggml_quantizer
 
 from .test_mixes import _llama_tensors
 from .test_quants import _cases, ggml  # noqa: F401  (the ggml fixture)
@@ -33,27 +34,7 @@ def _weights(n: int, seed: int = 5) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def ggml_w():
     """ggml_quantize_chunk with importance weights (None for none)."""
-    import ctypes
-    from pathlib import Path
-
-    llama_cpp = pytest.importorskip("llama_cpp")
-    lib = ctypes.CDLL(str(sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml-base.*"))[0]))
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-
-    def run(x: np.ndarray, name: str, weights: np.ndarray | None) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        rows, n = x.shape
-        dt = DTYPES[name]
-        out = np.zeros((rows, n // dt.block_size * dt.type_size), np.uint8)
-        w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
-        size = lib.ggml_quantize_chunk(int(GGMLQuantizationType[name]), x.ctypes.data, out.ctypes.data, 0, rows, n,
-                                       None if w is None else w.ctypes.data)
-        assert size == out.nbytes
-        return out
-
-    return run
+    return ggml_quantizer()
 
 
 def _diff(ours, ref) -> str:
