@@ -33,6 +33,7 @@ modelport.convert({str(bin_path)!r}, {str(ours)!r}, force=True)""")
     for _ in range(3):   # cp and modelport alternate, so that a busy moment of a shared machine hits both alike
         for name, (setup, work) in (("cp + sync (the same bytes)", cp), ("modelport convert", mp)):
             warm(bin_path)
+            ours.unlink(missing_ok=True)    # both rows write a new file (replacing one would add its unlink)
             r = measure(setup, work, repeat=1)
             copy.unlink(missing_ok=True)
             if name not in best or r["seconds"] < best[name]["seconds"]:

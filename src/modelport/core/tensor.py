@@ -25,7 +25,8 @@ from .dtypes import DType
 from .errors import FormatError, UnsupportedError
 
 VERBATIM = "verbatim"          # TensorRef.extra flag a reader sets: see `TensorRef.stored_range`
-_COPY_CHUNK = 1 << 30          # bytes per copy_file_range call
+_COPY_CHUNK = 64 << 20         # bytes per copy_file_range / write call (each then handed to writeback)
+_WRITEBACK_MIN = 4 << 20       # writes smaller than this are not pushed to disk early
 _NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY)
 
 
@@ -53,14 +54,35 @@ def copy_range(src: str | os.PathLike, offset: int, nbytes: int, out_fd: int) ->
         for copy in (_kernel_copy, _sendfile_copy, _read_copy):
             try:
                 while left:
+                    start = _tell(out_fd)
                     n = copy(fd_in, out_fd, pos, left)
                     if n <= 0:
                         raise FormatError(f"file changed while open (ends before byte {pos + left})", src)
+                    start_writeback(out_fd, start, n)
                     pos, left = pos + n, left - n
                 return
             except OSError as exc:
                 if exc.errno not in _NO_KERNEL_COPY:
                     raise
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to start writing `nbytes` at `offset` to disk now (POSIX_FADV_DONTNEED on dirty pages
+    starts their writeback without waiting for it), so that the disk works while the writer goes on and the
+    output's final fsync has little left to wait for. Small writes are left to the kernel's own timing."""
+    if offset >= 0 and nbytes >= _WRITEBACK_MIN:
+        try:
+            os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
+        except OSError:     # a pipe or a file system without page cache: nothing to start
+            pass
+
+
+def _tell(fd: int) -> int:
+    """`fd`'s position, or -1 where it has none (a pipe)."""
+    try:
+        return os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:
+        return -1
 
 
 def _kernel_copy(fd_in: int, fd_out: int, pos: int, left: int) -> int:
@@ -97,8 +119,11 @@ def write_all(fd: int, data) -> None:
     (Linux stops at about 2 GB a call; a disk filling up stops sooner, then raises ENOSPC)."""
     view = memoryview(data).cast("B")
     written = 0
+    start = _tell(fd) if len(view) >= _WRITEBACK_MIN else -1
     while written < len(view):
-        written += os.write(fd, view[written:written + _COPY_CHUNK])
+        n = os.write(fd, view[written:written + _COPY_CHUNK])
+        start_writeback(fd, start + written, n)
+        written += n
 
 
 def as_float32(arr: np.ndarray, chunk_bytes: int = 32 << 20) -> np.ndarray:
