@@ -69,6 +69,20 @@ def measure(setup: str, work: str, repeat: int = 3) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def measure_command(cmd: list[str], env: dict | None = None, quiet: bool = False) -> dict:
+    """Wall time and peak RSS (ru_maxrss of the waited child) of one command; its stdout dropped if `quiet`."""
+    wrapper = ("import resource, subprocess, sys, time, json\n"
+               f"t0 = time.perf_counter(); rc = subprocess.run(sys.argv[1:]{', stdout=subprocess.DEVNULL' if quiet else ''}).returncode\n"
+               "dt = time.perf_counter() - t0\n"
+               "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+               "print(json.dumps({'seconds': dt, 'peak_mb': peak, 'rc': rc}))\n")
+    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    if res["rc"]:
+        raise RuntimeError(f"{cmd[:3]} failed:\n{out.stderr[-3000:]}")
+    return res
+
+
 def table(title: str, rows: list[tuple[str, dict]], anchor: str) -> None:
     base = dict(rows)[anchor]
     print(f"\n{title}")

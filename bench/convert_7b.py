@@ -16,10 +16,8 @@ Everything is written under bench/out/7b and deleted at the end unless --keep.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import OUT, llama_shapes  # noqa: E402
+from _harness import OUT, llama_shapes, measure_command  # noqa: E402
 
 HIDDEN, MLP, HEADS, KV_HEADS, VOCAB = 4096, 11008, 32, 32, 32000   # Llama-2-7B
 VENDOR = Path("/work/vendor/llama_cpp_python-0.3.36/vendor/llama.cpp")
@@ -73,16 +71,8 @@ def make_folder(layers: int) -> Path:
 
 
 def run_measured(cmd: list[str], env: dict | None = None, name: str = "") -> dict:
-    """Wall time and peak RSS (the waited child's ru_maxrss) of one command."""
-    wrapper = ("import resource, subprocess, sys, time, json\n"
-               "t0 = time.perf_counter(); rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
-               "dt = time.perf_counter() - t0\n"
-               "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-               "print(json.dumps({'seconds': dt, 'peak_mb': peak, 'rc': rc}))\n")
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    if res["rc"]:
-        raise RuntimeError(f"{cmd[:3]} failed:\n{out.stderr[-3000:]}")
+    """`measure_command`, printed as it ends."""
+    res = measure_command(cmd, env, quiet=True)
     print(f"  {name or cmd[0]}: {res['seconds']:.1f} s, peak RSS {res['peak_mb']:.0f} MB", flush=True)
     return res
 

@@ -16,9 +16,7 @@ The reference converter needs `sentencepiece` (it imports it even for tokenizer.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import OUT, llama_shapes, measure  # noqa: E402
+from _harness import OUT, llama_shapes, measure, measure_command  # noqa: E402
 
 HIDDEN, MLP, HEADS, KV_HEADS = 2048, 5632, 32, 4   # TinyLlama-1.1B geometry
 
@@ -57,20 +55,6 @@ def make_folder(layers: int) -> Path:
     return folder
 
 
-def _peak_of_command(cmd: list[str], env=None) -> dict:
-    """Wall time and the child's peak RSS (ru_maxrss of the waited child) of one command."""
-    wrapper = ("import resource, subprocess, sys, time, json\n"
-               "t0 = time.perf_counter(); rc = subprocess.run(sys.argv[1:]).returncode\n"
-               "dt = time.perf_counter() - t0\n"
-               "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-               "print(json.dumps({'seconds': dt, 'peak_mb': peak, 'rc': rc}))\n")
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    if res["rc"]:
-        raise RuntimeError(out.stderr[-3000:])
-    return res
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-cpp", required=True, type=Path, help="vendor/llama.cpp of the unpacked llama-cpp-python sdist")
@@ -89,7 +73,7 @@ convert({str(folder)!r}, {str(ours)!r}, quant="Q4_K_M", force=True)
 
     env = dict(os.environ)
     env.pop("NO_LOCAL_GGUF", None)   # the script uses its own vendored gguf-py, as shipped
-    step1 = _peak_of_command([sys.executable, str(args.llama_cpp / "convert_hf_to_gguf.py"), str(folder),
+    step1 = measure_command([sys.executable, str(args.llama_cpp / "convert_hf_to_gguf.py"), str(folder),
                               "--outfile", str(f16), "--outtype", "f16"], env=env)
     step2 = measure("import ctypes, llama_cpp", f"""
 p = llama_cpp.llama_model_quantize_default_params()

@@ -576,6 +576,17 @@ def unstack_experts(template: str, ref: TensorRef) -> list[tuple[str, TensorRef]
             for x in range(n)]
 
 
+class ProjectionQKNorm(Family):
+    """Q/K RMS norms over the whole projection, all heads at once (OLMo 2, OLMoE), not one head's width."""
+
+    def tensor_shape(self, kind, dims):
+        if kind == "attn_q_norm.weight":
+            return (dims.n_head * dims.head_dim,)
+        if kind == "attn_k_norm.weight":
+            return (dims.n_head_kv * dims.head_dim,)
+        return super().tensor_shape(kind, dims)
+
+
 class Experts(Family):
     """A mixture-of-experts family: `expert_tensors` pairs an HF template with `{bid}` and `{xid}` (one matrix per
     expert) with the stacked GGUF tensor llama.cpp's converter makes of them. HF -> GGUF: every expert's name maps

@@ -9,12 +9,12 @@ that differs is refused rather than converted into a model llama.cpp cannot load
 from __future__ import annotations
 
 from ..core.errors import UnsupportedError
-from .base import DECODER_TENSORS, QK_NORM_TENSORS, ROTARY_BUFFERS, Family
+from .base import DECODER_TENSORS, QK_NORM_TENSORS, ROTARY_BUFFERS, ProjectionQKNorm
 
 _PRE_NORMS_AND_BIASES = ("input_layernorm", "post_attention_layernorm", ".bias")
 
 
-class Olmo2(Family):
+class Olmo2(ProjectionQKNorm):
     name = "olmo2"
     hf_architectures = ("Olmo2ForCausalLM",)
     model_types = ("olmo2",)
@@ -25,13 +25,6 @@ class Olmo2(Family):
         )
     ignore = ROTARY_BUFFERS
     hf_defaults = {"hidden_act": "silu", "attention_bias": False}
-
-    def tensor_shape(self, kind, dims):
-        if kind == "attn_q_norm.weight":            # over all query heads at once
-            return (dims.n_head * dims.head_dim,)
-        if kind == "attn_k_norm.weight":
-            return (dims.n_head_kv * dims.head_dim,)
-        return super().tensor_shape(kind, dims)
 
     def hparams(self):
         c = self.config

@@ -8,11 +8,11 @@ llama.cpp's loader wants a separate output matrix, as many K/V heads as query he
 from __future__ import annotations
 
 from ..core.errors import UnsupportedError
-from .base import QK_NORM_TENSORS, ROTARY_BUFFERS, Experts, Family
+from .base import QK_NORM_TENSORS, ROTARY_BUFFERS, Experts, ProjectionQKNorm
 from .qwen2moe import MOE_TENSORS, QWEN_EXPERTS
 
 
-class Olmoe(Experts, Family):
+class Olmoe(Experts, ProjectionQKNorm):
     name = "olmoe"
     hf_architectures = ("OlmoeForCausalLM",)
     model_types = ("olmoe",)
@@ -22,13 +22,6 @@ class Olmoe(Experts, Family):
     hf_defaults = {"hidden_act": "silu", "attention_bias": False, "norm_topk_prob": False}
     lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")
     norm_topk_prob = False
-
-    def tensor_shape(self, kind, dims):
-        if kind == "attn_q_norm.weight":            # over all query heads at once
-            return (dims.n_head * dims.head_dim,)
-        if kind == "attn_k_norm.weight":
-            return (dims.n_head_kv * dims.head_dim,)
-        return super().tensor_shape(kind, dims)
 
     def hparams(self):
         c = self.config
