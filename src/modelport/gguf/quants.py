@@ -601,92 +601,142 @@ def _q6_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
 # ------------------------------------------------------------------------------------- legacy types
 
 def _inv(d):
-    with np.errstate(divide="ignore"):
-        return np.where(d != 0, F32(1) / d, F32(0))
+    """1/d, and 0 where d is 0 (ggml's `d ? 1.0f/d : 0.0f`)."""
+    return np.divide(F32(1), d, out=np.zeros(d.shape, F32), where=d != 0)
 
 
-def _q8_0(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+#: The largest float32 below 0.5: trunc(v + copysign(_BELOW_HALF, v)) is roundf(v) for every float32 v (adding 0.5
+#: itself rounds 0.49999997 up to 1).
+_BELOW_HALF = np.nextafter(F32(0.5), F32(0))
+
+
+def _q8_0(x: np.ndarray, qw: np.ndarray | None = None, slice_blocks: int = 4096) -> np.ndarray:
+    """quantize_row_q8_0_ref: d = absmax/127, q = roundf(x/d), in `_quads` slices (as `_legacy`); the levels are
+    rounded half away from zero in float32 and truncated by the cast to int8, and go back to block order as uint32
+    words (4 levels each) in one transposing copy."""
     nb = x.shape[0]
-    d = np.abs(x).max(axis=1) / F32(127)
-    v = (x * _inv(d)[:, None]).astype(np.float64)                  # roundf: half away from zero, exact in f64
-    q = np.trunc(v + np.copysign(0.5, v)).astype(np.int8)
     out = np.empty((nb, 34), np.uint8)
-    out[:, 0:2] = fp16(d).view(np.uint8).reshape(nb, 2)
-    out[:, 2:] = q.view(np.uint8)
+    d_all = np.empty(nb, F32)
+    for s0 in range(0, nb, slice_blocks):
+        s1 = min(nb, s0 + slice_blocks)
+        X = _quads(x[s0:s1])
+        hi = _quad_max(np.maximum.reduce(X, axis=0), np.maximum)
+        lo = _quad_max(np.minimum.reduce(X, axis=0), np.minimum)
+        d = np.maximum(hi, -lo)                                     # ggml's amax starts at +0.0, never -0.0
+        d += F32(0)
+        d /= F32(127)
+        d_all[s0:s1] = d
+        X *= _per_quad(_inv(d))
+        half = np.copysign(_BELOW_HALF, X, out=scratch("q8_half", X.shape))
+        X += half
+        Q = scratch("q8_q", X.shape, np.int8)
+        np.copyto(Q, X, casting="unsafe")                           # |X| < 128: the cast truncates
+        np.copyto(out[s0:s1, 2:].view(np.uint32), Q.view(np.uint32).T)
+    out.view(np.uint16)[:, 0] = fp16(d_all).view(np.uint16)
     return out
 
 
-#: (v * _GATHER_BITS) >> 56 collects bit 0 of each of a uint64's 8 bytes into one byte (byte i -> bit i).
-_GATHER_BITS = np.uint64(0x0102040810204080)
 _LOW_BITS = np.uint64(0x0101010101010101)
 
 
-def _legacy(x: np.ndarray, bits: int, signed: bool, slice_blocks: int = 2048) -> np.ndarray:
+def _quads(x: np.ndarray) -> np.ndarray:
+    """Blocks of 32 (n, 32) -> (8, 4n) float32 (a scratch array): row r holds elements 4r..4r+3 of every block, in
+    block order. The transposing copy moves 16-byte groups, three times faster than moving single floats."""
+    Q = scratch("quads", (8, x.shape[0]), np.complex128)
+    np.copyto(Q, x.view(np.complex128).T)
+    return Q.view(F32)
+
+
+def _per_quad(v: np.ndarray) -> np.ndarray:
+    """A per-block vector repeated for each of its 4 elements in a row of `_quads`."""
+    out = np.empty((v.size, 4), F32)
+    out[:, 0] = v
+    out[:, 1] = v
+    out[:, 2] = v
+    out[:, 3] = v
+    return out.reshape(-1)
+
+
+def _quad_max(v4: np.ndarray, fn) -> np.ndarray:
+    """fn (np.maximum or np.minimum) of the 4 values per block of a (4n,) vector from a reduction of `_quads`."""
+    v = v4.reshape(-1, 4)
+    return fn(fn(v[:, 0], v[:, 1]), fn(v[:, 2], v[:, 3]))
+
+
+def _legacy(x: np.ndarray, bits: int, signed: bool, slice_blocks: int = 8192) -> np.ndarray:
     """Q4_0 / Q5_0 (signed: d = absmax/-2^(bits-1), q = min(top, (int8)(x*id + 2^(bits-1) + 0.5))) and Q4_1 / Q5_1
     (d = (max-min)/(2^bits-1), m = min, q = (uint8)((x-min)*id + 0.5)), without importance weights.
 
-    Each block's max and min come from slices of `slice_blocks` blocks turned into (32, n) columns (one transposing
-    copy; a reduction across rows is many times faster than one along 32-element rows); the levels are computed
-    in block order, slice by slice, in place in float32 and cast once to bytes. 8 levels are one uint64: the clamp
-    to `top`, the nibbles (one shift-or) and the fifth bits (one multiply that gathers a bit from each byte) take a
-    few operations on an eighth of the elements. The small per-block steps run once per chunk."""
+    Slices of `slice_blocks` blocks (they stay in L2) are turned into `_quads`: then the max and min are
+    reductions across rows and every level step is a long contiguous pass with the block's values repeated along
+    the row. The levels are cast once to bytes and clamped and packed 4 or 8 at a time as uint32/uint64 words (the
+    nibbles of rows r and r+4 are elements j and j+16; Q5's fifth bits gathered by a multiply), and the packed
+    words go back to block order in one transposing copy into the output."""
     nb = x.shape[0]
     half = 1 << (bits - 1)
-    hi, lo = np.empty(nb, F32), np.empty(nb, F32)
-    for s0 in range(0, nb, slice_blocks):                           # per-block max and min
-        X = to_cols(x[s0:s0 + slice_blocks], 32)
-        np.maximum.reduce(X, axis=0, out=hi[s0:s0 + slice_blocks])
-        np.minimum.reduce(X, axis=0, out=lo[s0:s0 + slice_blocks])
-    if signed:                                                      # the first element of largest |x| (the input is
-        mx = np.where(-lo > hi, lo, hi)                             # finite); where +a and -a both occur, look it up
-        tie = np.flatnonzero(lo + hi == 0)
-        if tie.size:
-            sub = x[tie]
-            mx[tie] = sub[np.arange(tie.size), np.argmax(np.abs(sub) == hi[tie, None], axis=1)]
-        mx += F32(0)                                                # ggml's max starts at +0.0
-        d = mx / F32(-half)
-        bias = F32(half + 0.5)
-    else:
-        zero = np.flatnonzero(lo == 0)                              # ggml's min is the first of +0 / -0
-        if zero.size:
-            sub = x[zero]
-            lo[zero] = sub[np.arange(zero.size), np.argmax(sub == 0, axis=1)]
-        d = (hi - lo) / F32(2 * half - 1) + F32(0)
-        bias = F32(0.5)
-    iscale = _inv(d)[:, None]
-    B = scratch("B", x.shape, np.uint8)
-    for s0 in range(0, nb, slice_blocks):                           # the levels, in block order
+    head = 2 if signed else 4                                       # bytes of d (and m)
+    nq = 4 + (1 if bits == 5 else 0)                                # uint32 words of qh and qs
+    out = np.empty((nb, head + 4 * nq), np.uint8)
+    d_all = np.empty(nb, F32)
+    m_all = None if signed else np.empty(nb, F32)
+    for s0 in range(0, nb, slice_blocks):
         s1 = min(nb, s0 + slice_blocks)
-        Y = scratch("Y", (s1 - s0, 32))
-        if signed:
-            np.multiply(x[s0:s1], iscale[s0:s1], out=Y)
+        xs = x[s0:s1]
+        X = _quads(xs)
+        hi = _quad_max(np.maximum.reduce(X, axis=0), np.maximum)
+        lo = _quad_max(np.minimum.reduce(X, axis=0), np.minimum)
+        if signed:                                                  # the first element of largest |x| (the input is
+            mx = np.where(-lo > hi, lo, hi)                         # finite); where +a and -a both occur, look it up
+            tie = np.flatnonzero((lo + hi == 0) & (hi != 0))
+            if tie.size:
+                sub = xs[tie]
+                mx[tie] = sub[np.arange(tie.size), np.argmax(np.abs(sub) == hi[tie, None], axis=1)]
+            mx += F32(0)                                            # ggml's max starts at +0.0
+            d = mx / F32(-half)
+            iscale = _inv(d)
+            X *= _per_quad(iscale)
+            X += F32(half + 0.5)
         else:
-            np.subtract(x[s0:s1], lo[s0:s1, None], out=Y)
-            Y *= iscale[s0:s1]
-        Y += bias
-        np.copyto(B[s0:s1], Y, casting="unsafe")                    # values in [0, top + 1.5]: the cast truncates
-    bad = np.isinf(iscale[:, 0])
-    if bad.any():                                                   # subnormal d: the x86 cast of +-inf or NaN is 0
-        B[bad] = 0
-    B64 = B.view(np.uint64)                                         # (nb, 4): elements 0-7, 8-15, 16-23, 24-31
-    if signed or bits == 4:                                         # min(top, q): q <= top + 1 = 2^bits, the one
-        B64 -= (B64 >> np.uint64(bits)) & _LOW_BITS                 # value with that bit; -1 per byte, no borrow
-    out = np.empty((nb, (2 if signed else 4) + 16 + (4 if bits == 5 else 0)), np.uint8)
-    o = out.view(np.uint16)                                         # fields are whole uint16s: no byte loops
-    o[:, 0] = fp16(d).view(np.uint16)
-    head = 1 if signed else 2                                       # uint16s before qh / the nibbles
+            zero = np.flatnonzero(lo == 0)                          # ggml's min is the first of +0 / -0
+            if zero.size:
+                sub = xs[zero]
+                lo[zero] = sub[np.arange(zero.size), np.argmax(sub == 0, axis=1)]
+            d = (hi - lo) / F32(2 * half - 1) + F32(0)
+            iscale = _inv(d)
+            X -= _per_quad(lo)
+            X *= _per_quad(iscale)
+            X += F32(0.5)
+            m_all[s0:s1] = lo
+        d_all[s0:s1] = d
+        B = scratch("B", X.shape, np.uint8)
+        np.copyto(B, X, casting="unsafe")                           # values in [0, top + 1.5]: the cast truncates
+        bad = np.flatnonzero(np.isinf(iscale))
+        if bad.size:                                                # subnormal d: the x86 cast of +-inf or NaN is 0
+            B.reshape(8, -1, 4)[:, bad] = 0
+        B64 = B.reshape(-1).view(np.uint64)                         # 8 levels a word
+        if signed or bits == 4:                                     # min(top, q): q <= top + 1 = 2^bits, the one
+            B64 -= (B64 >> np.uint64(bits)) & _LOW_BITS             # value with that bit; -1 per byte, no borrow
+        P = scratch("P", (nq, xs.shape[0]), np.uint32)              # the output words of the slice, as rows
+        if bits == 5:                                               # bit j of a little-endian u32: bit 4 of q_j
+            H = np.right_shift(B.view(np.uint32), np.uint32(4), out=scratch("H", (8, xs.shape[0]), np.uint32))
+            H &= np.uint32(0x01010101)
+            H *= np.uint32(0x01020408)                              # bit 0 of byte k -> bit 24 + k, no carries
+            H >>= np.uint32(24)
+            qh = P[0]
+            np.copyto(qh, H[0])
+            for r in range(1, 8):
+                H[r] <<= np.uint32(4 * r)
+                qh |= H[r]
+            B64 &= np.uint64(0x0F0F0F0F0F0F0F0F)
+        qs = P[nq - 4:].reshape(-1).view(np.uint64)
+        half_words = B64.size // 2                                  # rows 0-3 | rows 4-7
+        np.left_shift(B64[half_words:], np.uint64(4), out=qs)
+        qs |= B64[:half_words]
+        np.copyto(out[s0:s1, head:].view(np.uint32), P.T)
+    o = out.view(np.uint16)                                         # rows are whole uint16s
+    o[:, 0] = fp16(d_all).view(np.uint16)
     if not signed:
-        o[:, 1] = fp16(lo).view(np.uint16)
-    if bits == 5:                                                   # bit j of a little-endian u32: bit 4 of q_j
-        h = (B64 >> np.uint64(4)) & _LOW_BITS
-        h *= _GATHER_BITS
-        h >>= np.uint64(56)
-        o[:, head:head + 2] = h.astype(np.uint8).view(np.uint16)
-        head += 2
-        B64 &= np.uint64(0x0F0F0F0F0F0F0F0F)
-    packed = B64[:, 2:] << np.uint64(4)
-    packed |= B64[:, :2]
-    o[:, head:head + 8] = packed.view(np.uint16)
+        o[:, 1] = fp16(m_all).view(np.uint16)
     return out
 
 
