@@ -71,29 +71,8 @@ def seq_sum(a: np.ndarray) -> np.ndarray:
 
 
 def fp16(v) -> np.ndarray:
-    """GGML_FP32_TO_FP16 (round to nearest even), as float16.
-
-    NumPy's own cast takes about 10 ns a value here (no hardware conversion), which was a tenth of the legacy
-    kernels' time; this does the rounding on the bits in a few whole-array integer passes instead. Half normals:
-    adding 0xFFF plus the lowest kept bit to |v|'s bits rounds the 23-bit mantissa to 10 bits, half to even (a
-    carry moves into the exponent, up to infinity from 65520); half subnormals (|v| < 2^-14) are rint(|v| * 2^24)
-    units of 2^-24 (exact scaling). NaN and infinity are left to NumPy's cast."""
-    v = np.asarray(v, dtype=F32)
-    if v.size < 64 or not np.isfinite(v).all():
-        return v.astype(np.float16)
-    w = np.ascontiguousarray(v).view(np.uint32)
-    a = w & np.uint32(0x7FFFFFFF)
-    h = (a >> np.uint32(13)) & np.uint32(1)
-    h += a
-    h += np.uint32(0xFFF)
-    h >>= np.uint32(13)
-    h -= np.uint32((127 - 15) << 10)                # exponent bias 127 -> 15 (wraps below 2^-14: replaced below)
-    np.minimum(h, np.uint32(0x7C00), out=h)
-    sub = a < np.uint32(113 << 23)                  # |v| < 2^-14
-    if sub.any():
-        h[sub] = np.rint(a[sub].view(F32) * F32(2.0 ** 24)).astype(np.uint32)
-    h |= (w >> np.uint32(16)) & np.uint32(0x8000)
-    return h.astype(np.uint16).view(np.float16)
+    """GGML_FP32_TO_FP16 (round to nearest even)."""
+    return np.asarray(v, dtype=F32).astype(np.float16)
 
 
 def first_absmax(x: np.ndarray, axis: int) -> np.ndarray:

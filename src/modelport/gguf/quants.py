@@ -148,9 +148,8 @@ def _make_qx(X, nmax, W=None, exact=False):
     lo, hi = -nmax_f, nmax_f - 1
     steps = [s for s in range(-9, 10) if s != 0]
     iscales = scratch("qx_iscales", (len(steps) + 1, X.shape[1]))  # row 0: the first guess, then steps -9..9
-    np.divide(-nmax_f, amax_signed, out=iscales[0])
-    for k, step in enumerate(steps, 1):
-        np.divide(-(nmax_f + F32(0.1) * F32(step)), amax_signed, out=iscales[k])
+    minus_m = np.array([-nmax_f] + [-(nmax_f + F32(0.1) * F32(step)) for step in steps], F32)   # C's float math
+    np.divide(minus_m[:, None], amax_signed, out=iscales)
     slx = scratch("qx_slx", iscales.shape)
     sl2 = scratch("qx_sl2", iscales.shape)
     if W is None:
@@ -158,23 +157,18 @@ def _make_qx(X, nmax, W=None, exact=False):
     WX = np.multiply(W, X, out=scratch("qx_WX", X.shape))
     l = scratch("qx_l", X.shape)
     t = scratch("qx_t", X.shape)
-    if not exact:
-        # Only elements near the sub-block's |max| can round outside [-nmax, nmax-1] (|iscale| <= (nmax+0.9)/|max|):
-        # clamp just those, a few percent of the chunk, instead of a whole-chunk np.clip per trial.
-        near = F32((nmax - 0.5) / (nmax + 0.9) - 1e-4) * np.where(zero, F32(np.inf), np.abs(amax_signed))
-        clamp = np.flatnonzero(np.abs(X) >= near)
-        sparse = clamp.size * 8 < X.size            # (small nmax: many are near, and np.clip is cheaper)
-    lflat = l.reshape(-1)
+    # A level can only round outside [-nmax, nmax-1] where |x * iscale| >= nmax - 0.5, and |x| <= |max|: the trials
+    # with iscale = -m/max, m < nmax - 0.5 (steps -9..-6) need no clamp (np.clip is a whole pass; a gather of the
+    # few elements near |max| costs more than it).
+    needs_clip = np.abs(minus_m) >= F32(nmax - 0.5 - 1e-3)
     for k in range(iscales.shape[0]):
         np.multiply(X, iscales[k], out=l)
         if exact:
             l[...] = np.clip(nearest_int(l), lo, hi)
-        elif sparse:
-            np.rint(l, out=l)
-            lflat[clamp] = np.minimum(np.maximum(lflat[clamp], lo), hi)
         else:
             np.rint(l, out=l)
-            np.clip(l, lo, hi, out=l)
+            if needs_clip[k]:
+                np.clip(l, lo, hi, out=l)
         np.multiply(WX, l, out=t)
         np.add.reduce(t, axis=0, out=slx[k])
         np.multiply(W, l, out=t)
@@ -182,15 +176,22 @@ def _make_qx(X, nmax, W=None, exact=False):
         np.add.reduce(t, axis=0, out=sl2[k])
     slx += F32(0)                                                   # C sums start at +0.0
     sl2 += F32(0)
-    # ggml's accept test, trial after trial, on column vectors
+    # ggml's accept test, trial after trial, on column vectors (its parts that do not depend on `best` at once)
     win = np.zeros(X.shape[1], np.intp)
     scale = np.where(sl2[0] != 0, slx[0] / sl2[0], F32(0))
     best = scale * slx[0]
+    a2 = np.multiply(slx, slx, out=scratch("qx_a2", slx.shape))
+    pos = np.greater(sl2, 0, out=scratch("qx_pos", slx.shape, bool))
+    cand_best = np.divide(slx, sl2, out=scratch("qx_cb", slx.shape))     # (a / b) * a
+    cand_best *= slx
+    bb = np.empty_like(best)
+    ok = np.empty(best.shape, bool)
     for k in range(1, iscales.shape[0]):
-        a, b = slx[k], sl2[k]
-        ok = (b > 0) & (a * a > best * b)
-        win[ok] = k
-        best = np.where(ok, (a / b) * a, best)
+        np.multiply(best, sl2[k], out=bb)
+        np.greater(a2[k], bb, out=ok)
+        ok &= pos[k]
+        np.copyto(win, k, where=ok)
+        np.copyto(best, cand_best[k], where=ok)
     cols = np.arange(X.shape[1])
     scale = np.where(win > 0, slx[win, cols] / sl2[win, cols], scale)
     scale[zero] = 0
@@ -637,6 +638,7 @@ def _q8_0(x: np.ndarray, qw: np.ndarray | None = None, slice_blocks: int = 4096)
 
 
 _LOW_BITS = np.uint64(0x0101010101010101)
+_FLT_MIN = np.finfo(F32).tiny
 
 
 def _quads(x: np.ndarray) -> np.ndarray:
@@ -714,8 +716,10 @@ def _legacy(x: np.ndarray, bits: int, signed: bool, slice_blocks: int = 8192) ->
         if bad.size:                                                # subnormal d: the x86 cast of +-inf or NaN is 0
             B.reshape(8, -1, 4)[:, bad] = 0
         B64 = B.reshape(-1).view(np.uint64)                         # 8 levels a word
-        if signed or bits == 4:                                     # min(top, q): q <= top + 1 = 2^bits, the one
-            B64 -= (B64 >> np.uint64(bits)) & _LOW_BITS             # value with that bit; -1 per byte, no borrow
+        # min(top, q) for Q4_0, Q4_1, Q5_0: q <= top + 1 = 2^bits, the one value with that bit: -1 per byte, no
+        # borrow. Q4_1's (x-min)*id stays below 15.5 unless d is subnormal (d = (max-min)/15 lost its precision).
+        if signed or (bits == 4 and np.any(d < _FLT_MIN)):
+            B64 -= (B64 >> np.uint64(bits)) & _LOW_BITS
         P = scratch("P", (nq, xs.shape[0]), np.uint32)              # the output words of the slice, as rows
         if bits == 5:                                               # bit j of a little-endian u32: bit 4 of q_j
             H = np.right_shift(B.view(np.uint32), np.uint32(4), out=scratch("H", (8, xs.shape[0]), np.uint32))
