@@ -248,8 +248,9 @@ def _make_q3(x, nmax):
         np.multiply(W, L, out=t)
         t *= L
         np.add.reduce(t, axis=0, out=suml2[c0:c1])
-        rows = np.multiply(XT[c0:c1], iscale[:, None], out=LT[c0:c1])   # the same levels again, as rows:
-        np.rint(rows, out=rows)                                         # cheaper than transposing L
+        rows = np.multiply(XT[c0:c1].reshape(-1), np.repeat(iscale, n), out=LT[c0:c1].reshape(-1))   # the same
+        np.rint(rows, out=rows)                     # levels again, as rows: cheaper than transposing L, and the
+        #                                             scale repeated is cheaper than a 16-element broadcast
         np.clip(rows, lo, hi, out=rows)
     sumlx += F32(0)                                   # C sums start at +0.0
     suml2 += F32(0)
@@ -294,10 +295,10 @@ def _q3_round(x, l, sumlx, suml2, lo, hi):
     w = np.multiply(x, x, out=scratch("q3_w", x.shape))
     wx = np.multiply(w, x, out=scratch("q3_wx", x.shape))
     slx = np.multiply(wx, l, out=scratch("q3_slx", x.shape))
-    np.subtract(sumlx[:, None], slx, out=slx)        # the sums without each element
+    np.subtract(np.repeat(sumlx, x.shape[1]).reshape(x.shape), slx, out=slx)    # the sums without each element
     sl2 = np.multiply(w, l, out=scratch("q3_sl2", x.shape))
     sl2 *= l
-    np.subtract(suml2[:, None], sl2, out=sl2)
+    np.subtract(np.repeat(suml2, x.shape[1]).reshape(x.shape), sl2, out=sl2)
     v = np.multiply(x, sl2, out=scratch("q3_v", x.shape))
     v /= slx
     cand = np.not_equal(np.rint(v, out=scratch("q3_r", x.shape)), l, out=scratch("q3_c", x.shape, bool))
@@ -321,13 +322,17 @@ def _requant(x, d, L, lo, hi, offset=0, dm=None):
     L(cols) as rows."""
     S = d.size
     xs = x.reshape(S, -1)
-    d = d.reshape(S, 1)
     v = scratch("v", xs.shape)
+
+    def per_element(s):                             # (cheaper than broadcasting over rows of 16 or 32)
+        return np.repeat(s.reshape(-1), xs.shape[1]).reshape(xs.shape)
+
     if dm is not None:
-        np.add(xs, dm.reshape(S, 1), out=v)
-        v /= d
+        np.add(xs, per_element(dm), out=v)
+        v /= per_element(d)
     else:
-        np.divide(xs, d, out=v)
+        np.divide(xs, per_element(d), out=v)
+    d = d.reshape(S, 1)
     q = rint_clip(v, F32(lo), F32(hi), out=v)
     nan = np.flatnonzero(np.isnan(d.reshape(-1)))   # fp16 inf times a 0 code: `if (!d)` lets NaN through,
     if nan.size:                                    # and nearest_int(x/NaN) is 0
