@@ -1075,7 +1075,8 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None, imatrix: np.nd
     if imatrix is not None:                         # chunks of whole rows, each with the row's weights
         chunk = max(1, min(chunk, 4096) // per_row) * per_row      # (the weighted searches are slower anyway)
         qw_row = imatrix.reshape(per_row, dt.block_size)
-    out = np.empty((nblocks, dt.type_size), np.uint8)
+    starts = range(0, nblocks, chunk)
+    out = [None] if len(starts) == 1 else np.empty((nblocks, dt.type_size), np.uint8)  # one chunk: its own array
 
     def run(start: int) -> None:
         stop = min(start + chunk, nblocks)
@@ -1092,9 +1093,8 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None, imatrix: np.nd
                 if name in _ROW_WEIGHTED:
                     rows = chunk_f32.reshape(-1, n)
                     qw = _row_weights(rows, qw.reshape(rows.shape)).reshape(chunk_f32.shape)
-            out[start:stop] = kernel(chunk_f32, qw)
+            out[0 if len(starts) == 1 else slice(start, stop)] = kernel(chunk_f32, qw)
 
-    starts = range(0, nblocks, chunk)
     if threads is None:
         threads = os.cpu_count() or 1
     if threads <= 1 or len(starts) <= 1:
@@ -1106,7 +1106,7 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None, imatrix: np.nd
     else:                                           # the pool's threads take their scratch arrays with them
         with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
             list(pool.map(run, starts))
-    return out.reshape(*lead, n // dt.block_size * dt.type_size)
+    return (out[0] if len(starts) == 1 else out).reshape(*lead, n // dt.block_size * dt.type_size)
 
 
 def dequantize(data: np.ndarray, qtype, rows_per_chunk: int | None = None) -> np.ndarray:
