@@ -20,10 +20,13 @@ join `_KERNELS` through its `GRID_KERNELS`.
 Large tensors are cut into chunks of blocks that are quantized on a thread pool: NumPy releases the GIL in its
 loops, and blocks are independent, so the chunking never changes the bytes.
 
-Speed (bench/quantize.py compares with ggml): the searches are whole-chunk passes into per-thread scratch arrays
-(fresh chunk-sized arrays cost page faults), they remember only which candidate won per sub-block and recompute
-its levels once, and they never select with a random mask over a whole chunk (np.where/copyto(where=) on such
-masks are an order of magnitude slower than arithmetic).
+Speed (bench/quantize.py compares with ggml): the legacy and Q8_0 kernels turn slices of blocks into `_quads`
+(a transposing copy of 16-byte groups), so that max, min and levels are long contiguous passes with one value per
+block repeated along the rows, and pack 4 or 8 levels a word. The searches are whole-chunk passes into per-thread
+scratch arrays (fresh chunk-sized arrays cost page faults), they remember only which candidate won per sub-block
+and recompute its levels once, and they never select with a random mask over a whole chunk (np.where/copyto(where=)
+on such masks are an order of magnitude slower than arithmetic). A value per sub-block is repeated (np.repeat)
+rather than broadcast over rows of 16 or 32 elements, whose short inner loops cost four times a plain pass.
 """
 
 from __future__ import annotations
@@ -611,6 +614,34 @@ def _inv(d):
     return np.divide(F32(1), d, out=np.zeros(d.shape, F32), where=d != 0)
 
 
+_LOW_BITS = np.uint64(0x0101010101010101)
+_FLT_MIN = np.finfo(F32).tiny
+
+
+def _quads(x: np.ndarray) -> np.ndarray:
+    """Blocks of 32 (n, 32) -> (8, 4n) float32 (a scratch array): row r holds elements 4r..4r+3 of every block, in
+    block order. The transposing copy moves 16-byte groups, three times faster than moving single floats."""
+    Q = scratch("quads", (8, x.shape[0]), np.complex128)
+    np.copyto(Q, x.view(np.complex128).T)
+    return Q.view(F32)
+
+
+def _per_quad(v: np.ndarray) -> np.ndarray:
+    """A per-block vector repeated for each of its 4 elements in a row of `_quads`."""
+    out = np.empty((v.size, 4), F32)
+    out[:, 0] = v
+    out[:, 1] = v
+    out[:, 2] = v
+    out[:, 3] = v
+    return out.reshape(-1)
+
+
+def _quad_max(v4: np.ndarray, fn) -> np.ndarray:
+    """fn (np.maximum or np.minimum) of the 4 values per block of a (4n,) vector from a reduction of `_quads`."""
+    v = v4.reshape(-1, 4)
+    return fn(fn(v[:, 0], v[:, 1]), fn(v[:, 2], v[:, 3]))
+
+
 #: The largest float32 below 0.5: trunc(v + copysign(_BELOW_HALF, v)) is roundf(v) for every float32 v (adding 0.5
 #: itself rounds 0.49999997 up to 1).
 _BELOW_HALF = np.nextafter(F32(0.5), F32(0))
@@ -640,34 +671,6 @@ def _q8_0(x: np.ndarray, qw: np.ndarray | None = None, slice_blocks: int = 4096)
         np.copyto(out[s0:s1, 2:].view(np.uint32), Q.view(np.uint32).T)
     out.view(np.uint16)[:, 0] = fp16(d_all).view(np.uint16)
     return out
-
-
-_LOW_BITS = np.uint64(0x0101010101010101)
-_FLT_MIN = np.finfo(F32).tiny
-
-
-def _quads(x: np.ndarray) -> np.ndarray:
-    """Blocks of 32 (n, 32) -> (8, 4n) float32 (a scratch array): row r holds elements 4r..4r+3 of every block, in
-    block order. The transposing copy moves 16-byte groups, three times faster than moving single floats."""
-    Q = scratch("quads", (8, x.shape[0]), np.complex128)
-    np.copyto(Q, x.view(np.complex128).T)
-    return Q.view(F32)
-
-
-def _per_quad(v: np.ndarray) -> np.ndarray:
-    """A per-block vector repeated for each of its 4 elements in a row of `_quads`."""
-    out = np.empty((v.size, 4), F32)
-    out[:, 0] = v
-    out[:, 1] = v
-    out[:, 2] = v
-    out[:, 3] = v
-    return out.reshape(-1)
-
-
-def _quad_max(v4: np.ndarray, fn) -> np.ndarray:
-    """fn (np.maximum or np.minimum) of the 4 values per block of a (4n,) vector from a reduction of `_quads`."""
-    v = v4.reshape(-1, 4)
-    return fn(fn(v[:, 0], v[:, 1]), fn(v[:, 2], v[:, 3]))
 
 
 def _legacy(x: np.ndarray, bits: int, signed: bool, slice_blocks: int = 8192) -> np.ndarray:
