@@ -616,6 +616,7 @@ def _inv(d):
 
 _LOW_BITS = np.uint64(0x0101010101010101)
 _FLT_MIN = np.finfo(F32).tiny
+_QH_SHIFTS = (np.arange(8, dtype=np.uint32) * np.uint32(4))[:, None]
 
 
 def _quads(x: np.ndarray) -> np.ndarray:
@@ -733,12 +734,9 @@ def _legacy(x: np.ndarray, bits: int, signed: bool, slice_blocks: int = 8192) ->
             H = np.right_shift(B.view(np.uint32), np.uint32(4), out=scratch("H", (8, xs.shape[0]), np.uint32))
             H &= np.uint32(0x01010101)
             H *= np.uint32(0x01020408)                              # bit 0 of byte k -> bit 24 + k, no carries
-            H >>= np.uint32(24)
-            qh = P[0]
-            np.copyto(qh, H[0])
-            for r in range(1, 8):
-                H[r] <<= np.uint32(4 * r)
-                qh |= H[r]
+            H >>= np.uint32(24)                                     # row r: the bits of elements 4r..4r+3
+            H <<= _QH_SHIFTS
+            np.bitwise_or.reduce(H, axis=0, out=P[0])
             B64 &= np.uint64(0x0F0F0F0F0F0F0F0F)
         qs = P[nq - 4:].reshape(-1).view(np.uint64)
         half_words = B64.size // 2                                  # rows 0-3 | rows 4-7
