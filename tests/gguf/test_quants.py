@@ -174,6 +174,12 @@ def test_bad_row_length_and_type():
     bad[1, 7] = np.nan
     with pytest.raises(ValueError, match="NaN or infinity"):
         quants.quantize(bad, "Q6_K")
+    for value in (np.nan, np.inf, -np.inf):          # the legacy kernels check their own max and min, by slice
+        bad = np.ones((40, 8192), np.float32)
+        bad[39, 8000] = value
+        for qtype in LEGACY:
+            with pytest.raises(ValueError, match=f"cannot quantize to {qtype}: the tensor contains NaN or infinity"):
+                quants.quantize(bad, qtype, threads=1)
     with pytest.raises(ValueError, match="cannot quantize to Q8_K"):
         quants.quantize(np.zeros((2, 256), np.float32), "Q8_K")
 

@@ -643,6 +643,20 @@ def _quad_max(v4: np.ndarray, fn) -> np.ndarray:
     return fn(fn(v[:, 0], v[:, 1]), fn(v[:, 2], v[:, 3]))
 
 
+class _NotFinite(ValueError):
+    """A kernel that checks its input itself found NaN or infinity (`quantize` names the type)."""
+
+
+def _quad_range(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The max and min of each block of a `_quads` array; _NotFinite where one holds NaN or infinity (max and min
+    carry them along), so that `quantize` need not read the chunk once more to check."""
+    hi = _quad_max(np.maximum.reduce(X, axis=0), np.maximum)
+    lo = _quad_max(np.minimum.reduce(X, axis=0), np.minimum)
+    if not (np.isfinite(hi).all() and np.isfinite(lo).all()):
+        raise _NotFinite
+    return hi, lo
+
+
 #: The largest float32 below 0.5: trunc(v + copysign(_BELOW_HALF, v)) is roundf(v) for every float32 v (adding 0.5
 #: itself rounds 0.49999997 up to 1).
 _BELOW_HALF = np.nextafter(F32(0.5), F32(0))
@@ -658,8 +672,7 @@ def _q8_0(x: np.ndarray, qw: np.ndarray | None = None, slice_blocks: int = 4096)
     for s0 in range(0, nb, slice_blocks):
         s1 = min(nb, s0 + slice_blocks)
         X = _quads(x[s0:s1])
-        hi = _quad_max(np.maximum.reduce(X, axis=0), np.maximum)
-        lo = _quad_max(np.minimum.reduce(X, axis=0), np.minimum)
+        hi, lo = _quad_range(X)
         d = np.maximum(hi, -lo)                                     # ggml's amax starts at +0.0, never -0.0
         d += F32(0)
         d /= F32(127)
@@ -694,8 +707,7 @@ def _legacy(x: np.ndarray, bits: int, signed: bool, slice_blocks: int = 8192) ->
         s1 = min(nb, s0 + slice_blocks)
         xs = x[s0:s1]
         X = _quads(xs)
-        hi = _quad_max(np.maximum.reduce(X, axis=0), np.maximum)
-        lo = _quad_max(np.minimum.reduce(X, axis=0), np.minimum)
+        hi, lo = _quad_range(X)
         if signed:                                                  # the first element of largest |x| (the input is
             mx = np.where(-lo > hi, lo, hi)                         # finite); where +a and -a both occur, look it up
             tie = np.flatnonzero((lo + hi == 0) & (hi != 0))
@@ -1004,6 +1016,8 @@ _KERNELS: dict[str, tuple[Callable, int]] = {  # kernel, blocks per chunk (a chu
     "TQ1_0": (_tq1_0, 1024), "TQ2_0": (_tq2_0, 1024), "MXFP4": (_mxfp4, 8192),
     **GRID_KERNELS,
 }
+#: Kernels that find NaN and infinity in their own max and min (without importance weights).
+_SELF_CHECKED = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 #: Types whose ggml weights use the mean x^2 of the whole row: `quantize` hands their kernels the final weights.
 _ROW_WEIGHTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
 #: Types for which ggml uses the importance weights at all (the others ignore them).
@@ -1076,6 +1090,7 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None, imatrix: np.nd
     if imatrix is not None:                         # chunks of whole rows, each with the row's weights
         chunk = max(1, min(chunk, 4096) // per_row) * per_row      # (the weighted searches are slower anyway)
         qw_row = imatrix.reshape(per_row, dt.block_size)
+    not_finite = f"cannot quantize to {name}: the tensor contains NaN or infinity"
     starts = range(0, nblocks, chunk)
     out = [None] if len(starts) == 1 else np.empty((nblocks, dt.type_size), np.uint8)  # one chunk: its own array
 
@@ -1084,16 +1099,20 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None, imatrix: np.nd
         with np.errstate(all="ignore"):
             chunk_f32 = np.ascontiguousarray(blocks[start:stop], dtype=F32)
             # ggml would write garbage that llama.cpp's row check rejects (max/min carry any NaN or inf along; two
-            # SIMD reductions cost less than one pairwise sum)
-            if not (np.isfinite(chunk_f32.max()) and np.isfinite(chunk_f32.min())):
-                raise ValueError(f"cannot quantize to {name}: the tensor contains NaN or infinity")
+            # SIMD reductions cost less than one pairwise sum); the unweighted legacy kernels check their own max/min
+            if not (qw_row is None and name in _SELF_CHECKED) and not (
+                    np.isfinite(chunk_f32.max()) and np.isfinite(chunk_f32.min())):
+                raise ValueError(not_finite)
             qw = None
             if qw_row is not None:
                 qw = np.tile(qw_row, ((stop - start) // per_row, 1))
                 if name in _ROW_WEIGHTED:
                     rows = chunk_f32.reshape(-1, n)
                     qw = _row_weights(rows, qw.reshape(rows.shape)).reshape(chunk_f32.shape)
-            out[0 if len(starts) == 1 else slice(start, stop)] = kernel(chunk_f32, qw)
+            try:
+                out[0 if len(starts) == 1 else slice(start, stop)] = kernel(chunk_f32, qw)
+            except _NotFinite:
+                raise ValueError(not_finite) from None
 
     if threads is None:
         threads = os.cpu_count() or 1
