@@ -488,10 +488,8 @@ def _q3_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     d = (d16.astype(F32)[:, None] * (code.astype(F32) - F32(32))).reshape(1, -1)
     L = _requant(x, d, levels, -4, 3, offset=4)
     hb = np.right_shift(L, 2).view(np.uint64).reshape(nb, 8, 4)   # bytes of 0/1 (L > 3), 8 at a time
-    hm = hb[:, 0].copy()
-    for k in range(1, 8):
-        hm |= hb[:, k] << np.uint64(k)
-    hmask = hm.view(np.uint8)
+    hb <<= _HMASK_SHIFTS                                           # element 32k + j: bit k of byte j
+    hmask = np.bitwise_or.reduce(hb, axis=1).view(np.uint8)
     L &= 3
     out = np.empty((nb, 110), np.uint8)
     out[:, 0:32] = hmask
@@ -617,6 +615,7 @@ def _inv(d):
 _LOW_BITS = np.uint64(0x0101010101010101)
 _FLT_MIN = np.finfo(F32).tiny
 _QH_SHIFTS = (np.arange(8, dtype=np.uint32) * np.uint32(4))[:, None]
+_HMASK_SHIFTS = np.arange(8, dtype=np.uint64)[:, None]
 
 
 def _quads(x: np.ndarray) -> np.ndarray:
