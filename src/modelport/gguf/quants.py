@@ -690,11 +690,11 @@ def _legacy(x: np.ndarray, bits: int, signed: bool, slice_blocks: int = 8192) ->
     """Q4_0 / Q5_0 (signed: d = absmax/-2^(bits-1), q = min(top, (int8)(x*id + 2^(bits-1) + 0.5))) and Q4_1 / Q5_1
     (d = (max-min)/(2^bits-1), m = min, q = (uint8)((x-min)*id + 0.5)), without importance weights.
 
-    Slices of `slice_blocks` blocks (they stay in L2) are turned into `_quads`: then the max and min are
-    reductions across rows and every level step is a long contiguous pass with the block's values repeated along
-    the row. The levels are cast once to bytes and clamped and packed 4 or 8 at a time as uint32/uint64 words (the
-    nibbles of rows r and r+4 are elements j and j+16; Q5's fifth bits gathered by a multiply), and the packed
-    words go back to block order in one transposing copy into the output."""
+    Slices of `slice_blocks` blocks (fewer calls outweigh cache residence here) are turned into `_quads`: the max
+    and min are reductions across rows and every level step is a long contiguous pass with the block's values
+    repeated along the row. The levels are cast once to bytes and clamped and packed 4 or 8 at a time as
+    uint32/uint64 words (the nibbles of rows r and r+4 are elements j and j+16; Q5's fifth bits gathered by a
+    multiply), and the packed words go back to block order in one transposing copy into the output."""
     nb = x.shape[0]
     half = 1 << (bits - 1)
     head = 2 if signed else 4                                       # bytes of d (and m)
