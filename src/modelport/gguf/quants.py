@@ -835,8 +835,13 @@ def _q5_1_weighted(x, qw):
 
 
 def _row_weights(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
-    """The legacy types' weights `qw * sqrt(sigma2 + x^2)`, sigma2 the mean x^2 of the whole row (x: whole rows)."""
-    sigma2 = block_sumsq(x) / F32(x.shape[1])
+    """The legacy types' weights `qw * sqrt(sigma2 + x^2)`, sigma2 the mean x^2 of the whole row (x: whole rows).
+
+    ggml's `sum_x2 += x[j]*x[j]` is a running sum along the row: np.add.accumulate adds in that order along the
+    contiguous axis (a few long rows: cheaper than `block_sumsq`'s transposition, built for many short blocks)."""
+    sq = np.multiply(x, x, out=scratch("row_sq", x.shape))
+    sum_x2 = np.add.accumulate(sq, axis=1, out=sq)[:, -1] + F32(0)
+    sigma2 = sum_x2 / F32(x.shape[1])
     return ggml_weights(qw, sigma2[:, None], x)
 
 
