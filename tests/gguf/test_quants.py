@@ -82,6 +82,26 @@ def test_bytes_equal_ggml_many_random_blocks(ggml, qtype):
     assert np.array_equal(quants.quantize(x, qtype), ggml(x, qtype))
 
 
+@pytest.mark.parametrize("qtype", LEGACY)
+def test_legacy_bytes_equal_ggml_across_slices(ggml, qtype):
+    """More blocks than one slice of the legacy and Q8_0 kernels (they work on a few thousand blocks at a time):
+    random per-block scales and offsets, +a/-a ties for the signed max, zero and -0 blocks, subnormal steps (Q4_1's
+    clamp) and a last slice of a block count that is not a multiple of 8, to check every slice lands in place."""
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((21, 16384)).astype(np.float32)
+    x *= rng.lognormal(0, 2, (21, 512, 1)).repeat(32, axis=2).reshape(21, 16384).astype(np.float32)
+    x += rng.normal(0, 0.3, (21, 512, 1)).repeat(32, axis=2).reshape(21, 16384).astype(np.float32)
+    x[3, 64:96] = 0
+    x[3, 96:128] = -0.0
+    x[4, 0:32] = np.where(np.arange(32) % 2, 1.5, -1.5)          # +a first, then -a
+    x[4, 33:64:2] = 1.5
+    x[4, 32:64:2] = -1.5                                        # -a first
+    x[5] = (rng.standard_normal(16384) * 5e-38).astype(np.float32)
+    for rows in (x, x[:, :16384 - 96]):                     # 10752 blocks, then 10689
+        rows = np.ascontiguousarray(rows)
+        assert np.array_equal(quants.quantize(rows, qtype, threads=1), ggml(rows, qtype)), qtype
+
+
 # ------------------------------------------------------------------------------ always-run checks
 
 @pytest.mark.parametrize("qtype", LEGACY)
@@ -154,6 +174,12 @@ def test_bad_row_length_and_type():
     bad[1, 7] = np.nan
     with pytest.raises(ValueError, match="NaN or infinity"):
         quants.quantize(bad, "Q6_K")
+    for value in (np.nan, np.inf, -np.inf):          # the legacy kernels check their own max and min, by slice
+        bad = np.ones((40, 8192), np.float32)
+        bad[39, 8000] = value
+        for qtype in LEGACY:
+            with pytest.raises(ValueError, match=f"cannot quantize to {qtype}: the tensor contains NaN or infinity"):
+                quants.quantize(bad, qtype, threads=1)
     with pytest.raises(ValueError, match="cannot quantize to Q8_K"):
         quants.quantize(np.zeros((2, 256), np.float32), "Q8_K")
 

@@ -20,10 +20,13 @@ join `_KERNELS` through its `GRID_KERNELS`.
 Large tensors are cut into chunks of blocks that are quantized on a thread pool: NumPy releases the GIL in its
 loops, and blocks are independent, so the chunking never changes the bytes.
 
-Speed (bench/quantize.py compares with ggml): the searches are whole-chunk passes into per-thread scratch arrays
-(fresh chunk-sized arrays cost page faults), they remember only which candidate won per sub-block and recompute
-its levels once, and they never select with a random mask over a whole chunk (np.where/copyto(where=) on such
-masks are an order of magnitude slower than arithmetic).
+Speed (bench/quantize.py compares with ggml): the legacy and Q8_0 kernels turn slices of blocks into `_quads`
+(a transposing copy of 16-byte groups), so that max, min and levels are long contiguous passes with one value per
+block repeated along the rows, and pack 4 or 8 levels a word. The searches are whole-chunk passes into per-thread
+scratch arrays (fresh chunk-sized arrays cost page faults), they remember only which candidate won per sub-block
+and recompute its levels once, and they never select with a random mask over a whole chunk (np.where/copyto(where=)
+on such masks are an order of magnitude slower than arithmetic). A value per sub-block is repeated (np.repeat)
+rather than broadcast over rows of 16 or 32 elements, whose short inner loops cost four times a plain pass.
 """
 
 from __future__ import annotations
@@ -148,9 +151,8 @@ def _make_qx(X, nmax, W=None, exact=False):
     lo, hi = -nmax_f, nmax_f - 1
     steps = [s for s in range(-9, 10) if s != 0]
     iscales = scratch("qx_iscales", (len(steps) + 1, X.shape[1]))  # row 0: the first guess, then steps -9..9
-    np.divide(-nmax_f, amax_signed, out=iscales[0])
-    for k, step in enumerate(steps, 1):
-        np.divide(-(nmax_f + F32(0.1) * F32(step)), amax_signed, out=iscales[k])
+    minus_m = np.array([-nmax_f] + [-(nmax_f + F32(0.1) * F32(step)) for step in steps], F32)   # C's float math
+    np.divide(minus_m[:, None], amax_signed, out=iscales)
     slx = scratch("qx_slx", iscales.shape)
     sl2 = scratch("qx_sl2", iscales.shape)
     if W is None:
@@ -158,23 +160,18 @@ def _make_qx(X, nmax, W=None, exact=False):
     WX = np.multiply(W, X, out=scratch("qx_WX", X.shape))
     l = scratch("qx_l", X.shape)
     t = scratch("qx_t", X.shape)
-    if not exact:
-        # Only elements near the sub-block's |max| can round outside [-nmax, nmax-1] (|iscale| <= (nmax+0.9)/|max|):
-        # clamp just those, a few percent of the chunk, instead of a whole-chunk np.clip per trial.
-        near = F32((nmax - 0.5) / (nmax + 0.9) - 1e-4) * np.where(zero, F32(np.inf), np.abs(amax_signed))
-        clamp = np.flatnonzero(np.abs(X) >= near)
-        sparse = clamp.size * 8 < X.size            # (small nmax: many are near, and np.clip is cheaper)
-    lflat = l.reshape(-1)
+    # A level can only round outside [-nmax, nmax-1] where |x * iscale| >= nmax - 0.5, and |x| <= |max|: the trials
+    # with iscale = -m/max, m < nmax - 0.5 (steps -9..-6) need no clamp (np.clip is a whole pass; a gather of the
+    # few elements near |max| costs more than it).
+    needs_clip = np.abs(minus_m) >= F32(nmax - 0.5 - 1e-3)
     for k in range(iscales.shape[0]):
         np.multiply(X, iscales[k], out=l)
         if exact:
             l[...] = np.clip(nearest_int(l), lo, hi)
-        elif sparse:
-            np.rint(l, out=l)
-            lflat[clamp] = np.minimum(np.maximum(lflat[clamp], lo), hi)
         else:
             np.rint(l, out=l)
-            np.clip(l, lo, hi, out=l)
+            if needs_clip[k]:
+                np.clip(l, lo, hi, out=l)
         np.multiply(WX, l, out=t)
         np.add.reduce(t, axis=0, out=slx[k])
         np.multiply(W, l, out=t)
@@ -182,15 +179,22 @@ def _make_qx(X, nmax, W=None, exact=False):
         np.add.reduce(t, axis=0, out=sl2[k])
     slx += F32(0)                                                   # C sums start at +0.0
     sl2 += F32(0)
-    # ggml's accept test, trial after trial, on column vectors
+    # ggml's accept test, trial after trial, on column vectors (its parts that do not depend on `best` at once)
     win = np.zeros(X.shape[1], np.intp)
     scale = np.where(sl2[0] != 0, slx[0] / sl2[0], F32(0))
     best = scale * slx[0]
+    a2 = np.multiply(slx, slx, out=scratch("qx_a2", slx.shape))
+    pos = np.greater(sl2, 0, out=scratch("qx_pos", slx.shape, bool))
+    cand_best = np.divide(slx, sl2, out=scratch("qx_cb", slx.shape))     # (a / b) * a
+    cand_best *= slx
+    bb = np.empty_like(best)
+    ok = np.empty(best.shape, bool)
     for k in range(1, iscales.shape[0]):
-        a, b = slx[k], sl2[k]
-        ok = (b > 0) & (a * a > best * b)
-        win[ok] = k
-        best = np.where(ok, (a / b) * a, best)
+        np.multiply(best, sl2[k], out=bb)
+        np.greater(a2[k], bb, out=ok)
+        ok &= pos[k]
+        np.copyto(win, k, where=ok)
+        np.copyto(best, cand_best[k], where=ok)
     cols = np.arange(X.shape[1])
     scale = np.where(win > 0, slx[win, cols] / sl2[win, cols], scale)
     scale[zero] = 0
@@ -247,8 +251,9 @@ def _make_q3(x, nmax):
         np.multiply(W, L, out=t)
         t *= L
         np.add.reduce(t, axis=0, out=suml2[c0:c1])
-        rows = np.multiply(XT[c0:c1], iscale[:, None], out=LT[c0:c1])   # the same levels again, as rows:
-        np.rint(rows, out=rows)                                         # cheaper than transposing L
+        rows = np.multiply(XT[c0:c1].reshape(-1), np.repeat(iscale, n), out=LT[c0:c1].reshape(-1))   # the same
+        np.rint(rows, out=rows)                     # levels again, as rows: cheaper than transposing L, and the
+        #                                             scale repeated is cheaper than a 16-element broadcast
         np.clip(rows, lo, hi, out=rows)
     sumlx += F32(0)                                   # C sums start at +0.0
     suml2 += F32(0)
@@ -293,10 +298,10 @@ def _q3_round(x, l, sumlx, suml2, lo, hi):
     w = np.multiply(x, x, out=scratch("q3_w", x.shape))
     wx = np.multiply(w, x, out=scratch("q3_wx", x.shape))
     slx = np.multiply(wx, l, out=scratch("q3_slx", x.shape))
-    np.subtract(sumlx[:, None], slx, out=slx)        # the sums without each element
+    np.subtract(np.repeat(sumlx, x.shape[1]).reshape(x.shape), slx, out=slx)    # the sums without each element
     sl2 = np.multiply(w, l, out=scratch("q3_sl2", x.shape))
     sl2 *= l
-    np.subtract(suml2[:, None], sl2, out=sl2)
+    np.subtract(np.repeat(suml2, x.shape[1]).reshape(x.shape), sl2, out=sl2)
     v = np.multiply(x, sl2, out=scratch("q3_v", x.shape))
     v /= slx
     cand = np.not_equal(np.rint(v, out=scratch("q3_r", x.shape)), l, out=scratch("q3_c", x.shape, bool))
@@ -320,13 +325,17 @@ def _requant(x, d, L, lo, hi, offset=0, dm=None):
     L(cols) as rows."""
     S = d.size
     xs = x.reshape(S, -1)
-    d = d.reshape(S, 1)
     v = scratch("v", xs.shape)
+
+    def per_element(s):                             # (cheaper than broadcasting over rows of 16 or 32)
+        return np.repeat(s.reshape(-1), xs.shape[1]).reshape(xs.shape)
+
     if dm is not None:
-        np.add(xs, dm.reshape(S, 1), out=v)
-        v /= d
+        np.add(xs, per_element(dm), out=v)
+        v /= per_element(d)
     else:
-        np.divide(xs, d, out=v)
+        np.divide(xs, per_element(d), out=v)
+    d = d.reshape(S, 1)
     q = rint_clip(v, F32(lo), F32(hi), out=v)
     nan = np.flatnonzero(np.isnan(d.reshape(-1)))   # fp16 inf times a 0 code: `if (!d)` lets NaN through,
     if nan.size:                                    # and nearest_int(x/NaN) is 0
@@ -479,10 +488,8 @@ def _q3_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     d = (d16.astype(F32)[:, None] * (code.astype(F32) - F32(32))).reshape(1, -1)
     L = _requant(x, d, levels, -4, 3, offset=4)
     hb = np.right_shift(L, 2).view(np.uint64).reshape(nb, 8, 4)   # bytes of 0/1 (L > 3), 8 at a time
-    hm = hb[:, 0].copy()
-    for k in range(1, 8):
-        hm |= hb[:, k] << np.uint64(k)
-    hmask = hm.view(np.uint8)
+    hb <<= _HMASK_SHIFTS                                           # element 32k + j: bit k of byte j
+    hmask = np.bitwise_or.reduce(hb, axis=1).view(np.uint8)
     L &= 3
     out = np.empty((nb, 110), np.uint8)
     out[:, 0:32] = hmask
@@ -601,92 +608,156 @@ def _q6_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
 # ------------------------------------------------------------------------------------- legacy types
 
 def _inv(d):
-    with np.errstate(divide="ignore"):
-        return np.where(d != 0, F32(1) / d, F32(0))
+    """1/d, and 0 where d is 0 (ggml's `d ? 1.0f/d : 0.0f`)."""
+    return np.divide(F32(1), d, out=np.zeros(d.shape, F32), where=d != 0)
 
 
-def _q8_0(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+_LOW_BITS = np.uint64(0x0101010101010101)
+_FLT_MIN = np.finfo(F32).tiny
+_QH_SHIFTS = (np.arange(8, dtype=np.uint32) * np.uint32(4))[:, None]
+_HMASK_SHIFTS = np.arange(8, dtype=np.uint64)[:, None]
+
+
+def _quads(x: np.ndarray) -> np.ndarray:
+    """Blocks of 32 (n, 32) -> (8, 4n) float32 (a scratch array): row r holds elements 4r..4r+3 of every block, in
+    block order. The transposing copy moves 16-byte groups, three times faster than moving single floats."""
+    Q = scratch("quads", (8, x.shape[0]), np.complex128)
+    np.copyto(Q, x.view(np.complex128).T)
+    return Q.view(F32)
+
+
+def _per_quad(v: np.ndarray) -> np.ndarray:
+    """A per-block vector repeated for each of its 4 elements in a row of `_quads`."""
+    out = np.empty((v.size, 4), F32)
+    out[:, 0] = v
+    out[:, 1] = v
+    out[:, 2] = v
+    out[:, 3] = v
+    return out.reshape(-1)
+
+
+def _quad_max(v4: np.ndarray, fn) -> np.ndarray:
+    """fn (np.maximum or np.minimum) of the 4 values per block of a (4n,) vector from a reduction of `_quads`."""
+    v = v4.reshape(-1, 4)
+    return fn(fn(v[:, 0], v[:, 1]), fn(v[:, 2], v[:, 3]))
+
+
+class _NotFinite(ValueError):
+    """A kernel that checks its input itself found NaN or infinity (`quantize` names the type)."""
+
+
+def _quad_range(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The max and min of each block of a `_quads` array; _NotFinite where one holds NaN or infinity (max and min
+    carry them along), so that `quantize` need not read the chunk once more to check."""
+    hi = _quad_max(np.maximum.reduce(X, axis=0), np.maximum)
+    lo = _quad_max(np.minimum.reduce(X, axis=0), np.minimum)
+    if not (np.isfinite(hi).all() and np.isfinite(lo).all()):
+        raise _NotFinite
+    return hi, lo
+
+
+#: The largest float32 below 0.5: trunc(v + copysign(_BELOW_HALF, v)) is roundf(v) for every float32 v (adding 0.5
+#: itself rounds 0.49999997 up to 1).
+_BELOW_HALF = np.nextafter(F32(0.5), F32(0))
+
+
+def _q8_0(x: np.ndarray, qw: np.ndarray | None = None, slice_blocks: int = 4096) -> np.ndarray:
+    """quantize_row_q8_0_ref: d = absmax/127, q = roundf(x/d), in `_quads` slices (as `_legacy`); the levels are
+    rounded half away from zero in float32 and truncated by the cast to int8, and go back to block order as uint32
+    words (4 levels each) in one transposing copy."""
     nb = x.shape[0]
-    d = np.abs(x).max(axis=1) / F32(127)
-    v = (x * _inv(d)[:, None]).astype(np.float64)                  # roundf: half away from zero, exact in f64
-    q = np.trunc(v + np.copysign(0.5, v)).astype(np.int8)
     out = np.empty((nb, 34), np.uint8)
-    out[:, 0:2] = fp16(d).view(np.uint8).reshape(nb, 2)
-    out[:, 2:] = q.view(np.uint8)
+    d_all = np.empty(nb, F32)
+    for s0 in range(0, nb, slice_blocks):
+        s1 = min(nb, s0 + slice_blocks)
+        X = _quads(x[s0:s1])
+        hi, lo = _quad_range(X)
+        d = np.maximum(hi, -lo)                                     # ggml's amax starts at +0.0, never -0.0
+        d += F32(0)
+        d /= F32(127)
+        d_all[s0:s1] = d
+        X *= _per_quad(_inv(d))
+        half = np.copysign(_BELOW_HALF, X, out=scratch("q8_half", X.shape))
+        X += half
+        Q = scratch("q8_q", X.shape, np.int8)
+        np.copyto(Q, X, casting="unsafe")                           # |X| < 128: the cast truncates
+        np.copyto(out[s0:s1, 2:].view(np.uint32), Q.view(np.uint32).T)
+    out.view(np.uint16)[:, 0] = fp16(d_all).view(np.uint16)
     return out
 
 
-#: (v * _GATHER_BITS) >> 56 collects bit 0 of each of a uint64's 8 bytes into one byte (byte i -> bit i).
-_GATHER_BITS = np.uint64(0x0102040810204080)
-_LOW_BITS = np.uint64(0x0101010101010101)
-
-
-def _legacy(x: np.ndarray, bits: int, signed: bool, slice_blocks: int = 2048) -> np.ndarray:
+def _legacy(x: np.ndarray, bits: int, signed: bool, slice_blocks: int = 8192) -> np.ndarray:
     """Q4_0 / Q5_0 (signed: d = absmax/-2^(bits-1), q = min(top, (int8)(x*id + 2^(bits-1) + 0.5))) and Q4_1 / Q5_1
     (d = (max-min)/(2^bits-1), m = min, q = (uint8)((x-min)*id + 0.5)), without importance weights.
 
-    Each block's max and min come from slices of `slice_blocks` blocks turned into (32, n) columns (one transposing
-    copy; a reduction across rows is many times faster than one along 32-element rows); the levels are computed
-    in block order, slice by slice, in place in float32 and cast once to bytes. 8 levels are one uint64: the clamp
-    to `top`, the nibbles (one shift-or) and the fifth bits (one multiply that gathers a bit from each byte) take a
-    few operations on an eighth of the elements. The small per-block steps run once per chunk."""
+    Slices of `slice_blocks` blocks (fewer calls outweigh cache residence here) are turned into `_quads`: the max
+    and min are reductions across rows and every level step is a long contiguous pass with the block's values
+    repeated along the row. The levels are cast once to bytes and clamped and packed 4 or 8 at a time as
+    uint32/uint64 words (the nibbles of rows r and r+4 are elements j and j+16; Q5's fifth bits gathered by a
+    multiply), and the packed words go back to block order in one transposing copy into the output."""
     nb = x.shape[0]
     half = 1 << (bits - 1)
-    hi, lo = np.empty(nb, F32), np.empty(nb, F32)
-    for s0 in range(0, nb, slice_blocks):                           # per-block max and min
-        X = to_cols(x[s0:s0 + slice_blocks], 32)
-        np.maximum.reduce(X, axis=0, out=hi[s0:s0 + slice_blocks])
-        np.minimum.reduce(X, axis=0, out=lo[s0:s0 + slice_blocks])
-    if signed:                                                      # the first element of largest |x| (the input is
-        mx = np.where(-lo > hi, lo, hi)                             # finite); where +a and -a both occur, look it up
-        tie = np.flatnonzero(lo + hi == 0)
-        if tie.size:
-            sub = x[tie]
-            mx[tie] = sub[np.arange(tie.size), np.argmax(np.abs(sub) == hi[tie, None], axis=1)]
-        mx += F32(0)                                                # ggml's max starts at +0.0
-        d = mx / F32(-half)
-        bias = F32(half + 0.5)
-    else:
-        zero = np.flatnonzero(lo == 0)                              # ggml's min is the first of +0 / -0
-        if zero.size:
-            sub = x[zero]
-            lo[zero] = sub[np.arange(zero.size), np.argmax(sub == 0, axis=1)]
-        d = (hi - lo) / F32(2 * half - 1) + F32(0)
-        bias = F32(0.5)
-    iscale = _inv(d)[:, None]
-    B = scratch("B", x.shape, np.uint8)
-    for s0 in range(0, nb, slice_blocks):                           # the levels, in block order
+    head = 2 if signed else 4                                       # bytes of d (and m)
+    nq = 4 + (1 if bits == 5 else 0)                                # uint32 words of qh and qs
+    out = np.empty((nb, head + 4 * nq), np.uint8)
+    d_all = np.empty(nb, F32)
+    m_all = None if signed else np.empty(nb, F32)
+    for s0 in range(0, nb, slice_blocks):
         s1 = min(nb, s0 + slice_blocks)
-        Y = scratch("Y", (s1 - s0, 32))
-        if signed:
-            np.multiply(x[s0:s1], iscale[s0:s1], out=Y)
+        xs = x[s0:s1]
+        X = _quads(xs)
+        hi, lo = _quad_range(X)
+        if signed:                                                  # the first element of largest |x| (the input is
+            mx = np.where(-lo > hi, lo, hi)                         # finite); where +a and -a both occur, look it up
+            tie = np.flatnonzero((lo + hi == 0) & (hi != 0))
+            if tie.size:
+                sub = xs[tie]
+                mx[tie] = sub[np.arange(tie.size), np.argmax(np.abs(sub) == hi[tie, None], axis=1)]
+            mx += F32(0)                                            # ggml's max starts at +0.0
+            d = mx / F32(-half)
+            iscale = _inv(d)
+            X *= _per_quad(iscale)
+            X += F32(half + 0.5)
         else:
-            np.subtract(x[s0:s1], lo[s0:s1, None], out=Y)
-            Y *= iscale[s0:s1]
-        Y += bias
-        np.copyto(B[s0:s1], Y, casting="unsafe")                    # values in [0, top + 1.5]: the cast truncates
-    bad = np.isinf(iscale[:, 0])
-    if bad.any():                                                   # subnormal d: the x86 cast of +-inf or NaN is 0
-        B[bad] = 0
-    B64 = B.view(np.uint64)                                         # (nb, 4): elements 0-7, 8-15, 16-23, 24-31
-    if signed or bits == 4:                                         # min(top, q): q <= top + 1 = 2^bits, the one
-        B64 -= (B64 >> np.uint64(bits)) & _LOW_BITS                 # value with that bit; -1 per byte, no borrow
-    out = np.empty((nb, (2 if signed else 4) + 16 + (4 if bits == 5 else 0)), np.uint8)
-    o = out.view(np.uint16)                                         # fields are whole uint16s: no byte loops
-    o[:, 0] = fp16(d).view(np.uint16)
-    head = 1 if signed else 2                                       # uint16s before qh / the nibbles
+            zero = np.flatnonzero(lo == 0)                          # ggml's min is the first of +0 / -0
+            if zero.size:
+                sub = xs[zero]
+                lo[zero] = sub[np.arange(zero.size), np.argmax(sub == 0, axis=1)]
+            d = (hi - lo) / F32(2 * half - 1) + F32(0)
+            iscale = _inv(d)
+            X -= _per_quad(lo)
+            X *= _per_quad(iscale)
+            X += F32(0.5)
+            m_all[s0:s1] = lo
+        d_all[s0:s1] = d
+        B = scratch("B", X.shape, np.uint8)
+        np.copyto(B, X, casting="unsafe")                           # values in [0, top + 1.5]: the cast truncates
+        bad = np.flatnonzero(np.isinf(iscale))
+        if bad.size:                                                # subnormal d: the x86 cast of +-inf or NaN is 0
+            B.reshape(8, -1, 4)[:, bad] = 0
+        B64 = B.reshape(-1).view(np.uint64)                         # 8 levels a word
+        # min(top, q) for Q4_0, Q4_1, Q5_0: q <= top + 1 = 2^bits, the one value with that bit: -1 per byte, no
+        # borrow. Q4_1's (x-min)*id stays below 15.5 unless d is subnormal (d = (max-min)/15 lost its precision).
+        if signed or (bits == 4 and np.any(d < _FLT_MIN)):
+            B64 -= (B64 >> np.uint64(bits)) & _LOW_BITS
+        P = scratch("P", (nq, xs.shape[0]), np.uint32)              # the output words of the slice, as rows
+        if bits == 5:                                               # bit j of a little-endian u32: bit 4 of q_j
+            H = np.right_shift(B.view(np.uint32), np.uint32(4), out=scratch("H", (8, xs.shape[0]), np.uint32))
+            H &= np.uint32(0x01010101)
+            H *= np.uint32(0x01020408)                              # bit 0 of byte k -> bit 24 + k, no carries
+            H >>= np.uint32(24)                                     # row r: the bits of elements 4r..4r+3
+            H <<= _QH_SHIFTS
+            np.bitwise_or.reduce(H, axis=0, out=P[0])
+            B64 &= np.uint64(0x0F0F0F0F0F0F0F0F)
+        qs = P[nq - 4:].reshape(-1).view(np.uint64)
+        half_words = B64.size // 2                                  # rows 0-3 | rows 4-7
+        np.left_shift(B64[half_words:], np.uint64(4), out=qs)
+        qs |= B64[:half_words]
+        np.copyto(out[s0:s1, head:].view(np.uint32), P.T)
+    o = out.view(np.uint16)                                         # rows are whole uint16s
+    o[:, 0] = fp16(d_all).view(np.uint16)
     if not signed:
-        o[:, 1] = fp16(lo).view(np.uint16)
-    if bits == 5:                                                   # bit j of a little-endian u32: bit 4 of q_j
-        h = (B64 >> np.uint64(4)) & _LOW_BITS
-        h *= _GATHER_BITS
-        h >>= np.uint64(56)
-        o[:, head:head + 2] = h.astype(np.uint8).view(np.uint16)
-        head += 2
-        B64 &= np.uint64(0x0F0F0F0F0F0F0F0F)
-    packed = B64[:, 2:] << np.uint64(4)
-    packed |= B64[:, :2]
-    o[:, head:head + 8] = packed.view(np.uint16)
+        o[:, 1] = fp16(m_all).view(np.uint16)
     return out
 
 
@@ -764,8 +835,13 @@ def _q5_1_weighted(x, qw):
 
 
 def _row_weights(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
-    """The legacy types' weights `qw * sqrt(sigma2 + x^2)`, sigma2 the mean x^2 of the whole row (x: whole rows)."""
-    sigma2 = block_sumsq(x) / F32(x.shape[1])
+    """The legacy types' weights `qw * sqrt(sigma2 + x^2)`, sigma2 the mean x^2 of the whole row (x: whole rows).
+
+    ggml's `sum_x2 += x[j]*x[j]` is a running sum along the row: np.add.accumulate adds in that order along the
+    contiguous axis (a few long rows: cheaper than `block_sumsq`'s transposition, built for many short blocks)."""
+    sq = np.multiply(x, x, out=scratch("row_sq", x.shape))
+    sum_x2 = np.add.accumulate(sq, axis=1, out=sq)[:, -1] + F32(0)
+    sigma2 = sum_x2 / F32(x.shape[1])
     return ggml_weights(qw, sigma2[:, None], x)
 
 
@@ -944,6 +1020,8 @@ _KERNELS: dict[str, tuple[Callable, int]] = {  # kernel, blocks per chunk (a chu
     "TQ1_0": (_tq1_0, 1024), "TQ2_0": (_tq2_0, 1024), "MXFP4": (_mxfp4, 8192),
     **GRID_KERNELS,
 }
+#: Kernels that find NaN and infinity in their own max and min (without importance weights).
+_SELF_CHECKED = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 #: Types whose ggml weights use the mean x^2 of the whole row: `quantize` hands their kernels the final weights.
 _ROW_WEIGHTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
 #: Types for which ggml uses the importance weights at all (the others ignore them).
@@ -1016,24 +1094,30 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None, imatrix: np.nd
     if imatrix is not None:                         # chunks of whole rows, each with the row's weights
         chunk = max(1, min(chunk, 4096) // per_row) * per_row      # (the weighted searches are slower anyway)
         qw_row = imatrix.reshape(per_row, dt.block_size)
-    out = np.empty((nblocks, dt.type_size), np.uint8)
+    not_finite = f"cannot quantize to {name}: the tensor contains NaN or infinity"
+    starts = range(0, nblocks, chunk)
+    out = [None] if len(starts) == 1 else np.empty((nblocks, dt.type_size), np.uint8)  # one chunk: its own array
 
     def run(start: int) -> None:
         stop = min(start + chunk, nblocks)
         with np.errstate(all="ignore"):
             chunk_f32 = np.ascontiguousarray(blocks[start:stop], dtype=F32)
-            # ggml would write garbage that llama.cpp's row check rejects (max/min carry any NaN or inf along)
-            if not (np.isfinite(chunk_f32.max()) and np.isfinite(chunk_f32.min())):
-                raise ValueError(f"cannot quantize to {name}: the tensor contains NaN or infinity")
+            # ggml would write garbage that llama.cpp's row check rejects (max/min carry any NaN or inf along; two
+            # SIMD reductions cost less than one pairwise sum); the unweighted legacy kernels check their own max/min
+            if not (qw_row is None and name in _SELF_CHECKED) and not (
+                    np.isfinite(chunk_f32.max()) and np.isfinite(chunk_f32.min())):
+                raise ValueError(not_finite)
             qw = None
             if qw_row is not None:
                 qw = np.tile(qw_row, ((stop - start) // per_row, 1))
                 if name in _ROW_WEIGHTED:
                     rows = chunk_f32.reshape(-1, n)
                     qw = _row_weights(rows, qw.reshape(rows.shape)).reshape(chunk_f32.shape)
-            out[start:stop] = kernel(chunk_f32, qw)
+            try:
+                out[0 if len(starts) == 1 else slice(start, stop)] = kernel(chunk_f32, qw)
+            except _NotFinite:
+                raise ValueError(not_finite) from None
 
-    starts = range(0, nblocks, chunk)
     if threads is None:
         threads = os.cpu_count() or 1
     if threads <= 1 or len(starts) <= 1:
@@ -1045,7 +1129,7 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None, imatrix: np.nd
     else:                                           # the pool's threads take their scratch arrays with them
         with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
             list(pool.map(run, starts))
-    return out.reshape(*lead, n // dt.block_size * dt.type_size)
+    return (out[0] if len(starts) == 1 else out).reshape(*lead, n // dt.block_size * dt.type_size)
 
 
 def dequantize(data: np.ndarray, qtype, rows_per_chunk: int | None = None) -> np.ndarray:
