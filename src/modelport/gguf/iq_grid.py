@@ -556,11 +556,15 @@ def _running_best(sqx, sq2, scale):
     from there on: so only those are scanned, a few per column."""
     S = sqx.shape[1]
     with np.errstate(all="ignore"):
-        score = (sqx / sq2) * sqx
+        score = sqx / sq2
+        score *= sqx
         valid = sq2 > 0
-        top = np.max(np.where(valid, score, _F(0)), axis=0)
-        near = valid & (score >= top * _F(1 - 1e-4))
-        col, pos = np.nonzero(near.T)
+        top = np.max(score, axis=0, initial=_F(0), where=valid)
+        near = score >= top * _F(1 - 1e-4)
+        near &= valid
+        pos, col = np.nonzero(near)             # (a transposed nonzero is several times slower)
+        order = np.argsort(col, kind="stable")     # by column, each column's candidates still in order
+        col, pos = col[order], pos[order]
         cnt = np.bincount(col, minlength=S)
         k = np.arange(col.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
         cand = np.full((int(cnt.max()) if cnt.size else 0, S), -1, np.int64)
@@ -714,8 +718,12 @@ def _iq1_m(x, qw):
             q2[h, 1] = ((tw * p2) * p2 + pw[h][_J1] * cp1) + pw[h][_J2] * cp2
             q2[h, -1] = ((tw * m2) * m2 + pw[h][_J1] * cm1) + pw[h][_J2] * cm2
         combos = ((1, 1), (1, -1), (-1, 1), (-1, -1))        # k = 0..3: (first half's shift, second half's)
-        sqx = np.stack([qx[0, a] + qx[1, b] for a, b in combos], axis=1).reshape(-1, S)
-        sq2 = np.stack([q2[0, a] + q2[1, b] for a, b in combos], axis=1).reshape(-1, S)
+        sqx = np.empty((len(_J1), 4, S), _F)
+        sq2 = np.empty((len(_J1), 4, S), _F)
+        for c, (a, b) in enumerate(combos):
+            np.add(qx[0, a], qx[1, b], out=sqx[:, c])
+            np.add(q2[0, a], q2[1, b], out=sq2[:, c])
+        sqx, sq2 = sqx.reshape(-1, S), sq2.reshape(-1, S)
     win, scale = _running_best(sqx, sq2, mx)
     live &= win >= 0
     pair = np.where(live, win // 4, 0)
