@@ -12,6 +12,14 @@ rebuilt from them exactly as ggml builds them (sorted by integer distance, then 
 (elements, sub-blocks) arrays so that sums over a sub-block run row after row, in C's order, and the neighbour
 search of all the off-grid groups of a pass is one flat computation over (group, neighbour) pairs.
 
+The search (70-90 % of the time) was measured against these alternatives, all byte-identical and none faster
+(issue 19, A/B in one process on this 2-core machine): every group scored against the whole grid once per chunk
+by one matrix product, read back by the searches of every scale step (the reads miss the cache: 10-14 ns a
+neighbour against 1-2 for the gather of grid points); coordinate-major planes instead of (neighbour, group, dim)
+arrays (within 10 %); C's terms tabulated per group and level and summed by coordinate pairs (four gathers a
+neighbour: 1.1-1.5x slower); np.einsum for the weighted sum (exact in C's order with three operands, but slower
+for groups of 4 and no faster for 8).
+
 Contract with modelport.gguf.quants: `GRID_KERNELS[name] = (fn, blocks_per_chunk)`, `fn(x, qw)` with x and qw
 (importance weights, or None where ggml allows it) of shape (nblocks, 256) float32, returning (nblocks, type_size)
 uint8. `REQUIRES_IMATRIX` lists the types ggml refuses to quantize without one.
@@ -60,7 +68,7 @@ class _Grid:
     """A type's grid: levels (G, dim) in 0..nlev-1, the lattice map code -> grid index (or -1), and per
     off-grid code its neighbour list (CSR: start, count into `nbrs`)."""
 
-    def __init__(self, gguf_cls, bits: int, nwant: int):
+    def __init__(self, gguf_cls, bits: int, nwant: int, rounds: tuple[int, ...]):
         hexes = np.frombuffer(gguf_cls.grid_hex, np.uint8).reshape(-1, 2)
         nib = np.where(hexes > 0x40, hexes + 9, hexes) & 0x0F
         packed = (nib[:, 0] << 4) | nib[:, 1]
@@ -75,9 +83,9 @@ class _Grid:
         nmap = 1 << (bits * self.dim)
         self.map = np.full(nmap, -1, np.int32)
         self.map[codes] = np.arange(self.size, dtype=np.int32)
-        self._neighbours(nwant)
+        self._neighbours(nwant, rounds)
 
-    def _neighbours(self, nwant: int) -> None:
+    def _neighbours(self, nwant: int, rounds: tuple[int, ...]) -> None:
         maxlev = int(self.levels.max())
         off = np.flatnonzero(self.map < 0)
         lev = (off[:, None] >> self.shifts) & ((1 << self.bits) - 1)
@@ -110,7 +118,7 @@ class _Grid:
         self.slot[off] = np.arange(len(off), dtype=np.int32)
         #: the rounds of the search: (first, end) positions in the lists and those neighbours' grid points,
         #: (dim, end - first, slots)
-        ends = [e for e in _ROUNDS[self.dim] if e < width] + [width]
+        ends = [e for e in rounds if e < width] + [width]
         self._table2d = table
         self._bounds = list(zip([0] + ends[:-1], ends))
         self.rounds = self.rounds_for(self.pos)
@@ -203,9 +211,11 @@ class _Grid:
         return off
 
 
-#: where the rounds of the neighbour search end, by group size (the last one ends at the longest list): wide
-#: enough that most groups finish in the first, few enough that NumPy's per-call cost stays small
-_ROUNDS = {4: (4, 8, 16), 8: (16, 32, 64, 128)}
+#: where the rounds of the neighbour search end, by type (the last one ends at the longest list): chosen from the
+#: list lengths each type's searches meet, by a cost model of a fixed cost per round and call plus one per
+#: neighbour scored (10-25 % less modelled search time than one split per group size; IQ1_M shares IQ1_S's)
+_ROUNDS = {"IQ3_XXS": (6, 12, 20), "IQ3_S": (10, 16, 24), "IQ2_XXS": (20, 32, 48, 64, 96),
+           "IQ2_XS": (32, 64, 96, 128, 192), "IQ2_S": (10, 12, 16, 24), "IQ1_S": (16, 32, 64, 128)}
 _BATCH_LOG2 = 21            # about this many elements in a batch of the neighbour search
 
 
@@ -220,7 +230,7 @@ def _grid(name: str) -> _Grid:
     spec = {"IQ2_XXS": (gq.IQ2_XXS, 2, 2), "IQ2_XS": (gq.IQ2_XS, 2, 2), "IQ2_S": (gq.IQ2_S, 2, 1),
             "IQ3_XXS": (gq.IQ3_XXS, 3, 2), "IQ3_S": (gq.IQ3_S, 3, 3), "IQ1_S": (gq.IQ1_S, 2, 3)}
     cls, bits, nwant = spec[name]
-    return _Grid(cls, bits, nwant)
+    return _Grid(cls, bits, nwant, _ROUNDS[name])
 
 
 def _by_group(a: np.ndarray, dim: int) -> np.ndarray:
@@ -556,11 +566,15 @@ def _running_best(sqx, sq2, scale):
     from there on: so only those are scanned, a few per column."""
     S = sqx.shape[1]
     with np.errstate(all="ignore"):
-        score = (sqx / sq2) * sqx
+        score = sqx / sq2
+        score *= sqx
         valid = sq2 > 0
-        top = np.max(np.where(valid, score, _F(0)), axis=0)
-        near = valid & (score >= top * _F(1 - 1e-4))
-        col, pos = np.nonzero(near.T)
+        top = np.max(score, axis=0, initial=_F(0), where=valid)
+        near = score >= top * _F(1 - 1e-4)
+        near &= valid
+        pos, col = np.nonzero(near)             # (a transposed nonzero is several times slower)
+        order = np.argsort(col, kind="stable")     # by column, each column's candidates still in order
+        col, pos = col[order], pos[order]
         cnt = np.bincount(col, minlength=S)
         k = np.arange(col.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
         cand = np.full((int(cnt.max()) if cnt.size else 0, S), -1, np.int64)
@@ -714,8 +728,12 @@ def _iq1_m(x, qw):
             q2[h, 1] = ((tw * p2) * p2 + pw[h][_J1] * cp1) + pw[h][_J2] * cp2
             q2[h, -1] = ((tw * m2) * m2 + pw[h][_J1] * cm1) + pw[h][_J2] * cm2
         combos = ((1, 1), (1, -1), (-1, 1), (-1, -1))        # k = 0..3: (first half's shift, second half's)
-        sqx = np.stack([qx[0, a] + qx[1, b] for a, b in combos], axis=1).reshape(-1, S)
-        sq2 = np.stack([q2[0, a] + q2[1, b] for a, b in combos], axis=1).reshape(-1, S)
+        sqx = np.empty((len(_J1), 4, S), _F)
+        sq2 = np.empty((len(_J1), 4, S), _F)
+        for c, (a, b) in enumerate(combos):
+            np.add(qx[0, a], qx[1, b], out=sqx[:, c])
+            np.add(q2[0, a], q2[1, b], out=sq2[:, c])
+        sqx, sq2 = sqx.reshape(-1, S), sq2.reshape(-1, S)
     win, scale = _running_best(sqx, sq2, mx)
     live &= win >= 0
     pair = np.where(live, win // 4, 0)
