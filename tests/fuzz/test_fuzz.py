@@ -24,13 +24,13 @@ CORPUS = Path(__file__).resolve().parent / "corpus"
 INPUTS = int(os.environ.get("FUZZ_INPUTS", "2100"))
 
 
-@pytest.mark.long      # ~2 minutes with its seeds: `make check-long` (and `make fuzz`, longer), to keep `make test` in its budget
-def test_bounded_fuzz_run(tmp_path):
-    check_run(INPUTS, tmp_path)
+@pytest.mark.slow
+def test_bounded_fuzz_run(seeds, tmp_path):
+    check_run(INPUTS, seeds, tmp_path)
 
 
-def check_run(inputs: int, tmp_path: Path) -> None:
-    result = run(inputs, seed=0, work=tmp_path)
+def check_run(inputs: int, seeds: list, tmp_path: Path) -> None:
+    result = run(inputs, seed=0, work=tmp_path, seeds=seeds)
     print("\n" + table(result))
     assert sum(sum(c.values()) for c in result.counts.values()) == inputs
     assert len(result.counts) >= 15    # every seed format was damaged

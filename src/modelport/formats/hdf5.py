@@ -62,7 +62,17 @@ def safe_h5py():
 # --- a damaged file that HDF5 loops on -----------------------------------------------------
 
 PREFLIGHT_SECONDS = 10.0    # walking links and reading attributes takes milliseconds on any real file
-_preflight_refused: dict = {}   # (path, size, mtime, window) -> message: scan, open and inspect wait only once
+PREFLIGHT_MEMORY = 1024     # files whose verdict is kept: scan, open and inspect of one file fork only once
+_preflight_seen: dict = {}  # file identity -> None (it passed) or the refusal's message
+
+
+def _file_identity(path: Path, window: tuple[int, int] | None) -> tuple:
+    """What tells one version of a file from another without reading it: a file rewritten in place gets a new
+    ctime (and usually size and mtime), a replaced one a new inode."""
+    import os
+
+    stat = os.stat(path)
+    return (os.fspath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, window)
 
 
 def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float | None = None) -> None:
@@ -71,23 +81,29 @@ def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float 
     A damaged global heap (where variable-length strings, hence every Keras attribute, live) can send HDF5's C
     code into an endless loop that no signal interrupts. A forked child walks every link and reads every attribute
     first; if it does not finish in `timeout` seconds it is killed and the file refused. The child's other failures
-    are left to the reader, which turns them into its own errors. `window`: (start, size) of a stored zip member."""
+    are left to the reader, which turns them into its own errors. `window`: (start, size) of a stored zip member.
+    The parent waits on a pipe that the child's exit closes (no polling), and the verdict on an unchanged file is
+    remembered, so the scan and the reads that follow it cost one fork."""
     import ctypes
     import os
+    import select
     import signal
     import sys
     import time
 
     if not hasattr(os, "fork"):   # Windows: no child to sacrifice; the reader runs unguarded
         return
-    stat = os.stat(path)
-    key = (os.fspath(path), stat.st_size, stat.st_mtime_ns, window)
-    if key in _preflight_refused:
-        raise FormatError(_preflight_refused[key], path)
+    key = _file_identity(path, window)
+    if key in _preflight_seen:
+        if _preflight_seen[key] is not None:
+            raise FormatError(_preflight_seen[key], path)
+        return
+    read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
+    if pid == 0:  # pragma: no cover - the child; its end of the pipe closes when it exits, however it ends
         code = 0
         try:
+            os.close(read_end)
             if sys.platform == "linux":    # dies with this process, whatever ends it
                 ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))    # PR_SET_PDEATHSIG
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
@@ -101,26 +117,31 @@ def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float 
         except BaseException:
             code = 1
         os._exit(code)
+    os.close(write_end)
     timeout = PREFLIGHT_SECONDS if timeout is None else timeout
     deadline = time.monotonic() + timeout
-    delay = 0.001
     try:
         while True:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
+            ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+            if ready:           # the child exited (its end closed): reap it
+                os.waitpid(pid, 0)
                 pid = 0
-                return
-            if time.monotonic() > deadline:
-                message = (f"HDF5 did not finish reading the file's structure in {timeout:.0f} s "
+                verdict = None
+                break
+            if time.monotonic() >= deadline:
+                verdict = (f"HDF5 did not finish reading the file's structure in {timeout:.0f} s "
                            "(a damaged heap or link loop); refused")
-                _preflight_refused[key] = message
-                raise FormatError(message, path)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+                break
     finally:     # refused, interrupted or timed out by a caller: the child never outlives the wait
+        os.close(read_end)
         if pid:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+    if len(_preflight_seen) >= PREFLIGHT_MEMORY:
+        _preflight_seen.pop(next(iter(_preflight_seen)))
+    _preflight_seen[key] = verdict
+    if verdict is not None:
+        raise FormatError(verdict, path)
 
 
 # --- detection ----------------------------------------------------------------------------
