@@ -215,8 +215,10 @@ def default_workers() -> int:
 
 
 def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] | None = None, log=None,
-        seeds: list[Seed] | None = None, workers: int | None = None) -> Run:
-    """`inputs` mutated files, spread round-robin over the seeds (of `formats`, if given), from `seed`.
+        seeds: list[Seed] | None = None, workers: int | None = None, minutes: float | None = None,
+        on_failure=None) -> Run:
+    """`inputs` mutated files, spread round-robin over the seeds (of `formats`, if given), from `seed`; fewer if
+    `minutes` pass first. `on_failure(failure)` is called as each failure is found (`make fuzz` saves it then).
 
     The inputs are the same whatever `workers` is (they are drawn in order from one generator); each worker
     process checks the next one as soon as it is free, in its own folder (`work`/<index>), so every input has a
@@ -236,11 +238,12 @@ def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] 
         seeds = [s for s in seeds if formats is None or s.format in formats]
         originals = {s.root / s.target: (s.root / s.target).read_bytes() for s in seeds}
         drawn = iter(range(inputs))
+        stop = None if minutes is None else time.monotonic() + 60 * minutes
 
         def next_input():
             with lock:
                 i = next(drawn, None)
-                if i is None:
+                if i is None or (stop is not None and time.monotonic() > stop):
                     return None
                 s = seeds[i % len(seeds)]
                 return i, s, mutate(originals[s.root / s.target], s.kind, rng)
@@ -265,6 +268,8 @@ def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] 
                     done = sum(sum(c.values()) for c in result.counts.values())
                     if outcome not in ("read", "refused"):
                         result.failures.append(Failure(s.format, s.target.name, i, outcome, detail, data))
+                        if on_failure:
+                            on_failure(result.failures[-1])
                         if log:
                             log(f"[{i}] {s.format} {s.target.name}: {outcome}\n{detail}")
                     if log and done % 500 == 0:
@@ -301,30 +306,40 @@ def table(result: Run) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--inputs", type=int, default=20000)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--inputs", type=int, default=20000, help="inputs per seed")
+    parser.add_argument("--seed", type=int, action="append", help="run seed (repeatable: one run after the other)")
+    parser.add_argument("--minutes", type=float, help="stop each seed's run after its share of this many minutes")
     parser.add_argument("--format", action="append", help="only these seed formats (repeatable)")
-    parser.add_argument("--save", type=Path, help="keep each failing input here")
+    parser.add_argument("--save", type=Path, help="keep each failing input here, as it is found")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (one per core)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         serve_worker()
         return 0
-    started = time.monotonic()
-    result = run(args.inputs, args.seed, formats=set(args.format) if args.format else None,
-                 log=lambda m: print(m, file=sys.stderr, flush=True), workers=args.workers)
-    print(table(result))
-    print(f"{args.inputs} inputs in {time.monotonic() - started:.0f} s, seed {args.seed}")
-    if args.save:
-        args.save.mkdir(parents=True, exist_ok=True)
-        kept = set()
-        for f in result.failures:   # one input per distinct failure: format, kind and the exception's last line
-            signature = (f.format, f.problem, re.sub(r"\d+", "N", f.detail.strip().splitlines()[-1])[:80])
-            if signature not in kept:
-                kept.add(signature)
-                (args.save / corpus_name(f.format, f.target, f"{args.seed}-{f.index}")).write_bytes(f.data)
-    return 1 if result.failures else 0
+    kept = set()
+
+    def save(seed: int, f: Failure) -> None:
+        """One input per distinct failure: format, kind and the exception's last line."""
+        signature = (f.format, f.problem, re.sub(r"\d+", "N", f.detail.strip().splitlines()[-1])[:80])
+        if args.save and signature not in kept:
+            kept.add(signature)
+            args.save.mkdir(parents=True, exist_ok=True)
+            (args.save / corpus_name(f.format, f.target, f"{seed}-{f.index}")).write_bytes(f.data)
+
+    failed = False
+    seeds = args.seed or [1]
+    for seed in seeds:
+        started = time.monotonic()
+        result = run(args.inputs, seed, formats=set(args.format) if args.format else None,
+                     log=lambda m: print(m, file=sys.stderr, flush=True), workers=args.workers,
+                     minutes=None if args.minutes is None else args.minutes / len(seeds),
+                     on_failure=lambda f, seed=seed: save(seed, f))
+        done = sum(sum(c.values()) for c in result.counts.values())
+        print(table(result))
+        print(f"{done} inputs in {time.monotonic() - started:.0f} s, seed {seed}, {args.workers} workers", flush=True)
+        failed = failed or bool(result.failures)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
