@@ -120,10 +120,12 @@ def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float 
     os.close(write_end)
     timeout = PREFLIGHT_SECONDS if timeout is None else timeout
     deadline = time.monotonic() + timeout
+    waiting = select.poll()         # poll, not select: a process with many files open has descriptors past 1024
+    waiting.register(read_end, select.POLLIN | select.POLLHUP)
     try:
         while True:
-            ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
-            if ready:           # the child exited (its end closed): reap it
+            if waiting.poll(max(0, math.ceil(1000 * (deadline - time.monotonic())))):
+                # the child exited (its end closed): reap it
                 os.waitpid(pid, 0)
                 pid = 0
                 verdict = None
