@@ -233,6 +233,7 @@ def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] 
     pool = [Worker() for _ in range(workers or default_workers())]
     lock = threading.Lock()
     errors: list[BaseException] = []
+    stopped = threading.Event()
     try:
         for worker in pool:
             worker.start()
@@ -265,6 +266,8 @@ def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] 
                 outcome, detail = worker.check(make_case(s, data, case))
                 spent = time.perf_counter() - started
                 shutil.rmtree(case, ignore_errors=True)
+                if stopped.is_set():    # interrupted: the workers were killed under this input, not by it
+                    return
                 with lock:
                     result.seconds[s.format] += spent
                     result.counts[s.format][outcome] += 1
@@ -287,6 +290,7 @@ def run(inputs: int, seed: int = 0, work: Path | None = None, formats: set[str] 
         if errors:
             raise errors[0]
     finally:
+        stopped.set()
         for worker in pool:
             worker.close()
         if own:
