@@ -38,8 +38,8 @@ from .seeds import Seed, make_seeds
 
 TIMEOUT = 45            # seconds per input in Python (SIGALRM); the seeds take milliseconds
 HARD_TIMEOUT = 90       # seconds before the worker is killed
-PREFLIGHT_SECONDS = 3.0  # HDF5's preflight refuses a loop after this (10 s for users): its walk of a seed (< 100 KB)
-                         # takes milliseconds, and 1 damaged Keras file in ~40 loops, so 10 s each would be most of the run
+PREFLIGHT_SECONDS = 1.5  # HDF5's preflight refuses a loop after this (10 s for users): its walk of a seed (< 100 KB)
+                         # takes ~30 ms, and about 1 damaged Keras file in 50 loops (each loop burns the whole deadline)
 MEMORY_FLOOR = 64 << 20
 
 
