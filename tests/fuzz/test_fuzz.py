@@ -78,3 +78,17 @@ def test_damage_surfacing_only_when_a_tensor_is_read(tmp_path, cli):
     result = cli("convert", path, tmp_path / "out.safetensors", "--trust")
     assert_one_line_error(result, str(path), "tensor 'w'")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_zip_of_an_unknown_version_is_a_one_line_error(tmp_path, cli):
+    """Found by `make fuzz`: a central directory entry whose "version needed" is 10.9 makes Python's zipfile raise
+    NotImplementedError while listing the archive, which escaped .npz detection as a traceback."""
+    path = tmp_path / "arrays.npz"
+    np.savez(path, w=np.arange(4, dtype="f4"))
+    data = bytearray(path.read_bytes())
+    entry = data.index(b"PK\x01\x02")
+    data[entry + 6:entry + 8] = (109).to_bytes(2, "little")        # version needed to extract: 10.9
+    path.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="zip archive whose central directory cannot be read"):
+        modelport.open(path)
+    assert_one_line_error(cli("inspect", path), str(path), "central directory")

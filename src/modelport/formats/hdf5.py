@@ -34,7 +34,7 @@ from ..core.errors import FormatError, UnsafeFileError, UnsupportedError, requir
 from ..core.source import ModelSource, loads_json, tensor_list
 from ..core.tensor import TensorRef
 from ..core.zipmember import check_member
-from .registry import FormatSpec
+from .registry import ZIP_ERRORS, FormatSpec, zip_names
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_DEPTH = 64
@@ -148,19 +148,11 @@ def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float 
 
 # --- detection ----------------------------------------------------------------------------
 
-def _zip_names(path: Path) -> list[str] | None:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return None
-
-
 def detect(path: Path, head: bytes) -> bool:
     if any(head[o:o + 8] == MAGIC for o in (0, 512, 1024, 2048)):
         return True
     if head[:4] == b"PK\x03\x04":
-        names = _zip_names(path) or []
+        names = zip_names(path) or []
         return "config.json" in names and "model.weights.h5" in names
     return False
 
@@ -568,7 +560,7 @@ def open_hdf5(path: Path) -> ModelSource:
         if keras_zip:
             try:
                 z = zipfile.ZipFile(path)
-            except zipfile.BadZipFile as exc:
+            except ZIP_ERRORS as exc:
                 raise FormatError(f"not a valid .keras zip ({exc})", path) from None
             with z:
                 names = z.namelist()
