@@ -75,17 +75,28 @@ def _file_identity(path: Path, window: tuple[int, int] | None) -> tuple:
     return (os.fspath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, window)
 
 
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float | None = None) -> None:
-    """Refuse a file on which the HDF5 library loops forever, before this process reads it.
+    """Refuse a file on which the HDF5 library loops forever or crashes, before this process reads it.
 
     A damaged global heap (where variable-length strings, hence every Keras attribute, live) can send HDF5's C
-    code into an endless loop that no signal interrupts. A forked child walks every link and reads every attribute
-    first; if it does not finish in `timeout` seconds it is killed and the file refused. The child's other failures
-    are left to the reader, which turns them into its own errors. `window`: (start, size) of a stored zip member.
+    code into an endless loop that no signal interrupts, or into a segmentation fault. A forked child walks every
+    link and reads every attribute first; if it does not finish in `timeout` seconds it is killed and the file
+    refused, and so is a file the child crashed on. The child's other failures (Python exceptions) are left to
+    the reader, which turns them into its own errors. `window`: (start, size) of a stored zip member.
     The parent waits on a pipe that the child's exit closes (no polling), and the verdict on an unchanged file is
     remembered, so the scan and the reads that follow it cost one fork."""
     import ctypes
     import os
+    import resource
     import select
     import signal
     import sys
@@ -107,6 +118,7 @@ def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float 
             if sys.platform == "linux":    # dies with this process, whatever ends it
                 ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))    # PR_SET_PDEATHSIG
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # a crash here leaves no core file behind
             h5py = safe_h5py()
             with h5py.File(_RangeFile(path, *window) if window else path, "r") as f:
                 def touch(_name, obj=None):
@@ -126,9 +138,12 @@ def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float 
         while True:
             if waiting.poll(max(0, math.ceil(1000 * (deadline - time.monotonic())))):
                 # the child exited (its end closed): reap it
-                os.waitpid(pid, 0)
+                _, status = os.waitpid(pid, 0)
                 pid = 0
                 verdict = None
+                if os.WIFSIGNALED(status):     # a damaged heap can make HDF5 crash as well as loop
+                    verdict = (f"HDF5 crashed reading the file's structure ({_signal_name(os.WTERMSIG(status))}); "
+                               "refused")
                 break
             if time.monotonic() >= deadline:
                 verdict = (f"HDF5 did not finish reading the file's structure in {timeout:.0f} s "
