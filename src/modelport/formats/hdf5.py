@@ -146,7 +146,7 @@ def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float 
                                "refused")
                 break
             if time.monotonic() >= deadline:
-                verdict = (f"HDF5 did not finish reading the file's structure in {timeout:.0f} s "
+                verdict = (f"HDF5 did not finish reading the file's structure in {timeout:g} s "
                            "(a damaged heap or link loop); refused")
                 break
     finally:     # refused, interrupted or timed out by a caller: the child never outlives the wait
