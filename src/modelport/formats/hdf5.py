@@ -59,7 +59,7 @@ def safe_h5py():
     return h5py
 
 
-# --- a damaged file that HDF5 loops on -----------------------------------------------------
+# --- a damaged file that HDF5 loops or crashes on -----------------------------------------------------
 
 PREFLIGHT_SECONDS = 10.0    # walking links and reading attributes takes milliseconds on any real file
 PREFLIGHT_MEMORY = 1024     # files whose verdict is kept: scan, open and inspect of one file fork only once
@@ -110,7 +110,12 @@ def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float 
             raise FormatError(_preflight_seen[key], path)
         return
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        raise
     if pid == 0:  # pragma: no cover - the child; its end of the pipe closes when it exits, however it ends
         code = 0
         try:
