@@ -37,12 +37,15 @@ check-long: setup
 	$(PY) -m pytest -m long
 
 # A long seeded fuzz run over every reader and the scanner (`make test` runs a bounded one): damaged files from
-# real libraries' seeds, opened, fully read, inspected and scanned. Each new kind of failure is saved into
-# tests/fuzz/corpus, where the suite replays it. FUZZ_INPUTS=200000 FUZZ_SEED=7 make fuzz for another run.
+# real libraries' seeds, opened, fully read, inspected and scanned, one worker per core. Each seed in turn, up to
+# FUZZ_INPUTS inputs each and FUZZ_MINUTES in all; each new kind of failure is saved into tests/fuzz/corpus as it
+# is found, where the suite replays it. FUZZ_INPUTS=200000 FUZZ_SEED="7 8" FUZZ_MINUTES=120 make fuzz for another.
 FUZZ_INPUTS ?= 30000
-FUZZ_SEED ?= 1
+FUZZ_SEED ?= 1 2 3
+FUZZ_MINUTES ?= 30
 fuzz: setup
-	$(PY) -m tests.fuzz.harness --inputs $(FUZZ_INPUTS) --seed $(FUZZ_SEED) --save tests/fuzz/corpus
+	$(PY) -m tests.fuzz.harness --inputs $(FUZZ_INPUTS) $(addprefix --seed ,$(FUZZ_SEED)) --minutes $(FUZZ_MINUTES) \
+		--save tests/fuzz/corpus
 
 # Anchor tools for the side-by-side benches (not needed by the tests). modelscan pins rich<15; it runs fine on 15.
 bench: setup

@@ -335,3 +335,38 @@ def test_a_heap_hdf5_loops_on_is_refused(tmp_path, monkeypatch):
     with pytest.raises(FormatError, match="did not finish reading the file's structure in 2 s"):
         hdf5.open_hdf5(path)
     hdf5.preflight(fixture("keras2_weights.h5"))          # the intact file passes at once
+
+
+def test_preflight_forks_once_per_version_of_a_file(tmp_path, monkeypatch):
+    """A scan, an open and an inspect of one file each run the preflight: the child is forked for the first only.
+    The verdict belongs to that version of the file: the same path rewritten (same size, a looping heap) is walked
+    again and refused."""
+    import os
+
+    from modelport.formats import hdf5
+
+    intact = fixture("keras2_weights.h5").read_bytes()
+    looping = bytearray(intact)
+    heap = looping.index(b"GCOL")
+    looping[heap + 16:heap + 80] = bytes(64)
+    path = tmp_path / "model.h5"
+    path.write_bytes(intact)
+    forks = []
+    real_fork = os.fork
+    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or real_fork())
+    monkeypatch.setattr(hdf5, "PREFLIGHT_SECONDS", 2.0)
+    for _ in range(3):
+        hdf5.preflight(path)
+    assert len(forks) == 1
+    modelport.scan(path)
+    with modelport.open(path) as src:
+        assert src.tensors
+    assert len(forks) == 1
+    before = path.stat()
+    path.write_bytes(bytes(looping))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))   # a later write (timestamps are coarse)
+    with pytest.raises(FormatError, match="did not finish reading the file's structure in 2 s"):
+        hdf5.preflight(path)
+    with pytest.raises(FormatError, match="did not finish reading"):
+        modelport.open(path)
+    assert len(forks) == 2

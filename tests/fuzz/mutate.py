@@ -4,7 +4,8 @@
 reproducible from its seed). Generic: bit flips, interesting bytes, truncation, inserted or deleted bytes, huge
 integers written over 1/2/4/8 bytes. Structure-aware, by `kind`: zip record fields (sizes, offsets, method, flags,
 name lengths, CRC), the safetensors JSON header (length, offsets, shapes, dtypes, nesting), the .npy header dict,
-GGUF counts and lengths, protobuf varints and lengths, msgpack lengths and nesting, pickle string lengths.
+GGUF counts and lengths, protobuf varints and lengths, msgpack lengths and nesting, pickle string lengths, the
+fields after HDF5's structure signatures (B-trees, heaps, object headers).
 """
 
 from __future__ import annotations
@@ -360,6 +361,29 @@ def pickle_length(data: bytearray, rng: random.Random) -> bytearray:
     return data
 
 
+# --- HDF5 -------------------------------------------------------------------------------------
+
+# Signatures of HDF5's on-disk structures: superblock, v1 B-tree and local heap, symbol table node, global heap
+# collection (every variable-length string), v2 object header and its continuation, fractal heap, v2 B-tree.
+_HDF5_SIGNATURES = (b"\x89HDF\r\n\x1a\n", b"TREE", b"HEAP", b"SNOD", b"GCOL", b"OHDR", b"OCHK", b"FRHP", b"FHDB",
+                    b"BTHD", b"BTLF", b"BTIN")
+
+
+def hdf5_field(data: bytearray, rng: random.Random) -> bytearray:
+    """An interesting integer over a field of a structure HDF5 finds by address: sizes, counts, addresses and
+    object lengths in the 64 bytes after a signature (a global heap object's size: HDF5 loops on some)."""
+    spots = [m.start() for sig in _HDF5_SIGNATURES for m in re.finditer(re.escape(sig), data)]
+    if not spots:
+        return big_int(data, rng, align=8)
+    start = rng.choice(spots)
+    width = rng.choice((1, 2, 4, 8))
+    pos = start + 4 + width * rng.randrange(64 // width)
+    if pos + width > len(data):
+        return data
+    _put(data, pos, width, _int_value(rng, int.from_bytes(data[pos:pos + width], "little")))
+    return data
+
+
 STRUCTURED = {
     "zip": (zip_field, zip_field, zip_name),
     "json-header": (json_header,),
@@ -369,7 +393,7 @@ STRUCTURED = {
     "table": (varint_anywhere,),
     "msgpack": (msgpack_length, msgpack_nest),
     "pickle": (pickle_length,),
-    "hdf5": (lambda d, r: big_int(d, r, align=8),),
+    "hdf5": (lambda d, r: big_int(d, r, align=8), hdf5_field),
     "flatbuffer": (lambda d, r: big_int(d, r, align=4),),
     "raw": (),
 }

@@ -34,7 +34,7 @@ from ..core.errors import FormatError, UnsafeFileError, UnsupportedError, requir
 from ..core.source import ModelSource, loads_json, tensor_list
 from ..core.tensor import TensorRef
 from ..core.zipmember import check_member
-from .registry import FormatSpec
+from .registry import ZIP_ERRORS, FormatSpec, zip_names
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_DEPTH = 64
@@ -59,38 +59,71 @@ def safe_h5py():
     return h5py
 
 
-# --- a damaged file that HDF5 loops on -----------------------------------------------------
+# --- a damaged file that HDF5 loops or crashes on -----------------------------------------------------
 
 PREFLIGHT_SECONDS = 10.0    # walking links and reading attributes takes milliseconds on any real file
-_preflight_refused: dict = {}   # (path, size, mtime, window) -> message: scan, open and inspect wait only once
+PREFLIGHT_MEMORY = 1024     # files whose verdict is kept: scan, open and inspect of one file fork only once
+_preflight_seen: dict = {}  # file identity -> None (it passed) or the refusal's message
+
+
+def _file_identity(path: Path, window: tuple[int, int] | None) -> tuple:
+    """What tells one version of a file from another without reading it: a file rewritten in place gets a new
+    ctime (and usually size and mtime), a replaced one a new inode."""
+    import os
+
+    stat = os.stat(path)
+    return (os.fspath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, window)
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float | None = None) -> None:
-    """Refuse a file on which the HDF5 library loops forever, before this process reads it.
+    """Refuse a file on which the HDF5 library loops forever or crashes, before this process reads it.
 
     A damaged global heap (where variable-length strings, hence every Keras attribute, live) can send HDF5's C
-    code into an endless loop that no signal interrupts. A forked child walks every link and reads every attribute
-    first; if it does not finish in `timeout` seconds it is killed and the file refused. The child's other failures
-    are left to the reader, which turns them into its own errors. `window`: (start, size) of a stored zip member."""
+    code into an endless loop that no signal interrupts, or into a segmentation fault. A forked child walks every
+    link and reads every attribute first; if it does not finish in `timeout` seconds it is killed and the file
+    refused, and so is a file the child crashed on. The child's other failures (Python exceptions) are left to
+    the reader, which turns them into its own errors. `window`: (start, size) of a stored zip member.
+    The parent waits on a pipe that the child's exit closes (no polling), and the verdict on an unchanged file is
+    remembered, so the scan and the reads that follow it cost one fork."""
     import ctypes
     import os
+    import resource
+    import select
     import signal
     import sys
     import time
 
     if not hasattr(os, "fork"):   # Windows: no child to sacrifice; the reader runs unguarded
         return
-    stat = os.stat(path)
-    key = (os.fspath(path), stat.st_size, stat.st_mtime_ns, window)
-    if key in _preflight_refused:
-        raise FormatError(_preflight_refused[key], path)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
+    key = _file_identity(path, window)
+    if key in _preflight_seen:
+        if _preflight_seen[key] is not None:
+            raise FormatError(_preflight_seen[key], path)
+        return
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        raise
+    if pid == 0:  # pragma: no cover - the child; its end of the pipe closes when it exits, however it ends
         code = 0
         try:
+            os.close(read_end)
             if sys.platform == "linux":    # dies with this process, whatever ends it
                 ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))    # PR_SET_PDEATHSIG
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # a crash here leaves no core file behind
             h5py = safe_h5py()
             with h5py.File(_RangeFile(path, *window) if window else path, "r") as f:
                 def touch(_name, obj=None):
@@ -101,43 +134,45 @@ def preflight(path: Path, window: tuple[int, int] | None = None, timeout: float 
         except BaseException:
             code = 1
         os._exit(code)
+    os.close(write_end)
     timeout = PREFLIGHT_SECONDS if timeout is None else timeout
     deadline = time.monotonic() + timeout
-    delay = 0.001
+    waiting = select.poll()         # poll, not select: a process with many files open has descriptors past 1024
+    waiting.register(read_end, select.POLLIN | select.POLLHUP)
     try:
         while True:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
+            if waiting.poll(max(0, math.ceil(1000 * (deadline - time.monotonic())))):
+                # the child exited (its end closed): reap it
+                _, status = os.waitpid(pid, 0)
                 pid = 0
-                return
-            if time.monotonic() > deadline:
-                message = (f"HDF5 did not finish reading the file's structure in {timeout:.0f} s "
+                verdict = None
+                if os.WIFSIGNALED(status):     # a damaged heap can make HDF5 crash as well as loop
+                    verdict = (f"HDF5 crashed reading the file's structure ({_signal_name(os.WTERMSIG(status))}); "
+                               "refused")
+                break
+            if time.monotonic() >= deadline:
+                verdict = (f"HDF5 did not finish reading the file's structure in {timeout:g} s "
                            "(a damaged heap or link loop); refused")
-                _preflight_refused[key] = message
-                raise FormatError(message, path)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+                break
     finally:     # refused, interrupted or timed out by a caller: the child never outlives the wait
+        os.close(read_end)
         if pid:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+    if len(_preflight_seen) >= PREFLIGHT_MEMORY:
+        _preflight_seen.pop(next(iter(_preflight_seen)))
+    _preflight_seen[key] = verdict
+    if verdict is not None:
+        raise FormatError(verdict, path)
 
 
 # --- detection ----------------------------------------------------------------------------
-
-def _zip_names(path: Path) -> list[str] | None:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return None
-
 
 def detect(path: Path, head: bytes) -> bool:
     if any(head[o:o + 8] == MAGIC for o in (0, 512, 1024, 2048)):
         return True
     if head[:4] == b"PK\x03\x04":
-        names = _zip_names(path) or []
+        names = zip_names(path) or []
         return "config.json" in names and "model.weights.h5" in names
     return False
 
@@ -545,7 +580,7 @@ def open_hdf5(path: Path) -> ModelSource:
         if keras_zip:
             try:
                 z = zipfile.ZipFile(path)
-            except zipfile.BadZipFile as exc:
+            except ZIP_ERRORS as exc:
                 raise FormatError(f"not a valid .keras zip ({exc})", path) from None
             with z:
                 names = z.namelist()

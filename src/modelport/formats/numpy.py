@@ -24,7 +24,7 @@ from ..core.errors import FormatError, UnsafeFileError, UnsupportedError, requir
 from ..core.source import ModelSource, loads_json, tensor_list
 from ..core.tensor import TensorRef, map_bytes
 from ..core.zipmember import check_member
-from .registry import FormatSpec
+from .registry import ZIP_ERRORS, FormatSpec, zip_names
 
 NPY_MAGIC = b"\x93NUMPY"
 MAX_HEADER = 10_000
@@ -102,11 +102,7 @@ def detect(path: Path, head: bytes) -> bool:
         return True
     if not head.startswith(b"PK\x03\x04"):
         return False
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
+    names = zip_names(path)
     return bool(names) and all(n.endswith(".npy") or n == SIDECAR for n in names)
 
 
@@ -140,7 +136,7 @@ def open_npz(path: Path) -> ModelSource:
     size = path.stat().st_size
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except ZIP_ERRORS as exc:
         raise FormatError(f"corrupt zip archive ({exc})", path) from None
     with zf:
         infos = zf.infolist()

@@ -89,6 +89,8 @@ def detect(path: Path) -> FormatSpec:
             return spec
     if path.name.endswith(".index.json"):
         return _INDEX
+    if head.startswith(b"PK\x03\x04") and zip_names(path) is None:
+        raise FormatError("a zip archive whose central directory cannot be read (damaged or truncated)", path)
     raise FormatError(f"not a model file modelport knows (starts with {head[:8].hex(' ')})", path)
 
 
@@ -99,6 +101,21 @@ def detect(path: Path) -> FormatSpec:
 DAMAGED = (OSError, EOFError, ValueError, OverflowError, struct.error, zlib.error, zipfile.BadZipFile,
            zipfile.LargeZipFile)
 MESSAGE_CAP = 200
+# What Python's zipfile raises on a damaged archive while reading its central directory: besides BadZipFile, a
+# version field past 6.3 is NotImplementedError("zip file version 10.9"), and damaged counts and offsets surface
+# as struct, index, key and overflow errors.
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error,
+              NotImplementedError, KeyError, IndexError, OverflowError)
+
+
+def zip_names(path: Path) -> list[str] | None:
+    """The member names of a zip archive that Python's zipfile reads, or None: what detection looks at. A damaged
+    archive matches no zip-based format (and gets the registry's "not a model file" error, never a traceback)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except ZIP_ERRORS:
+        return None
 
 
 @contextlib.contextmanager

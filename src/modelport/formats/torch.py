@@ -35,7 +35,7 @@ from ..core.source import ModelSource, tensor_list
 from ..core.tensor import VERBATIM, TensorRef, map_bytes
 from ..core.zipmember import check_member
 from . import torch_pickle
-from .registry import FormatSpec
+from .registry import ZIP_ERRORS, FormatSpec
 
 MAX_PICKLE = 256 * 1024 * 1024
 MAX_DEPTH = 64                   # nesting of dicts/lists in a checkpoint object
@@ -239,8 +239,7 @@ def _open_zip(path: Path) -> ModelSource:
     size = path.stat().st_size
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error, NotImplementedError, KeyError,
-            IndexError, OverflowError) as exc:
+    except ZIP_ERRORS as exc:
         raise FormatError(f"corrupt zip archive ({exc})", path) from None
     with zf, path.open("rb") as f:
         infos = zf.infolist()
