@@ -22,6 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ..core.atomic import scratch_outputs
 from ..core.errors import OutputExistsError
 from ..runtime.base import cores
 from ..samples import smollm2_gguf
@@ -65,7 +66,8 @@ def run_tour(out: str | os.PathLike = "tour-out", *, quick: bool = False, force:
     journal = Journal(out, facts, console, progress)
     interrupted = False
     try:
-        steps(journal, model, out, quick)
+        with scratch_outputs():        # the tour's artefacts are throwaway: atomic, not fsynced
+            steps(journal, model, out, quick)
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -112,10 +114,10 @@ def steps(journal: Journal, model: Path, out: Path, quick: bool) -> None:
     if journal.ok("export_onnx"):
         artefacts.append(Artefact(f"ONNX F32 ({weights})", str(onnx_folder), "onnx", weights))
     questions = [finetune.QUESTION, finetune.GENERAL_QUESTION]
-    engines.answers(journal, artefacts, questions, max_tokens=24 if quick else 40)
     reference = next((a for a in artefacts if a.quant == "F16"), artefacts[0])
-    engines.measure(journal, artefacts, reference, finetune.heldout_text(), QUICK_PPL_CTX if quick else FULL_PPL_CTX,
-                    tokens=32 if quick else 64)
+    engines.answers_and_measures(journal, artefacts, reference, questions, max_tokens=24 if quick else 40,
+                                 text=finetune.heldout_text(), n_ctx=QUICK_PPL_CTX if quick else FULL_PPL_CTX,
+                                 tokens=32 if quick else 64)
 
     f16 = gguf_folder / exports.gguf_name("F16")
     sizing.sizes(journal, {"SmolLM2-135M (F16 GGUF)" if f16.is_file() else "SmolLM2-135M (Q4_1 GGUF)": f16 if f16.is_file() else model},
