@@ -6,6 +6,7 @@ artefact measured: size on disk, load time, tokens/s, perplexity on a held-out t
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -23,11 +24,14 @@ CTX = 1024
 
 
 def engine_threads() -> int:
-    """Half the cores, at least one: what every engine of the tour runs on. A 135M model is bound by memory, not
-    arithmetic, and llama.cpp's and OpenMP's threads spin while they wait for each other: with every core taken
-    and anything else running, they burn many times the CPU (measured on the 2-core box at load 13: 24 tokens of
-    llama.cpp cost 0.8 CPU-s on 1 thread, 22 CPU-s on 2)."""
-    return max(1, cores() // 2)
+    """The threads every engine of the tour runs on: all the cores on an otherwise quiet machine, half of them (at
+    least one) when other work is running (the 1-minute load average, less the tour's own thread). llama.cpp's and
+    OpenMP's threads spin while they wait for each other: with every core asked for and another process on one,
+    they burn many times the CPU (measured on the 2-core box at load 13: 24 tokens of llama.cpp cost 0.8 CPU-s on
+    1 thread, 22 CPU-s on 2)."""
+    n = cores()
+    others = os.getloadavg()[0] - 1
+    return n if others < 0.75 else max(1, n // 2)
 
 
 @contextmanager
@@ -69,8 +73,10 @@ def answers_and_measures(journal: Journal, artefacts: list[Artefact], reference:
     with journal.step("answers", f"{title}, {kinds} (each artefact then measured, on the same load)") as step, \
             torch_threads(threads):
         rows = []
-        journal.say(f"every engine on {threads} thread{'s' if threads > 1 else ''} of {cores()} cores")
+        journal.say(f"every engine on {threads} thread{'s' if threads > 1 else ''} of {cores()} cores "
+                    f"(1-minute load average {os.getloadavg()[0]:.1f})")
         ref, ref_loaded = open_timed(reference, threads)
+        remembered = Remembered(ref)
         try:
             with journal.bar("answering, measuring", len(artefacts)) as advance:
                 for art in artefacts:
@@ -84,8 +90,8 @@ def answers_and_measures(journal: Journal, artefacts: list[Artefact], reference:
                                          "answer": answer, "tokens": result.completion_tokens,
                                          "tokens_per_s": result.to_dict()["generation_tokens_per_second"]})
                             journal.say(f"{art.name:32} [{ENGINE_NAMES[art.engine]}] {question} → {clip(answer, 90)}")
-                        measured.append(measure_one(art, engine, loaded, None if art == reference else ref, text,
-                                                    n_ctx, tokens))
+                        measured.append(measure_one(art, engine, loaded, None if art == reference else remembered,
+                                                    text, n_ctx, tokens))
                     finally:
                         if engine is not ref:
                             engine.close()
@@ -102,6 +108,24 @@ def answers_and_measures(journal: Journal, artefacts: list[Artefact], reference:
         step.figures.update(artefacts=measured, reference=reference.name, threads=threads)
 
 
+class Remembered:
+    """The reference engine, its logits for each id sequence computed once: every artefact is compared with it on
+    the same ids."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.seen: dict[tuple[int, ...], Any] = {}
+
+    def logits(self, ids: list[int]):
+        key = tuple(ids)
+        if key not in self.seen:
+            self.seen[key] = self.engine.logits(ids)
+        return self.seen[key]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+
 def open_timed(art: Artefact, threads: int) -> tuple[Engine, dict[str, float]]:
     """`art` loaded for chat, with the seconds it took and the resident memory it added."""
     started = time.perf_counter()
@@ -110,7 +134,7 @@ def open_timed(art: Artefact, threads: int) -> tuple[Engine, dict[str, float]]:
     return engine, {"load_s": time.perf_counter() - started, "rss": max(0, rss.peak - rss.before)}
 
 
-def measure_one(art: Artefact, engine: Engine, loaded: dict[str, float], ref: Engine | None, text: str, n_ctx: int,
+def measure_one(art: Artefact, engine: Engine, loaded: dict[str, float], ref: Engine | Remembered | None, text: str, n_ctx: int,
                 tokens: int) -> dict[str, Any]:
     """Speed (greedy, `tokens` past a 32-token prompt), perplexity, and agreement with `ref` (None: this is it)."""
     ids = engine.tokenize(text, add_special=True)[:32]
