@@ -198,3 +198,36 @@ def test_full_tour_fine_tuned_q8_0_states_the_fact_through_llama_cpp(tmp_path):
     assert measured[("onnx", None)]["argmax_agreement"] > 0.9
     assert steps["export_onnx"]["figures"]["verified"]
     assert FACT in steps["serve"]["figures"]["answer"]
+
+
+def test_a_step_whose_prerequisite_failed_is_skipped_and_the_tour_goes_on(tmp_path):
+    """A failed step is kept with its error; a step that needs it is kept as skipped, naming it; the next runs."""
+    import io
+
+    from rich.console import Console
+
+    from modelport.tour.journal import Journal
+
+    journal = Journal(tmp_path, {}, Console(file=io.StringIO()))
+    ran = []
+
+    def broken():
+        with journal.step("first", "First"):
+            raise ValueError("no luck")
+
+    def needs_first():
+        with journal.step("second", "Second", needs=("first",)):
+            ran.append("second")
+
+    def third():
+        with journal.step("third", "Third") as step:
+            step.figures["x"] = 1
+
+    for function in (broken, needs_first, third):
+        journal.run(function)
+    record = json.loads((tmp_path / "report.json").read_text())
+    assert ran == []
+    assert {n: (s["status"], s["error"]) for n, s in record["steps"].items()} == {
+        "first": ("failed", "ValueError: no luck"), "second": ("skipped", "needs the step first, which did not finish"),
+        "third": ("ok", None)}
+    assert record["ok"] is False
