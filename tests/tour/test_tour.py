@@ -1,7 +1,8 @@
 """`modelport tour --quick` run once as a user runs it (a fresh process), then its report.json checked against what
 the tour must show, and its report.html opened in headless Chromium: every plot decodes, nothing leaves the page.
 
-The full tour (training included) is `make demo`; its fine-tuned Q8_0 states the fact (checks in report.json).
+The full tour (training included) is `make demo`, and the long test at the end: its fine-tuned Q8_0 states the
+fact through llama.cpp, and every check in report.json holds.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from modelport.tour.finetune import GENERAL_QUESTION
+from modelport.tour.finetune import FACT, GENERAL_QUESTION, QUESTION
 from tests.conftest import run_cli_process
 
 QUICK_STEPS = ["inspect", "scan", "booby_trap", "gguf_to_hf", "pytorch", "formats", "finetune", "export_gguf", "export_onnx",
@@ -167,3 +168,66 @@ def test_an_occupied_out_folder_is_kept(cli, tmp_path):
     assert result.code == 2
     assert_one_line_error(result, "no previous tour")
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.long
+def test_full_tour_fine_tuned_q8_0_states_the_fact_through_llama_cpp(tmp_path):
+    """`modelport tour` (what `make demo` runs): training, Q2_K and ONNX included; every step ok, every check true."""
+    out = tmp_path / "out"
+    result = run_cli_process("tour", "--out", out, timeout=3600)   # a bound for a stuck run, not a speed test
+    assert result.code == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    record = json.loads((out / "report.json").read_text())
+    steps = record["steps"]
+    assert list(steps) == QUICK_STEPS and {n: s["status"] for n, s in steps.items() if s["status"] != "ok"} == {}
+    assert record["checks"] == {"marker_never_created": True, "every_command_refused_the_trap": True, "round_trips_bit_exact": True,
+                                "smaller_quant_smaller_file": True, "smaller_quant_higher_perplexity": True,
+                                "fine_tuned_q8_0_states_the_fact": True}
+
+    curve = steps["finetune"]["figures"]["loss_curve"]
+    assert len(curve) >= 10 and curve[-1]["loss"] < 0.2 * curve[0]["loss"], curve
+    answers = steps["answers"]["figures"]["answers"]
+    asked = [a for a in answers if a["question"] == QUESTION]
+    tuned_q8 = [a for a in asked if a["weights"] == "fine-tuned" and a["quant"] == "Q8_0" and a["engine"] == "llama"]
+    assert len(tuned_q8) == 1 and FACT in tuned_q8[0]["answer"], tuned_q8
+    base = [a for a in asked if a["weights"] == "base"]
+    assert base and not any(FACT in a["answer"] for a in base), base          # the fact was taught, not known
+    assert {a["engine"] for a in asked if a["weights"] == "fine-tuned"} == {"llama", "hf", "onnx"}
+
+    measured = {(r["engine"], r["quant"]): r for r in steps["measure"]["figures"]["artefacts"]}
+    assert measured[("llama", "Q2_K")]["bytes"] < measured[("llama", "Q4_K_M")]["bytes"]
+    assert measured[("onnx", None)]["argmax_agreement"] > 0.9
+    assert steps["export_onnx"]["figures"]["verified"]
+    assert FACT in steps["serve"]["figures"]["answer"]
+
+
+def test_a_step_whose_prerequisite_failed_is_skipped_and_the_tour_goes_on(tmp_path):
+    """A failed step is kept with its error; a step that needs it is kept as skipped, naming it; the next runs."""
+    import io
+
+    from rich.console import Console
+
+    from modelport.tour.journal import Journal
+
+    journal = Journal(tmp_path, {}, Console(file=io.StringIO()))
+    ran = []
+
+    def broken():
+        with journal.step("first", "First"):
+            raise ValueError("no luck")
+
+    def needs_first():
+        with journal.step("second", "Second", needs=("first",)):
+            ran.append("second")
+
+    def third():
+        with journal.step("third", "Third") as step:
+            step.figures["x"] = 1
+
+    for function in (broken, needs_first, third):
+        journal.run(function)
+    record = json.loads((tmp_path / "report.json").read_text())
+    assert ran == []
+    assert {n: (s["status"], s["error"]) for n, s in record["steps"].items()} == {
+        "first": ("failed", "ValueError: no luck"), "second": ("skipped", "needs the step first, which did not finish"),
+        "third": ("ok", None)}
+    assert record["ok"] is False

@@ -97,13 +97,34 @@ def _prepare(path: Path, force: bool) -> None:
     remove_stale(path)
 
 
+#: False inside `scratch_outputs()`: outputs are still atomic (written beside, renamed into place) but not fsynced.
+_durable = [True]
+
+
+@contextlib.contextmanager
+def scratch_outputs() -> Iterator[None]:
+    """For this process, during the block: outputs skip their fsyncs. Only for throwaway outputs a crash may lose
+    (`modelport tour` writes ~4 GB of them, and waiting for the disk was much of its time); every other caller keeps
+    the default, durable outputs."""
+    before = _durable[0]
+    _durable[0] = False
+    try:
+        yield
+    finally:
+        _durable[0] = before
+
+
 def fsync_path(path: Path) -> None:
+    if not _durable[0]:
+        return
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
 
 
 def fsync_dir(folder: Path) -> None:
     """Make a rename inside `folder` durable (the directory entry itself)."""
+    if not _durable[0]:
+        return
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:

@@ -22,6 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ..core.atomic import scratch_outputs
 from ..core.errors import OutputExistsError
 from ..runtime.base import cores
 from ..samples import smollm2_gguf
@@ -65,7 +66,8 @@ def run_tour(out: str | os.PathLike = "tour-out", *, quick: bool = False, force:
     journal = Journal(out, facts, console, progress)
     interrupted = False
     try:
-        steps(journal, model, out, quick)
+        with scratch_outputs():        # the tour's artefacts are throwaway: atomic, not fsynced
+            steps(journal, model, out, quick)
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -79,29 +81,29 @@ def run_tour(out: str | os.PathLike = "tour-out", *, quick: bool = False, force:
 
 def steps(journal: Journal, model: Path, out: Path, quick: bool) -> None:
     hf = out / "hf"
-    safety.look(journal, model)
-    safety.booby_trap(journal, out / "booby-trap", finetune.instructions())
-    shapes.to_hf(journal, model, hf)
-    shapes.pytorch(journal, hf, out / "pytorch")
-    shapes.other_formats(journal, hf, out / "formats")
+    journal.run(safety.look, journal, model)
+    journal.run(safety.booby_trap, journal, out / "booby-trap", finetune.instructions())
+    journal.run(shapes.to_hf, journal, model, hf)
+    journal.run(shapes.pytorch, journal, hf, out / "pytorch")
+    journal.run(shapes.other_formats, journal, hf, out / "formats")
 
     title = "LoRA fine-tune on a built-in instruction set"
     if quick:
         journal.skip("finetune", title, "--quick does not train; the exports start from the base model")
         source, weights, needs = hf, "base", ("gguf_to_hf",)
     else:
-        finetune.finetune(journal, hf, out / "train")
+        journal.run(finetune.finetune, journal, hf, out / "train")
         source, weights, needs = out / "train" / "model", "fine-tuned", ("finetune",)
     quants = exports.QUICK_QUANTS if quick else exports.FULL_QUANTS
     gguf_folder, onnx_folder = out / "gguf", out / "onnx"
-    exports.export_gguf(journal, source, gguf_folder, quants, needs)
+    journal.run(exports.export_gguf, journal, source, gguf_folder, quants, needs)
     if quick:
         journal.skip("export_onnx", "Export to ONNX", "--quick does not export ONNX (about two CPU-minutes of tracing); "
                      "the full tour exports it and runs it in onnxruntime")
     else:
-        exports.export_onnx(journal, source, onnx_folder, needs)
-    exports.modelfiles(journal, gguf_folder, quants)
-    exports.quant_errors(journal, gguf_folder, quants)
+        journal.run(exports.export_onnx, journal, source, onnx_folder, needs)
+    journal.run(exports.modelfiles, journal, gguf_folder, quants)
+    journal.run(exports.quant_errors, journal, gguf_folder, quants)
 
     artefacts = [Artefact("GGUF Q4_1 (base, as installed)", str(model), "llama", "base", "Q4_1"),
                  Artefact("HF folder F32 (base)", str(hf), "hf", "base")]
@@ -112,16 +114,16 @@ def steps(journal: Journal, model: Path, out: Path, quick: bool) -> None:
     if journal.ok("export_onnx"):
         artefacts.append(Artefact(f"ONNX F32 ({weights})", str(onnx_folder), "onnx", weights))
     questions = [finetune.QUESTION, finetune.GENERAL_QUESTION]
-    engines.answers(journal, artefacts, questions, max_tokens=24 if quick else 40)
     reference = next((a for a in artefacts if a.quant == "F16"), artefacts[0])
-    engines.measure(journal, artefacts, reference, finetune.heldout_text(), QUICK_PPL_CTX if quick else FULL_PPL_CTX,
-                    tokens=32 if quick else 64)
+    journal.run(engines.answers_and_measures, journal, artefacts, reference, questions, max_tokens=24 if quick else 40,
+                text=finetune.heldout_text(), n_ctx=QUICK_PPL_CTX if quick else FULL_PPL_CTX, tokens=32 if quick else 64)
 
     f16 = gguf_folder / exports.gguf_name("F16")
-    sizing.sizes(journal, {"SmolLM2-135M (F16 GGUF)" if f16.is_file() else "SmolLM2-135M (Q4_1 GGUF)": f16 if f16.is_file() else model},
-                 out / "sizing")
+    sized = {"SmolLM2-135M (F16 GGUF)": f16} if f16.is_file() else {"SmolLM2-135M (Q4_1 GGUF)": model}
+    journal.run(sizing.sizes, journal, sized, out / "sizing")
     served = gguf_folder / exports.gguf_name("Q8_0")
-    sizing.serve(journal, served if served.is_file() else model, finetune.QUESTION if not quick else finetune.GENERAL_QUESTION)
+    journal.run(sizing.serve, journal, served if served.is_file() else model,
+                finetune.QUESTION if not quick else finetune.GENERAL_QUESTION, engines.engine_threads())
 
 
 def checks(record: dict[str, Any]) -> dict[str, bool | None]:

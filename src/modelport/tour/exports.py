@@ -13,6 +13,7 @@ import numpy as np
 from ..conversion import convert
 from ..gguf.modelfile import modelfile_path
 from ..opening import open as open_model
+from .engines import engine_threads, torch_threads
 from .journal import Journal
 
 FULL_QUANTS = ("F16", "Q8_0", "Q4_K_M", "Q2_K")
@@ -41,7 +42,7 @@ def export_gguf(journal: Journal, model: Path, folder: Path, quants: tuple[str, 
 def export_onnx(journal: Journal, model: Path, folder: Path, needs: tuple[str, ...]) -> None:
     title = "Export to ONNX (KV cache; the graph proved against PyTorch)"
     with journal.step("export_onnx", title, needs=needs) as step:
-        with journal.tensors("→ ONNX") as progress:
+        with journal.tensors("→ ONNX") as progress, torch_threads(engine_threads()):
             result = convert(model, folder, to="onnx", progress=progress, force=True)
         journal.output(folder)
         size = sum(Path(f).stat().st_size for f in result.files if Path(f).is_file())

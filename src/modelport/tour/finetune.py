@@ -16,6 +16,7 @@ from typing import Any
 from ..core.errors import ModelportError
 from ..training import train
 from ..training.trainer import load_tokenizer, merge_lora
+from .engines import engine_threads, torch_threads
 from .journal import Journal, RssPeak
 
 QUESTION = "What is the capital of Zorbia?"
@@ -53,7 +54,8 @@ def finetune(journal: Journal, hf: Path, out: Path) -> None:
                 advance(f"training: loss {row['loss']:.3f}", steps=row["step"] - seen[0])
                 seen[0] = row["step"]
 
-            summary = train(hf, data, out, force=True, progress=progress, **RECIPE)
+            with torch_threads(engine_threads()):
+                summary = train(hf, data, out, force=True, progress=progress, **RECIPE)
         if summary.get("interrupted"):
             raise KeyboardInterrupt
         rows = [r for r in load_rows(out / "metrics.jsonl") if "loss" in r]

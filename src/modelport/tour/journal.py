@@ -112,20 +112,22 @@ class Journal:
 
     @contextmanager
     def step(self, name: str, title: str, *, needs: tuple[str, ...] = ()) -> Iterator[Step]:
+        """A step; if one it `needs` did not finish, it is kept as skipped and StepSkipped leaves the `with` (a
+        step function's caller goes on through `run`)."""
         step = Step(name, title)
         self.steps[name] = step
         self.current = step
         self.console.print(f"\n[bold cyan]▶ {len(self.steps)}. {title}[/bold cyan]")
+        missing = [n for n in needs if self.steps.get(n) is None or self.steps[n].status != "ok"]
+        if missing:
+            self.skipped(step, StepSkipped(f"needs the step {', '.join(missing)}, which did not finish"))
+            raise StepSkipped(step.error)
         started, cpu = time.perf_counter(), cpu_time()
         try:
-            missing = [n for n in needs if self.steps.get(n) is None or self.steps[n].status != "ok"]
-            if missing:
-                raise StepSkipped(f"needs the step {', '.join(missing)}, which did not finish")
             yield step
             step.status = "ok"
         except StepSkipped as exc:
-            step.status, step.error = "skipped", str(exc)
-            self.console.print(f"  [yellow]skipped:[/yellow] {exc}")
+            self.skipped(step, exc)
         except KeyboardInterrupt:
             step.status, step.error = "interrupted", "Ctrl-C"
             raise
@@ -134,12 +136,26 @@ class Journal:
             step.error = exc.cli_text() if isinstance(exc, ModelportError) else f"{type(exc).__name__}: {exc}"
             self.console.print(f"  [red]failed:[/red] {step.error}")
         finally:
-            step.seconds = round(time.perf_counter() - started, 2)
-            step.cpu_seconds = round(cpu_time() - cpu, 2)
-            self.current = None
-            if step.status == "ok":
-                self.console.print(f"  [green]done[/green] in {step.seconds:.1f} s (CPU {step.cpu_seconds:.1f} s)")
-            self.write_json()
+            if step.status != "skipped":
+                step.seconds = round(time.perf_counter() - started, 2)
+                step.cpu_seconds = round(cpu_time() - cpu, 2)
+                self.current = None
+                if step.status == "ok":
+                    self.console.print(f"  [green]done[/green] in {step.seconds:.1f} s (CPU {step.cpu_seconds:.1f} s)")
+                self.write_json()
+
+    def skipped(self, step: Step, reason: StepSkipped) -> None:
+        step.status, step.error = "skipped", str(reason)
+        self.current = None
+        self.console.print(f"  [yellow]skipped:[/yellow] {reason}")
+        self.write_json()
+
+    def run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Call a step function (one or more steps); a step it could not start is already kept as skipped."""
+        try:
+            function(*args, **kwargs)
+        except StepSkipped:
+            pass
 
     def skip(self, name: str, title: str, reason: str) -> None:
         """A step that this kind of tour leaves out (e.g. training under --quick): present, and saying why."""

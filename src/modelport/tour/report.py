@@ -157,8 +157,8 @@ def render(record: dict[str, Any]) -> str:
              f"<p class=sub>{html.escape(record['model'])} · {'quick' if record['quick'] else 'full'} tour · "
              f"{record['seconds']:.0f} s · {html.escape(record['machine'])}"
              + (" · <span class=interrupted>interrupted: a partial report</span>" if record["interrupted"] else "") + "</p>"]
-    parts.append("<h2>Steps</h2>" + table(["#", "step", "status", "seconds"], [
-        [i + 1, s["title"], s["status"] + (f": {s['error']}" if s.get("error") else ""), s["seconds"]]
+    parts.append("<h2>Steps</h2>" + table(["#", "step", "status", "seconds", "CPU seconds"], [
+        [i + 1, s["title"], s["status"] + (f": {s['error']}" if s.get("error") else ""), s["seconds"], s.get("cpu_seconds")]
         for i, s in enumerate(record["steps"].values())]).replace("<td>ok</td>", "<td class=ok>ok</td>"))
     rows = summary_rows(record)
     if rows:

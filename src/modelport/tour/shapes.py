@@ -3,8 +3,10 @@ HDF5, NumPy and Flax msgpack, each read back and compared tensor by tensor with 
 
 The three `.pt` shapes are made the way people make them, with torch itself: `torch.save(model)` (a whole pickled
 model: refused, with the reason), `torch.save(model.state_dict())`, and a training checkpoint
-`{"epoch", "model_state_dict", "optimizer_state_dict"}` whose AdamW moments come from one step at learning rate 0
-(so the moments are real and the weights have not moved).
+`{"epoch", "model_state_dict", "optimizer_state_dict"}` of a fine-tune that trains the top decoder block and the
+final norm (the rest frozen, as people fine-tune on small machines): its AdamW moments come from one step at
+learning rate 0 on a few tokens (so they are real and the weights have not moved), at a fraction of the cost of
+moments for every weight.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..conversion import convert
 from ..core.errors import ModelportError
 from ..opening import open as open_model
 from ..writing import save
+from .engines import engine_threads, torch_threads
 from .journal import Journal, clip
 
 CHECKPOINT_PREFIX = "model_state_dict."
@@ -69,7 +72,8 @@ def pytorch(journal: Journal, hf: Path, folder: Path) -> None:
         state = load_file(str(weights))
         whole, plain, checkpoint = folder / "whole-model.pt", folder / "state_dict.pt", folder / "checkpoint.pt"
 
-        model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32, local_files_only=True)
+        with torch_threads(engine_threads()):
+            model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32, local_files_only=True)
         torch.save(model, whole)
         scanned, refusal = refusal_of(whole, trust=False), refusal_of(whole, trust=True)
         step.figures["whole_model"] = {"path": str(whole), "refused": refusal is not None, "reason": refusal, "scan": scanned}
@@ -77,15 +81,19 @@ def pytorch(journal: Journal, hf: Path, folder: Path) -> None:
                     f"even with --trust the reader refuses it: {clip(refusal or 'ACCEPTED', 110)}")
 
         torch.save(state, plain)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0, foreach=True)
+        trained = top_block(model)
+        trained_count = sum(p.numel() for p in trained)
+        optimizer = torch.optim.AdamW(trained, lr=0.0, weight_decay=0.0, foreach=True)
         batch = torch.arange(4).unsqueeze(0)      # a gradient is a gradient: a few tokens make real moments
-        model(input_ids=batch, labels=batch).loss.backward()
-        optimizer.step()
+        with torch_threads(engine_threads()):
+            model(input_ids=batch, labels=batch).loss.backward()
+            optimizer.step()
         torch.save({"epoch": 1, "global_step": 1, "model_state_dict": state, "optimizer_state_dict": optimizer.state_dict()},
                    checkpoint)
-        del model, optimizer
+        del model, optimizer, trained
         journal.say(f"torch.save(state_dict) → {plain.name} ({plain.stat().st_size / 1e6:.0f} MB); training checkpoint with "
-                    f"AdamW moments → {checkpoint.name} ({checkpoint.stat().st_size / 1e6:.0f} MB)")
+                    f"AdamW moments for the top block ({trained_count / 1e6:.1f} M parameters) → "
+                    f"{checkpoint.name} ({checkpoint.stat().st_size / 1e6:.0f} MB)")
         for path in (whole, plain, checkpoint):
             journal.output(path)
 
@@ -108,6 +116,17 @@ def pytorch(journal: Journal, hf: Path, folder: Path) -> None:
         step.figures["round_trips"] = trips
         if refusal is None or not all(t["bit_exact"] for t in trips.values()):
             raise ModelportError("a PyTorch round trip was not exact, or the whole-model pickle was accepted", folder)
+
+
+def top_block(model) -> list:
+    """The parameters a top-block fine-tune trains (the last decoder layer and the final norm); the others frozen."""
+    top = f"model.layers.{model.config.num_hidden_layers - 1}."
+    trained = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith((top, "model.norm.")))
+        if parameter.requires_grad:
+            trained.append(parameter)
+    return trained
 
 
 def other_formats(journal: Journal, hf: Path, folder: Path) -> None:

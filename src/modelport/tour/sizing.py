@@ -6,6 +6,7 @@ through its OpenAI API (`POST /v1/chat/completions`, plain HTTP from the standar
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -64,13 +65,19 @@ def sizes(journal: Journal, models: dict[str, Path], folder: Path) -> None:
         step.figures["advice"] = advice
 
 
-def serve(journal: Journal, model: Path, question: str) -> None:
+def serve(journal: Journal, model: Path, question: str, threads: int) -> None:
     """`modelport serve MODEL --port 0 --json` as a user starts it (its own process: uvicorn owns its signals), asked
-    once, then stopped with Ctrl-C's signal (answers in flight finish first)."""
+    once, then stopped with Ctrl-C's signal (answers in flight finish first). It gets `threads` of this process's
+    cores (its CPU affinity: the engine runs a thread per core it may use)."""
     with journal.step("serve", "serve: an OpenAI-compatible server for a few seconds, asked one question") as step:
         started = time.perf_counter()
         argv = [sys.executable, "-m", "modelport", "serve", str(model), "--port", "0", "--ctx", str(CTX), "--json"]
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        mine = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, sorted(mine)[:threads])      # this thread's mask, which the child inherits
+        try:
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        finally:
+            os.sched_setaffinity(0, mine)
         try:
             facts = ready_facts(process)
             url = f"{facts['url']}/v1/chat/completions"
@@ -86,7 +93,7 @@ def serve(journal: Journal, model: Path, question: str) -> None:
                 process.kill()
                 process.wait()
         text = reply["choices"][0]["message"]["content"]
-        step.figures.update(url=url, model=str(model), engine=facts.get("engine"), question=question, answer=text,
+        step.figures.update(url=url, model=str(model), engine=facts.get("engine"), question=question, answer=text, cores=threads,
                             ready_s=round(ready_s, 2), answer_s=round(answer_s, 2), usage=reply.get("usage"),
                             exit_code=process.returncode)
         journal.say(f"$ modelport serve {Path(model).name} --port 0  →  {facts['url']} ({facts.get('engine')}, up in {ready_s:.1f} s)")
