@@ -21,8 +21,7 @@ from ..gguf.convert import (
     FLOAT_FTYPES,
     Planned,
     apply_imatrix,
-    file_metadata,
-    imatrix_metadata,
+    llama_quantize_metadata,
     model_shape,
     parse_ftype,
     to_refs,
@@ -56,7 +55,7 @@ def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qty
             raise UnsupportedError(f"quantize takes a GGUF file; this is {source.format} "
                                    "(use 'modelport convert' for HF models)", source.path)
         planned = []
-        for ref in source.values():
+        for ref in mixes.ordered_refs(source.values()):   # llama-quantize writes its tensors in this order
             if ref.dtype.is_quantized or not ref.dtype.is_float:
                 if mixes.allows_quantization(ref.name, ref.shape):
                     raise UnsupportedError(f"tensor {ref.name!r} is already {ref.dtype.name}; re-quantizing a quantized "
@@ -81,8 +80,7 @@ def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qty
         for p in planned:   # tensors llama-quantize leaves alone keep their bytes (F16 norms stay F16)
             if unchanged(p):
                 p.load = source.tensors[p.name].read
-        meta.update(file_metadata(ftype, ftype not in FLOAT_FTYPES))
-        meta.update(imatrix_metadata(matrix, imatrix))
+        meta = llama_quantize_metadata(meta, ftype, matrix, imatrix)
         errors: dict[str, float] = {}
 
         def check(path: Path) -> None:
