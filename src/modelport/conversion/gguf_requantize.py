@@ -40,14 +40,22 @@ def float32_loader(ref: TensorRef):
 
 def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qtype: str, *, force: bool = False,
                progress=None, modelfile: bool = True, trust: bool = False, verify: bool = False,
-               split: GgufSplit | None = None, imatrix: str | os.PathLike | None = None) -> ConvertResult:
+               split: GgufSplit | None = None, imatrix: str | os.PathLike | None = None,
+               include_weights: list[str] | tuple[str, ...] = (),
+               exclude_weights: list[str] | tuple[str, ...] = ()) -> ConvertResult:
     """An F32/F16/BF16 GGUF (a path, or an opened source) to the llama.cpp file type `qtype` at `dst` (or a split
     set); `imatrix` (an imatrix file, GGUF or .dat) weighs the quantizers and changes some of the mix's types, as in
-    llama-quantize."""
+    llama-quantize; `include_weights` / `exclude_weights` (name substrings) keep or drop some of its entries."""
     dst = Path(dst)
     ftype = parse_ftype(qtype, default="Q4_K_M")
     check_output_name(dst, "gguf")
+    if (include_weights or exclude_weights) and imatrix is None:
+        raise UnsupportedError("--include-weights and --exclude-weights choose entries of an imatrix: pass --imatrix")
+    if include_weights and exclude_weights:
+        raise UnsupportedError("--include-weights and --exclude-weights cannot be used together (as in llama-quantize)")
     matrix = imx.read(imatrix) if imatrix is not None else None
+    if matrix is not None:
+        matrix = imx.select(matrix, include_weights, exclude_weights)
     with opened(src, trust) as source:
         if dst.exists() and dst.resolve() in {f.resolve() for f in source.files}:
             raise UnsupportedError("the output would overwrite the input", dst)
