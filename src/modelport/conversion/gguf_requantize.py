@@ -21,6 +21,7 @@ from ..gguf.convert import (
     FLOAT_FTYPES,
     Planned,
     apply_imatrix,
+    llama_quantize_layout,
     llama_quantize_metadata,
     model_shape,
     parse_ftype,
@@ -63,12 +64,13 @@ def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qty
             raise UnsupportedError(f"quantize takes a GGUF file; this is {source.format} "
                                    "(use 'modelport convert' for HF models)", source.path)
         planned = []
-        for ref in mixes.ordered_refs(source.values()):   # llama-quantize writes its tensors in this order
+        for ref in source.values():
             if ref.dtype.is_quantized or not ref.dtype.is_float:
                 if mixes.allows_quantization(ref.name, ref.shape):
                     raise UnsupportedError(f"tensor {ref.name!r} is already {ref.dtype.name}; re-quantizing a quantized "
                                            "model loses quality twice; start from an F32/F16/BF16 GGUF", source.path)
             planned.append(Planned(ref.name, ref.shape, float32_loader(ref), ref.dtype.name))
+        planned = llama_quantize_layout(planned)      # its order and dimensions
         meta = dict(source.metadata)
         shape = model_shape(meta)
         if ftype in FLOAT_FTYPES:
