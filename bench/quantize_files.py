@@ -104,7 +104,10 @@ def differences(a: Path, b: Path) -> dict:
                 first = next(i for i in range(min(len(bx), len(by))) if bx[i] != by[i]) if len(bx) == len(by) else -1
                 tensors.append({"tensor": name, "type": x.tensor_type.name, "first_byte": first,
                                 "bytes_differing": sum(p != q for p, q in zip(bx, by))})
-    return {"keys": {k: [str(ka.get(k, "<absent>"))[:80], str(kb.get(k, "<absent>"))[:80]] for k in keys},
+    x, y = a.read_bytes(), b.read_bytes()
+    first = next((i for i in range(min(len(x), len(y))) if x[i] != y[i]), min(len(x), len(y)))
+    return {"first_byte": first, "sizes": [len(x), len(y)], "same_key_order": list(ka) == list(kb),
+            "keys": {k: [str(ka.get(k, "<absent>"))[:80], str(kb.get(k, "<absent>"))[:80]] for k in keys},
             "same_tensor_order": [t.name for t in ra.tensors] == [t.name for t in rb.tensors],
             "tensors_equal": sum(1 for n in ta if n in tb and ta[n].data.tobytes() == tb[n].data.tobytes()),
             "tensors": len(ta), "tensors_differing": tensors}
@@ -136,9 +139,10 @@ def compare(f32: Path, imat: Path, qtype: str, threads: int, tag: str) -> dict:
     row["bytes"] = ours.stat().st_size
     row["identical"] = filecmp.cmp(ours, theirs, shallow=False)
     row["types"] = tensor_types(theirs)
-    if not row["identical"]:
-        row["diff"] = differences(ours, theirs)
     ours.with_suffix(".Modelfile").unlink(missing_ok=True)
+    if not row["identical"]:          # kept for a closer look
+        row["diff"] = differences(ours, theirs)
+        return row
     for p in (ours, theirs):
         p.unlink(missing_ok=True)
     return row
