@@ -302,9 +302,6 @@ def llama_quantize(llama_cpp, src, dst, ftype, weights=None, dry_run=False, keys
     return rc
 
 
-_llama_quantize = llama_quantize
-
-
 _DRY = re.compile(r"\]\s+(\S+)\s+- \[[^\]]*\], type =\s+(\S+), size =\s+[\d.]+ MiB(?: ->\s+[\d.]+ MiB \((\S+)\))?")
 
 
@@ -323,7 +320,7 @@ def test_mixes_match_llama_quantize(llama_cpp, tmp_path, model):
     for ftype in NEW_FTYPES:
         for with_imatrix in (False, True):
             with _llama_log(llama_cpp) as lines:
-                rc = _llama_quantize(llama_cpp, src, tmp_path / "dry.gguf", ftype,
+                rc = llama_quantize(llama_cpp, src, tmp_path / "dry.gguf", ftype,
                                      weights if with_imatrix else None, dry_run=True)
             assert rc == 0
             got = {m.group(1): (m.group(3) or m.group(2)).upper() for m in _DRY.finditer("".join(lines))}
@@ -338,7 +335,7 @@ def test_refusals_without_imatrix_match_llama_quantize(llama_cpp, tmp_path, cli)
     _write_f32_gguf(src, tensors, 2, 256, 4, 2, 256, 32)
     for ftype in FTYPES:
         with _llama_log(llama_cpp):
-            refused = _llama_quantize(llama_cpp, src, tmp_path / "llama.gguf", ftype) != 0 if ftype in NEEDS else False
+            refused = llama_quantize(llama_cpp, src, tmp_path / "llama.gguf", ftype) != 0 if ftype in NEEDS else False
         result = cli("quantize", str(src), str(tmp_path / f"{ftype}.gguf"), "--type", ftype) if ftype in NEEDS else None
         if ftype in NEEDS:
             assert refused, ftype
