@@ -7,7 +7,8 @@ collected (llama-imatrix leaves `output.weight` out by default and never sees th
 Names are the GGUF names the family gives (the ones `convert --quant` writes), so the file serves llama-quantize
 and modelport alike. Stacked experts (`blk.N.ffn_{gate,up,down}_exps`) get one row of sums and one count per expert,
 from the tokens routed to it, as llama-imatrix collects a MUL_MAT_ID; the MoE routers (never quantized) are left out.
-A GGUF (or bare weights with a config) is first written as an HF folder in a temporary folder beside the output. Sums are accumulated in float64 (llama.cpp adds in float32).
+A GGUF (or bare weights with a config) is first written as an HF folder in a temporary folder beside the output.
+Sums are accumulated in float64 (llama.cpp adds in float32).
 """
 
 from __future__ import annotations
