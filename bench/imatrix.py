@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))          # tests.gguf.llama_activations: llama.cpp's activations, the oracle
 OUT = Path(__file__).resolve().parent / "out" / "imatrix"
 LLAMA_BIN = Path("/work/vendor/build/bin")
 
@@ -72,77 +73,6 @@ def compare_with_llama_imatrix(gguf: Path, text_path: Path, ours: Path, ctx: int
             "median_relative_error": float(np.median(rel)), "max_relative_error": max(rel)}
 
 
-def llama_cpp_imatrix(gguf: Path, text: str, ctx: int, chunks: int) -> dict[str, tuple[np.ndarray, int]]:
-    """What llama-imatrix collects, from llama.cpp itself through llama-cpp-python: the scheduler's eval callback
-    sees every MUL_MAT of a `blk.*` weight, and its src1 rows are summed squared, chunk by chunk (BOS first when the
-    vocabulary adds one). Returns GGUF name -> (sums float64, token count)."""
-    import ctypes
-
-    import llama_cpp
-
-    class Tensor(ctypes.Structure):
-        pass
-
-    Tensor._fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4),
-                       ("nb", ctypes.c_size_t * 4), ("op", ctypes.c_int), ("op_params", ctypes.c_int32 * 16),
-                       ("flags", ctypes.c_int32), ("src", ctypes.POINTER(Tensor) * 10),
-                       ("view_src", ctypes.POINTER(Tensor)), ("view_offs", ctypes.c_size_t), ("data", ctypes.c_void_p),
-                       ("name", ctypes.c_char * 64), ("extra", ctypes.c_void_p), ("padding", ctypes.c_char * 8)]
-    base = ctypes.CDLL(str(sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml-base.so*"))[0]))
-    base.ggml_op_name.restype = ctypes.c_char_p
-    base.ggml_op_name.argtypes = [ctypes.c_int]
-    sums: dict[str, list] = {}
-
-    @ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_bool, ctypes.c_void_p)
-    def callback(ptr, ask, user):
-        try:
-            return collect(ptr, ask)
-        except Exception as exc:          # a ctypes callback must not raise: report it and stop the decode
-            print(f"eval callback: {exc!r}", file=sys.stderr)
-            return False
-
-    def collect(ptr, ask):
-        t = ctypes.cast(ptr, ctypes.POINTER(Tensor)).contents
-        if base.ggml_op_name(t.op) != b"MUL_MAT":
-            return False if ask else True
-        w, x = t.src[0].contents, t.src[1].contents
-        name = w.name.decode()
-        if ask:
-            return name.startswith("blk.") and x.ne[1] >= 16 and x.type == 0
-        rows = np.ctypeslib.as_array(ctypes.cast(x.data, ctypes.POINTER(ctypes.c_float)),
-                                     shape=(x.ne[1] * x.nb[1] // 4,))
-        a = rows.reshape(x.ne[1], x.nb[1] // 4)[:, :x.ne[0]].astype(np.float64)
-        entry = sums.setdefault(name, [0.0, 0])
-        entry[0] = entry[0] + (a * a).sum(axis=0)
-        entry[1] += int(x.ne[1])
-        return True
-
-    llama_cpp.llama_backend_init()
-    model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), llama_cpp.llama_model_default_params())
-    vocab = llama_cpp.llama_model_get_vocab(model)
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx = params.n_batch = params.n_ubatch = ctx
-    params.n_threads = params.n_threads_batch = 2
-    params.cb_eval = ctypes.cast(callback, llama_cpp.ggml_backend_sched_eval_callback)
-    lctx = llama_cpp.llama_init_from_model(model, params)
-    raw = text.encode()
-    ids = (llama_cpp.llama_token * (len(raw) + 16))()
-    n = llama_cpp.llama_tokenize(vocab, raw, len(raw), ids, len(ids), True, False)
-    tokens = list(ids[:n])
-    add_bos = llama_cpp.llama_vocab_get_add_bos(vocab)
-    for i in range(min(chunks or n // ctx, n // ctx)):
-        chunk = tokens[i * ctx:(i + 1) * ctx]
-        if add_bos:
-            chunk[0] = llama_cpp.llama_vocab_bos(vocab)
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(lctx), True)
-        arr = (llama_cpp.llama_token * ctx)(*chunk)          # kept alive until the decode is done
-        batch = llama_cpp.llama_batch_get_one(arr, ctx)
-        assert llama_cpp.llama_decode(lctx, batch) == 0
-    llama_cpp.llama_free(lctx)
-    llama_cpp.llama_model_free(model)
-    return {k: (v[0], v[1]) for k, v in sums.items()}
-
-
 def compare_with_llama_cpp(ours: Path, theirs: dict) -> dict:
     from modelport.gguf import imatrix as imx
 
@@ -151,10 +81,11 @@ def compare_with_llama_cpp(ours: Path, theirs: dict) -> dict:
     corr, rel = [], []
     for name in common:
         x = a.importance(name).reshape(-1).astype(np.float64)
-        y = theirs[name][0] / theirs[name][1]
+        sums, counts = theirs[name]
+        y = (sums / np.maximum(counts, 1)[:, None]).reshape(-1)
         corr.append(float(np.corrcoef(x, y)[0, 1]))
         rel.append(float(np.linalg.norm(x - y) / np.linalg.norm(y)))
-    counts = {a.entries[n].counts[0] == theirs[n][1] for n in common}
+    counts = {a.entries[n].counts.tolist() == theirs[n][1].tolist() for n in common}
     return {"tensors_ours": len(a.entries), "tensors_llama_cpp": len(theirs), "common": len(common),
             "same_token_counts": counts == {True}, "min_correlation": min(corr),
             "median_correlation": float(np.median(corr)), "median_relative_error": float(np.median(rel)),
@@ -188,6 +119,7 @@ def main() -> None:
     from modelport.opening import open as open_model
     from modelport.runtime import activations
     from modelport.samples import smollm2_gguf
+    from tests.gguf.llama_activations import llama_cpp_imatrix
 
     OUT.mkdir(parents=True, exist_ok=True)
     hf = OUT / "smollm2-hf"

@@ -140,6 +140,7 @@ def _assert_same_as_llama_quantize(ours: Path, f32: Path, ftype: str, tmp_path: 
     assert types == {n: b[n][0] for n in b}, ftype
     bad = [n for n in a if a[n][1] != b[n][1]]
     assert not bad, (ftype, bad)
+    assert ours.read_bytes() == ref.read_bytes(), ftype    # the whole file too: key order, tensor order, padding
     meta = read_header(ours).metadata
     assert int(meta["general.quantization_version"]) == 2
     assert int(meta["general.file_type"]) == getattr(_llama_cpp(), f"LLAMA_FTYPE_MOSTLY_{ftype}")

@@ -262,15 +262,43 @@ def _importance_param(tensors: dict, weights: dict):
     return arr, keep
 
 
-def _llama_quantize(llama_cpp, src, dst, ftype, weights=None, dry_run=False):
+def _kv_overrides(llama_cpp, meta: dict):
+    """llama-quantize's `--imatrix` keys as the overrides it passes (strings, and integers written as u32)."""
+    arr = (llama_cpp.llama_model_kv_override * (len(meta) + 1))()
+    for o, (key, value) in zip(arr, meta.items()):
+        o.key = key.encode()
+        if isinstance(value, str):
+            o.tag, o.value.val_str = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, value.encode()
+        else:
+            o.tag, o.value.val_i64 = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, int(value)
+    return arr
+
+
+def imatrix_keys(path, m: imx.ImportanceMatrix) -> dict:
+    """The keys llama-quantize's front end adds for `--imatrix path` (quantize.imatrix.*), in its order."""
+    keys = {"quantize.imatrix.file": str(path)}
+    if m.datasets:
+        keys["quantize.imatrix.dataset"] = m.datasets[0]
+    keys["quantize.imatrix.entries_count"] = len(m.entries)
+    if m.chunk_count:
+        keys["quantize.imatrix.chunks_count"] = m.chunk_count
+    return keys
+
+
+def llama_quantize(llama_cpp, src, dst, ftype, weights=None, dry_run=False, keys=None):
+    """`llama_model_quantize` (what llama-quantize runs) with importance `weights` (name -> flat float32) and the
+    metadata `keys` its front end would add."""
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.nthread, params.dry_run = FTYPES[ftype], 2, dry_run
     keep = None
     if weights is not None:
         arr, keep = _importance_param(None, weights)
         params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    overrides = _kv_overrides(llama_cpp, keys) if keys else None
+    if overrides is not None:
+        params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
-    del keep
+    del keep, overrides
     return rc
 
 
@@ -292,7 +320,7 @@ def test_mixes_match_llama_quantize(llama_cpp, tmp_path, model):
     for ftype in NEW_FTYPES:
         for with_imatrix in (False, True):
             with _llama_log(llama_cpp) as lines:
-                rc = _llama_quantize(llama_cpp, src, tmp_path / "dry.gguf", ftype,
+                rc = llama_quantize(llama_cpp, src, tmp_path / "dry.gguf", ftype,
                                      weights if with_imatrix else None, dry_run=True)
             assert rc == 0
             got = {m.group(1): (m.group(3) or m.group(2)).upper() for m in _DRY.finditer("".join(lines))}
@@ -307,7 +335,7 @@ def test_refusals_without_imatrix_match_llama_quantize(llama_cpp, tmp_path, cli)
     _write_f32_gguf(src, tensors, 2, 256, 4, 2, 256, 32)
     for ftype in FTYPES:
         with _llama_log(llama_cpp):
-            refused = _llama_quantize(llama_cpp, src, tmp_path / "llama.gguf", ftype) != 0 if ftype in NEEDS else False
+            refused = llama_quantize(llama_cpp, src, tmp_path / "llama.gguf", ftype) != 0 if ftype in NEEDS else False
         result = cli("quantize", str(src), str(tmp_path / f"{ftype}.gguf"), "--type", ftype) if ftype in NEEDS else None
         if ftype in NEEDS:
             assert refused, ftype
@@ -336,7 +364,8 @@ def test_quantize_with_imatrix_equals_llama_quantize(llama_cpp, tmp_path, ftype)
     requantize(src, ours, ftype, imatrix=path, modelfile=False)
     weights = {n: m.importance(n) for n in m.entries}
     with _llama_log(llama_cpp):
-        assert _llama_quantize(llama_cpp, src, tmp_path / "llama.gguf", ftype, weights) == 0
+        assert llama_quantize(llama_cpp, src, tmp_path / "llama.gguf", ftype, weights, keys=imatrix_keys(path, m)) == 0
+    assert ours.read_bytes() == (tmp_path / "llama.gguf").read_bytes()    # the whole file: keys, order, padding
     theirs = {t.name: t for t in GGUFReader(str(tmp_path / "llama.gguf")).tensors}
     mine = GGUFReader(str(ours))
     for t in mine.tensors:
@@ -349,6 +378,36 @@ def test_quantize_with_imatrix_equals_llama_quantize(llama_cpp, tmp_path, ftype)
     differ = [t.name for t, u in zip(mine.tensors, GGUFReader(str(plain)).tensors)
               if not np.array_equal(np.asarray(t.data).view(np.uint8), np.asarray(u.data).view(np.uint8))]
     assert any(n.startswith("blk.") for n in differ)                      # the weights did change the bytes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option,patterns", [("--include-weights", ["attn_v", "ffn_down"]),
+                                             ("--exclude-weights", ["attn"]), ("--include-weights", ["no-such"])])
+def test_include_and_exclude_weights_choose_entries_as_llama_quantize(llama_cpp, tmp_path, cli, option, patterns):
+    """Entries kept or dropped by name substring, the count in quantize.imatrix.entries_count; none left: the file
+    is made as without an imatrix (no imatrix keys, the plain mix), as llama-quantize's front end does."""
+    tensors = _llama_tensors(2, 256, 4, 2, 256, 32, False, seed=7)
+    src = tmp_path / "f32.gguf"
+    _write_f32_gguf(src, tensors, 2, 256, 4, 2, 256, 32)
+    rng = np.random.default_rng(8)
+    m = imx.ImportanceMatrix({n: imx.Entry((rng.random((1, a.shape[-1]), dtype=np.float32) ** 4) * 50, np.array([64]))
+                              for n, a in tensors.items() if n.startswith("blk.") and a.ndim == 2}, ["t"], 1, 64)
+    path = imx.write(m, tmp_path / "m.imatrix.gguf")
+    ours = tmp_path / "ours.gguf"
+    args = [a for p in patterns for a in (option, p)]
+    res = cli("quantize", str(src), str(ours), "--type", "Q4_0", "--imatrix", str(path), *args)
+    assert res.code == 0, res.stderr
+    keep = [n for n in m.entries if (any(p in n for p in patterns) == (option == "--include-weights"))]
+    assert keep or patterns == ["no-such"]
+    kept = imx.ImportanceMatrix({n: m.entries[n] for n in keep}, ["t"], 1, 64)
+    weights = {n: m.importance(n) for n in keep} or None
+    with _llama_log(llama_cpp):
+        assert llama_quantize(llama_cpp, src, tmp_path / "llama.gguf", "Q4_0", weights,
+                              keys=imatrix_keys(path, kept) if keep else None) == 0
+    assert ours.read_bytes() == (tmp_path / "llama.gguf").read_bytes()
+    both = cli("quantize", str(src), str(tmp_path / "x.gguf"), "--imatrix", str(path), "--include-weights", "a",
+               "--exclude-weights", "b")
+    assert both.code == 2 and "cannot be used together" in both.stderr and not (tmp_path / "x.gguf").exists()
 
 
 # ----------------------------------------------------------------------- convert --quant --imatrix and estimate

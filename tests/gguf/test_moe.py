@@ -21,9 +21,13 @@ from modelport.core.errors import UnsupportedError
 from modelport.core.tensor import TensorRef
 from modelport.estimate import estimate
 from modelport.formats.gguf import open_gguf, read_header
+from modelport.gguf import imatrix as imx
+from modelport.runtime.activations import calibration_text
 from tests.conftest import assert_one_line_error
 from tests.factory import FAMILIES, TEST_TEXT, make_model
+from tests.gguf.llama_activations import llama_cpp_imatrix
 from tests.gguf.test_convert import _assert_same_as_llama_quantize, _gguf_logits, _hf_logits, _rel_rms
+from tests.gguf.test_imatrix import imatrix_keys, llama_quantize
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -343,3 +347,49 @@ def test_gpt_oss_mxfp4_experts_are_kept_as_they_are_both_ways(moe, tmp_path, cli
         assert np.array_equal(weights[n].view(np.uint8), again[n].view(np.uint8)), n
     assert json.loads((back / "config.json").read_text())["quantization_config"]["quant_method"] == "mxfp4"
     assert cli("check", mx, "--json").code == 0 and cli("check", back, "--json").code == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mixtral", "gpt_oss"])    # concatenated gate|up; interleaved, biased, clamped
+def test_imatrix_collects_each_expert_as_llama_cpp_and_quantize_weighs_each_expert_with_its_own(moe, tmp_path, cli,
+                                                                                                   name):
+    """llama-imatrix's MUL_MAT_ID rows: per expert, the squared inputs of the tokens routed to it and their count
+    (llama.cpp's own activations through the eval callback are the oracle); `quantize --imatrix` then gives each
+    expert's slice its own weights, as llama_model_quantize does with the same data (the whole file equal)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    folder, f32 = moe(name)
+    text = calibration_text()[:8000]
+    (tmp_path / "calib.txt").write_text(text, "utf-8")
+    imat = tmp_path / "moe.imatrix.gguf"
+    res = cli("imatrix", str(folder), "-f", str(tmp_path / "calib.txt"), "-c", "64", "--chunks", "2", "-o", str(imat))
+    assert res.code == 0, res.stderr
+    m = imx.read(imat)
+    theirs = llama_cpp_imatrix(f32, text, 64, 2)
+    assert set(theirs) - set(m.entries) == {"blk.0.ffn_gate_inp.weight", "blk.1.ffn_gate_inp.weight"}  # routers
+    assert set(m.entries) <= set(theirs)
+    for n, e in m.entries.items():
+        sums, counts = theirs[n]
+        assert e.counts.tolist() == counts.tolist(), n
+        np.testing.assert_allclose(e.sums, sums, rtol=2e-3, atol=2e-3 * np.abs(sums).max(), err_msg=n)
+    down = m.entries["blk.1.ffn_down_exps.weight"]
+    assert down.sums.shape == (4, 512) and down.counts.sum() == 2 * 128 and (down.counts > 0).all()
+
+    ours, ref = tmp_path / "ours.gguf", tmp_path / "llama.gguf"
+    assert cli("quantize", str(f32), str(ours), "--type", "IQ4_XS", "--imatrix", str(imat)).code == 0
+    weights = {n: m.importance(n).reshape(-1) for n in m.entries}
+    assert llama_quantize(llama_cpp, f32, ref, "IQ4_XS", weights, keys=imatrix_keys(imat, m)) == 0
+    assert ours.read_bytes() == ref.read_bytes()
+    for e in m.entries.values():       # the same counts for every expert: only the per-expert sums set them apart
+        e.sums[:] = e.sums.mean(axis=0) if len(e.counts) > 1 else e.sums
+        e.counts[:] = int(e.counts.mean()) if len(e.counts) > 1 else e.counts
+    pooled = imx.write(m, tmp_path / "pooled.imatrix.gguf")
+    assert cli("quantize", str(f32), str(tmp_path / "pooled.gguf"), "--type", "IQ4_XS", "--imatrix", str(pooled)).code == 0
+    a, b = open_gguf(ours), open_gguf(tmp_path / "pooled.gguf")
+    try:
+        assert bytes(np.asarray(a.tensors["blk.0.ffn_down_exps.weight"].read_raw())) != \
+            bytes(np.asarray(b.tensors["blk.0.ffn_down_exps.weight"].read_raw()))
+        assert bytes(np.asarray(a.tensors["blk.0.attn_q.weight"].read_raw())) == \
+            bytes(np.asarray(b.tensors["blk.0.attn_q.weight"].read_raw()))
+    finally:
+        a.close()
+        b.close()

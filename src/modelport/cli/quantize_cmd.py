@@ -25,6 +25,12 @@ def register(app: typer.Typer) -> None:
                                        "--imatrix)."),
         imatrix: Path = typer.Option(None, "--imatrix", help="Importance matrix (modelport imatrix, or llama-imatrix's "
                                                              ".gguf/.dat) to weigh the quantizers with."),
+        include_weights: list[str] = typer.Option(None, "--include-weights",
+                                                  help="Use the imatrix only for tensors whose name contains this "
+                                                       "(repeatable; as llama-quantize)."),
+        exclude_weights: list[str] = typer.Option(None, "--exclude-weights",
+                                                  help="Do not use the imatrix for tensors whose name contains this "
+                                                       "(repeatable)."),
         verify: bool = typer.Option(False, "--verify", help="Re-read the output: every tensor within its type's "
                                                             "error bound of the source."),
         split_max_size: str = split_max_size_option(),
@@ -39,7 +45,8 @@ def register(app: typer.Typer) -> None:
             progress.phase("reading")
             with open_model(src, trust=trust) as source:   # opened (and scanned) once; requantize checks it is GGUF
                 result = requantize(source, dst, qtype, force=force, progress=progress, verify=verify,
-                                    split=GgufSplit.parse(split_max_size, split_max_tensors), imatrix=imatrix)
+                                    split=GgufSplit.parse(split_max_size, split_max_tensors), imatrix=imatrix,
+                                    include_weights=include_weights or (), exclude_weights=exclude_weights or ())
         if as_json:
             print_json(result.__dict__)
             return

@@ -21,8 +21,8 @@ from ..gguf.convert import (
     FLOAT_FTYPES,
     Planned,
     apply_imatrix,
-    file_metadata,
-    imatrix_metadata,
+    llama_quantize_layout,
+    llama_quantize_metadata,
     model_shape,
     parse_ftype,
     to_refs,
@@ -41,14 +41,22 @@ def float32_loader(ref: TensorRef):
 
 def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qtype: str, *, force: bool = False,
                progress=None, modelfile: bool = True, trust: bool = False, verify: bool = False,
-               split: GgufSplit | None = None, imatrix: str | os.PathLike | None = None) -> ConvertResult:
+               split: GgufSplit | None = None, imatrix: str | os.PathLike | None = None,
+               include_weights: list[str] | tuple[str, ...] = (),
+               exclude_weights: list[str] | tuple[str, ...] = ()) -> ConvertResult:
     """An F32/F16/BF16 GGUF (a path, or an opened source) to the llama.cpp file type `qtype` at `dst` (or a split
     set); `imatrix` (an imatrix file, GGUF or .dat) weighs the quantizers and changes some of the mix's types, as in
-    llama-quantize."""
+    llama-quantize; `include_weights` / `exclude_weights` (name substrings) keep or drop some of its entries."""
     dst = Path(dst)
     ftype = parse_ftype(qtype, default="Q4_K_M")
     check_output_name(dst, "gguf")
+    if (include_weights or exclude_weights) and imatrix is None:
+        raise UnsupportedError("--include-weights and --exclude-weights choose entries of an imatrix: pass --imatrix")
+    if include_weights and exclude_weights:
+        raise UnsupportedError("--include-weights and --exclude-weights cannot be used together (as in llama-quantize)")
     matrix = imx.read(imatrix) if imatrix is not None else None
+    if matrix is not None:
+        matrix = imx.select(matrix, include_weights, exclude_weights)
     with opened(src, trust) as source:
         if dst.exists() and dst.resolve() in {f.resolve() for f in source.files}:
             raise UnsupportedError("the output would overwrite the input", dst)
@@ -62,6 +70,7 @@ def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qty
                     raise UnsupportedError(f"tensor {ref.name!r} is already {ref.dtype.name}; re-quantizing a quantized "
                                            "model loses quality twice; start from an F32/F16/BF16 GGUF", source.path)
             planned.append(Planned(ref.name, ref.shape, float32_loader(ref), ref.dtype.name))
+        planned = llama_quantize_layout(planned)      # its order and dimensions
         meta = dict(source.metadata)
         shape = model_shape(meta)
         if ftype in FLOAT_FTYPES:
@@ -81,8 +90,7 @@ def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qty
         for p in planned:   # tensors llama-quantize leaves alone keep their bytes (F16 norms stay F16)
             if unchanged(p):
                 p.load = source.tensors[p.name].read
-        meta.update(file_metadata(ftype, ftype not in FLOAT_FTYPES))
-        meta.update(imatrix_metadata(matrix, imatrix))
+        meta = llama_quantize_metadata(meta, ftype, matrix, imatrix)
         errors: dict[str, float] = {}
 
         def check(path: Path) -> None:

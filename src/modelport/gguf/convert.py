@@ -135,6 +135,34 @@ def imatrix_metadata(imatrix: ImportanceMatrix | None, path: str | os.PathLike |
     return meta
 
 
+def llama_quantize_metadata(meta: dict[str, Any], ftype: str, imatrix: ImportanceMatrix | None = None,
+                            path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The key/value set llama-quantize writes, in its order: the source's keys as they were (less the split keys),
+    then `general.quantization_version` and `general.file_type` (its gguf_set_val removes a key and appends it), then
+    the imatrix keys (`imatrix_metadata`, applied the same way as overrides)."""
+    out = {k: v for k, v in meta.items() if k not in _SPLIT_KEYS}
+    tail = {"general.quantization_version": np.uint32(QUANTIZATION_VERSION),
+            "general.file_type": np.uint32(mixes.FTYPES[ftype]), **imatrix_metadata(imatrix, path)}
+    for key, value in tail.items():
+        out.pop(key, None)
+        out[key] = value
+    return out
+
+
+_SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
+
+
+def llama_quantize_layout(planned: list[Planned]) -> list[Planned]:
+    """The tensors as llama-quantize lists them: in its processing order, each with ggml_n_dims dimensions (trailing
+    ne of 1 dropped, so a (1, 256) router of a shared expert is written 1-D)."""
+    for p in planned:
+        shape = tuple(p.shape)
+        while len(shape) > 1 and shape[0] == 1:
+            shape = shape[1:]
+        p.shape = shape
+    return mixes.ordered_refs(planned)
+
+
 def to_refs(planned: list[Planned], threads: int | None = None) -> list[TensorRef]:
     """Lazy refs for the writer: float types through `read()`, block types through `read_raw()`."""
     refs = []
@@ -153,7 +181,7 @@ def to_refs(planned: list[Planned], threads: int | None = None) -> list[TensorRe
                                   extra={"gguf_type": p.type}))
         else:
             def load(p=p, np_type=dt.numpy):
-                return np.asarray(p.load()).astype(np_type, copy=False)
+                return np.asarray(p.load()).astype(np_type, copy=False).reshape(p.shape)
             refs.append(TensorRef(p.name, dt, p.shape, loader=load))
     return refs
 
@@ -243,6 +271,9 @@ def plan_hf(source: ModelSource, ftype: str, config: dict | None = None, side_fi
     meta.update(file_metadata(ftype, ftype not in FLOAT_FTYPES))
     meta.update(vocab.metadata())
     meta.update(imatrix_metadata(imatrix, imatrix_path))
+    if ftype not in FLOAT_FTYPES:      # as llama-quantize writes a quantized file: its tensor and key orders
+        planned = llama_quantize_layout(planned)
+        meta = llama_quantize_metadata(meta, ftype, imatrix, imatrix_path)
     return Plan(arch, vocab, planned, meta, ftype)
 
 

@@ -123,6 +123,21 @@ def combine(matrices: list[ImportanceMatrix], chunk_size: int = DEFAULT_CHUNK_SI
     return out
 
 
+def select(m: ImportanceMatrix, include: list[str] | tuple[str, ...] = (),
+           exclude: list[str] | tuple[str, ...] = ()) -> ImportanceMatrix | None:
+    """llama-quantize's `--include-weights` / `--exclude-weights`: keep only the entries whose name contains one of
+    `include`, or drop those that contain one of `exclude` (substrings; not both at once). None when nothing is
+    left: the quantizer then works as without an imatrix, mix rules included."""
+    if include and exclude:
+        raise ValueError("--include-weights and --exclude-weights cannot be used together")
+    if not include and not exclude:
+        return m
+    names = [n for n in m.entries if (any(p in n for p in include) if include else not any(p in n for p in exclude))]
+    if not names:
+        return None
+    return ImportanceMatrix({n: m.entries[n] for n in names}, list(m.datasets), m.chunk_count, m.chunk_size, m.legacy)
+
+
 # ------------------------------------------------------------------------------------------------- reading
 
 def read(path: str | os.PathLike) -> ImportanceMatrix:

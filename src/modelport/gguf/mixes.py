@@ -119,6 +119,12 @@ def processing_order(names) -> list[str]:
     return sorted(names, key=_sort_key)
 
 
+def ordered_refs(refs) -> list:
+    """Tensors (anything with a `.name`) in llama-quantize's processing order, which is also the order it writes
+    them in (its loader's weights map is sorted so)."""
+    return sorted(refs, key=lambda r: _sort_key(r.name))
+
+
 def _use_more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
