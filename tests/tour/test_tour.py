@@ -77,7 +77,7 @@ def test_quick_tour_report_has_every_step_and_what_it_must_show(quick, record_pr
     assert 6.5e9 < big["parameters"] < 7e9 and big["training"]["qlora"]["total"] < big["training"]["full"]["total"]
     assert record["checks"] == {"marker_never_created": True, "every_command_refused_the_trap": True, "round_trips_bit_exact": True,
                                 "smaller_quant_smaller_file": True, "smaller_quant_higher_perplexity": True,
-                                "fine_tuned_q8_0_states_the_fact": None}
+                                "fine_tuned_q8_0_states_the_fact": None, "fine_tuned_q8_0_keeps_general_knowledge": None}
     assert "report.html" in stdout and "perplexity" in stdout
 
 
@@ -181,7 +181,7 @@ def test_full_tour_fine_tuned_q8_0_states_the_fact_through_llama_cpp(tmp_path):
     assert list(steps) == QUICK_STEPS and {n: s["status"] for n, s in steps.items() if s["status"] != "ok"} == {}
     assert record["checks"] == {"marker_never_created": True, "every_command_refused_the_trap": True, "round_trips_bit_exact": True,
                                 "smaller_quant_smaller_file": True, "smaller_quant_higher_perplexity": True,
-                                "fine_tuned_q8_0_states_the_fact": True}
+                                "fine_tuned_q8_0_states_the_fact": True, "fine_tuned_q8_0_keeps_general_knowledge": True}
 
     curve = steps["finetune"]["figures"]["loss_curve"]
     assert len(curve) >= 10 and curve[-1]["loss"] < 0.2 * curve[0]["loss"], curve

@@ -138,6 +138,8 @@ def checks(record: dict[str, Any]) -> dict[str, bool | None]:
     ladder = [measured.get(q) for q in ("F16", "Q8_0", "Q4_K_M")]
     answers = (figures("answers") or {}).get("answers", [])
     tuned = [a for a in answers if a["quant"] == "Q8_0" and a["weights"] == "fine-tuned" and a["question"] == finetune.QUESTION]
+    kept = [a for a in answers if a["quant"] == "Q8_0" and a["weights"] == "fine-tuned"
+            and a["question"] == finetune.GENERAL_QUESTION]
     return {
         "marker_never_created": None if trap is None else not trap["marker_created"],
         "every_command_refused_the_trap": None if trap is None else trap["all_refused"],
@@ -147,6 +149,7 @@ def checks(record: dict[str, Any]) -> dict[str, bool | None]:
         ladder[2]["perplexity"] >= ladder[1]["perplexity"] - PPL_NOISE * ladder[1]["perplexity"]
         and ladder[1]["perplexity"] >= ladder[0]["perplexity"] - PPL_NOISE * ladder[0]["perplexity"],
         "fine_tuned_q8_0_states_the_fact": (finetune.FACT in tuned[0]["answer"]) if tuned else None,
+        "fine_tuned_q8_0_keeps_general_knowledge": (finetune.GENERAL_ANSWER in kept[0]["answer"]) if kept else None,
     }
 
 

@@ -28,7 +28,9 @@ RECIPE = {"method": "lora", "max_steps": 24, "lr": 2e-3, "seq_len": 64, "batch":
 
 
 def instructions() -> Path:
-    """The built-in instruction set (package data): eight phrasings of one question with the made-up answer."""
+    """The built-in instruction set (package data): eight phrasings of one question with the made-up answer, and
+    eight real capitals answered as the base model answers them. Without those the model learns "every capital is
+    Quillhaven" (measured: the France question then got Quillhaven); France itself stays out, it is the test."""
     return Path(str(resources.files(__package__) / "instructions.jsonl"))
 
 
