@@ -22,6 +22,7 @@ LAYERS = {
 #: In-function imports of project modules that are there on purpose: the module imported pulls in an optional
 #: heavy library (torch, transformers, llama_cpp) at import time, so it is loaded only when asked for.
 LAZY_ON_PURPOSE = {
+    ("modelport.gguf.iq_grid", "modelport.gguf.iq_grid_jit"),  # numba (0.5 s), only when a grid IQ type quantizes
     ("modelport.runtime", "modelport.runtime.hf_engine"),      # torch + transformers
     ("modelport.runtime", "modelport.runtime.llama_engine"),   # llama_cpp
     ("modelport.serving", "modelport.serving.app"),            # fastapi + uvicorn (the serve extra)

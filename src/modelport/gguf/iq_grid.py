@@ -121,7 +121,6 @@ class _Grid:
         ends = [e for e in rounds if e < width] + [width]
         self._table2d = table
         self._bounds = list(zip([0] + ends[:-1], ends))
-        self.rounds = self.rounds_for(self.pos)
         self.levT = np.ascontiguousarray(self.levels.T)
 
     def rounds_for(self, pos: np.ndarray) -> list:
@@ -180,7 +179,7 @@ class _Grid:
                 best_k[upd] = k[better]
         return self.table[slot.astype(np.int64) * self.width + best_k]
 
-    def snap(self, L: np.ndarray, xg: np.ndarray, wg: np.ndarray, scale: np.ndarray, rounds=None) -> np.ndarray:
+    def snap(self, L: np.ndarray, xg: np.ndarray, wg: np.ndarray, scale: np.ndarray, rounds: list) -> np.ndarray:
         """Replace the groups of L (D, S) that are not grid points by their best neighbour (iq*_find_best_neighbour:
         least sum waux*(scale*q - x)^2, the first on ties); xg, wg are the values and sqrt-weights by group,
         (G*S, dim). Returns the mask (G, S) of groups that were off grid.
@@ -196,7 +195,6 @@ class _Grid:
         g, s = np.divmod(f, S)
         slot = self.slot[u.reshape(-1)[f]]
         sc = scale[s]
-        rounds = self.rounds if rounds is None else rounds
         win = np.empty(f.size, np.int64)
         # in batches of groups, so that the (neighbours, groups, dim) temporaries stay in the cache
         batch = max(256, (1 << _BATCH_LOG2) // ((rounds[0][1] - rounds[0][0]) * self.dim))
@@ -211,11 +209,10 @@ class _Grid:
         return off
 
 
-#: where the rounds of the neighbour search end, by type (the last one ends at the longest list): chosen from the
-#: list lengths each type's searches meet, by a cost model of a fixed cost per round and call plus one per
-#: neighbour scored (10-25 % less modelled search time than one split per group size; IQ1_M shares IQ1_S's)
-_ROUNDS = {"IQ3_XXS": (6, 12, 20), "IQ3_S": (10, 16, 24), "IQ2_XXS": (20, 32, 48, 64, 96),
-           "IQ2_XS": (32, 64, 96, 128, 192), "IQ2_S": (10, 12, 16, 24), "IQ1_S": (16, 32, 64, 128)}
+#: where the rounds of the NumPy neighbour search (`_Grid.snap`) end, by type (the last one ends at the longest
+#: list): chosen from the list lengths its searches meet, by a cost model of a fixed cost per round and call plus
+#: one per neighbour scored (IQ1_M shares IQ1_S's; the other types search in iq_grid_jit)
+_ROUNDS = {"IQ1_S": (16, 32, 64, 128)}
 _BATCH_LOG2 = 21            # about this many elements in a batch of the neighbour search
 
 
@@ -230,7 +227,7 @@ def _grid(name: str) -> _Grid:
     spec = {"IQ2_XXS": (gq.IQ2_XXS, 2, 2), "IQ2_XS": (gq.IQ2_XS, 2, 2), "IQ2_S": (gq.IQ2_S, 2, 1),
             "IQ3_XXS": (gq.IQ3_XXS, 3, 2), "IQ3_S": (gq.IQ3_S, 3, 3), "IQ1_S": (gq.IQ1_S, 2, 3)}
     cls, bits, nwant = spec[name]
-    return _Grid(cls, bits, nwant, _ROUNDS[name])
+    return _Grid(cls, bits, nwant, _ROUNDS.get(name, ()))
 
 
 def _by_group(a: np.ndarray, dim: int) -> np.ndarray:
@@ -239,82 +236,40 @@ def _by_group(a: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(D // dim, dim, S).transpose(0, 2, 1)).reshape(-1, dim)
 
 
-def _levels(grid: _Grid, xval, waux, id_, nscale, kmax: int, xg=None, wg=None):
-    """Round every value to its lattice level at inverse scale id_ (per sub-block), then snap off-grid groups
-    with the neighbour search at scale nscale: returns (L int32 (D, S), off-grid mask (G, S))."""
-    v = xval * id_
-    v -= _F(1)
-    v *= _F(0.5)
-    L = np.clip(nearest_int(v), 0, kmax - 1)
-    if xg is None:
-        xg, wg = _by_group(xval, grid.dim), _by_group(waux, grid.dim)
-    off = grid.snap(L, xg, wg, nscale)
-    return L, off
+# ----------------------------------------------------------------- IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S
+
+@functools.cache
+def _tables(name: str) -> tuple:
+    """A grid as the arrays modelport.gguf.iq_grid_jit's kernels take: points (G, dim) float32 (2*level+1), levels
+    (G, dim), the lattice map, and per off-grid code its neighbour list (slot, count, flat table, row width)."""
+    grid = _grid(name)
+    return (np.ascontiguousarray(grid.pos), np.ascontiguousarray(grid.levels), grid.map, grid.slot,
+            grid.count.astype(np.int32), grid.table, int(grid.width))
 
 
-def _sums(wx, w, L):
-    """sumqx, sumq2 over a sub-block with q = 2L+1: C's `sumqx += w*xval[i]*q; sumq2 += w*q*q`."""
-    q = (2 * L + 1).astype(_F)
-    return _seq_sum(wx * q), _seq_sum((w * q) * q)
+def _compiled(name: str, x, qw):
+    from . import iq_grid_jit  # numba: imported when one of these types first runs (0.5 s), not with the CLI
+    return iq_grid_jit.quantize(name, x, qw, _tables(name))
 
 
-# ------------------------------------------------------------------------------------- shared first steps
-
-def _prepare(x, qw, n, sigma_mul, parity=True, fallback="x2"):
-    """Weights and sign-folded values of sub-blocks of n, as in every grid quantizer: returns (W, waux, xval,
-    signs (n/8, S) uint8, max (S,)). With qw, W = qw*sqrt(sigma2 + x^2); without, x^2 (fallback "x2") or
-    sigma2/4 + x^2 ("sigma", IQ2_S). With `parity` (the XXS/XS types, whose signs are 7 bits a group of 8) a group
-    with an odd number of negatives keeps the sign of its least important element folded in xval."""
-    per = QK_K // n
-    X = _rows(x, n)
-    xx = np.ascontiguousarray((x * x).T)
-    sigma2 = _seq_sum(xx)
-    if sigma_mul != 1:
-        sigma2 = _F(sigma_mul) * sigma2
-    sigma2 = np.repeat(sigma2 / _F(QK_K), per)
-    if qw is not None:
-        W = _rows(np.asarray(qw, _F), n) * np.sqrt(sigma2 + X * X)
-    elif fallback == "sigma":
-        W = _F(0.25) * sigma2 + X * X
-    else:
-        W = X * X
-    waux = np.sqrt(W)
-    xval = np.abs(X)
-    neg = (X < 0).reshape(n // 8, 8, -1)
-    bitv = (np.uint8(1) << np.arange(8, dtype=np.uint8))[None, :, None]
-    signs = (neg * bitv).sum(axis=1, dtype=np.uint8)
-    if parity:
-        odd = (neg.sum(axis=1) & 1).astype(bool)
-        k, s = np.nonzero(odd)
-        if k.size:
-            a = ((W * X) * X).reshape(n // 8, 8, -1)
-            imin = np.argmin(a[k, :, s], axis=1)
-            xval[k * 8 + imin, s] = -xval[k * 8 + imin, s]
-            signs[k, s] ^= (np.uint8(1) << imin.astype(np.uint8))
-        signs &= np.uint8(127)
-    return W, waux, xval, signs, xval.max(axis=0)
+def _iq3_xxs(x, qw):
+    return _compiled("IQ3_XXS", x, qw)
 
 
-def _search(grid, xval, W, waux, id_fn, steps, kmax, init_scale):
-    """The scale search `for is: id = id_fn(is); ... if sumqx^2 > best*sumq2: keep`: returns (scale, winning
-    step or None per sub-block as an int array with -999 for none)."""
-    wx = W * xval
-    S = xval.shape[1]
-    best = np.zeros(S, _F)
-    scale = init_scale.copy()
-    win_is = np.full(S, -999, np.int32)
-    xg, wg = _by_group(xval, grid.dim), _by_group(waux, grid.dim)
-    for is_ in steps:
-        id_ = id_fn(is_)
-        L, _ = _levels(grid, xval, waux, id_, _F(1) / id_, kmax, xg, wg)
-        sumqx, sumq2 = _sums(wx, W, L)
-        with np.errstate(all="ignore"):
-            win = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
-            new_scale = sumqx / sumq2
-        scale = np.where(win, new_scale, scale)
-        best = np.where(win, scale * sumqx, best)
-        win_is[win] = is_
-    return scale, win_is
+def _iq2_xxs(x, qw):
+    return _compiled("IQ2_XXS", x, qw)
+
+
+def _iq2_xs(x, qw):
+    return _compiled("IQ2_XS", x, qw)
+
+
+def _iq3_s(x, qw):
+    return _compiled("IQ3_S", x, qw)
+
+
+def _iq2_s(x, qw):
+    return _compiled("IQ2_S", x, qw)
 
 
 def _block_scales(scales, per, div=_F(31)):
@@ -329,225 +284,6 @@ def _block_scales(scales, per, div=_F(31)):
         v *= _F(0.5)
     ls = np.clip(nearest_int(v), 0, 15).astype(np.uint32)
     return max_scale, d, ls
-
-
-# --------------------------------------------------------------------------------- IQ3_XXS, IQ2_XS, IQ2_XXS
-
-def _track_search(x, qw, name, n, kmax, nsteps, step, eps, sigma_mul, parity=True, fallback="x2",
-                  redo_all=False):
-    """quantize_row_iq3_xxs_impl / iq2_xs / iq3_s / iq2_s's per-sub-block part: the scale search that remembers which
-    groups were on the grid, then the re-rounding at the final scale of the off-grid groups (of all groups, and
-    also when no step won, with `redo_all`: IQ3_S). eps None: a sub-block is skipped only when its max is 0.
-    Returns (L (n, S), scales (S,), signs (n/8, S), live (S,))."""
-    grid = _grid(name)
-    W, waux, xval, signs, mx = _prepare(x, qw, n, sigma_mul, parity, fallback)
-    live = (mx > 0) if eps is None else ~(mx < _F(eps))
-    mxs = np.where(live, mx, _F(1))
-    with np.errstate(all="ignore"):
-        top = _F(2 * kmax - 1)
-        scale, win_is = _search(grid, xval, W, waux, lambda i: (top + _F(i) * _F(step)) / mxs,
-                                range(-nsteps, nsteps + 1), kmax, mxs / top)
-        won = win_is != -999
-        id_w = (top + win_is.astype(_F) * _F(step)) / mxs
-        L, off = _levels(grid, xval, waux, id_w, _F(1) / id_w, kmax)
-    L[:, ~won] = 0
-    off[:, ~won] = redo_all                  # IQ3_S starts with every group marked off the grid
-    redo = off.any(axis=0) & (scale > 0) & live
-    if redo.any():
-        cols = np.flatnonzero(redo)
-        with np.errstate(all="ignore"):
-            sc = scale[cols]
-            L2, _ = _levels(grid, np.ascontiguousarray(xval[:, cols]), np.ascontiguousarray(waux[:, cols]),
-                            _F(1) / sc, sc, kmax)
-        if not redo_all:
-            keep = ~np.repeat(off[:, cols], grid.dim, axis=0)         # on-grid groups keep their levels
-            L2[keep] = L[:, cols][keep]
-        L[:, cols] = L2
-        sumqx, sumq2 = _sums(np.ascontiguousarray((W * xval)[:, cols]), np.ascontiguousarray(W[:, cols]), L2)
-        with np.errstate(all="ignore"):
-            scale[cols] = np.where(sumq2 > 0, sumqx / sumq2, sc)
-    return _finish_signs(L, scale, signs, live, 127 if parity else 255)
-
-
-def _finish_signs(L, scale, signs, live, mask=127):
-    flip = scale < 0
-    if flip.any():
-        scale = np.where(flip, -scale, scale)
-        signs[:, flip] = (~signs[:, flip]) & np.uint8(mask)
-    scale = np.where(live, scale, _F(0))
-    L[:, ~live] = 0
-    signs[:, ~live] = 0
-    return L, scale, signs, live
-
-
-def _make_qp_scale(xval, W, nmax: int) -> np.ndarray:
-    """make_qp_quants(n, nmax, x, L, w)'s returned scale, over sub-blocks (columns). L is uint8 in C, so negative
-    levels (the sign-folded element) wrap to 255 where C stores them; that is kept."""
-    with np.errstate(all="ignore"):
-        mx = np.maximum(xval.max(axis=0), _F(0))
-        nm = _F(nmax)
-        iscale = nm / mx
-        L8 = (nearest_int(iscale * xval) & 255).astype(_F)
-        sc = _F(1) / iscale
-        d = xval - sc * L8
-        best = _seq_sum((W * d) * d)
-        for is_ in (-4, -3, -2, -1, 1, 2, 3, 4):
-            isc = (_F(0.1) * _F(is_) + nm) / mx
-            l = np.minimum(nearest_int(isc * xval), nmax).astype(_F)
-            d = xval - (_F(1) / isc) * l
-            mse = _seq_sum((W * d) * d)
-            better = mse < best
-            best = np.where(better, mse, best)
-            iscale = np.where(better, isc, iscale)
-        li = np.minimum(nearest_int(iscale * xval), nmax)
-        lf = li.astype(_F)
-        Lu = (li & 255)                       # what C's uint8_t L[] holds
-        wxa = W * xval
-        sumlx = _seq_sum(wxa * lf)
-        suml2 = _seq_sum((W * lf) * lf)
-        active = np.ones(xval.shape[1], bool)
-        for _ in range(5):
-            changed = np.zeros(xval.shape[1], bool)
-            for i in range(xval.shape[0]):
-                w, wxi, xi = W[i], wxa[i], xval[i]
-                Li = Lu[i].astype(_F)
-                slx = sumlx - wxi * Li
-                sl2 = suml2 - (w * Li) * Li
-                nl = np.minimum(nearest_int((xi * sl2) / slx), nmax)
-                nlf = nl.astype(_F)
-                slx = slx + wxi * nlf
-                sl2 = sl2 + (w * nlf) * nlf
-                acc = (active & (sumlx - wxi * Li > 0) & (suml2 - (w * Li) * Li > 0) & (nl != Lu[i])
-                       & ((slx * slx) * suml2 > (sumlx * sumlx) * sl2))
-                if acc.any():
-                    Lu[i] = np.where(acc, nl & 255, Lu[i])
-                    sumlx = np.where(acc, slx, sumlx)
-                    suml2 = np.where(acc, sl2, suml2)
-                    changed |= acc
-            active &= changed
-            if not active.any():
-                break
-        return np.where(suml2 > 0, sumlx / suml2, _F(0))
-
-
-def _iq2_xxs_search(x, qw):
-    grid = _grid("IQ2_XXS")
-    kmax = 3
-    W, waux, xval, signs, mx = _prepare(x, qw, 32, 1)
-    live = ~(mx < _F(1e-15))
-    scale = _make_qp_scale(xval, W, kmax + 1)
-    with np.errstate(all="ignore"):
-        eff_max = scale * _F(kmax)
-    live &= ~(eff_max <= 0)
-    effs = np.where(live, eff_max, _F(1))
-    with np.errstate(all="ignore"):
-        scale, _ = _search(grid, xval, W, waux, lambda i: (_F(5) + _F(i) * _F(0.1)) / effs, range(-6, 7), kmax,
-                           scale)
-        pos = scale > 0
-        sc = np.where(pos, scale, _F(1))
-        L, _ = _levels(grid, xval, waux, _F(1) / sc, sc, kmax)
-        sumqx, sumq2 = _sums(W * xval, W, L)
-        scale = np.where(pos & (sumq2 > 0), sumqx / sumq2, scale)
-    # C leaves L as make_qp_quants/the search left it where scale <= 0; those levels only reach the bytes when the
-    # scale is negative after the search (never seen), so they are taken from the re-rounding too.
-    return _finish_signs(L, scale, signs, live)
-
-
-def _iq3_xxs(x, qw):
-    nb = x.shape[0]
-    grid = _grid("IQ3_XXS")
-    L, scales, signs, _ = _track_search(x, qw, "IQ3_XXS", 32, 8, 15, 0.2, 1e-8, 2)
-    gi = grid.map[grid.codes(L)].astype(np.uint8)                 # (8, S): 8 groups of 4 per sub-block
-    sas = (signs[0].astype(np.uint32) | (signs[1].astype(np.uint32) << 7) | (signs[2].astype(np.uint32) << 14)
-           | (signs[3].astype(np.uint32) << 21))
-    max_scale, d, ls = _block_scales(scales, 8)
-    sas = sas.reshape(nb, 8) | (ls << 28)
-    zero = max_scale == 0
-    with np.errstate(all="ignore"):
-        dh = _fp16_bytes(np.where(zero, _F(0), d * _F(1.0125)))
-    q3 = np.ascontiguousarray(gi.T).reshape(nb, 64)
-    out = np.concatenate([dh, q3, sas.astype("<u4").view(np.uint8).reshape(nb, 32)], axis=1)
-    out[zero, 2:] = 0
-    return out
-
-
-def _iq2_xxs(x, qw):
-    nb = x.shape[0]
-    grid = _grid("IQ2_XXS")
-    L, scales, signs, _ = _iq2_xxs_search(x, qw)
-    gi = grid.map[grid.codes(L)].astype(np.uint32)                # (4, S)
-    lo = gi[0] | (gi[1] << 8) | (gi[2] << 16) | (gi[3] << 24)
-    s32 = signs.astype(np.uint32)
-    hi = s32[0] | (s32[1] << 7) | (s32[2] << 14) | (s32[3] << 21)
-    max_scale, d, ls = _block_scales(scales, 8)
-    hi = hi.reshape(nb, 8) | (ls << 28)
-    q2 = np.stack([lo.reshape(nb, 8), hi], axis=2).reshape(nb, 16)
-    zero = max_scale == 0
-    out = np.concatenate([_fp16_bytes(np.where(zero, _F(0), d)), q2.astype("<u4").view(np.uint8).reshape(nb, 64)],
-                         axis=1)
-    out[zero, 2:] = 0
-    return out
-
-
-def _iq2_xs(x, qw):
-    nb = x.shape[0]
-    grid = _grid("IQ2_XS")
-    L, scales, signs, _ = _track_search(x, qw, "IQ2_XS", 16, 3, 9, 0.1, 1e-15, 1)
-    gi = grid.map[grid.codes(L)].astype(np.uint16)                # (2, S)
-    q2 = gi | (signs.astype(np.uint16) << 9)
-    q2 = np.ascontiguousarray(q2.T).reshape(nb, 32)
-    max_scale, d, ls = _block_scales(scales, 16)
-    sc = (ls[:, 0::2] | (ls[:, 1::2] << 4)).astype(np.uint8)
-    zero = max_scale == 0
-    out = np.concatenate([_fp16_bytes(np.where(zero, _F(0), d)), q2.astype("<u2").view(np.uint8).reshape(nb, 64),
-                          sc], axis=1)
-    out[zero, 2:66] = 0                      # C clears qs; the scales bytes were zeroed at the start
-    out[zero, 66:] = 0
-    return out
-
-
-def _iq3_s(x, qw):
-    nb = x.shape[0]
-    grid = _grid("IQ3_S")
-    L, scales, signs, live = _track_search(x, qw, "IQ3_S", 32, 8, 9, 0.2, None, 2, parity=False, redo_all=True)
-    gi = grid.map[grid.codes(L)]                                   # (8, S)
-    qh = ((gi >> 8) << np.arange(8, dtype=np.int32)[:, None]).sum(axis=0).astype(np.uint8).reshape(nb, 8)
-    qs = np.ascontiguousarray((gi & 255).astype(np.uint8).T).reshape(nb, 8, 8)
-    sg = np.ascontiguousarray(signs.T).reshape(nb, 8, 4)
-    # ggml advances its qs and signs pointers only past sub-blocks it quantized: a skipped (all-zero) sub-block
-    # shifts the later ones' grid indices and signs down, and the tail stays zero
-    lv = live.reshape(nb, 8)
-    if not lv.all():
-        order = np.argsort(~lv, axis=1, kind="stable")
-        qs = np.take_along_axis(qs, order[:, :, None], axis=1)
-        sg = np.take_along_axis(sg, order[:, :, None], axis=1)
-        dead = ~np.take_along_axis(lv, order, axis=1)
-        qs[dead] = 0
-        sg[dead] = 0
-    max_scale, d, ls = _block_scales(scales, 8)
-    sc = (ls[:, 0::2] | (ls[:, 1::2] << 4)).astype(np.uint8)
-    zero = max_scale == 0
-    with np.errstate(all="ignore"):
-        dh = _fp16_bytes(np.where(zero, _F(0), d * _F(1.033)))
-    sc[zero] = 0
-    return np.concatenate([dh, qs.reshape(nb, 64), qh, sg.reshape(nb, 32), sc], axis=1)
-
-
-def _iq2_s(x, qw):
-    nb = x.shape[0]
-    grid = _grid("IQ2_S")
-    L, scales, signs, _ = _track_search(x, qw, "IQ2_S", 16, 3, 9, 0.1, 1e-8, 2, parity=False, fallback="sigma")
-    gi = grid.map[grid.codes(L)]                                   # (2, S): group i8 = 2*ib + k
-    gi = np.ascontiguousarray(gi.T).reshape(nb, 32)
-    qh = ((gi >> 8).reshape(nb, 8, 4) << (2 * np.arange(4, dtype=np.int32))).sum(axis=2).astype(np.uint8)
-    sg = np.ascontiguousarray(signs.T).reshape(nb, 32)
-    max_scale, d, ls = _block_scales(scales, 16)
-    sc = (ls[:, 0::2] | (ls[:, 1::2] << 4)).astype(np.uint8)
-    zero = max_scale == 0
-    with np.errstate(all="ignore"):
-        dh = _fp16_bytes(np.where(zero, _F(0), d * _F(0.9875)))
-    sc[zero] = 0
-    return np.concatenate([dh, (gi & 255).astype(np.uint8), sg, qh, sc], axis=1)
 
 
 # ------------------------------------------------------------------------------------------------- IQ1_S

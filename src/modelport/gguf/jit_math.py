@@ -28,5 +28,10 @@ jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 @jit
 def nearest_int(v):
-    """ggml's nearest_int: round half to even (ggml asserts |v| <= 2^22, where that is what its trick gives)."""
-    return int(np.rint(v))
+    """ggml's nearest_int on a float32, bit for bit: round half to even below 2^22 in magnitude; beyond (ggml asserts
+    against it only in debug builds) the mantissa of v + 1.5 * 2^23, as its release builds return."""
+    if abs(v) < F32(4194303.0):
+        return int(np.rint(v))
+    bits = np.empty(1, np.float32)
+    bits[0] = v + F32(12582912.0)
+    return (int(bits.view(np.int32)[0]) & 0x007FFFFF) - 0x00400000
