@@ -86,81 +86,94 @@ def _fold_signs(xb, weight, parity, xval, signs):
     return mx
 
 
+#: how _search re-rounds at the chosen scale: the groups that were off the grid, if any (IQ2_XS, IQ2_S, IQ3_XXS);
+#: all groups if any was off, every group counted off before a trial wins (IQ3_S); all groups always (IQ2_XXS)
+REDO_OFF, REDO_ALL_IF_OFF, REDO_ALL = 0, 1, 2
+
+
 @jit
-def _snap_group(xval, waux, o, dim, bits, kmax, id_, scale, tables, L):
-    """Round the group at o to its lattice levels at inverse scale id_ (into L); if that point is not in the grid,
-    put in its neighbour with the least sum waux*(scale*q - x)^2 (the first on ties). Returns whether it was on."""
+def _search(xval, weight, waux, dim, bits, kmax, nsteps, step, denom, scale, redo, tables, Ls, ons):
+    """ggml's scale search for a sub-block: trial scales id = (2*kmax-1 + is*step)/denom for is in -nsteps..nsteps,
+    each group rounded to its lattice levels and, where that point is not in the grid, replaced by its neighbour
+    with the least sum waux*(scale*q - x)^2 (the first on ties); the trial with the best fit is kept (levels in
+    Ls[1], on-grid flags in ons[1]). Then the groups `redo` names are re-rounded at the kept scale and the scale
+    refitted. Returns the scale (unchanged where no trial won and nothing was re-rounded).
+
+    One loop over the trials and the re-rounding, with no call inside: numba counts references on every array a
+    call passes, which cost more than the rounding itself here."""
     pts, levels, gmap, slot, count, table, width = tables
-    u = 0
-    for i in range(dim):
-        l = nearest_int(F32(0.5) * (id_ * xval[o + i] - F32(1)))
-        l = max(0, min(kmax - 1, l))
-        L[o + i] = l
-        u |= l << (bits * i)
-    if gmap[u] >= 0:
-        return True
-    s = slot[u]
-    row = s * width
-    best = F32(_FLT_MAX)
-    win = -1
-    for j in range(count[s]):
-        g = table[row + j]
-        d2 = F32(0)
+    n = xval.size
+    ngroups = n // dim
+    for k in range(ngroups):
+        ons[1, k] = redo == REDO_OFF
         for i in range(dim):
-            diff = scale * pts[g, i] - xval[o + i]
-            d2 += waux[o + i] * diff * diff
-        if d2 < best:
-            best = d2
-            win = g
-    for i in range(dim):
-        L[o + i] = levels[win, i]
-    return False
-
-
-@jit
-def _fit(xval, weight, L, n):
-    """sumqx, sumq2 of the levels L (q = 2L+1), in C's order."""
-    sumqx = F32(0)
-    sumq2 = F32(0)
-    for i in range(n):
-        w = weight[i]
-        q = F32(2 * L[i] + 1)
-        sumqx += w * xval[i] * q
-        sumq2 += w * q * q
-    return sumqx, sumq2
-
-
-@jit
-def _scale_search(xval, weight, waux, n, dim, bits, kmax, nsteps, step, denom, scale, tables, L, Laux, on, on_aux):
-    """ggml's trial scales id = (2*kmax-1 + is*step)/denom for is in -nsteps..nsteps: the levels (and which groups
-    were on the grid) of the best fit so far go to L and `on`. Returns the scale, unchanged where no step won."""
+            Ls[1, k * dim + i] = 0
     best = F32(0)
-    for is_ in range(-nsteps, nsteps + 1):
-        id_ = (F32(2 * kmax - 1) + F32(is_) * F32(step)) / denom
-        this_scale = F32(1) / id_
-        for k in range(n // dim):
-            on_aux[k] = _snap_group(xval, waux, k * dim, dim, bits, kmax, id_, this_scale, tables, Laux)
-        sumqx, sumq2 = _fit(xval, weight, Laux, n)
-        if sumq2 > 0 and sumqx * sumqx > best * sumq2:
+    last = 2 * nsteps + 1                  # trials 0 .. 2*nsteps, then the re-rounding
+    for t in range(last + 1):
+        r = 0                              # which row of Ls/ons this pass writes: 0 a trial, 1 the re-rounding
+        if t < last:
+            id_ = (F32(2 * kmax - 1) + F32(t - nsteps) * F32(step)) / denom
+            this_scale = F32(1) / id_
+        else:
+            if not scale > 0:
+                break
+            if redo != REDO_ALL:
+                off = False
+                for k in range(ngroups):
+                    off = off or not ons[1, k]
+                if not off:
+                    break
+            r = 1
+            id_ = F32(1) / scale
+            this_scale = scale
+        for k in range(ngroups):
+            if r == 1 and redo == REDO_OFF and ons[1, k]:
+                continue
+            o = k * dim
+            u = 0
+            for i in range(dim):
+                l = nearest_int(F32(0.5) * (id_ * xval[o + i] - F32(1)))
+                l = max(0, min(kmax - 1, l))
+                Ls[r, o + i] = l
+                u |= l << (bits * i)
+            on = gmap[u] >= 0
+            ons[r, k] = on
+            if on:
+                continue
+            s = slot[u]
+            row = s * width
+            best_d2 = F32(_FLT_MAX)
+            win = -1
+            for j in range(count[s]):
+                g = table[row + j]
+                d2 = F32(0)
+                for i in range(dim):
+                    diff = this_scale * pts[g, i] - xval[o + i]
+                    d2 += waux[o + i] * diff * diff
+                if d2 < best_d2:
+                    best_d2 = d2
+                    win = g
+            for i in range(dim):
+                Ls[r, o + i] = levels[win, i]
+        sumqx = F32(0)
+        sumq2 = F32(0)
+        for i in range(n):
+            w = weight[i]
+            q = F32(2 * Ls[r, i] + 1)
+            sumqx += w * xval[i] * q
+            sumq2 += w * q * q
+        if r == 1:
+            if sumq2 > 0:
+                scale = sumqx / sumq2
+        elif sumq2 > 0 and sumqx * sumqx > best * sumq2:
             scale = sumqx / sumq2
             best = scale * sumqx
             for i in range(n):
-                L[i] = Laux[i]
-            for k in range(n // dim):
-                on[k] = on_aux[k]
+                Ls[1, i] = Ls[0, i]
+            for k in range(ngroups):
+                ons[1, k] = ons[0, k]
     return scale
-
-
-@jit
-def _refit(xval, weight, waux, n, dim, bits, kmax, scale, redo_all, on, tables, L):
-    """Re-round the groups that were off the grid (all of them with `redo_all`) at the chosen scale, then fit the
-    scale to the final levels."""
-    id_ = F32(1) / scale
-    for k in range(n // dim):
-        if redo_all or not on[k]:
-            _snap_group(xval, waux, k * dim, dim, bits, kmax, id_, scale, tables, L)
-    sumqx, sumq2 = _fit(xval, weight, L, n)
-    return sumqx / sumq2 if sumq2 > 0 else scale
 
 
 @jit
@@ -251,14 +264,8 @@ def _iq2_xxs(x, qw, has_qw, tables, out, dh):
     """quantize_row_iq2_xxs_impl: sub-blocks of 32, groups of 8; the search starts from make_qp_quants' scale and
     every group is re-rounded at the winner. Bytes: qs as uint32 pairs (4 grid indices; 4x7 sign bits + scale)."""
     gmap = tables[2]
-    weight = np.empty(32, np.float32)
-    waux = np.empty(32, np.float32)
-    xval = np.empty(32, np.float32)
-    L = np.zeros(32, np.int64)
-    Laux = np.zeros(32, np.int64)
-    Lq = np.zeros(32, np.int64)
-    on = np.zeros(4, np.bool_)
-    on_aux = np.zeros(4, np.bool_)
+    weight, waux, xval = np.empty(32, np.float32), np.empty(32, np.float32), np.empty(32, np.float32)
+    Ls, ons, Lq = np.zeros((2, 32), np.int64), np.zeros((2, 4), np.bool_), np.zeros(32, np.int64)
     signs = np.zeros(4, np.int64)
     scales = np.empty(8, np.float32)
     for ibl in range(x.shape[0]):
@@ -277,19 +284,14 @@ def _iq2_xxs(x, qw, has_qw, tables, out, dh):
             eff_max = scale * F32(3)
             if eff_max <= 0:
                 continue
-            scale = _scale_search(xval, weight, waux, 32, 8, 2, 3, 6, 0.1, eff_max, scale, tables, L, Laux, on,
-                                  on_aux)
-            if scale > 0:
-                on[:] = False
-                scale = _refit(xval, weight, waux, 32, 8, 2, 3, scale, True, on, tables, L)
+            scale = _search(xval, weight, waux, 8, 2, 3, 6, 0.1, eff_max, scale, REDO_ALL, tables, Ls, ons)
             if scale < 0:
                 scale = -scale
                 for k in range(4):
                     signs[k] = ~signs[k] & 127
-            lo = 0
-            for k in range(4):
-                lo |= _grid_index(L, 8 * k, 8, 2, gmap) << (8 * k)
-            _put_u32(out, ibl, 2 + 8 * ib, lo)
+            L = Ls[1]
+            _put_u32(out, ibl, 2 + 8 * ib, _grid_index(L, 0, 8, 2, gmap) | (_grid_index(L, 8, 8, 2, gmap) << 8)
+                     | (_grid_index(L, 16, 8, 2, gmap) << 16) | (_grid_index(L, 24, 8, 2, gmap) << 24))
             _put_u32(out, ibl, 6 + 8 * ib, signs[0] | (signs[1] << 7) | (signs[2] << 14) | (signs[3] << 21))
             scales[ib] = scale
             max_scale = max_scale if max_scale > scale else scale
@@ -305,25 +307,21 @@ def _iq2_xxs(x, qw, has_qw, tables, out, dh):
 
 
 @jit
-def _track(xb, qwb, has_qw, sigma2, sigma_floor, parity, eps, dim, bits, kmax, nsteps, step, on_init, redo_all,
-           tables, weight, waux, xval, signs, L, Laux, on, on_aux):
-    """The sub-block of IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S: the search from max/(2*kmax-1) that remembers which groups
-    were on the grid, then the off-grid groups (all, with `redo_all`: IQ3_S) re-rounded at the winning scale; signs
-    flipped with a negative scale. Returns (scale, False) for a sub-block ggml skips (max below eps, or 0)."""
-    n = xb.size
+def _track(xb, qwb, has_qw, sigma2, sigma_floor, parity, eps, dim, bits, kmax, nsteps, step, redo, tables, weight,
+           waux, xval, signs, Ls, ons):
+    """The sub-block of IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S: weights, signs folded, the search from max/(2*kmax-1), signs
+    flipped with a negative scale; the levels end in Ls[1]. Returns (scale, False) for a sub-block ggml skips (max
+    below eps, or 0), its levels 0."""
     _weights(xb, qwb, has_qw, sigma2, sigma_floor, weight, waux)
     mx = _fold_signs(xb, weight, parity, xval, signs)
-    L[:] = 0
     if mx < F32(eps) or mx == 0:
+        Ls[1, :] = 0
         return F32(0), False
-    scale = mx / F32(2 * kmax - 1)
-    on[:] = on_init
-    scale = _scale_search(xval, weight, waux, n, dim, bits, kmax, nsteps, step, mx, scale, tables, L, Laux, on, on_aux)
-    if scale > 0 and not on.all():
-        scale = _refit(xval, weight, waux, n, dim, bits, kmax, scale, redo_all, on, tables, L)
+    scale = _search(xval, weight, waux, dim, bits, kmax, nsteps, step, mx, mx / F32(2 * kmax - 1), redo, tables,
+                    Ls, ons)
     if scale < 0:
         scale = -scale
-        for k in range(n // 8):
+        for k in range(xb.size // 8):
             signs[k] = ~signs[k] & (127 if parity else 255)
     return scale, True
 
@@ -334,9 +332,7 @@ def _iq2_xs(x, qw, has_qw, tables, out, dh):
     then the scale nibbles."""
     gmap = tables[2]
     weight, waux, xval = np.empty(16, np.float32), np.empty(16, np.float32), np.empty(16, np.float32)
-    L, Laux = np.zeros(16, np.int64), np.zeros(16, np.int64)
-    on, on_aux = np.zeros(2, np.bool_), np.zeros(2, np.bool_)
-    signs = np.zeros(2, np.int64)
+    Ls, ons, signs = np.zeros((2, 16), np.int64), np.zeros((2, 2), np.bool_), np.zeros(2, np.int64)
     scales = np.empty(16, np.float32)
     for ibl in range(x.shape[0]):
         out[ibl, :] = 0
@@ -345,13 +341,12 @@ def _iq2_xs(x, qw, has_qw, tables, out, dh):
         max_scale = F32(0)
         for ib in range(16):
             scale, live = _track(xbl[16 * ib:16 * ib + 16], qw[ibl, 16 * ib:16 * ib + 16], has_qw, sigma2, False,
-                                 True, 1e-15, 8, 2, 3, 9, 0.1, True, False, tables, weight, waux, xval, signs, L,
-                                 Laux, on, on_aux)
+                                 True, 1e-15, 8, 2, 3, 9, 0.1, REDO_OFF, tables, weight, waux, xval, signs, Ls, ons)
             scales[ib] = scale
             if not live:
                 continue
             for k in range(2):
-                v = _grid_index(L, 8 * k, 8, 2, gmap) | (signs[k] << 9)
+                v = _grid_index(Ls[1], 8 * k, 8, 2, gmap) | (signs[k] << 9)
                 out[ibl, 2 + 4 * ib + 2 * k] = v & 255
                 out[ibl, 3 + 4 * ib + 2 * k] = v >> 8
             max_scale = max_scale if max_scale > scale else scale
@@ -372,9 +367,7 @@ def _iq2_s(x, qw, has_qw, tables, out, dh):
     indices' low bytes, the signs, the indices' top 2 bits (4 a byte), the scale nibbles."""
     gmap = tables[2]
     weight, waux, xval = np.empty(16, np.float32), np.empty(16, np.float32), np.empty(16, np.float32)
-    L, Laux = np.zeros(16, np.int64), np.zeros(16, np.int64)
-    on, on_aux = np.zeros(2, np.bool_), np.zeros(2, np.bool_)
-    signs = np.zeros(2, np.int64)
+    Ls, ons, signs = np.zeros((2, 16), np.int64), np.zeros((2, 2), np.bool_), np.zeros(2, np.int64)
     scales = np.empty(16, np.float32)
     for ibl in range(x.shape[0]):
         out[ibl, :] = 0
@@ -383,14 +376,13 @@ def _iq2_s(x, qw, has_qw, tables, out, dh):
         max_scale = F32(0)
         for ib in range(16):
             scale, live = _track(xbl[16 * ib:16 * ib + 16], qw[ibl, 16 * ib:16 * ib + 16], has_qw, sigma2, True,
-                                 False, 1e-8, 8, 2, 3, 9, 0.1, True, False, tables, weight, waux, xval, signs, L,
-                                 Laux, on, on_aux)
+                                 False, 1e-8, 8, 2, 3, 9, 0.1, REDO_OFF, tables, weight, waux, xval, signs, Ls, ons)
             scales[ib] = scale
             if not live:
                 continue
             for k in range(2):
                 i8 = 2 * ib + k
-                gi = _grid_index(L, 8 * k, 8, 2, gmap)
+                gi = _grid_index(Ls[1], 8 * k, 8, 2, gmap)
                 out[ibl, 2 + i8] = gi & 255
                 out[ibl, 66 + i8 // 4] |= (gi >> 8) << (2 * (i8 % 4))
                 out[ibl, 34 + i8] = signs[k]
@@ -411,9 +403,7 @@ def _iq3_xxs(x, qw, has_qw, tables, out, dh):
     sub-block a uint32 of 4x7 sign bits and the scale nibble."""
     gmap = tables[2]
     weight, waux, xval = np.empty(32, np.float32), np.empty(32, np.float32), np.empty(32, np.float32)
-    L, Laux = np.zeros(32, np.int64), np.zeros(32, np.int64)
-    on, on_aux = np.zeros(8, np.bool_), np.zeros(8, np.bool_)
-    signs = np.zeros(4, np.int64)
+    Ls, ons, signs = np.zeros((2, 32), np.int64), np.zeros((2, 8), np.bool_), np.zeros(4, np.int64)
     scales = np.empty(8, np.float32)
     for ibl in range(x.shape[0]):
         out[ibl, :] = 0
@@ -422,13 +412,12 @@ def _iq3_xxs(x, qw, has_qw, tables, out, dh):
         max_scale = F32(0)
         for ib in range(8):
             scale, live = _track(xbl[32 * ib:32 * ib + 32], qw[ibl, 32 * ib:32 * ib + 32], has_qw, sigma2, False,
-                                 True, 1e-8, 4, 3, 8, 15, 0.2, True, False, tables, weight, waux, xval, signs, L,
-                                 Laux, on, on_aux)
+                                 True, 1e-8, 4, 3, 8, 15, 0.2, REDO_OFF, tables, weight, waux, xval, signs, Ls, ons)
             scales[ib] = scale
             if not live:
                 continue
             for k in range(8):
-                out[ibl, 2 + 8 * ib + k] = _grid_index(L, 4 * k, 4, 3, gmap)
+                out[ibl, 2 + 8 * ib + k] = _grid_index(Ls[1], 4 * k, 4, 3, gmap)
             _put_u32(out, ibl, 66 + 4 * ib, signs[0] | (signs[1] << 7) | (signs[2] << 14) | (signs[3] << 21))
             max_scale = max_scale if max_scale > scale else scale
         if not max_scale:
@@ -450,9 +439,7 @@ def _iq3_s(x, qw, has_qw, tables, out, dh):
     sub-block the later ones' bytes move down, and the tail stays zero."""
     gmap = tables[2]
     weight, waux, xval = np.empty(32, np.float32), np.empty(32, np.float32), np.empty(32, np.float32)
-    L, Laux = np.zeros(32, np.int64), np.zeros(32, np.int64)
-    on, on_aux = np.zeros(8, np.bool_), np.zeros(8, np.bool_)
-    signs = np.zeros(4, np.int64)
+    Ls, ons, signs = np.zeros((2, 32), np.int64), np.zeros((2, 8), np.bool_), np.zeros(4, np.int64)
     scales = np.empty(8, np.float32)
     for ibl in range(x.shape[0]):
         out[ibl, :] = 0
@@ -462,13 +449,13 @@ def _iq3_s(x, qw, has_qw, tables, out, dh):
         done = 0
         for ib in range(8):
             scale, live = _track(xbl[32 * ib:32 * ib + 32], qw[ibl, 32 * ib:32 * ib + 32], has_qw, sigma2, False,
-                                 False, 0.0, 4, 3, 8, 9, 0.2, False, True, tables, weight, waux, xval, signs, L,
-                                 Laux, on, on_aux)
+                                 False, 0.0, 4, 3, 8, 9, 0.2, REDO_ALL_IF_OFF, tables, weight, waux, xval, signs, Ls,
+                                 ons)
             scales[ib] = scale
             if not live:
                 continue
             for k in range(8):
-                gi = _grid_index(L, 4 * k, 4, 3, gmap)
+                gi = _grid_index(Ls[1], 4 * k, 4, 3, gmap)
                 out[ibl, 2 + 8 * done + k] = gi & 255
                 out[ibl, 66 + ib] |= (gi >> 8) << k
             for k in range(4):

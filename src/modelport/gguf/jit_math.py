@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
 F32 = np.float32
 
@@ -26,12 +28,21 @@ F32 = np.float32
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 
+@intrinsic
+def _f32_bits(typingctx, v):
+    """The bits of a float32 as an int32 (C's memcpy from float to int)."""
+    if v != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int32))
+
+    return types.int32(types.float32), codegen
+
+
 @jit
 def nearest_int(v):
-    """ggml's nearest_int on a float32, bit for bit: round half to even below 2^22 in magnitude; beyond (ggml asserts
-    against it only in debug builds) the mantissa of v + 1.5 * 2^23, as its release builds return."""
-    if abs(v) < F32(4194303.0):
-        return int(np.rint(v))
-    bits = np.empty(1, np.float32)
-    bits[0] = v + F32(12582912.0)
-    return (int(bits.view(np.int32)[0]) & 0x007FFFFF) - 0x00400000
+    """ggml's nearest_int, bit for bit: v converted to float32 (C's argument is a float), plus 1.5 * 2^23, and the
+    low mantissa bits read back; round half to even below 2^22 in magnitude (ggml asserts that only in debug builds:
+    beyond, this wraps as its release builds do)."""
+    return (_f32_bits(F32(v) + F32(12582912.0)) & 0x007FFFFF) - 0x00400000
