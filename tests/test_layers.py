@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,6 +190,21 @@ def test_the_checker_catches_what_it_is_for(tmp_path):
     assert "layer: modelport.core.dtypes -> modelport.formats.registry" in problems
     assert "private name: modelport.writing: modelport.opening._hidden" in problems
     assert "in-function import: modelport.writing -> modelport.formats.registry" in problems
+
+
+def _loaded_after(code: str) -> list[str]:
+    """The numba/llvmlite modules a fresh interpreter has loaded after running `code` on this tree."""
+    probe = f"{code}\nimport sys\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('numba', 'llvmlite')))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": str(SRC)}).stdout
+    return ast.literal_eval(out.strip().splitlines()[-1])
+
+
+def test_the_cli_starts_without_numba():
+    """numba costs 0.5 s to import: the CLI with every command registered must not load it (the kernels that need it
+    are imported when they first run, the LAZY_ON_PURPOSE route); importing a kernel module does load it."""
+    assert _loaded_after("import modelport.cli.main as m\nm.build()") == []
+    assert "numba" in _loaded_after("import modelport.gguf.jit_math")
 
 
 @pytest.mark.parametrize("edges, expected", [
