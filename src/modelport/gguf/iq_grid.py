@@ -1,4 +1,6 @@
-"""The grid IQ quantizers (IQ3_XXS, IQ2_XXS, IQ2_XS, ...) in NumPy, byte-identical to ggml's `quantize_iq*`.
+"""The grid IQ quantizers (IQ3_XXS, IQ2_XXS, IQ2_XS, ...), byte-identical to ggml's `quantize_iq*`: the grids and
+neighbour tables here; the IQ2/IQ3 types' per-sub-block search in modelport.gguf.iq_grid_jit (numba); IQ1_S and
+IQ1_M's search still in NumPy below (`_Grid.snap`).
 
 Why our own: these types are what the low-bit files people download are made of, and neither gguf-py nor any
 pip package can write them. The algorithms are ports of ggml-quants.c (docs/gguf.md §6 for the float rules:
@@ -8,21 +10,20 @@ distance, among a short list per lattice point that ggml precomputes at init (`i
 
 The grids come from gguf-py, which carries them for its dequantizers; the lattice map and neighbour lists are
 rebuilt from them exactly as ggml builds them (sorted by integer distance, then by grid index; the points at the
-`nwant` smallest distances). Everything is vectorised over the sub-blocks of a chunk: per-element state lives in
-(elements, sub-blocks) arrays so that sums over a sub-block run row after row, in C's order, and the neighbour
-search of all the off-grid groups of a pass is one flat computation over (group, neighbour) pairs.
+`nwant` smallest distances), and handed to the compiled kernels as plain arrays (`_tables`).
 
-The search (70-90 % of the time) was measured against these alternatives, all byte-identical and none faster
-(issue 19, A/B in one process on this 2-core machine): every group scored against the whole grid once per chunk
-by one matrix product, read back by the searches of every scale step (the reads miss the cache: 10-14 ns a
-neighbour against 1-2 for the gather of grid points); coordinate-major planes instead of (neighbour, group, dim)
-arrays (within 10 %); C's terms tabulated per group and level and summed by coordinate pairs (four gathers a
-neighbour: 1.1-1.5x slower); np.einsum for the weighted sum (exact in C's order with three operands, but slower
-for groups of 4 and no faster for 8).
+Why numba for the search: it is a loop per group with data-dependent work (on the grid or not, lists of 1 to 200
+neighbours). Vectorised in NumPy over the sub-blocks of a chunk (per-element state in (elements, sub-blocks)
+arrays, the neighbour search as one flat computation over (group, neighbour) pairs, in rounds by list length), the
+IQ2/IQ3 kernels reached only 0.37-0.50x of ggml's single core however the work was laid out (a whole-grid matrix
+product per chunk, coordinate-major planes, tabulated terms and np.einsum were all measured, none faster); as numba
+loops, in C's order, they run at 1.2-1.4x (docs/gguf.md §6.3). iq_grid_jit is imported only when one of these
+types first runs: `import numba` costs 0.5 s, which no command that does not quantize should pay.
 
 Contract with modelport.gguf.quants: `GRID_KERNELS[name] = (fn, blocks_per_chunk)`, `fn(x, qw)` with x and qw
 (importance weights, or None where ggml allows it) of shape (nblocks, 256) float32, returning (nblocks, type_size)
-uint8. `REQUIRES_IMATRIX` lists the types ggml refuses to quantize without one.
+uint8; the kernels release the GIL, so quants' thread pool runs chunks in parallel. `REQUIRES_IMATRIX` lists the
+types ggml refuses to quantize without one.
 """
 
 from __future__ import annotations

@@ -100,7 +100,8 @@ def _search(xval, weight, waux, dim, bits, kmax, nsteps, step, denom, scale, red
     refitted. Returns the scale (unchanged where no trial won and nothing was re-rounded).
 
     One loop over the trials and the re-rounding, with no call inside: numba counts references on every array a
-    call passes, which cost more than the rounding itself here."""
+    call passes, which cost more than the rounding itself here. The sizes come in as run-time ints (np.int64 at
+    the call: a literal would compile one copy of this, the largest function, per type, for at most 5 % speed)."""
     pts, levels, gmap, slot, count, table, width = tables
     n = xval.size
     ngroups = n // dim
@@ -284,7 +285,8 @@ def _iq2_xxs(x, qw, has_qw, tables, out, dh):
             eff_max = scale * F32(3)
             if eff_max <= 0:
                 continue
-            scale = _search(xval, weight, waux, 8, 2, 3, 6, 0.1, eff_max, scale, REDO_ALL, tables, Ls, ons)
+            scale = _search(xval, weight, waux, np.int64(8), np.int64(2), np.int64(3), np.int64(6), 0.1, eff_max, scale,
+                            np.int64(REDO_ALL), tables, Ls, ons)
             if scale < 0:
                 scale = -scale
                 for k in range(4):
@@ -317,8 +319,8 @@ def _track(xb, qwb, has_qw, sigma2, sigma_floor, parity, eps, dim, bits, kmax, n
     if mx < F32(eps) or mx == 0:
         Ls[1, :] = 0
         return F32(0), False
-    scale = _search(xval, weight, waux, dim, bits, kmax, nsteps, step, mx, mx / F32(2 * kmax - 1), redo, tables,
-                    Ls, ons)
+    scale = _search(xval, weight, waux, np.int64(dim), np.int64(bits), np.int64(kmax), np.int64(nsteps), step, mx,
+                    mx / F32(2 * kmax - 1), np.int64(redo), tables, Ls, ons)
     if scale < 0:
         scale = -scale
         for k in range(xb.size // 8):
