@@ -66,31 +66,37 @@ def _abs_max(xb):
 
 
 @jit
-def _stable_order(xb, idx):
-    """idx: the indices of xb sorted by value, equal values in index order (insertion sort: 16 or 32 values)."""
-    n = xb.size
-    for j in range(n):
+def _stable_order(xb, vals, idx):
+    """idx: the indices of xb sorted by value, equal values in index order (insertion sort of 16 or 32 values,
+    carried with their values in `vals`)."""
+    for j in range(xb.size):
         v = xb[j]
         k = j
-        while k > 0 and xb[idx[k - 1]] > v:
+        while k > 0 and vals[k - 1] > v:
+            vals[k] = vals[k - 1]
             idx[k] = idx[k - 1]
             k -= 1
+        vals[k] = v
         idx[k] = j
 
 
 @jit
-def _best_neighbour(levels, count, table, width, slot, xb, w, scale, q):
+def _best_neighbour(levels, count, table, width, slot, xb, w, scale, q, terms):
     """iq1_find_best_neighbour2: among the off-grid code's neighbours, the grid point with the least
-    sum w*(scale*q - x)^2 over the group (x signed, q the shifted level values); the first on ties."""
+    sum w*(scale*q - x)^2 over the group (x signed, q the shifted level values); the first on ties. Each term
+    w*(scale*q - x)^2 depends only on the coordinate and the level: tabulated once, summed in C's order."""
+    for i in range(8):
+        for lv in range(3):
+            diff = scale * q[lv] - xb[i]
+            terms[i, lv] = w[i] * diff * diff
     best = F32(_FLT_MAX)
-    best_i = table[slot * width]            # (ggml's fallback when no distance is finite: not reached by finite data)
     base = slot * width
+    best_i = table[base]                # (ggml's fallback when no distance is finite: not reached by finite data)
     for j in range(count[slot]):
         gi = table[base + j]
         d2 = F32(0)
         for i in range(8):
-            diff = scale * q[levels[gi, i]] - xb[i]
-            d2 += w[i] * diff * diff
+            d2 += terms[i, levels[gi, i]]
         if d2 < best:
             best = d2
             best_i = gi
@@ -127,6 +133,124 @@ def _refit(levels, index, xb, w, qk0, qk1, ngroups):
 
 
 @jit
+def _better(sqx, sq2, best):
+    """C's test for a new best candidate (sumqx^2/sumq2 larger, written without the division)."""
+    return sq2 > 0 and sqx * sqx > best * sq2
+
+
+@jit
+def _beats(sqx, sq2, best):
+    """C's test for a new best candidate, without a branch (the counting loops add them up)."""
+    return (sq2 > 0) & (sqx * sqx > best * sq2)
+
+
+@jit
+def _pair_s(sumx, sumw, i1, i2, a_x, a_w, tails, xq, t):
+    """sumqx, sumq2 of the split (i1, i2) with levels xq, as C writes them: (a + b) + c, the level terms of i1 (a_x,
+    a_w) and of i2 (tails[t], tails[t + 1]) computed once."""
+    sqx = a_x + (sumx[i2] - sumx[i1]) * xq[1] + tails[t, i2]
+    sq2 = a_w + (sumw[i2] - sumw[i1]) * xq[1] * xq[1] + tails[t + 1, i2]
+    return sqx, sq2
+
+
+@jit
+def _split_search_s(sumx, sumw, xp, xm, mx, tails):
+    """IQ1_S's search over the splits (i1 <= i2) of 32 sorted values and the two shifts, in C's order, from the
+    prefix sums sumx (of w*x) and sumw (of w): returns (scale, i1, i2, shift), i1 = -1 when nothing won.
+
+    Exact and faster than C's single loop: a row of i2 is first only counted, against the best at its start, in a
+    loop without branches (vectorised); when nothing in it beats that best, C's scan would change nothing there.
+    Only the rows with a candidate are scanned in order."""
+    n = 32
+    for i2 in range(n + 1):                      # the third level's terms depend on i2 alone
+        tails[0, i2] = (sumx[n] - sumx[i2]) * xp[2]
+        tails[1, i2] = (sumw[n] - sumw[i2]) * xp[2] * xp[2]
+        tails[2, i2] = (sumx[n] - sumx[i2]) * xm[2]
+        tails[3, i2] = (sumw[n] - sumw[i2]) * xm[2] * xm[2]
+    best = -F32(_FLT_MAX)
+    scale = mx
+    bi1 = -1
+    bi2 = -1
+    bshift = 0
+    for i1 in range(n + 1):
+        axp = (sumx[i1] - sumx[0]) * xp[0]
+        awp = (sumw[i1] - sumw[0]) * xp[0] * xp[0]
+        axm = (sumx[i1] - sumx[0]) * xm[0]
+        awm = (sumw[i1] - sumw[0]) * xm[0] * xm[0]
+        hits = 0
+        for i2 in range(i1, n + 1):
+            sqx, sq2 = _pair_s(sumx, sumw, i1, i2, axp, awp, tails, xp, 0)
+            hits += _beats(sqx, sq2, best)
+            sqx, sq2 = _pair_s(sumx, sumw, i1, i2, axm, awm, tails, xm, 2)
+            hits += _beats(sqx, sq2, best)
+        if hits == 0:
+            continue
+        for i2 in range(i1, n + 1):
+            sqx, sq2 = _pair_s(sumx, sumw, i1, i2, axp, awp, tails, xp, 0)
+            if sq2 > 0 and sqx * sqx > best * sq2:
+                scale = sqx / sq2
+                best = scale * sqx
+                bi1, bi2, bshift = i1, i2, 1
+            sqx, sq2 = _pair_s(sumx, sumw, i1, i2, axm, awm, tails, xm, 2)
+            if sq2 > 0 and sqx * sqx > best * sq2:
+                scale = sqx / sq2
+                best = scale * sqx
+                bi1, bi2, bshift = i1, i2, -1
+    return scale, bi1, bi2, bshift
+
+
+@jit
+def _halves_m(px, pw, i1, i2, p2, m2, cp1, cp2, cm1, cm2):
+    """IQ1_M's per-half sums of the split (i1, i2) as C computes them, with each half's two shifts:
+    (qx_p, qx_m, q2_p, q2_m) of half 0, then of half 1."""
+    sx0 = px[0, i1] + px[0, i2]
+    sx1 = px[1, i1] + px[1, i2]
+    return (px[0, 16] * p2 - sx0, px[0, 16] * m2 - sx0,
+            pw[0, 16] * p2 * p2 + pw[0, i1] * cp1 + pw[0, i2] * cp2,
+            pw[0, 16] * m2 * m2 + pw[0, i1] * cm1 + pw[0, i2] * cm2,
+            px[1, 16] * p2 - sx1, px[1, 16] * m2 - sx1,
+            pw[1, 16] * p2 * p2 + pw[1, i1] * cp1 + pw[1, i2] * cp2,
+            pw[1, 16] * m2 * m2 + pw[1, i1] * cm1 + pw[1, i2] * cm2)
+
+
+@jit
+def _split_search_m(px, pw, xp, xm, mx):
+    """IQ1_M's search over the splits of 16 sorted values and the four shift pairs k (0: +,+  1: +,-  2: -,+
+    3: -,-), from prefix sums kept per half (px, pw (2, 17)): with v[0]-v[1] = v[1]-v[2] = -1 a split's sums are
+    T*v[2] - px[i1] - px[i2] and the like, as in C. Returns (scale, i1, i2, k); rows counted first as for IQ1_S."""
+    n = 16
+    p2 = xp[2]
+    m2 = xm[2]
+    cp1 = xp[0] * xp[0] - xp[1] * xp[1]
+    cp2 = xp[1] * xp[1] - xp[2] * xp[2]
+    cm1 = xm[0] * xm[0] - xm[1] * xm[1]
+    cm2 = xm[1] * xm[1] - xm[2] * xm[2]
+    best = -F32(_FLT_MAX)
+    scale = mx
+    bi1 = -1
+    bi2 = -1
+    bk = -1
+    for i1 in range(n + 1):
+        hits = 0
+        for i2 in range(i1, n + 1):
+            xp0, xm0, qp0, qm0, xp1, xm1, qp1, qm1 = _halves_m(px, pw, i1, i2, p2, m2, cp1, cp2, cm1, cm2)
+            hits += (_beats(xp0 + xp1, qp0 + qp1, best) + _beats(xp0 + xm1, qp0 + qm1, best)
+                     + _beats(xm0 + xp1, qm0 + qp1, best) + _beats(xm0 + xm1, qm0 + qm1, best))
+        if hits == 0:
+            continue
+        for i2 in range(i1, n + 1):
+            xp0, xm0, qp0, qm0, xp1, xm1, qp1, qm1 = _halves_m(px, pw, i1, i2, p2, m2, cp1, cp2, cm1, cm2)
+            for k in range(4):
+                sqx = (xp0 if k < 2 else xm0) + (xp1 if k % 2 == 0 else xm1)
+                sq2 = (qp0 if k < 2 else qm0) + (qp1 if k % 2 == 0 else qm1)
+                if sq2 > 0 and sqx * sqx > best * sq2:
+                    scale = sqx / sq2
+                    best = scale * sqx
+                    bi1, bi2, bk = i1, i2, k
+    return scale, bi1, bi2, bk
+
+
+@jit
 def _iq1_s_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, dh):
     """quantize_row_iq1_s_impl over the blocks of x: writes qs and qh (without the fp16 d) into out, d*1.125 into
     dh (0 for a block with no live sub-block)."""
@@ -134,6 +258,9 @@ def _iq1_s_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, 
     xm = _levels(-1)
     w = np.empty(32, np.float32)
     idx = np.empty(32, np.int64)
+    vals = np.empty(32, np.float32)
+    terms = np.empty((8, 3), np.float32)
+    tails = np.empty((4, 33), np.float32)
     sumx = np.empty(33, np.float32)
     sumw = np.empty(33, np.float32)
     L = np.empty(32, np.int64)
@@ -155,42 +282,14 @@ def _iq1_s_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, 
             mx = _abs_max(xb)
             if mx < F32(1e-12):
                 continue
-            _stable_order(xb, idx)
+            _stable_order(xb, vals, idx)
             sumx[0] = F32(0)
             sumw[0] = F32(0)
             for j in range(32):
                 i = idx[j]
                 sumx[j + 1] = sumx[j] + w[i] * xb[i]
                 sumw[j + 1] = sumw[j] + w[i]
-            best = -F32(_FLT_MAX)
-            scale = mx
-            bi1 = -1
-            bi2 = -1
-            bshift = 0
-            for i1 in range(33):
-                a_x = sumx[i1] - sumx[0]
-                a_w = sumw[i1] - sumw[0]
-                for i2 in range(i1, 33):
-                    b_x = sumx[i2] - sumx[i1]
-                    c_x = sumx[32] - sumx[i2]
-                    b_w = sumw[i2] - sumw[i1]
-                    c_w = sumw[32] - sumw[i2]
-                    sqx = a_x * xp[0] + b_x * xp[1] + c_x * xp[2]
-                    sq2 = a_w * xp[0] * xp[0] + b_w * xp[1] * xp[1] + c_w * xp[2] * xp[2]
-                    if sq2 > 0 and sqx * sqx > best * sq2:
-                        scale = sqx / sq2
-                        best = scale * sqx
-                        bi1 = i1
-                        bi2 = i2
-                        bshift = 1
-                    sqx = a_x * xm[0] + b_x * xm[1] + c_x * xm[2]
-                    sq2 = a_w * xm[0] * xm[0] + b_w * xm[1] * xm[1] + c_w * xm[2] * xm[2]
-                    if sq2 > 0 and sqx * sqx > best * sq2:
-                        scale = sqx / sq2
-                        best = scale * sqx
-                        bi1 = i1
-                        bi2 = i2
-                        bshift = -1
+            scale, bi1, bi2, bshift = _split_search_s(sumx, sumw, xp, xm, mx, tails)
             if bi1 < 0:
                 continue
             _split_levels(idx, bi1, bi2, L)
@@ -206,7 +305,7 @@ def _iq1_s_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, 
                 if gi < 0:
                     on_grid = False
                     gi = _best_neighbour(levels, count, table, width, slots[u], xb[8 * k:8 * k + 8],
-                                         w[8 * k:8 * k + 8], scale, q)
+                                         w[8 * k:8 * k + 8], scale, q, terms)
                 index[k] = gi
             if not on_grid:
                 sqx, sq2 = _refit(levels, index, xb, w, q, q, 4)
@@ -242,21 +341,15 @@ def _iq1_m_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, 
     xm = _levels(-1)
     w = np.empty(16, np.float32)
     idx = np.empty(16, np.int64)
+    vals = np.empty(16, np.float32)
+    terms = np.empty((8, 3), np.float32)
     px = np.empty((2, 17), np.float32)
     pw = np.empty((2, 17), np.float32)
     L = np.empty(16, np.int64)
     index = np.empty(2, np.int64)
     scales = np.empty(16, np.float32)
     shifts = np.empty(16, np.int64)
-    sqx = np.empty(4, np.float32)
-    sq2 = np.empty(4, np.float32)
     masks = np.array([0x00, 0x80, 0x08, 0x88], np.int64)
-    p2 = xp[2]
-    m2 = xm[2]
-    cp1 = xp[0] * xp[0] - xp[1] * xp[1]
-    cp2 = xp[1] * xp[1] - xp[2] * xp[2]
-    cm1 = xm[0] * xm[0] - xm[1] * xm[1]
-    cm2 = xm[1] * xm[1] - xm[2] * xm[2]
     for ibl in range(x.shape[0]):
         xbl = x[ibl]
         ob = out[ibl]
@@ -272,7 +365,7 @@ def _iq1_m_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, 
             mx = _abs_max(xb)
             if mx < F32(1e-7):
                 continue
-            _stable_order(xb, idx)
+            _stable_order(xb, vals, idx)
             # prefix sums per half of the sub-block (each half has its own shift)
             px[0, 0] = F32(0)
             px[1, 0] = F32(0)
@@ -285,40 +378,7 @@ def _iq1_m_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, 
                 px[1 - h, j + 1] = px[1 - h, j]
                 pw[h, j + 1] = pw[h, j] + w[i]
                 pw[1 - h, j + 1] = pw[1 - h, j]
-            tx0, tx1 = px[0, 16], px[1, 16]
-            tw0, tw1 = pw[0, 16], pw[1, 16]
-            best = -F32(_FLT_MAX)
-            scale = mx
-            bi1 = -1
-            bi2 = -1
-            bk = -1
-            for i1 in range(17):
-                for i2 in range(i1, 17):
-                    sx0 = px[0, i1] + px[0, i2]
-                    sx1 = px[1, i1] + px[1, i2]
-                    qxp0 = tx0 * p2 - sx0
-                    qxm0 = tx0 * m2 - sx0
-                    qxp1 = tx1 * p2 - sx1
-                    qxm1 = tx1 * m2 - sx1
-                    q2p0 = tw0 * p2 * p2 + pw[0, i1] * cp1 + pw[0, i2] * cp2
-                    q2m0 = tw0 * m2 * m2 + pw[0, i1] * cm1 + pw[0, i2] * cm2
-                    q2p1 = tw1 * p2 * p2 + pw[1, i1] * cp1 + pw[1, i2] * cp2
-                    q2m1 = tw1 * m2 * m2 + pw[1, i1] * cm1 + pw[1, i2] * cm2
-                    sqx[0] = qxp0 + qxp1
-                    sqx[1] = qxp0 + qxm1
-                    sqx[2] = qxm0 + qxp1
-                    sqx[3] = qxm0 + qxm1
-                    sq2[0] = q2p0 + q2p1
-                    sq2[1] = q2p0 + q2m1
-                    sq2[2] = q2m0 + q2p1
-                    sq2[3] = q2m0 + q2m1
-                    for k in range(4):
-                        if sq2[k] > 0 and sqx[k] * sqx[k] > best * sq2[k]:
-                            scale = sqx[k] / sq2[k]
-                            best = scale * sqx[k]
-                            bi1 = i1
-                            bi2 = i2
-                            bk = k
+            scale, bi1, bi2, bk = _split_search_m(px, pw, xp, xm, mx)
             if bi1 < 0:
                 continue
             _split_levels(idx, bi1, bi2, L)
@@ -335,7 +395,7 @@ def _iq1_m_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, 
                 if gi < 0:
                     on_grid = False
                     gi = _best_neighbour(levels, count, table, width, slots[u], xb[8 * k:8 * k + 8],
-                                         w[8 * k:8 * k + 8], scale, q0 if k == 0 else q1)
+                                         w[8 * k:8 * k + 8], scale, q0 if k == 0 else q1, terms)
                 index[k] = gi
             if not on_grid:
                 a, b = _refit(levels, index, xb, w, q0, q1, 2)
