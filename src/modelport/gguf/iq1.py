@@ -18,6 +18,8 @@ uint8.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .jit_math import F32, jit, nearest_int
@@ -66,49 +68,69 @@ def _abs_max(xb):
 
 
 @jit
-def _stable_order(xb, vals, idx):
-    """idx: the indices of xb sorted by value, equal values in index order (insertion sort of 16 or 32 values,
-    carried with their values in `vals`)."""
-    for j in range(xb.size):
+def _stable_order(xb, idx, rank):
+    """idx: the indices of xb sorted by value, equal values in index order (what glibc's merge sort gives). Each
+    value's rank is counted (values below it, and equal ones before it), for all values at once in float32 lanes
+    (exact: small integers): a loop without branches that the compiler vectorises, faster than a sort of 16 or 32
+    values (measured: 0.4 us against 0.56 for an insertion sort of 32)."""
+    n = xb.size
+    rank[:n] = F32(0)
+    for j in range(n):
         v = xb[j]
-        k = j
-        while k > 0 and vals[k - 1] > v:
-            vals[k] = vals[k - 1]
-            idx[k] = idx[k - 1]
-            k -= 1
-        vals[k] = v
-        idx[k] = j
+        for i in range(n):
+            rank[i] += F32(1) if (v < xb[i]) | ((v == xb[i]) & (j < i)) else F32(0)
+    for i in range(n):
+        idx[int(rank[i])] = i
 
 
 @jit
-def _best_neighbour(levels, count, table, width, slot, xb, w, scale, q, terms):
-    """iq1_find_best_neighbour2: among the off-grid code's neighbours, the grid point with the least
-    sum w*(scale*q - x)^2 over the group (x signed, q the shifted level values); the first on ties. Each term
-    w*(scale*q - x)^2 depends only on the coordinate and the level: tabulated once, summed in C's order."""
+def _best_neighbour(count, nbr_code, map3, slot, xb, w, scale, q, terms, head):
+    """iq1_find_best_neighbour2: among the off-grid group's neighbours, the grid point with the least
+    d2 = sum w*(scale*q - x)^2 over the group (x signed, q the shifted level values); the first on ties.
+
+    The same floats as C's loop, fewer operations: each term depends only on the coordinate and its level, so the
+    24 terms are computed once (`terms`, 4*coordinate + level); the running sum over the first four coordinates
+    depends only on their levels, so it is tabulated for the 81 combinations (`head`, by their 2-bit code); a
+    neighbour's d2 is then its head plus the other four terms, added in C's order."""
     for i in range(8):
         for lv in range(3):
             diff = scale * q[lv] - xb[i]
-            terms[i, lv] = w[i] * diff * diff
+            terms[4 * i + lv] = w[i] * diff * diff
+    for l0 in range(3):
+        for l1 in range(3):
+            s01 = terms[l0] + terms[4 + l1]
+            for l2 in range(3):
+                s012 = s01 + terms[8 + l2]
+                for l3 in range(3):
+                    head[l0 | (l1 << 2) | (l2 << 4) | (l3 << 6)] = s012 + terms[12 + l3]
     best = F32(_FLT_MAX)
-    base = slot * width
-    best_i = table[base]                # (ggml's fallback when no distance is finite: not reached by finite data)
+    best_c = nbr_code[slot, 0]          # (ggml's fallback when no distance is finite: not reached by finite data)
     for j in range(count[slot]):
-        gi = table[base + j]
-        d2 = F32(0)
-        for i in range(8):
-            d2 += terms[i, levels[gi, i]]
+        c = nbr_code[slot, j]
+        d2 = head[c & 255] + terms[16 + ((c >> 8) & 3)]
+        d2 += terms[20 + ((c >> 10) & 3)]
+        d2 += terms[24 + ((c >> 12) & 3)]
+        d2 += terms[28 + ((c >> 14) & 3)]
         if d2 < best:
             best = d2
-            best_i = gi
-    return best_i
+            best_c = c
+    u3 = 0
+    m = 1
+    for i in range(8):
+        u3 += ((best_c >> (2 * i)) & 3) * m
+        m *= 3
+    return map3[u3]
 
 
 @jit
-def _grid_index(L, k, gmap):
-    u = 0
+def _grid_index(L, k, map3):
+    """The group k of L (levels 0..2) as a base-3 code, and its grid index (-1: not a grid point)."""
+    u3 = 0
+    m = 1
     for j in range(8):
-        u |= L[8 * k + j] << (2 * j)
-    return u, gmap[u]
+        u3 += L[8 * k + j] * m
+        m *= 3
+    return u3, map3[u3]
 
 
 @jit
@@ -140,7 +162,7 @@ def _better(sqx, sq2, best):
 
 @jit
 def _beats(sqx, sq2, best):
-    """C's test for a new best candidate, without a branch (the counting loops add them up)."""
+    """C's test for a new best candidate (sumq2 > 0 and sumqx^2 > best*sumq2), without a branch."""
     return (sq2 > 0) & (sqx * sqx > best * sq2)
 
 
@@ -251,15 +273,16 @@ def _split_search_m(px, pw, xp, xm, mx):
 
 
 @jit
-def _iq1_s_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, dh):
+def _iq1_s_kernel(x, qw, has_qw, levels, map3, slot3, count, nbr_code, out, dh):
     """quantize_row_iq1_s_impl over the blocks of x: writes qs and qh (without the fp16 d) into out, d*1.125 into
     dh (0 for a block with no live sub-block)."""
     xp = _levels(1)
     xm = _levels(-1)
     w = np.empty(32, np.float32)
     idx = np.empty(32, np.int64)
-    vals = np.empty(32, np.float32)
-    terms = np.empty((8, 3), np.float32)
+    rank = np.empty(32, np.float32)
+    terms = np.empty(32, np.float32)
+    head = np.empty(256, np.float32)
     tails = np.empty((4, 33), np.float32)
     sumx = np.empty(33, np.float32)
     sumw = np.empty(33, np.float32)
@@ -282,7 +305,7 @@ def _iq1_s_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, 
             mx = _abs_max(xb)
             if mx < F32(1e-12):
                 continue
-            _stable_order(xb, vals, idx)
+            _stable_order(xb, idx, rank)
             sumx[0] = F32(0)
             sumw[0] = F32(0)
             for j in range(32):
@@ -301,11 +324,11 @@ def _iq1_s_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, 
             q = xp if bshift == 1 else xm
             on_grid = True
             for k in range(4):
-                u, gi = _grid_index(L, k, gmap)
+                u, gi = _grid_index(L, k, map3)
                 if gi < 0:
                     on_grid = False
-                    gi = _best_neighbour(levels, count, table, width, slots[u], xb[8 * k:8 * k + 8],
-                                         w[8 * k:8 * k + 8], scale, q, terms)
+                    gi = _best_neighbour(count, nbr_code, map3, slot3[u], xb[8 * k:8 * k + 8],
+                                         w[8 * k:8 * k + 8], scale, q, terms, head)
                 index[k] = gi
             if not on_grid:
                 sqx, sq2 = _refit(levels, index, xb, w, q, q, 4)
@@ -334,15 +357,16 @@ def _iq1_s_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, 
 
 
 @jit
-def _iq1_m_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, dh):
+def _iq1_m_kernel(x, qw, has_qw, levels, map3, slot3, count, nbr_code, out, dh):
     """quantize_row_iq1_m_impl over the blocks of x: writes qs, qh and the 3-bit scales into out, the refitted
     d*1.1125 into dh (its fp16 goes into the scales' top nibbles) and 0 for a block with no live sub-block."""
     xp = _levels(1)
     xm = _levels(-1)
     w = np.empty(16, np.float32)
     idx = np.empty(16, np.int64)
-    vals = np.empty(16, np.float32)
-    terms = np.empty((8, 3), np.float32)
+    rank = np.empty(16, np.float32)
+    terms = np.empty(32, np.float32)
+    head = np.empty(256, np.float32)
     px = np.empty((2, 17), np.float32)
     pw = np.empty((2, 17), np.float32)
     L = np.empty(16, np.int64)
@@ -365,7 +389,7 @@ def _iq1_m_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, 
             mx = _abs_max(xb)
             if mx < F32(1e-7):
                 continue
-            _stable_order(xb, vals, idx)
+            _stable_order(xb, idx, rank)
             # prefix sums per half of the sub-block (each half has its own shift)
             px[0, 0] = F32(0)
             px[1, 0] = F32(0)
@@ -391,11 +415,11 @@ def _iq1_m_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, 
             q1 = xp if bk % 2 == 0 else xm
             on_grid = True
             for k in range(2):
-                u, gi = _grid_index(L, k, gmap)
+                u, gi = _grid_index(L, k, map3)
                 if gi < 0:
                     on_grid = False
-                    gi = _best_neighbour(levels, count, table, width, slots[u], xb[8 * k:8 * k + 8],
-                                         w[8 * k:8 * k + 8], scale, q0 if k == 0 else q1, terms)
+                    gi = _best_neighbour(count, nbr_code, map3, slot3[u], xb[8 * k:8 * k + 8],
+                                         w[8 * k:8 * k + 8], scale, q0 if k == 0 else q1, terms, head)
                 index[k] = gi
             if not on_grid:
                 a, b = _refit(levels, index, xb, w, q0, q1, 2)
@@ -443,7 +467,28 @@ def _iq1_m_kernel(x, qw, has_qw, levels, gmap, slots, count, table, width, out, 
             ob[49 + 2 * j] = sc[j] >> 8
 
 
-def _run(kernel, x, qw, tables, type_size):
+class KernelTables(NamedTuple):
+    """IQ1's grid as the kernels read it (lattice points by base-3 code: small tables that stay in cache)."""
+    levels: np.ndarray       # (G, 8) int8: a grid point's levels 0..2
+    map3: np.ndarray         # (3^8,) int16: lattice point (base-3 code) -> grid index, -1 off the grid
+    slot3: np.ndarray        # (3^8,) int32: off-grid lattice point -> its row in nbr_code
+    count: np.ndarray        # (slots,) int32: how many neighbours the row lists
+    nbr_code: np.ndarray     # (slots, width) uint16: the neighbours, in ggml's order, by 2-bit code
+
+
+def kernel_tables(levels, lattice_map, slot, count, table, width) -> KernelTables:
+    """KernelTables from modelport.gguf.iq_grid's IQ1 grid: levels (G, 8), the lattice map and neighbour slots by
+    2-bit code, and the neighbour lists as a flat table of rows of `width` with a count per slot."""
+    levels = np.asarray(levels)
+    codes2 = (levels.astype(np.int64) << (2 * np.arange(8))).sum(axis=1)
+    digits = (np.arange(3 ** 8)[:, None] // 3 ** np.arange(8)) % 3             # base-3 code -> levels
+    by3 = (digits << (2 * np.arange(8))).sum(axis=1)                          # -> 2-bit code
+    return KernelTables(np.ascontiguousarray(levels, np.int8), np.asarray(lattice_map)[by3].astype(np.int16),
+                        np.asarray(slot)[by3].astype(np.int32), np.ascontiguousarray(count, np.int32),
+                        np.ascontiguousarray(codes2[np.asarray(table).reshape(-1, width)], np.uint16))
+
+
+def _run(kernel, x, qw, tables: KernelTables, type_size):
     x = np.ascontiguousarray(x, dtype=np.float32)
     has_qw = qw is not None
     qw = np.ascontiguousarray(qw, dtype=np.float32) if has_qw else x
@@ -454,16 +499,16 @@ def _run(kernel, x, qw, tables, type_size):
         return out, dh.astype(np.float16).view(np.uint16)
 
 
-def quantize_iq1_s(x: np.ndarray, qw: np.ndarray, tables: tuple) -> np.ndarray:
-    """IQ1_S blocks of x with importance weights qw; `tables`: (levels (G, 8), map, slot, count, table, width)."""
+def quantize_iq1_s(x: np.ndarray, qw: np.ndarray, tables: KernelTables) -> np.ndarray:
+    """IQ1_S blocks of x with importance weights qw."""
     out, d16 = _run(_iq1_s_kernel, x, qw, tables, IQ1_S_BYTES)
     out[:, 0] = d16 & 255
     out[:, 1] = d16 >> 8
     return out
 
 
-def quantize_iq1_m(x: np.ndarray, qw: np.ndarray | None, tables: tuple) -> np.ndarray:
-    """IQ1_M blocks of x (qw may be None: weights x^2); `tables` as for quantize_iq1_s."""
+def quantize_iq1_m(x: np.ndarray, qw: np.ndarray | None, tables: KernelTables) -> np.ndarray:
+    """IQ1_M blocks of x (qw may be None: weights x^2)."""
     out, d16 = _run(_iq1_m_kernel, x, qw, tables, IQ1_M_BYTES)
     sc = out[:, 48:].view("<u2")             # the fp16 d's four nibbles on top of the four scale words (d16 is 0
     for j in range(4):                       # for a block ggml leaves all zero)
