@@ -553,7 +553,7 @@ def _iq2_s(x, qw):
 # ------------------------------------------------------------------------------------------- IQ1_S, IQ1_M
 
 @functools.cache
-def _iq1_tables():
+def iq1_tables():
     """IQ1's grid (shared by IQ1_S and IQ1_M), its neighbour lists laid out for modelport.gguf.iq1's kernels."""
     from . import iq1
     grid = _grid("IQ1_S")
@@ -563,12 +563,12 @@ def _iq1_tables():
 def _iq1_s(x, qw):
     # numba: imported when an IQ1 kernel first runs (0.5 s), not with the CLI
     from . import iq1
-    return iq1.quantize_iq1_s(x, qw, _iq1_tables())
+    return iq1.quantize_iq1_s(x, qw, iq1_tables())
 
 
 def _iq1_m(x, qw):
     from . import iq1
-    return iq1.quantize_iq1_m(x, qw, _iq1_tables())
+    return iq1.quantize_iq1_m(x, qw, iq1_tables())
 
 
 # ------------------------------------------------------------------------------------------------- public
