@@ -20,9 +20,10 @@ join `_KERNELS` through its `GRID_KERNELS`.
 Large tensors are cut into chunks of blocks that are quantized on a thread pool: NumPy releases the GIL in its
 loops, and blocks are independent, so the chunking never changes the bytes.
 
-Speed (bench/quantize.py compares with ggml): the legacy and Q8_0 kernels turn slices of blocks into `_quads`
-(a transposing copy of 16-byte groups), so that max, min and levels are long contiguous passes with one value per
-block repeated along the rows, and pack 4 or 8 levels a word. The searches are whole-chunk passes into per-thread
+Speed (bench/quantize.py compares with ggml): the unweighted legacy kernels are ggml's loops compiled by numba
+(`legacy_jit`, imported when first used). The Q8_0 kernel turns slices of blocks into `_quads` (a transposing
+copy of 16-byte groups), so that max, min and levels are long contiguous passes with one value per block
+repeated along the rows, and packs 4 levels a word. The searches are whole-chunk passes into per-thread
 scratch arrays (fresh chunk-sized arrays cost page faults), they remember only which candidate won per sub-block
 and recompute its levels once, and they never select with a random mask over a whole chunk (np.where/copyto(where=)
 on such masks are an order of magnitude slower than arithmetic). A value per sub-block is repeated (np.repeat)
