@@ -91,7 +91,7 @@ def _asym_blocks(x, xb, out, d_out, m_out, bits):
     for i in range(x.shape[0]):
         smax = np.int32(-1)                                         # as int32: the largest x >= +0, if any
         umax = U32(0)                                               # as uint32: the most negative x, if any
-        umin = U32(0xFFFFFFFF)                                      # the least negative x, or the smallest x >= 0
+        umin = U32(0xFFFFFFFF)                                      # the smallest x >= +0, else the least negative
         for j in range(n):
             smax = max(smax, np.int32(xb[i, j]))
             umax = max(umax, xb[i, j])
@@ -99,7 +99,7 @@ def _asym_blocks(x, xb, out, d_out, m_out, bits):
         worst = max(worst, U32(max(smax, np.int32(0))), U32(umax & _ABS))
         lo = U32(umax if umax >= _SIGN else umin).view(np.float32)
         hi = U32(smax if smax >= 0 else umin).view(np.float32)
-        if lo == F32(0.0):
+        if lo == F32(0.0):                                          # ggml's min: the first of +0/-0
             for j in range(n):
                 if x[i, j] == F32(0.0):
                     lo = x[i, j]
