@@ -10,8 +10,8 @@ Two ways, chosen by the engine:
   a tick is one `llama_decode` holding one token per active job: the weights are read once for all rows.
   What that gains depends on the kernel: on a GPU, or on a CPU with weights memory-bound, nearly N×; on the
   2-core test machine SmolLM2's Q4_1 matmuls are compute-bound (1 row 13.3 ms a token, 4 rows 39.8 ms), and
-  llama.cpp's own llama-batched-bench tops out at 1.13-1.18x total tokens/s for 2-4 sequences. A new prompt is prefilled in chunks of n_batch tokens, one
-  chunk per tick in a decode of its own, so a long prompt delays the others by one chunk at a time. (In
+  llama.cpp's own llama-batched-bench tops out at 1.13-1.18x generated tokens/s for 2-4 sequences. A new
+  prompt is prefilled in chunks of n_batch tokens, one chunk per tick in a decode of its own, so a long prompt delays the others by one chunk at a time. (In
   the same decode as the others' tokens would gain little: with one KV stream per sequence llama.cpp splits
   a batch into equal-length parts per sequence anyway.) A freed slot keeps its cache: the next prompt goes
   to the free slot holding its longest start (a system prompt, a conversation's earlier turns) and only the
