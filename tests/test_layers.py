@@ -28,6 +28,8 @@ LAZY_ON_PURPOSE = {
     ("modelport.runtime", "modelport.runtime.hf_engine"),      # torch + transformers
     ("modelport.runtime", "modelport.runtime.llama_engine"),   # llama_cpp
     ("modelport.serving", "modelport.serving.app"),            # fastapi + uvicorn (the serve extra)
+    ("modelport.gguf.quants", "modelport.gguf.legacy_jit"),    # numba (the unweighted legacy kernels)
+    ("modelport.gguf.iq_grid", "modelport.gguf.iq1"),          # numba (0.5 s): only when an IQ1 kernel runs
 }
 
 

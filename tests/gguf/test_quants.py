@@ -32,6 +32,7 @@ def _cases(n: int = 512) -> dict[str, np.ndarray]:
     mixed[4, :64] = 0
     mixed[5, ::2] = -0.0
     mixed[6, 32:64] = f(2.0)
+    levels = rng.integers(0, 3, (8, n)).astype(f)
     return {
         "normal": normal,
         "outliers": outliers,
@@ -50,6 +51,8 @@ def _cases(n: int = 512) -> dict[str, np.ndarray]:
         "heavy_tail": rng.standard_t(2, (8, n)).astype(f),
         "bf16_rounded": (rng.standard_normal((8, n)).astype(f).view(np.uint32) & 0xFFFF0000).view(f),
         "few_levels": rng.integers(-3, 4, (8, n)).astype(f) * f(0.25),
+        # non-negative blocks whose min is a zero of either sign (ggml's min is the first of +0/-0)
+        "signed_zeros": np.where(levels == 0, rng.choice(np.array([0.0, -0.0], f), (8, n)), levels * f(0.5)),
     }
 
 
@@ -159,7 +162,7 @@ def test_shapes_and_sizes(qtype):
     assert q.nbytes == DTYPES[qtype].nbytes(x.size)
 
 
-@pytest.mark.parametrize("qtype,rows", [("Q4_K", 80), ("Q6_K", 80), ("Q8_0", 300)])
+@pytest.mark.parametrize("qtype,rows", [("Q4_K", 80), ("Q6_K", 80), ("Q8_0", 300), ("Q4_1", 300)])
 def test_threads_do_not_change_bytes(qtype, rows):
     x = np.random.default_rng(5).standard_normal((rows, 4096)).astype(np.float32)   # more than one chunk of blocks
     assert np.array_equal(quants.quantize(x, qtype, threads=1), quants.quantize(x, qtype, threads=4))

@@ -20,9 +20,10 @@ join `_KERNELS` through its `GRID_KERNELS`.
 Large tensors are cut into chunks of blocks that are quantized on a thread pool: NumPy releases the GIL in its
 loops, and blocks are independent, so the chunking never changes the bytes.
 
-Speed (bench/quantize.py compares with ggml): the legacy and Q8_0 kernels turn slices of blocks into `_quads`
-(a transposing copy of 16-byte groups), so that max, min and levels are long contiguous passes with one value per
-block repeated along the rows, and pack 4 or 8 levels a word. The searches are whole-chunk passes into per-thread
+Speed (bench/quantize.py compares with ggml): the unweighted legacy kernels are ggml's loops compiled by numba
+(`legacy_jit`, imported when first used). The Q8_0 kernel turns slices of blocks into `_quads` (a transposing
+copy of 16-byte groups), so that max, min and levels are long contiguous passes with one value per block
+repeated along the rows, and packs 4 levels a word. The searches are whole-chunk passes into per-thread
 scratch arrays (fresh chunk-sized arrays cost page faults), they remember only which candidate won per sub-block
 and recompute its levels once, and they never select with a random mask over a whole chunk (np.where/copyto(where=)
 on such masks are an order of magnitude slower than arithmetic). A value per sub-block is repeated (np.repeat)
@@ -612,9 +613,6 @@ def _inv(d):
     return np.divide(F32(1), d, out=np.zeros(d.shape, F32), where=d != 0)
 
 
-_LOW_BITS = np.uint64(0x0101010101010101)
-_FLT_MIN = np.finfo(F32).tiny
-_QH_SHIFTS = (np.arange(8, dtype=np.uint32) * np.uint32(4))[:, None]
 _HMASK_SHIFTS = np.arange(8, dtype=np.uint64)[:, None]
 
 
@@ -686,78 +684,22 @@ def _q8_0(x: np.ndarray, qw: np.ndarray | None = None, slice_blocks: int = 4096)
     return out
 
 
-def _legacy(x: np.ndarray, bits: int, signed: bool, slice_blocks: int = 8192) -> np.ndarray:
-    """Q4_0 / Q5_0 (signed: d = absmax/-2^(bits-1), q = min(top, (int8)(x*id + 2^(bits-1) + 0.5))) and Q4_1 / Q5_1
-    (d = (max-min)/(2^bits-1), m = min, q = (uint8)((x-min)*id + 0.5)), without importance weights.
+def _legacy(x: np.ndarray, bits: int, signed: bool) -> np.ndarray:
+    """Q4_0 / Q5_0 (signed) and Q4_1 / Q5_1 without importance weights: ggml's `quantize_row_*_ref` loops compiled
+    by numba (`legacy_jit`, imported here, when first needed), which leaves the fp16 rounding of d and m to NumPy."""
+    from .legacy_jit import legacy_blocks
 
-    Slices of `slice_blocks` blocks (fewer calls outweigh cache residence here) are turned into `_quads`: the max
-    and min are reductions across rows and every level step is a long contiguous pass with the block's values
-    repeated along the row. The levels are cast once to bytes and clamped and packed 4 or 8 at a time as
-    uint32/uint64 words (the nibbles of rows r and r+4 are elements j and j+16; Q5's fifth bits gathered by a
-    multiply), and the packed words go back to block order in one transposing copy into the output."""
+    x = np.ascontiguousarray(x, dtype=F32)
     nb = x.shape[0]
-    half = 1 << (bits - 1)
-    head = 2 if signed else 4                                       # bytes of d (and m)
-    nq = 4 + (1 if bits == 5 else 0)                                # uint32 words of qh and qs
-    out = np.empty((nb, head + 4 * nq), np.uint8)
-    d_all = np.empty(nb, F32)
-    m_all = None if signed else np.empty(nb, F32)
-    for s0 in range(0, nb, slice_blocks):
-        s1 = min(nb, s0 + slice_blocks)
-        xs = x[s0:s1]
-        X = _quads(xs)
-        hi, lo = _quad_range(X)
-        if signed:                                                  # the first element of largest |x| (the input is
-            mx = np.where(-lo > hi, lo, hi)                         # finite); where +a and -a both occur, look it up
-            tie = np.flatnonzero((lo + hi == 0) & (hi != 0))
-            if tie.size:
-                sub = xs[tie]
-                mx[tie] = sub[np.arange(tie.size), np.argmax(np.abs(sub) == hi[tie, None], axis=1)]
-            mx += F32(0)                                            # ggml's max starts at +0.0
-            d = mx / F32(-half)
-            iscale = _inv(d)
-            X *= _per_quad(iscale)
-            X += F32(half + 0.5)
-        else:
-            zero = np.flatnonzero(lo == 0)                          # ggml's min is the first of +0 / -0
-            if zero.size:
-                sub = xs[zero]
-                lo[zero] = sub[np.arange(zero.size), np.argmax(sub == 0, axis=1)]
-            d = (hi - lo) / F32(2 * half - 1) + F32(0)
-            iscale = _inv(d)
-            X -= _per_quad(lo)
-            X *= _per_quad(iscale)
-            X += F32(0.5)
-            m_all[s0:s1] = lo
-        d_all[s0:s1] = d
-        B = scratch("B", X.shape, np.uint8)
-        np.copyto(B, X, casting="unsafe")                           # values in [0, top + 1.5]: the cast truncates
-        bad = np.flatnonzero(np.isinf(iscale))
-        if bad.size:                                                # subnormal d: the x86 cast of +-inf or NaN is 0
-            B.reshape(8, -1, 4)[:, bad] = 0
-        B64 = B.reshape(-1).view(np.uint64)                         # 8 levels a word
-        # min(top, q) for Q4_0, Q4_1, Q5_0: q <= top + 1 = 2^bits, the one value with that bit: -1 per byte, no
-        # borrow. Q4_1's (x-min)*id stays below 15.5 unless d is subnormal (d = (max-min)/15 lost its precision).
-        if signed or (bits == 4 and np.any(d < _FLT_MIN)):
-            B64 -= (B64 >> np.uint64(bits)) & _LOW_BITS
-        P = scratch("P", (nq, xs.shape[0]), np.uint32)              # the output words of the slice, as rows
-        if bits == 5:                                               # bit j of a little-endian u32: bit 4 of q_j
-            H = np.right_shift(B.view(np.uint32), np.uint32(4), out=scratch("H", (8, xs.shape[0]), np.uint32))
-            H &= np.uint32(0x01010101)
-            H *= np.uint32(0x01020408)                              # bit 0 of byte k -> bit 24 + k, no carries
-            H >>= np.uint32(24)                                     # row r: the bits of elements 4r..4r+3
-            H <<= _QH_SHIFTS
-            np.bitwise_or.reduce(H, axis=0, out=P[0])
-            B64 &= np.uint64(0x0F0F0F0F0F0F0F0F)
-        qs = P[nq - 4:].reshape(-1).view(np.uint64)
-        half_words = B64.size // 2                                  # rows 0-3 | rows 4-7
-        np.left_shift(B64[half_words:], np.uint64(4), out=qs)
-        qs |= B64[:half_words]
-        np.copyto(out[s0:s1, head:].view(np.uint32), P.T)
+    out = np.empty((nb, (2 if signed else 4) + (4 if bits == 5 else 0) + 16), np.uint8)
+    d = np.empty(nb, F32)
+    m = np.empty(nb, F32)
+    if not legacy_blocks(x, x.view(np.uint32), out, d, m, bits, signed):
+        raise _NotFinite
     o = out.view(np.uint16)                                         # rows are whole uint16s
-    o[:, 0] = fp16(d_all).view(np.uint16)
+    o[:, 0] = fp16(d).view(np.uint16)
     if not signed:
-        o[:, 1] = fp16(m_all).view(np.uint16)
+        o[:, 1] = fp16(m).view(np.uint16)
     return out
 
 

@@ -6,16 +6,16 @@ advances them a tick at a time, so one worker thread can serve many clients. Eac
 job's tokens do not depend on what runs beside it.
 
 Two ways, chosen by the engine:
-- batched (llama.cpp, `LlamaEngine.open_sequences`): every slot is a sequence of one multi-sequence context;
-  a tick is one `llama_decode` holding one token per active job: the weights are read once for all rows.
-  What that gains depends on the kernel: on a GPU, or on a CPU with weights memory-bound, nearly N×; on the
-  2-core test machine SmolLM2's Q4_1 matmuls are compute-bound (1 row 13.3 ms a token, 4 rows 39.8 ms), and
-  llama.cpp's own llama-batched-bench tops out at 1.13-1.18x total tokens/s for 2-4 sequences. A new prompt is prefilled in chunks of n_batch tokens, one
-  chunk per tick in a decode of its own, so a long prompt delays the others by one chunk at a time. (In
-  the same decode as the others' tokens would gain little: with one KV stream per sequence llama.cpp splits
-  a batch into equal-length parts per sequence anyway.) A freed slot keeps its cache: the next prompt goes
-  to the free slot holding its longest start (a system prompt, a conversation's earlier turns) and only the
-  rest runs, as llama.cpp's server does (`Job.cached_tokens`).
+- batched (llama.cpp, `LlamaEngine.open_sequences`): every slot is a sequence of one multi-sequence context; a
+  tick is one `llama_decode` holding one token per active job: the weights are read once for all rows. What that
+  gains depends on the kernel: on a GPU, or on a CPU with weights memory-bound, nearly N×; on the 2-core test
+  machine SmolLM2's Q4_1 matmuls are compute-bound (1 row 13.3 ms a token, 4 rows 39.8 ms), and llama.cpp's own
+  llama-batched-bench tops out at 1.13-1.18x generated tokens/s for 2-4 sequences. A new prompt is prefilled in
+  chunks of n_batch tokens, one chunk per tick in a decode of its own, so a long prompt delays the others by one
+  chunk at a time. (In the same decode as the others' tokens would gain little: with one KV stream per sequence
+  llama.cpp splits a batch into equal-length parts per sequence anyway.) A freed slot keeps its cache: the next
+  prompt goes to the free slot holding its longest start (a system prompt, a conversation's earlier turns) and
+  only the rest runs, as llama.cpp's server does (`Job.cached_tokens`).
 - serialized (every other engine: transformers, onnxruntime): `parallel` slots are accepted, but jobs run
   one after another, each to its end, through the engine's own `prefill`/`step`; the others wait in their
   slot. Correct and simple; `batched` is False so the server can say so.
