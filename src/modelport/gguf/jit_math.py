@@ -1,7 +1,7 @@
 """ggml's float32 scalar arithmetic compiled with numba, for the quantizers whose search is a loop per group.
 
 Why numba: the grid IQ types (IQ1_S ... IQ3_S) search a lattice group by group with data-dependent branches;
-vectorised in NumPy they reached only 0.2-0.5x of ggml's single core (issue 19, docs/gguf.md §10), however the
+vectorised in NumPy they reached only 0.2-0.5x of ggml's single core (issue 19, docs/gguf.md §6.3), however the
 work was laid out. A loop compiled by numba runs at C speed and stays plain Python source: nothing for the user
 to build, and no C code to keep in step with ggml.
 
@@ -11,7 +11,9 @@ literal makes the expression float64 in numba, as in NumPy).
 
 Imported only by the kernel modules, and those only when a kernel first runs (`import numba` costs ~0.5 s, which
 no command that does not quantize should pay). Compiled code is cached on disk by numba (`cache=True`: beside
-the module, or under NUMBA_CACHE_DIR where that is not writable).
+the module, or under NUMBA_CACHE_DIR where that is not writable). numba keys that cache on each kernel module's
+own source file, not on this one: after editing a helper here, delete the kernel modules' cached `*.nbi`/`*.nbc`
+(or touch their sources), or they keep the old helper compiled in.
 """
 
 from __future__ import annotations
