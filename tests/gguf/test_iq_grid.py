@@ -246,3 +246,51 @@ def test_llama_cpp_runs_a_model_stored_in_every_type(tmp_path):
     rel = float(np.sqrt(np.mean((got - ref) ** 2)) / np.sqrt(np.mean(ref ** 2)))
     assert rel < 0.05, f"logits differ from the decoded model's by {rel:.3f}"
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.75        # random weights: close logits, some flips
+
+
+# ------------------------------------------------------------------------------ the compiled IQ2/IQ3 kernels' edges
+
+_JIT_TYPES = ["IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S"]
+
+
+def _edge_rows(n: int = 512) -> np.ndarray:
+    """Rows at the thresholds and limits of gguf/iq_grid_jit's loops: sub-block maxima just below and above the
+    types' skip thresholds (1e-15, 1e-8), weights that underflow (d and 1/d at the float32 ends), values large
+    enough that x^2 weights and distances come near overflow, alternating signs (every group folds a sign)."""
+    f = np.float32
+    rng = np.random.default_rng(21)
+    base = rng.standard_normal(n).astype(f)
+    base /= np.abs(base).max()
+    rows = [base * f(s) for s in (0.99e-15, 1.01e-15, 0.99e-8, 1.01e-8)]
+    mixed = base.copy()
+    mixed[::2] *= f(1e-8)                                   # half the sub-blocks' groups far below the rest
+    weighted_subnormal = base.copy()
+    weighted_subnormal[::4] = f(3e-39)
+    rows += [mixed, weighted_subnormal, np.full(n, f(1e-38)), base * f(1e8),
+             np.tile(np.array([1, -1], f), n // 2) * f(0.01)]
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("qtype", [pytest.param(t, marks=pytest.mark.long) if t in _LONG_INIT else t
+                                   for t in _JIT_TYPES])
+def test_edge_rows_equal_ggml(ggml, qtype):
+    x = _edge_rows()
+    holes = np.zeros(x.shape[1], np.float32)
+    holes[::4] = 1
+    spread = np.random.default_rng(22).lognormal(0, 2, x.shape[1]).astype(np.float32)
+    for label, im in (("holes", holes), ("spread", spread), ("none", None)):
+        if im is None and qtype in REQUIRES_IMATRIX:
+            continue
+        ours, ref = quants.quantize(x, qtype, imatrix=im), ggml(x, qtype, im)
+        bad = [i for i in range(len(x)) if not np.array_equal(ours[i], ref[i])]
+        assert not bad, f"{qtype} imatrix={label}: rows {bad} differ"
+
+
+def test_values_that_overflow_the_search_are_refused():
+    """At 1e15 without importance weights every weighted distance of a neighbour search is inf: ggml aborts the
+    process (GGML_ASSERT in iq3_find_best_neighbour); modelport refuses with a ValueError instead of writing
+    whatever grid point came last."""
+    x = np.random.default_rng(23).standard_normal((1, 256)).astype(np.float32) * np.float32(1e15)
+    with pytest.raises(ValueError, match="IQ3_XXS: values up to .* overflow"):
+        quants.quantize(x, "IQ3_XXS")
+    assert quants.quantize(x / np.float32(1e10), "IQ3_XXS").shape == (1, 98)

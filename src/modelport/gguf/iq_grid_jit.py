@@ -97,7 +97,8 @@ def _search(xval, weight, waux, dim, bits, kmax, nsteps, step, denom, scale, red
     each group rounded to its lattice levels and, where that point is not in the grid, replaced by its neighbour
     with the least sum waux*(scale*q - x)^2 (the first on ties); the trial with the best fit is kept (levels in
     Ls[1], on-grid flags in ons[1]). Then the groups `redo` names are re-rounded at the kept scale and the scale
-    refitted. Returns the scale (unchanged where no trial won and nothing was re-rounded).
+    refitted. Returns the scale (unchanged where no trial won and nothing was re-rounded) and whether every
+    neighbour search found one at a finite distance (ggml asserts that; values near 1e10 overflow the distances).
 
     One loop over the trials and the re-rounding, with no call inside: numba counts references on every array a
     call passes, which cost more than the rounding itself here. The sizes come in as run-time ints (np.int64 at
@@ -110,6 +111,7 @@ def _search(xval, weight, waux, dim, bits, kmax, nsteps, step, denom, scale, red
         for i in range(dim):
             Ls[1, k * dim + i] = 0
     best = F32(0)
+    found = True
     last = 2 * nsteps + 1                  # trials 0 .. 2*nsteps, then the re-rounding
     for t in range(last + 1):
         r = 0                              # which row of Ls/ons this pass writes: 0 a trial, 1 the re-rounding
@@ -155,6 +157,9 @@ def _search(xval, weight, waux, dim, bits, kmax, nsteps, step, denom, scale, red
                 if d2 < best_d2:
                     best_d2 = d2
                     win = g
+            if win < 0:
+                found = False
+                win = table[row]
             for i in range(dim):
                 Ls[r, o + i] = levels[win, i]
         sumqx = F32(0)
@@ -174,7 +179,7 @@ def _search(xval, weight, waux, dim, bits, kmax, nsteps, step, denom, scale, red
                 Ls[1, i] = Ls[0, i]
             for k in range(ngroups):
                 ons[1, k] = ons[0, k]
-    return scale
+    return scale, found
 
 
 @jit
@@ -269,6 +274,7 @@ def _iq2_xxs(x, qw, has_qw, tables, out, dh):
     Ls, ons, Lq = np.zeros((2, 32), np.int64), np.zeros((2, 4), np.bool_), np.zeros(32, np.int64)
     signs = np.zeros(4, np.int64)
     scales = np.empty(8, np.float32)
+    found = True
     for ibl in range(x.shape[0]):
         out[ibl, :] = 0
         xbl = x[ibl]
@@ -285,8 +291,9 @@ def _iq2_xxs(x, qw, has_qw, tables, out, dh):
             eff_max = scale * F32(3)
             if eff_max <= 0:
                 continue
-            scale = _search(xval, weight, waux, np.int64(8), np.int64(2), np.int64(3), np.int64(6), 0.1, eff_max, scale,
-                            np.int64(REDO_ALL), tables, Ls, ons)
+            scale, ok = _search(xval, weight, waux, np.int64(8), np.int64(2), np.int64(3), np.int64(6), 0.1, eff_max,
+                                scale, np.int64(REDO_ALL), tables, Ls, ons)
+            found = found and ok
             if scale < 0:
                 scale = -scale
                 for k in range(4):
@@ -306,26 +313,27 @@ def _iq2_xxs(x, qw, has_qw, tables, out, dh):
         id_ = F32(1) / d
         for ib in range(8):
             out[ibl, 9 + 8 * ib] |= _scale_nibble(scales[ib], id_) << 4
+    return found
 
 
 @jit
 def _track(xb, qwb, has_qw, sigma2, sigma_floor, parity, eps, dim, bits, kmax, nsteps, step, redo, tables, weight,
            waux, xval, signs, Ls, ons):
     """The sub-block of IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S: weights, signs folded, the search from max/(2*kmax-1), signs
-    flipped with a negative scale; the levels end in Ls[1]. Returns (scale, False) for a sub-block ggml skips (max
-    below eps, or 0), its levels 0."""
+    flipped with a negative scale; the levels end in Ls[1]. Returns (scale, live, found as _search): live False for
+    a sub-block ggml skips (max below eps, or 0), its levels 0."""
     _weights(xb, qwb, has_qw, sigma2, sigma_floor, weight, waux)
     mx = _fold_signs(xb, weight, parity, xval, signs)
     if mx < F32(eps) or mx == 0:
         Ls[1, :] = 0
-        return F32(0), False
-    scale = _search(xval, weight, waux, np.int64(dim), np.int64(bits), np.int64(kmax), np.int64(nsteps), step, mx,
+        return F32(0), False, True
+    scale, found = _search(xval, weight, waux, np.int64(dim), np.int64(bits), np.int64(kmax), np.int64(nsteps), step, mx,
                     mx / F32(2 * kmax - 1), np.int64(redo), tables, Ls, ons)
     if scale < 0:
         scale = -scale
         for k in range(xb.size // 8):
             signs[k] = ~signs[k] & (127 if parity else 255)
-    return scale, True
+    return scale, True, found
 
 
 @jit
@@ -336,14 +344,16 @@ def _iq2_xs(x, qw, has_qw, tables, out, dh):
     weight, waux, xval = np.empty(16, np.float32), np.empty(16, np.float32), np.empty(16, np.float32)
     Ls, ons, signs = np.zeros((2, 16), np.int64), np.zeros((2, 2), np.bool_), np.zeros(2, np.int64)
     scales = np.empty(16, np.float32)
+    found = True
     for ibl in range(x.shape[0]):
         out[ibl, :] = 0
         xbl = x[ibl]
         sigma2 = _block_sigma2(xbl, 1)
         max_scale = F32(0)
         for ib in range(16):
-            scale, live = _track(xbl[16 * ib:16 * ib + 16], qw[ibl, 16 * ib:16 * ib + 16], has_qw, sigma2, False,
+            scale, live, ok = _track(xbl[16 * ib:16 * ib + 16], qw[ibl, 16 * ib:16 * ib + 16], has_qw, sigma2, False,
                                  True, 1e-15, 8, 2, 3, 9, 0.1, REDO_OFF, tables, weight, waux, xval, signs, Ls, ons)
+            found = found and ok
             scales[ib] = scale
             if not live:
                 continue
@@ -361,6 +371,7 @@ def _iq2_xs(x, qw, has_qw, tables, out, dh):
         id_ = F32(1) / d
         for ib in range(16):
             out[ibl, 66 + ib // 2] |= _scale_nibble(scales[ib], id_) << (4 * (ib % 2))
+    return found
 
 
 @jit
@@ -371,14 +382,16 @@ def _iq2_s(x, qw, has_qw, tables, out, dh):
     weight, waux, xval = np.empty(16, np.float32), np.empty(16, np.float32), np.empty(16, np.float32)
     Ls, ons, signs = np.zeros((2, 16), np.int64), np.zeros((2, 2), np.bool_), np.zeros(2, np.int64)
     scales = np.empty(16, np.float32)
+    found = True
     for ibl in range(x.shape[0]):
         out[ibl, :] = 0
         xbl = x[ibl]
         sigma2 = _block_sigma2(xbl, 2)
         max_scale = F32(0)
         for ib in range(16):
-            scale, live = _track(xbl[16 * ib:16 * ib + 16], qw[ibl, 16 * ib:16 * ib + 16], has_qw, sigma2, True,
+            scale, live, ok = _track(xbl[16 * ib:16 * ib + 16], qw[ibl, 16 * ib:16 * ib + 16], has_qw, sigma2, True,
                                  False, 1e-8, 8, 2, 3, 9, 0.1, REDO_OFF, tables, weight, waux, xval, signs, Ls, ons)
+            found = found and ok
             scales[ib] = scale
             if not live:
                 continue
@@ -397,6 +410,7 @@ def _iq2_s(x, qw, has_qw, tables, out, dh):
         id_ = F32(1) / d
         for ib in range(16):
             out[ibl, 74 + ib // 2] |= _scale_nibble(scales[ib], id_) << (4 * (ib % 2))
+    return found
 
 
 @jit
@@ -407,14 +421,16 @@ def _iq3_xxs(x, qw, has_qw, tables, out, dh):
     weight, waux, xval = np.empty(32, np.float32), np.empty(32, np.float32), np.empty(32, np.float32)
     Ls, ons, signs = np.zeros((2, 32), np.int64), np.zeros((2, 8), np.bool_), np.zeros(4, np.int64)
     scales = np.empty(8, np.float32)
+    found = True
     for ibl in range(x.shape[0]):
         out[ibl, :] = 0
         xbl = x[ibl]
         sigma2 = _block_sigma2(xbl, 2)
         max_scale = F32(0)
         for ib in range(8):
-            scale, live = _track(xbl[32 * ib:32 * ib + 32], qw[ibl, 32 * ib:32 * ib + 32], has_qw, sigma2, False,
+            scale, live, ok = _track(xbl[32 * ib:32 * ib + 32], qw[ibl, 32 * ib:32 * ib + 32], has_qw, sigma2, False,
                                  True, 1e-8, 4, 3, 8, 15, 0.2, REDO_OFF, tables, weight, waux, xval, signs, Ls, ons)
+            found = found and ok
             scales[ib] = scale
             if not live:
                 continue
@@ -431,6 +447,7 @@ def _iq3_xxs(x, qw, has_qw, tables, out, dh):
         id_ = F32(1) / d
         for ib in range(8):
             out[ibl, 69 + 4 * ib] |= _scale_nibble(scales[ib], id_) << 4
+    return found
 
 
 @jit
@@ -443,6 +460,7 @@ def _iq3_s(x, qw, has_qw, tables, out, dh):
     weight, waux, xval = np.empty(32, np.float32), np.empty(32, np.float32), np.empty(32, np.float32)
     Ls, ons, signs = np.zeros((2, 32), np.int64), np.zeros((2, 8), np.bool_), np.zeros(4, np.int64)
     scales = np.empty(8, np.float32)
+    found = True
     for ibl in range(x.shape[0]):
         out[ibl, :] = 0
         xbl = x[ibl]
@@ -450,9 +468,10 @@ def _iq3_s(x, qw, has_qw, tables, out, dh):
         max_scale = F32(0)
         done = 0
         for ib in range(8):
-            scale, live = _track(xbl[32 * ib:32 * ib + 32], qw[ibl, 32 * ib:32 * ib + 32], has_qw, sigma2, False,
+            scale, live, ok = _track(xbl[32 * ib:32 * ib + 32], qw[ibl, 32 * ib:32 * ib + 32], has_qw, sigma2, False,
                                  False, 0.0, 4, 3, 8, 9, 0.2, REDO_ALL_IF_OFF, tables, weight, waux, xval, signs, Ls,
                                  ons)
+            found = found and ok
             scales[ib] = scale
             if not live:
                 continue
@@ -472,6 +491,7 @@ def _iq3_s(x, qw, has_qw, tables, out, dh):
         id_ = F32(1) / d
         for ib in range(0, 8, 2):
             out[ibl, 106 + ib // 2] = _scale_nibble(scales[ib], id_) | (_scale_nibble(scales[ib + 1], id_) << 4)
+    return found
 
 
 #: type -> (kernel, bytes per block)
@@ -480,12 +500,16 @@ _KERNELS = {"IQ2_XXS": (_iq2_xxs, 66), "IQ2_XS": (_iq2_xs, 74), "IQ2_S": (_iq2_s
 
 
 def quantize(name: str, x: np.ndarray, qw: np.ndarray | None, tables: tuple) -> np.ndarray:
-    """Blocks x (nblocks, 256) float32 with importance weights qw (same shape, or None) -> (nblocks, type_size)."""
+    """Blocks x (nblocks, 256) float32 with importance weights qw (same shape, or None) -> (nblocks, type_size).
+    ValueError where ggml would abort: values so large (about 1e9 without importance weights) that every weighted
+    distance of a neighbour search overflows."""
     kernel, type_size = _KERNELS[name]
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty((x.shape[0], type_size), np.uint8)
     dh = np.empty(x.shape[0], np.float32)
     has_qw = qw is not None
-    kernel(x, np.ascontiguousarray(qw, dtype=np.float32) if has_qw else x, has_qw, tables, out, dh)
+    if not kernel(x, np.ascontiguousarray(qw, dtype=np.float32) if has_qw else x, has_qw, tables, out, dh):
+        raise ValueError(f"cannot quantize to {name}: values up to {float(np.abs(x).max()):.3g} overflow the float32 "
+                         "distances of its grid search (ggml aborts on them)")
     out[:, :2] = dh.astype(np.float16).view(np.uint8).reshape(-1, 2)
     return out
