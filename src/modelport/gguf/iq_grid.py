@@ -17,7 +17,7 @@ neighbours). Vectorised in NumPy over the sub-blocks of a chunk (per-element sta
 arrays, the neighbour search as one flat computation over (group, neighbour) pairs, in rounds by list length), the
 IQ2/IQ3 kernels reached only 0.37-0.50x of ggml's single core however the work was laid out (a whole-grid matrix
 product per chunk, coordinate-major planes, tabulated terms and np.einsum were all measured, none faster); as numba
-loops in C's order they run at 1.2-1.4x (docs/gguf.md §6.3). The kernel modules are imported only when one of
+loops in C's order they run at 1.2-1.5x (docs/gguf.md §6.3). The kernel modules are imported only when one of
 their types first runs: `import numba` costs 0.5 s, which no command that does not quantize should pay.
 
 Contract with modelport.gguf.quants: `GRID_KERNELS[name] = (fn, blocks_per_chunk)`, `fn(x, qw)` with x and qw
