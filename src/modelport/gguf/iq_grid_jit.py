@@ -3,8 +3,8 @@
 Why a loop per sub-block: each type rounds a sub-block (16 or 32 values) at a few dozen trial scales, snapping every
 group of 8 (IQ2) or 4 (IQ3) that is not a grid point to its best neighbour by weighted distance, and keeps the scale
 with the best fit. The work per group depends on the data (whether it is off the grid, how long its neighbour list
-is), which NumPy could only vectorise by padding and masking, at 0.2-0.5x of ggml's single core; as loops they run in
-cache, at ggml's speed or better (docs/gguf.md §10).
+is), which NumPy could only vectorise by padding and masking, at 0.37-0.50x of ggml's single core; as loops they run
+in cache at 1.2-1.5x (docs/gguf.md §6.3).
 
 The float rules are ggml's (modelport.gguf.jit_math): float32 throughout, C's expression order, sequential sums. The
 grid points, lattice map and neighbour lists come from modelport.gguf.iq_grid (built from gguf-py's grids as ggml
