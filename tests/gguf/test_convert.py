@@ -243,6 +243,30 @@ def test_a_config_llama_cpp_cannot_run_is_a_one_line_error_naming_the_model(mode
     assert not (tmp_path / "out.gguf").exists()
 
 
+def test_values_the_quantizer_refuses_are_a_one_line_error_naming_file_and_tensor(models, tmp_path, cli):
+    """A NaN in one weight: `convert --quant` (HF source) and `quantize` (F32 GGUF source) both stop with exit 2,
+    naming the source and the tensor; nothing is left at the destination."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "nan-llama"
+    shutil.copytree(models("llama"), folder)
+    weights = load_file(folder / "model.safetensors")
+    weights["model.layers.1.mlp.down_proj.weight"][2, 7] = np.nan
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    for quant, kernel in (("Q4_0", "Q4_0"), ("Q4_K_M", "Q")):
+        out = tmp_path / f"out-{quant}.gguf"
+        res = cli("convert", folder, out, "--quant", quant)
+        assert_one_line_error(res, "nan-llama", "blk.1.ffn_down.weight", f"cannot quantize to {kernel}", "NaN")
+        assert not out.exists()
+
+    f32 = tmp_path / "nan-f32.gguf"
+    assert cli("convert", folder, f32, "--quant", "F32", "-q").code == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = cli("quantize", f32, tmp_path / "q.gguf", "--type", "IQ4_XS")
+    assert_one_line_error(res, "nan-f32.gguf", "blk.1.ffn_down.weight", "NaN")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_single_safetensors_file_with_config(models, tmp_path, cli):
     folder = models("gpt2")
     lone = tmp_path / "weights.safetensors"

@@ -99,7 +99,7 @@ def requantize(src: ModelSource | str | os.PathLike, dst: str | os.PathLike, qty
                 errors.update(verify_gguf(planned, path, progress))
 
         report_phase(progress, writing_phase(planned), len(planned))
-        written = write_gguf_output(to_refs(planned), dst, meta, force=force, progress=progress, split=split,
+        written = write_gguf_output(to_refs(planned, source=source.path), dst, meta, force=force, progress=progress, split=split,
                                     check=check)
         files = [str(p) for p in written]
         if modelfile:

@@ -66,7 +66,7 @@ def write_hf_as_gguf(source: ModelSource, dst: Path, *, quant: str | None = None
             errors.update(verify_gguf(plan.tensors, path, progress))
 
     report_phase(progress, writing_phase(plan.tensors), len(plan.tensors))
-    written = write_gguf_output(to_refs(plan.tensors), dst, plan.metadata, force=force, progress=progress,
+    written = write_gguf_output(to_refs(plan.tensors, source=source.path), dst, plan.metadata, force=force, progress=progress,
                                 split=split, check=check)
     files = [str(p) for p in written]
     if modelfile:

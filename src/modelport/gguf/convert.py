@@ -163,8 +163,10 @@ def llama_quantize_layout(planned: list[Planned]) -> list[Planned]:
     return mixes.ordered_refs(planned)
 
 
-def to_refs(planned: list[Planned], threads: int | None = None) -> list[TensorRef]:
-    """Lazy refs for the writer: float types through `read()`, block types through `read_raw()`."""
+def to_refs(planned: list[Planned], threads: int | None = None, source: str | os.PathLike | None = None) -> list[TensorRef]:
+    """Lazy refs for the writer: float types through `read()`, block types through `read_raw()`. Values the
+    quantizer refuses (NaN, infinity, magnitudes its search overflows) are a FormatError naming the tensor and
+    `source`, the file they came from."""
     refs = []
     for p in planned:
         dt = dtypes.DTYPES[p.type]
@@ -174,9 +176,12 @@ def to_refs(planned: list[Planned], threads: int | None = None) -> list[TensorRe
         elif dt.is_quantized:
             def raw(p=p):
                 data = np.ascontiguousarray(p.load(), dtype=np.float32)
-                if p.importance is None:
-                    return quants.quantize(data, p.type, threads=threads).reshape(-1)
-                return quants.quantize(data, p.type, threads=threads, imatrix=p.importance).reshape(-1)
+                try:
+                    if p.importance is None:
+                        return quants.quantize(data, p.type, threads=threads).reshape(-1)
+                    return quants.quantize(data, p.type, threads=threads, imatrix=p.importance).reshape(-1)
+                except ValueError as e:
+                    raise FormatError(f"tensor {p.name}: {e}", source) from None
             refs.append(TensorRef(p.name, dt, p.shape, loader=_no_read(p.name), raw_loader=raw,
                                   extra={"gguf_type": p.type}))
         else:
@@ -289,7 +294,7 @@ def hf_to_gguf(source: ModelSource, dst: str | os.PathLike, quant: str | None = 
     """Write `source` (an opened HF model) to the GGUF file `dst` as `quant` (default F16), streaming."""
     ftype = parse_ftype(quant)
     plan = plan_hf(source, ftype, config, side_files)
-    write_gguf(to_refs(plan.tensors, threads), Path(dst), metadata=plan.metadata, progress=progress)
+    write_gguf(to_refs(plan.tensors, threads, source.path), Path(dst), metadata=plan.metadata, progress=progress)
     return plan
 
 

@@ -1,4 +1,5 @@
-"""GGML block quantizers in NumPy, byte-identical to ggml's `ggml_quantize_chunk`, with or without an imatrix.
+"""GGML block quantizers, byte-identical to ggml's `ggml_quantize_chunk`, with or without an imatrix: NumPy, and
+numba loops where NumPy is too slow.
 
 Why our own: gguf-py (0.19) cannot quantize the K-quants at all (its Q2_K..Q6_K classes only dequantize), and
 its legacy quantizers differ from ggml in the sign of zero-valued fp16 scales. These are ports of ggml's algorithms
@@ -14,11 +15,11 @@ What ggml does with an importance matrix (`quant_weights`, one weight per column
 - ignored: Q8_0, TQ1_0, TQ2_0, MXFP4.
 
 Kernels: `fn(x, qw)` with x the (nblocks, block_elems) float32 blocks of a chunk and qw their importance weights
-(same shape) or None, returning (nblocks, type_size) uint8. The grid types (IQ1_S .. IQ3_S) live in `iq_grid` and
-join `_KERNELS` through its `GRID_KERNELS`.
+(same shape) or None, returning (nblocks, type_size) uint8. The grid types (IQ1_S .. IQ3_S) join `_KERNELS`
+through `iq_grid.GRID_KERNELS` (numba loops in `iq_grid_jit` and `iq1`).
 
-Large tensors are cut into chunks of blocks that are quantized on a thread pool: NumPy releases the GIL in its
-loops, and blocks are independent, so the chunking never changes the bytes.
+Large tensors are cut into chunks of blocks that are quantized on a thread pool: NumPy and the numba kernels
+(nogil) release the GIL, and blocks are independent, so the chunking never changes the bytes.
 
 Speed (bench/quantize.py compares with ggml): the unweighted legacy kernels are ggml's loops compiled by numba
 (`legacy_jit`, imported when first used). The Q8_0 kernel turns slices of blocks into `_quads` (a transposing
