@@ -30,6 +30,7 @@ LAZY_ON_PURPOSE = {
     ("modelport.serving", "modelport.serving.app"),            # fastapi + uvicorn (the serve extra)
     ("modelport.gguf.quants", "modelport.gguf.legacy_jit"),    # numba (the unweighted legacy kernels)
     ("modelport.gguf.iq_grid", "modelport.gguf.iq1"),          # numba (0.5 s): only when an IQ1 kernel runs
+    ("modelport.gguf.quants", "modelport.gguf.k_jit"),         # numba (0.5 s): only when Q3_K quantizes
 }
 
 

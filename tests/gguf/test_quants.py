@@ -162,7 +162,7 @@ def test_shapes_and_sizes(qtype):
     assert q.nbytes == DTYPES[qtype].nbytes(x.size)
 
 
-@pytest.mark.parametrize("qtype,rows", [("Q4_K", 80), ("Q6_K", 80), ("Q8_0", 300), ("Q4_1", 300)])
+@pytest.mark.parametrize("qtype,rows", [("Q4_K", 80), ("Q6_K", 80), ("Q8_0", 300), ("Q4_1", 300), ("Q3_K", 200)])
 def test_threads_do_not_change_bytes(qtype, rows):
     x = np.random.default_rng(5).standard_normal((rows, 4096)).astype(np.float32)   # more than one chunk of blocks
     assert np.array_equal(quants.quantize(x, qtype, threads=1), quants.quantize(x, qtype, threads=4))

@@ -22,9 +22,10 @@ Large tensors are cut into chunks of blocks that are quantized on a thread pool:
 (nogil) release the GIL, and blocks are independent, so the chunking never changes the bytes.
 
 Speed (bench/quantize.py compares with ggml): the unweighted legacy kernels are ggml's loops compiled by numba
-(`legacy_jit`, imported when first used). The Q8_0 kernel turns slices of blocks into `_quads` (a transposing
-copy of 16-byte groups), so that max, min and levels are long contiguous passes with one value per block
-repeated along the rows, and packs 4 levels a word. The searches are whole-chunk passes into per-thread
+(`legacy_jit`, imported when first used), and so are Q3_K's unweighted search and its packing (`k_jit`).
+The Q8_0 kernel turns slices of blocks into `_quads` (a transposing copy of 16-byte groups), so that max, min
+and levels are long contiguous passes with one value per block repeated along the rows, and packs 4 levels a
+word. The searches are whole-chunk passes into per-thread
 scratch arrays (fresh chunk-sized arrays cost page faults), they remember only which candidate won per sub-block
 and recompute its levels once, and they never select with a random mask over a whole chunk (np.where/copyto(where=)
 on such masks are an order of magnitude slower than arithmetic). A value per sub-block is repeated (np.repeat)
@@ -60,7 +61,6 @@ from .quant_math import (
     to_cols,
 )
 
-_Q3_SUB = 512                  # blocks per slice of _make_q3's first round
 _Q3_WEIGHTED_SLICE = 1024       # blocks per slice of the weighted Q3_K search (its arrays stay in cache)
 
 
@@ -217,109 +217,6 @@ def _make_qx(X, nmax, W=None, exact=False):
     return levels, scale
 
 
-def _make_q3(x, nmax):
-    """make_q3_quants(do_rmse=true) for every sub-block of 16 of the blocks x (nb, 256): returns (levels, scale),
-    levels(cols) giving the rows of L (offset by +nmax; 0 in all-zero sub-blocks) of those sub-blocks.
-
-    ggml's coordinate descent visits the 16 elements of a sub-block in order and updates the two sums after each
-    accepted change, for at most 5 passes, stopping after a pass that changes nothing. Here it runs in rounds over
-    all sub-blocks at once (_q3_round). A round tests every element of the active sub-blocks against their current
-    sums; each then takes its first accepted change in visiting order from where it stands (elements before that
-    point belong to its next pass, if it has one). Up to that change nothing differs from the sequential loop,
-    whose sums are the same; a sub-block where nothing is accepted is final (another pass would test the same).
-    Only sub-blocks with sumlx > 0 can change at all: ggml tests slx > 0, and every term of sumlx has the sign of
-    -max (l has the sign of -x/max), so for max > 0 the sum is <= every term and slx = sumlx - term <= 0."""
-    nmax_f = F32(nmax)
-    lo, hi = -nmax_f, nmax_f - 1
-    XT = x.reshape(-1, 16)                          # sub-blocks as rows
-    k, n = XT.shape
-    LT = scratch("q3_LT", (k, n))
-    sumlx = np.empty(k, F32)
-    suml2 = np.empty(k, F32)
-    zero = np.empty(k, bool)
-    for b0 in range(0, x.shape[0], _Q3_SUB):        # the first guess and its sums, on cache-sized slices
-        X = to_cols(x[b0:b0 + _Q3_SUB], 16)
-        c0, c1 = b0 * 16, b0 * 16 + X.shape[1]
-        amax_signed = absmax_cols(X)
-        zero[c0:c1] = np.abs(amax_signed) < F32(1e-15)
-        iscale = -nmax_f / amax_signed
-        L = np.multiply(X, iscale, out=scratch("q3_L", X.shape))
-        np.rint(L, out=L)
-        np.clip(L, lo, hi, out=L)
-        W = np.multiply(X, X, out=scratch("q3_W", X.shape))
-        t = np.multiply(W, X, out=scratch("q3_t", X.shape))
-        t *= L
-        np.add.reduce(t, axis=0, out=sumlx[c0:c1])
-        np.multiply(W, L, out=t)
-        t *= L
-        np.add.reduce(t, axis=0, out=suml2[c0:c1])
-        rows = np.multiply(XT[c0:c1].reshape(-1), np.repeat(iscale, n), out=LT[c0:c1].reshape(-1))   # the same
-        np.rint(rows, out=rows)                     # levels again, as rows: cheaper than transposing L, and the
-        #                                             scale repeated is cheaper than a 16-element broadcast
-        np.clip(rows, lo, hi, out=rows)
-    sumlx += F32(0)                                   # C sums start at +0.0
-    suml2 += F32(0)
-    start = np.zeros(k, np.intp)                    # the element each sub-block visits next
-    npass = np.zeros(k, np.intp)                    # its pass (0..4)
-    act = np.flatnonzero(sumlx > 0)
-    while act.size:
-        r, c, nw, nslx, nsl2 = _q3_round(np.take(XT, act, axis=0), np.take(LT, act, axis=0),
-                                         sumlx[act], suml2[act], lo, hi)
-        g = act[c]
-        ok = np.flatnonzero((r >= start[g]) | (npass[g] < 4))   # elements behind need another pass
-        r, c, g = r[ok], c[ok], g[ok]
-        dist = (r - start[g]) % n                    # visiting order from where the sub-block stands
-        first = np.full(act.size, n, np.intp)
-        np.minimum.at(first, c, dist)
-        sel = np.flatnonzero(dist == first[c])       # one per sub-block that accepts something
-        ok, r, g = ok[sel], r[sel], g[sel]
-        np.put(LT, g * n + r, nw[ok])
-        sumlx[g] = nslx[ok]
-        suml2[g] = nsl2[ok]
-        npass[g] += r < start[g]
-        start[g] = r + 1
-        act = g
-    scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
-    scale[zero] = 0
-
-    def levels(c):
-        out = np.take(LT, c, axis=0) + nmax_f
-        out[zero[c]] = 0
-        return out
-
-    return levels, scale
-
-
-def _q3_round(x, l, sumlx, suml2, lo, hi):
-    """One round of _make_q3 on sub-blocks as rows x (k, 16), levels l and sums (k,): every element's new level and
-    ggml's accept test against the current sums. Returns the accepted elements as (element, row, new level, new
-    sumlx, new suml2).
-
-    Only rint(v) != l is tested on whole arrays; slx > 0, ggml's exact nearest_int, the clamp (which can only undo
-    a change) and the rest of the test run on the few elements that pass it."""
-    w = np.multiply(x, x, out=scratch("q3_w", x.shape))
-    wx = np.multiply(w, x, out=scratch("q3_wx", x.shape))
-    slx = np.multiply(wx, l, out=scratch("q3_slx", x.shape))
-    np.subtract(np.repeat(sumlx, x.shape[1]).reshape(x.shape), slx, out=slx)    # the sums without each element
-    sl2 = np.multiply(w, l, out=scratch("q3_sl2", x.shape))
-    sl2 *= l
-    np.subtract(np.repeat(suml2, x.shape[1]).reshape(x.shape), sl2, out=sl2)
-    v = np.multiply(x, sl2, out=scratch("q3_v", x.shape))
-    v /= slx
-    cand = np.not_equal(np.rint(v, out=scratch("q3_r", x.shape)), l, out=scratch("q3_c", x.shape, bool))
-    idx = np.flatnonzero(cand)
-    idx = idx[slx.reshape(-1)[idx] > 0]
-    nw = rint_clip(v.reshape(-1)[idx], lo, hi)
-    keep = nw != l.reshape(-1)[idx]
-    idx, nw = idx[keep], nw[keep]
-    nslx = slx.reshape(-1)[idx] + wx.reshape(-1)[idx] * nw
-    nsl2 = sl2.reshape(-1)[idx] + (w.reshape(-1)[idx] * nw) * nw
-    row, el = np.divmod(idx, x.shape[1])
-    sa, s2 = sumlx[row], suml2[row]
-    ok = np.flatnonzero((nsl2 > 0) & ((nslx * nslx) * s2 > (sa * sa) * nsl2))
-    return el[ok], row[ok], nw[ok], nslx[ok], nsl2[ok]
-
-
 def _requant(x, d, L, lo, hi, offset=0, dm=None):
     """Re-quantize the blocks x (nb, 256) with the stored (fp16-rounded) scale d (and min dm) of each sub-block, in
     order, and return the levels + offset as uint8 blocks (nb, 256) (a scratch array). Sub-blocks with d == 0 keep
@@ -462,41 +359,33 @@ def _q2_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
 
 
 def _q3_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+    """Q3_K: without weights ggml's `quantize_row_q3_K_ref` compiled (`k_jit`, imported here, when first needed);
+    with them the `_impl` searches in NumPy. Both end in k_jit's re-quantizing and packing; fp16 d in NumPy."""
+    from .k_jit import q3_k_pack, q3_k_search
+
     nb = x.shape[0]
     if qw is not None and nb > _Q3_WEIGHTED_SLICE:
         return _sliced(_q3_k, x, qw, _Q3_WEIGHTED_SLICE)
+    x = np.ascontiguousarray(x, dtype=F32)
     if qw is not None:                                                # quantize_row_q3_K_impl
         X = to_cols(x, 16)
         W, sw = _k_weights(x, X, qw, 16, True)
         levels, scales = _make_qx(X, 4, W)
         lv, d_block = _make_qx(np.ascontiguousarray(scales.reshape(nb, 16).T), 32,
                                np.ascontiguousarray(sw.reshape(nb, 16).T), exact=True)
-        code = lv(np.arange(nb)).astype(np.uint8)                   # 0..63, the 6-bit scale codes
+        code = np.ascontiguousarray(lv(np.arange(nb)), dtype=np.uint8)     # 0..63, the 6-bit scale codes
         d16 = fp16(d_block)
+        L = np.empty((nb, 256), np.int8)                            # only sub-blocks with d = 0 keep theirs
+        keep = np.flatnonzero(d16.astype(F32)[:, None] * (code.astype(F32) - F32(32)) == 0)
+        L.reshape(-1, 16)[keep] = levels(keep)
     else:
-        levels, scales = _make_q3(x, 4)
-        scales = scales.reshape(nb, 16)
-        max_scale = first_absmax(scales, 1)
-        nz = max_scale != 0
-        iscale = F32(-32) / np.where(nz, max_scale, F32(1))
-        l = nearest_int(iscale[:, None] * scales)
-        l = ((l + 128) & 0xFF) - 128                                   # int8_t truncation
-        code = np.where(nz[:, None], np.clip(l, -32, 31) + 32, 0).astype(np.uint8)
-        d16 = np.where(nz, fp16(F32(1) / iscale), np.float16(0))
-    sb = np.zeros((nb, 12), np.uint8)
-    sb[:, 0:8] = (code[:, 0:8] & 0xF) | ((code[:, 8:16] & 0xF) << 4)
-    hi2 = (code >> 4).reshape(nb, 4, 4)                            # [j//4, j%4]
-    sb[:, 8:12] = hi2[:, 0] | (hi2[:, 1] << 2) | (hi2[:, 2] << 4) | (hi2[:, 3] << 6)
-    d = (d16.astype(F32)[:, None] * (code.astype(F32) - F32(32))).reshape(1, -1)
-    L = _requant(x, d, levels, -4, 3, offset=4)
-    hb = np.right_shift(L, 2).view(np.uint64).reshape(nb, 8, 4)   # bytes of 0/1 (L > 3), 8 at a time
-    hb <<= _HMASK_SHIFTS                                           # element 32k + j: bit k of byte j
-    hmask = np.bitwise_or.reduce(hb, axis=1).view(np.uint8)
-    L &= 3
+        L = np.empty((nb, 256), np.int8)
+        code = np.empty((nb, 16), np.uint8)
+        d_block = np.empty(nb, F32)
+        q3_k_search(x, x.view(np.uint32), L, code, d_block)
+        d16 = fp16(d_block)
     out = np.empty((nb, 110), np.uint8)
-    out[:, 0:32] = hmask
-    out[:, 32:96] = pack2(L)
-    out[:, 96:108] = sb
+    q3_k_pack(x, L, code, d16.astype(F32), out)
     out[:, 108:110] = d16.view(np.uint8).reshape(nb, 2)
     return out
 
@@ -612,9 +501,6 @@ def _q6_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
 def _inv(d):
     """1/d, and 0 where d is 0 (ggml's `d ? 1.0f/d : 0.0f`)."""
     return np.divide(F32(1), d, out=np.zeros(d.shape, F32), where=d != 0)
-
-
-_HMASK_SHIFTS = np.arange(8, dtype=np.uint64)[:, None]
 
 
 def _quads(x: np.ndarray) -> np.ndarray:
