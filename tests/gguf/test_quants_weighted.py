@@ -58,7 +58,7 @@ def test_bytes_equal_ggml_with_importance_weights(ggml_w, qtype):
             assert np.array_equal(ours, ref), f"{qtype} {label} weights={wlabel}: {_diff(ours, ref)}"
 
 
-@pytest.mark.parametrize("qtype", ["Q4_1", "Q5_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"])
 def test_bytes_equal_ggml_many_random_blocks_weighted(ggml_w, qtype):
     """Many blocks with random scale and offset per block, heavy-tailed weights with zeros: rare branches of the
     weighted searches (negative fitted minima, all-zero weight sub-blocks, make_qp_quants' descent)."""
@@ -71,6 +71,37 @@ def test_bytes_equal_ggml_many_random_blocks_weighted(ggml_w, qtype):
     w[256:288] = 0                                                  # a whole sub-block nobody activates
     ours = quants.quantize(x, qtype, imatrix=w)
     assert np.array_equal(ours, ggml_w(x, qtype, w)), _diff(ours, ggml_w(x, qtype, w))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q5_0"])
+def test_weighted_q4_0_q5_0_edge_blocks(ggml_w, qtype):
+    """The compiled make_qx_quants search (legacy_jit) on the blocks where C's float rules decide: +a/-a ties for
+    the max, signed zeros, magnitudes either side of GROUP_MAX_EPS, a block nobody activates (every sum 0), rows
+    whose x^2 overflows (infinite sigma2 and weights, NaN sums that `>` skips), exact ties between trial scales;
+    then rows of 3 blocks (an odd row length) over more than one chunk."""
+    f = np.float32
+    rng = np.random.default_rng(23)
+    x = (rng.standard_normal((8, 512)) * 0.05).astype(f)
+    x[0, 0:32] = np.where(np.arange(32) % 2, f(1.5), f(-1.5))      # -a first
+    x[0, 32:64] = np.where(np.arange(32) % 2, f(-1.5), f(1.5))     # +a first
+    x[0, 64:96] = 0
+    x[0, 96:128] = -0.0
+    x[0, 128:160] = np.linspace(-9e-16, 9e-16, 32, dtype=f)        # |max| < 1e-15: levels 0, d = 0
+    x[0, 160:192] = np.where(np.arange(32) == 5, f(2e-15), f(0))   # just above it
+    x[1, :] = f(0.75)                                                # constant: every trial fits the same
+    x[2, :] = rng.integers(-4, 5, 512).astype(f) * f(0.5)           # few levels: exact ties between trials
+    x[3, 7] = f(3e19)                                                # x^2 = inf: sigma2 and every weight inf
+    x[4, 40:72] = (rng.standard_normal(32) * 2e19).astype(f)        # one block overflows, its row's sigma2 too
+    x[5] = (rng.standard_normal(512) * 1e-40).astype(f)              # subnormal values: weights = qw*sqrt(~0)
+    w = rng.lognormal(0, 2, 512).astype(f)
+    w[rng.random(512) < 0.1] = 0
+    w[224:256] = 0                                                   # a whole block nobody activates
+    ours = quants.quantize(x, qtype, imatrix=w)
+    assert np.array_equal(ours, ggml_w(x, qtype, w)), _diff(ours, ggml_w(x, qtype, w))
+    odd = (rng.standard_normal((1400, 96)) * rng.lognormal(0, 2, (1400, 1))).astype(f)   # 4200 blocks: 2 chunks
+    w3 = rng.lognormal(0, 1, 96).astype(f)
+    ours = quants.quantize(odd, qtype, threads=2, imatrix=w3)
+    assert np.array_equal(ours, ggml_w(odd, qtype, w3)), _diff(ours, ggml_w(odd, qtype, w3))
 
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q5_0", "IQ4_XS"])

@@ -1,4 +1,5 @@
-"""ggml's reference quantizers of the legacy types Q4_0, Q4_1, Q5_0 and Q5_1 (no importance weights), compiled.
+"""ggml's quantizers of the legacy types compiled: Q4_0, Q4_1, Q5_0 and Q5_1 without importance weights (the
+`_ref` loops, `legacy_blocks`), Q4_0 and Q5_0 with them (the weighted make_qx_quants search, `weighted_signed_blocks`).
 
 Why a loop: these quantizers are one pass per block in C (find the range, scale, round, pack), while NumPy pays
 a memory pass per operation: its best layout reached 0.46-0.85x of ggml's single core (docs/gguf.md, "Speed of
@@ -14,14 +15,15 @@ Byte identity with `quantize_row_q4_0_ref` .. `q5_1_ref`:
   finite (x*id lies within the block's range), and infinite or NaN when 1/d overflows for a subnormal d, where
   x86's cast gives 0; so the level is min(top, trunc(v)) where v is in range, else 0;
 - NaN and infinity: bits beyond those of the infinities, found by the same reductions (one check per chunk).
-Imported by `quants` only when a legacy kernel first runs (`import numba` costs ~0.5 s).
+The weighted search is ggml's float32 arithmetic in C's order (`jit_math`); its trials run side by side (see
+`_weighted_signed_blocks`). Imported by `quants` only when a legacy kernel first runs (`import numba` costs ~0.5 s).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .jit_math import F32, jit
+from .jit_math import F32, jit, nearest_int
 
 U32 = np.uint32
 _SIGN = U32(0x80000000)
@@ -130,3 +132,93 @@ def legacy_blocks(x, xb, out, d_out, m_out, bits, signed):
     if bits == 4:
         return _asym_blocks(x, xb, out, d_out, m_out, 4)
     return _asym_blocks(x, xb, out, d_out, m_out, 5)
+
+
+_TRIALS = 19     # make_qx_quants' scales: -nmax/max, then -(nmax + 0.1*is)/max for is = -9..9 but 0
+_LANES = 24      # the trials padded to three 8-float vectors (the padding repeats the first and never wins)
+
+
+@jit
+def _level_qx(v, nmax):
+    """make_qx_quants' level l = MAX(-nmax, MIN(nmax - 1, nearest_int(v)))."""
+    return max(np.int64(-nmax), min(np.int64(nmax - 1), np.int64(nearest_int(v))))
+
+
+@jit
+def _weighted_signed_blocks(x, qw, out, d_out, bits):
+    """quantize_row_q4_0_impl (bits 4) / q5_0_impl (5) over x, whole rows of qw.shape[0] blocks: weights
+    qw*sqrt(sigma2 + x^2), sigma2 the row's mean x^2 (a sequential sum), then make_qx_quants(nmax = 2^(bits-1),
+    rmse_type 1, the weights): the first of the 19 trial scales with the best weighted fit, q = l + nmax.
+
+    ggml runs the trials one after the other, each waiting on the latency of its sequential sums. They are
+    independent until the accept test, so here the trial loop is the inner one (`_LANES`, vectorised by LLVM) and
+    the trials' sums advance side by side, each still in C's order along the block (~2.7x ggml's single core)."""
+    nmax = 1 << (bits - 1)
+    qs0 = 2 + (4 if bits == 5 else 0)
+    per_row = qw.shape[0]
+    n = x.shape[1]
+    minus_m = np.full(_LANES, -F32(nmax))                          # C's float math: -(nmax + 0.1f*is)
+    for k in range(1, _TRIALS):
+        minus_m[k] = -(F32(nmax) + F32(0.1) * F32(k - 10 if k <= 9 else k - 9))
+    iscale = np.empty(_LANES, np.float32)
+    slx = np.empty(_LANES, np.float32)
+    sl2 = np.empty(_LANES, np.float32)
+    w = np.empty(n, np.float32)
+    for first in range(0, x.shape[0], per_row):
+        sum_x2 = F32(0.0)
+        for b in range(first, first + per_row):
+            for j in range(n):
+                sum_x2 += x[b, j] * x[b, j]
+        sigma2 = sum_x2 / F32(per_row * n)
+        for b in range(per_row):
+            i = first + b
+            amax = F32(0.0)
+            mx = F32(0.0)
+            for j in range(n):                                      # the first element of largest |x|
+                if abs(x[i, j]) > amax:
+                    amax = abs(x[i, j])
+                    mx = x[i, j]
+            qh = U32(0)
+            if amax < F32(1e-15):                                   # GROUP_MAX_EPS: all levels 0, d = +0
+                d_out[i] = F32(0.0)
+                for j in range(16):
+                    out[i, qs0 + j] = np.uint8(0)
+            else:
+                for j in range(n):
+                    w[j] = qw[b, j] * np.sqrt(sigma2 + x[i, j] * x[i, j])
+                for k in range(_LANES):
+                    iscale[k] = minus_m[k] / mx
+                    slx[k] = F32(0.0)
+                    sl2[k] = F32(0.0)
+                for j in range(n):
+                    wj = w[j]
+                    wx = wj * x[i, j]
+                    for k in range(_LANES):
+                        lv = F32(_level_qx(iscale[k] * x[i, j], nmax))
+                        slx[k] += wx * lv                           # sumlx += w*x*l; suml2 += w*l*l
+                        sl2[k] += wj * lv * lv
+                win = 0
+                scale = slx[0] / sl2[0] if sl2[0] != F32(0.0) else F32(0.0)     # (NaN counts as non-zero in C)
+                best = scale * slx[0]
+                for k in range(1, _TRIALS):
+                    if (sl2[k] > F32(0.0)) & (slx[k] * slx[k] > best * sl2[k]):
+                        win = k
+                        scale = slx[k] / sl2[k]
+                        best = scale * slx[k]
+                d_out[i] = scale
+                for j in range(16):
+                    qh = _pack(out, i, qs0, j, np.int32(_level_qx(iscale[win] * x[i, j], nmax) + nmax),
+                               np.int32(_level_qx(iscale[win] * x[i, j + 16], nmax) + nmax), qh)
+            if bits == 5:
+                _store_qh(out, i, 2, qh)
+
+
+@jit
+def weighted_signed_blocks(x, qw, out, d_out, bits):
+    """Q4_0 (bits 4) / Q5_0 (5) with importance weights: the (nb, 32) float32 blocks x, whole rows of qw.shape[0]
+    blocks each, qw the imatrix row as (blocks per row, 32) float32; levels into out's (nb, type_size) bytes after
+    the fp16 head, the float32 scales into d_out (the caller rounds them to fp16)."""
+    if bits == 4:                   # constant bits, as in legacy_blocks
+        _weighted_signed_blocks(x, qw, out, d_out, 4)
+    else:
+        _weighted_signed_blocks(x, qw, out, d_out, 5)

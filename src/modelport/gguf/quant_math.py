@@ -8,7 +8,7 @@ Byte identity with ggml depends on doing what the C code does in float32:
   wherever the argument is not bounded; `np.rint` is identical where it is;
 - fp16 conversion with round-to-nearest-even (`astype(np.float16)`, the same as GGML_FP32_TO_FP16).
 
-Used by the NumPy kernels of `quants` (weighted legacy, K, IQ4, ternary, MXFP4); the numba kernels use
+Used by the NumPy kernels of `quants` (weighted Q4_1/Q5_1, K, IQ4, ternary, MXFP4); the numba kernels use
 `jit_math`.
 """
 

@@ -15,21 +15,22 @@ What ggml does with an importance matrix (`quant_weights`, one weight per column
 - ignored: Q8_0, TQ1_0, TQ2_0, MXFP4.
 
 Kernels: `fn(x, qw)` with x the (nblocks, block_elems) float32 blocks of a chunk and qw their importance weights
-(same shape) or None, returning (nblocks, type_size) uint8. The grid types (IQ1_S .. IQ3_S) join `_KERNELS`
-through `iq_grid.GRID_KERNELS` (numba loops in `iq_grid_jit` and `iq1`).
+(same shape) or None, returning (nblocks, type_size) uint8; Q4_0/Q5_0 (`_OWN_ROW_WEIGHTS`) get the imatrix row
+instead, as (blocks per row, block_elems), and weight their chunk of whole rows themselves. The grid types
+(IQ1_S .. IQ3_S) join `_KERNELS` through `iq_grid.GRID_KERNELS` (numba loops in `iq_grid_jit` and `iq1`).
 
 Large tensors are cut into chunks of blocks that are quantized on a thread pool: NumPy and the numba kernels
 (nogil) release the GIL, and blocks are independent, so the chunking never changes the bytes.
 
-Speed (bench/quantize.py compares with ggml): the unweighted legacy kernels are ggml's loops compiled by numba
-(`legacy_jit`, imported when first used), and so are Q3_K's unweighted search and its packing (`k_jit`).
-The Q8_0 kernel turns slices of blocks into `_quads` (a transposing copy of 16-byte groups), so that max, min
-and levels are long contiguous passes with one value per block repeated along the rows, and packs 4 levels a
-word. The searches are whole-chunk passes into per-thread
-scratch arrays (fresh chunk-sized arrays cost page faults), they remember only which candidate won per sub-block
-and recompute its levels once, and they never select with a random mask over a whole chunk (np.where/copyto(where=)
-on such masks are an order of magnitude slower than arithmetic). A value per sub-block is repeated (np.repeat)
-rather than broadcast over rows of 16 or 32 elements, whose short inner loops cost four times a plain pass.
+Speed (bench/quantize.py compares with ggml): the unweighted legacy kernels and weighted Q4_0/Q5_0 are ggml's loops
+compiled by numba (`legacy_jit`, imported when first used),
+and so are Q3_K's unweighted search and its packing (`k_jit`). The Q8_0 kernel turns slices of blocks into `_quads` (a
+transposing copy of 16-byte groups), so that max, min and levels are long contiguous passes with one value per block
+repeated along the rows, and packs 4 levels a word. The searches are whole-chunk passes into per-thread scratch
+arrays (fresh chunk-sized arrays cost page faults), they remember only which candidate won per sub-block and
+recompute its levels once, and they never select with a random mask over a whole chunk (np.where/copyto(where=) on
+such masks are an order of magnitude slower than arithmetic). A value per sub-block is repeated (np.repeat) rather
+than broadcast over rows of 16 or 32 elements, whose short inner loops cost four times a plain pass.
 """
 
 from __future__ import annotations
@@ -607,10 +608,16 @@ def _sliced(fn, x, qw, blocks=4096):
     return np.concatenate([fn(x[i:i + blocks], qw[i:i + blocks]) for i in range(0, x.shape[0], blocks)])
 
 
-def _sym_weighted(x, qw, nmax):
-    """quantize_row_q4_0_impl / q5_0_impl: make_qx_quants with the (row-scaled) weights; fp16 d and levels."""
-    levels, scale = _make_qx(to_cols(x, 32), nmax, to_cols(qw, 32, "QW"))
-    return fp16(scale), levels(np.arange(x.shape[0])).astype(np.uint8)
+def _sym_weighted(x, qw, bits):
+    """quantize_row_q4_0_impl / q5_0_impl (bits 4 / 5), compiled by numba (`legacy_jit`): x whole rows of blocks,
+    qw the imatrix row as (blocks per row, 32); the kernel weights and searches, NumPy rounds the scales to fp16."""
+    from .legacy_jit import weighted_signed_blocks
+
+    out = np.empty((x.shape[0], 2 + (4 if bits == 5 else 0) + 16), np.uint8)
+    d = np.empty(x.shape[0], F32)
+    weighted_signed_blocks(np.ascontiguousarray(x, dtype=F32), np.ascontiguousarray(qw, dtype=F32), out, d, bits)
+    out.view(np.uint16)[:, 0] = fp16(d).view(np.uint16)
+    return out
 
 
 def _asym_weighted(x, qw, nmax):
@@ -620,25 +627,11 @@ def _asym_weighted(x, qw, nmax):
 
 
 def _q4_0(x, qw=None):
-    if qw is not None:
-        return _sliced(_q4_0_weighted, x, qw)
-    return _legacy(x, 4, True)
-
-
-def _q4_0_weighted(x, qw):
-    d, q = _sym_weighted(x, qw, 8)
-    return np.concatenate([d.view(np.uint8).reshape(-1, 2), _nib(q)], axis=1)
+    return _legacy(x, 4, True) if qw is None else _sym_weighted(x, qw, 4)
 
 
 def _q5_0(x, qw=None):
-    if qw is not None:
-        return _sliced(_q5_0_weighted, x, qw)
-    return _legacy(x, 5, True)
-
-
-def _q5_0_weighted(x, qw):
-    d, q = _sym_weighted(x, qw, 16)
-    return np.concatenate([d.view(np.uint8).reshape(-1, 2), _qh(q), _nib(q)], axis=1)
+    return _legacy(x, 5, True) if qw is None else _sym_weighted(x, qw, 5)
 
 
 def _q4_1(x, qw=None):
@@ -852,7 +845,10 @@ _KERNELS: dict[str, tuple[Callable, int]] = {  # kernel, blocks per chunk (a chu
 #: Kernels that find NaN and infinity in their own max and min (without importance weights).
 _SELF_CHECKED = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 #: Types whose ggml weights use the mean x^2 of the whole row: `quantize` hands their kernels the final weights.
-_ROW_WEIGHTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
+_ROW_WEIGHTED = ("Q4_1", "Q5_1")
+#: Types whose kernels weight whole rows themselves: `quantize` hands them the imatrix row as (blocks per row,
+#: block_elems) instead of one row of weights per block.
+_OWN_ROW_WEIGHTS = ("Q4_0", "Q5_0")
 #: Types for which ggml uses the importance weights at all (the others ignore them).
 USES_IMATRIX = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
                 *GRID_KERNELS)
@@ -936,8 +932,8 @@ def quantize(data: np.ndarray, qtype, threads: int | None = None, imatrix: np.nd
             if not (qw_row is None and name in _SELF_CHECKED) and not (
                     np.isfinite(chunk_f32.max()) and np.isfinite(chunk_f32.min())):
                 raise ValueError(not_finite)
-            qw = None
-            if qw_row is not None:
+            qw = qw_row if name in _OWN_ROW_WEIGHTS else None
+            if qw is None and qw_row is not None:
                 qw = np.tile(qw_row, ((stop - start) // per_row, 1))
                 if name in _ROW_WEIGHTED:
                     rows = chunk_f32.reshape(-1, n)
