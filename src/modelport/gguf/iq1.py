@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .jit_math import F32, jit, nearest_int
+from .jit_math import F32, block_sigma2, jit, nearest_int
 
 QK_K = 256
 IQ1_S_BYTES = 50           # fp16 d, qs[32], qh[8] (uint16)
@@ -40,15 +40,6 @@ def _levels(shift):
     out[1] = d
     out[2] = F32(1) + d
     return out
-
-
-@jit
-def _block_sigma2(xb):
-    """2 * mean(x^2) over the block of 256, summed in C's order."""
-    s = F32(0)
-    for i in range(QK_K):
-        s += xb[i] * xb[i]
-    return F32(2) * s / F32(QK_K)
 
 
 @jit
@@ -295,7 +286,7 @@ def _iq1_s_kernel(x, qw, has_qw, levels, map3, slot3, count, nbr_code, out, dh):
         ob = out[ibl]
         ob[:] = 0
         dh[ibl] = F32(0)
-        sigma2 = _block_sigma2(xbl)
+        sigma2 = block_sigma2(xbl, 2)
         max_scale = F32(0)
         for ib in range(8):
             xb = xbl[32 * ib:32 * ib + 32]
@@ -379,7 +370,7 @@ def _iq1_m_kernel(x, qw, has_qw, levels, map3, slot3, count, nbr_code, out, dh):
         ob = out[ibl]
         ob[:] = 0
         dh[ibl] = F32(0)
-        sigma2 = _block_sigma2(xbl)
+        sigma2 = block_sigma2(xbl, 2)
         max_scale = F32(0)
         for ib in range(16):
             xb = xbl[16 * ib:16 * ib + 16]

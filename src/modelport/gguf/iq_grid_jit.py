@@ -21,22 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit_math import F32, jit, nearest_int
+from .jit_math import F32, block_sigma2, jit, nearest_int
 
 QK_K = 256
 _FLT_MAX = float(np.finfo(np.float32).max)
 
 
 # ------------------------------------------------------------------------------------------ shared steps
-
-@jit
-def _block_sigma2(xb, mul):
-    """mul * sum(x^2) / 256 over the block, summed in C's order (ggml's sigma2: mul 1 for IQ2_XXS/XS, else 2)."""
-    s = F32(0)
-    for i in range(QK_K):
-        s += xb[i] * xb[i]
-    return F32(mul) * s / F32(QK_K)
-
 
 @jit
 def _weights(xb, qwb, has_qw, sigma2, sigma_floor, weight, waux):
@@ -278,7 +269,7 @@ def _iq2_xxs(x, qw, has_qw, tables, out, dh):
     for ibl in range(x.shape[0]):
         out[ibl, :] = 0
         xbl = x[ibl]
-        sigma2 = _block_sigma2(xbl, 1)
+        sigma2 = block_sigma2(xbl, 1)
         max_scale = F32(0)
         for ib in range(8):
             xb = xbl[32 * ib:32 * ib + 32]
@@ -348,7 +339,7 @@ def _iq2_xs(x, qw, has_qw, tables, out, dh):
     for ibl in range(x.shape[0]):
         out[ibl, :] = 0
         xbl = x[ibl]
-        sigma2 = _block_sigma2(xbl, 1)
+        sigma2 = block_sigma2(xbl, 1)
         max_scale = F32(0)
         for ib in range(16):
             scale, live, ok = _track(xbl[16 * ib:16 * ib + 16], qw[ibl, 16 * ib:16 * ib + 16], has_qw, sigma2, False,
@@ -386,7 +377,7 @@ def _iq2_s(x, qw, has_qw, tables, out, dh):
     for ibl in range(x.shape[0]):
         out[ibl, :] = 0
         xbl = x[ibl]
-        sigma2 = _block_sigma2(xbl, 2)
+        sigma2 = block_sigma2(xbl, 2)
         max_scale = F32(0)
         for ib in range(16):
             scale, live, ok = _track(xbl[16 * ib:16 * ib + 16], qw[ibl, 16 * ib:16 * ib + 16], has_qw, sigma2, True,
@@ -425,7 +416,7 @@ def _iq3_xxs(x, qw, has_qw, tables, out, dh):
     for ibl in range(x.shape[0]):
         out[ibl, :] = 0
         xbl = x[ibl]
-        sigma2 = _block_sigma2(xbl, 2)
+        sigma2 = block_sigma2(xbl, 2)
         max_scale = F32(0)
         for ib in range(8):
             scale, live, ok = _track(xbl[32 * ib:32 * ib + 32], qw[ibl, 32 * ib:32 * ib + 32], has_qw, sigma2, False,
@@ -464,7 +455,7 @@ def _iq3_s(x, qw, has_qw, tables, out, dh):
     for ibl in range(x.shape[0]):
         out[ibl, :] = 0
         xbl = x[ibl]
-        sigma2 = _block_sigma2(xbl, 2)
+        sigma2 = block_sigma2(xbl, 2)
         max_scale = F32(0)
         done = 0
         for ib in range(8):

@@ -48,3 +48,13 @@ def nearest_int(v):
     low mantissa bits read back; round half to even below 2^22 in magnitude (ggml asserts that only in debug builds:
     beyond, this wraps as its release builds do)."""
     return (_f32_bits(F32(v) + F32(12582912.0)) & 0x007FFFFF) - 0x00400000
+
+
+@jit
+def block_sigma2(xb, mul):
+    """ggml's sigma2 of a 256-element block: mul * sum(x^2) / 256, summed in C's order (mul 1 for IQ2_XXS/XS, 2 for
+    the other IQ types)."""
+    s = F32(0)
+    for i in range(xb.size):
+        s += xb[i] * xb[i]
+    return F32(mul) * s / F32(xb.size)
